@@ -1,0 +1,263 @@
+package serviceentry
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	networking "istio.io/api/networking/v1alpha3"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// autoAllocateLabel lets a ServiceEntry opt out of auto-allocated addresses
+// (istiod's ipallocate controller honours it; so do we).
+const autoAllocateLabel = "networking.istio.io/enable-autoallocate-ip"
+
+// entry is what the table needs of one ServiceEntry: validated, lower-cased
+// hosts with the addresses each should answer with. Both sources (informers and
+// manifest files) convert to it once per change, so the table builder and the
+// query path never see Istio's types.
+type entry struct {
+	key       string // namespace/name: the identity used by the store
+	namespace string
+	name      string
+	created   time.Time
+	hosts     []hostAddrs // the hosts this entry answers for
+
+	// legacyHosts are the hosts the v1 allocator counts ("autoallocate
+	// legacy"): every eligible host, even of an entry not exported to us,
+	// because istiod allocates mesh-wide and positions depend on all of them.
+	legacyHosts []legacyHost
+}
+
+// hostAddrs is one host of an entry and its addresses in declaration order, or,
+// when legacy is set, the allocator slot its addresses come from.
+type hostAddrs struct {
+	name   string // lower case, no trailing dot; wildcards as "*.example.com"
+	addrs  []netip.Addr
+	legacy *legacyHost
+}
+
+// convertOptions are the Corefile options that decide which addresses count.
+type convertOptions struct {
+	autoAllocate autoAllocateMode
+	exportAll    bool // exportto all: ignore exportTo
+}
+
+// skip records one item of a ServiceEntry that was left out, and why. reason is
+// the label value of the skipped-items metric.
+type skip struct {
+	reason string
+	item   string
+}
+
+// Reasons an item is skipped; they are the values of the "reason" label of
+// coredns_serviceentry_skipped_items_total.
+const (
+	reasonInvalidHost          = "invalid_host"
+	reasonPartialWildcard      = "partial_wildcard"
+	reasonInvalidAddress       = "invalid_address"
+	reasonWideCIDR             = "cidr_not_host"
+	reasonStatusInvalidAddress = "status_invalid_address"
+	reasonStatusUnknownHost    = "status_unknown_host"
+	reasonInvalidManifest      = "invalid_manifest"
+)
+
+// convert turns one ServiceEntry into an entry. It returns nil when the entry
+// has nothing to answer with and takes no part in the legacy allocation; skips
+// lists what was left out so the caller can log it and count it, once per change.
+func convert(meta *metav1.ObjectMeta, spec *networking.ServiceEntry, status *networking.ServiceEntryStatus, opts convertOptions) (*entry, []skip) {
+	exported := opts.exportAll || exportedToAll(spec.GetExportTo())
+	namespace := meta.Namespace
+	if namespace == "" {
+		namespace = "default"
+	}
+	e := &entry{
+		key:       namespacedName(meta),
+		namespace: namespace,
+		name:      meta.Name,
+		created:   meta.CreationTimestamp.Time,
+	}
+	var skips []skip
+
+	declared, addrSkips := parseAddresses(spec.GetAddresses())
+	skips = append(skips, addrSkips...)
+
+	resolution := spec.GetResolution()
+	var fromStatus map[string][]netip.Addr
+	if opts.autoAllocate == autoAllocateStatus && statusQualifies(meta, spec) {
+		var statusSkips []skip
+		fromStatus, statusSkips = statusAddresses(spec.GetHosts(), status.GetAddresses())
+		skips = append(skips, statusSkips...)
+	}
+	legacy := opts.autoAllocate == autoAllocateLegacy &&
+		len(spec.GetAddresses()) == 0 && resolution != networking.ServiceEntry_NONE
+
+	seen := make(map[string]bool, len(spec.GetHosts()))
+	for _, raw := range spec.GetHosts() {
+		name, reason := normalizeHost(raw)
+		if reason != "" {
+			skips = append(skips, skip{reason: reason, item: raw})
+			continue
+		}
+		if seen[name] {
+			continue
+		}
+		seen[name] = true
+		wildcard := strings.HasPrefix(name, "*.")
+		h := hostAddrs{name: name}
+		switch {
+		case len(declared) > 0:
+			h.addrs = declared
+		case fromStatus != nil && (!wildcard || resolution == networking.ServiceEntry_DYNAMIC_DNS):
+			h.addrs = fromStatus[raw]
+		case legacy && !wildcard:
+			h.legacy = &legacyHost{
+				namespace: namespace,
+				host:      raw,
+				created:   e.created.Truncate(time.Second),
+				entry:     meta.Name,
+				name:      name,
+			}
+			e.legacyHosts = append(e.legacyHosts, *h.legacy)
+		}
+		if exported && (len(h.addrs) > 0 || h.legacy != nil) {
+			e.hosts = append(e.hosts, h)
+		}
+	}
+	if len(e.hosts) == 0 && len(e.legacyHosts) == 0 {
+		return nil, skips
+	}
+	return e, skips
+}
+
+// exportedToAll reports whether an entry is visible to every namespace: exportTo
+// empty (the mesh default) or containing "*".
+func exportedToAll(exportTo []string) bool {
+	return len(exportTo) == 0 || slices.Contains(exportTo, "*")
+}
+
+// statusQualifies applies istiod's rules for when status.addresses, written by
+// its ipallocate controller, are in force. Status left over from before the
+// entry stopped qualifying is stale and must be ignored.
+func statusQualifies(meta *metav1.ObjectMeta, spec *networking.ServiceEntry) bool {
+	if spec.GetResolution() == networking.ServiceEntry_NONE || len(spec.GetAddresses()) > 0 {
+		return false
+	}
+	return !strings.EqualFold(meta.Labels[autoAllocateLabel], "false")
+}
+
+// statusAddresses maps each spec host (compared exactly, as istiod does) to its
+// auto-allocated addresses: the last IPv4 and the last IPv6 value written for it.
+func statusAddresses(hosts []string, addrs []*networking.ServiceEntryAddress) (map[string][]netip.Addr, []skip) {
+	var skips []skip
+	last := make(map[string]*[2]netip.Addr, len(hosts))
+	for _, a := range addrs {
+		if !slices.Contains(hosts, a.GetHost()) {
+			skips = append(skips, skip{reason: reasonStatusUnknownHost, item: a.GetHost() + "=" + a.GetValue()})
+			continue
+		}
+		ip, err := netip.ParseAddr(a.GetValue())
+		if err != nil || ip.Zone() != "" {
+			skips = append(skips, skip{reason: reasonStatusInvalidAddress, item: a.GetHost() + "=" + a.GetValue()})
+			continue
+		}
+		pair := last[a.GetHost()]
+		if pair == nil {
+			pair = new([2]netip.Addr)
+			last[a.GetHost()] = pair
+		}
+		if ip.Is4() {
+			pair[0] = ip
+		} else {
+			pair[1] = ip
+		}
+	}
+	out := make(map[string][]netip.Addr, len(last))
+	for host, pair := range last {
+		for _, ip := range pair {
+			if ip.IsValid() {
+				out[host] = append(out[host], ip)
+			}
+		}
+	}
+	return out, skips
+}
+
+// parseAddresses validates spec.addresses one by one. Plain IPs and /32 or /128
+// prefixes are served as addresses; wider CIDRs never resolve (as in Istio).
+// Duplicates are dropped; order is kept.
+func parseAddresses(raw []string) ([]netip.Addr, []skip) {
+	var out []netip.Addr
+	var skips []skip
+	for _, s := range raw {
+		ip, err := netip.ParseAddr(s)
+		if err != nil {
+			prefix, perr := netip.ParsePrefix(s)
+			if perr != nil {
+				skips = append(skips, skip{reason: reasonInvalidAddress, item: s})
+				continue
+			}
+			if prefix.Bits() != prefix.Addr().BitLen() {
+				skips = append(skips, skip{reason: reasonWideCIDR, item: s})
+				continue
+			}
+			ip = prefix.Addr()
+		}
+		if ip.Zone() != "" {
+			// A scoped address (fe80::1%eth0) means nothing to another host.
+			skips = append(skips, skip{reason: reasonInvalidAddress, item: s})
+			continue
+		}
+		if !slices.Contains(out, ip) {
+			out = append(out, ip)
+		}
+	}
+	return out, skips
+}
+
+// normalizeHost validates a ServiceEntry host and returns it lower-cased without
+// a trailing dot, or the reason it is skipped. Labels follow RFC 1123 (letters,
+// digits, inner hyphens, at most 63 bytes), the name at most 253 bytes; single
+// labels are allowed. The first label may be "*" (a wildcard covering every name
+// below, never the apex); a partial wildcard ("*foo.example.com") is accepted by
+// Istio with a warning but never resolves, so it is skipped. "*" alone would
+// capture every name in the zone and is skipped as invalid.
+func normalizeHost(raw string) (string, string) {
+	name := strings.TrimSuffix(raw, ".")
+	if name == "" || len(name) > 253 {
+		return "", reasonInvalidHost
+	}
+	name = strings.ToLower(name)
+	labels := strings.Split(name, ".")
+	for i, label := range labels {
+		if i == 0 && strings.HasPrefix(label, "*") {
+			if label != "*" {
+				return "", reasonPartialWildcard
+			}
+			if len(labels) == 1 {
+				return "", reasonInvalidHost
+			}
+			continue
+		}
+		if !validLabel(label) {
+			return "", reasonInvalidHost
+		}
+	}
+	return name, ""
+}
+
+// validLabel reports whether label is an RFC 1123 label in lower case.
+func validLabel(label string) bool {
+	if len(label) == 0 || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+		return false
+	}
+	for i := 0; i < len(label); i++ {
+		c := label[i]
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '-' {
+			return false
+		}
+	}
+	return true
+}

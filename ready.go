@@ -1,0 +1,5 @@
+package serviceentry
+
+// Ready implements ready.Readiness: the plugin is ready once its source has
+// completed a full read and the table built from it is published.
+func (se *ServiceEntry) Ready() bool { return se.store.table() != nil }

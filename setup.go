@@ -1,0 +1,189 @@
+package serviceentry
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/coredns/caddy"
+	"github.com/coredns/coredns/core/dnsserver"
+	"github.com/coredns/coredns/plugin"
+	"github.com/coredns/coredns/plugin/pkg/fall"
+	"k8s.io/apimachinery/pkg/labels"
+)
+
+func init() { plugin.Register(pluginName, setup) }
+
+// autoAllocateMode says where addresses for ServiceEntries without
+// spec.addresses come from.
+type autoAllocateMode int
+
+const (
+	autoAllocateStatus autoAllocateMode = iota // istiod's status.addresses (Istio >= 1.23 controller)
+	autoAllocateLegacy                         // our copy of istiod's v1 in-memory allocator
+	autoAllocateOff                            // declared addresses only
+)
+
+const (
+	defaultTTL            = 30
+	maxTTL                = 3600
+	defaultStartupTimeout = 5 * time.Second
+)
+
+// config is the parsed serviceentry block.
+type config struct {
+	zones          []string
+	fall           fall.F
+	ttl            uint32
+	manifests      []string
+	kubeconfig     string
+	kubecontext    string
+	startupTimeout time.Duration
+	namespaces     []string
+	labels         string
+	convert        convertOptions
+}
+
+func setup(c *caddy.Controller) error {
+	cfg, err := parse(c)
+	if err != nil {
+		return plugin.Error(pluginName, err)
+	}
+	st := newStore(cfg.convert.autoAllocate == autoAllocateLegacy)
+	src, err := newSource(cfg, st)
+	if err != nil {
+		return plugin.Error(pluginName, err)
+	}
+	se := &ServiceEntry{Zones: cfg.zones, Fall: cfg.fall, TTL: cfg.ttl, store: st}
+
+	// Both hooks run again on every Corefile reload, with a new instance:
+	// the old source stops, so no goroutine outlives its configuration.
+	c.OnStartup(func() error { return src.start(cfg.startupTimeout) })
+	c.OnShutdown(func() error { src.stop(); return nil })
+
+	dnsserver.GetConfig(c).AddPlugin(func(next plugin.Handler) plugin.Handler {
+		se.Next = next
+		return se
+	})
+	return nil
+}
+
+// source feeds a store: from a Kubernetes API server or from manifest files.
+type source interface {
+	// start begins reading and waits up to timeout for the first full read.
+	// Not finishing in time is not an error: the plugin answers SERVFAIL and
+	// reports not ready until the read completes.
+	start(timeout time.Duration) error
+	stop()
+}
+
+func newSource(cfg *config, st *store) (source, error) {
+	if len(cfg.manifests) > 0 {
+		return newManifestSource(cfg.manifests, cfg.convert, st), nil
+	}
+	return newKubeSource(cfg, st)
+}
+
+func parse(c *caddy.Controller) (*config, error) {
+	cfg := &config{
+		ttl:            defaultTTL,
+		startupTimeout: defaultStartupTimeout,
+		convert:        convertOptions{autoAllocate: autoAllocateStatus},
+	}
+	blocks := 0
+	for c.Next() {
+		blocks++
+		if blocks > 1 {
+			return nil, plugin.ErrOnce
+		}
+		cfg.zones = plugin.OriginsFromArgsOrServerBlock(c.RemainingArgs(), c.ServerBlockKeys)
+		for c.NextBlock() {
+			if err := parseOption(c, cfg); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if len(cfg.manifests) > 0 && (cfg.kubeconfig != "" || len(cfg.namespaces) > 0 || cfg.labels != "") {
+		return nil, fmt.Errorf("manifests cannot be combined with kubeconfig, namespaces or labels: they select the Kubernetes source")
+	}
+	return cfg, nil
+}
+
+func parseOption(c *caddy.Controller, cfg *config) error {
+	switch c.Val() {
+	case "fallthrough":
+		cfg.fall.SetZonesFromArgs(c.RemainingArgs())
+	case "ttl":
+		args := c.RemainingArgs()
+		if len(args) != 1 {
+			return c.ArgErr()
+		}
+		ttl, err := strconv.Atoi(args[0])
+		if err != nil || ttl < 0 || ttl > maxTTL {
+			return c.Errf("ttl must be an integer from 0 to %d, got %q", maxTTL, args[0])
+		}
+		cfg.ttl = uint32(ttl)
+	case "manifests":
+		args := c.RemainingArgs()
+		if len(args) == 0 {
+			return c.ArgErr()
+		}
+		cfg.manifests = append(cfg.manifests, args...)
+	case "kubeconfig":
+		args := c.RemainingArgs()
+		if len(args) != 1 && len(args) != 2 {
+			return c.ArgErr()
+		}
+		cfg.kubeconfig = args[0]
+		if len(args) == 2 {
+			cfg.kubecontext = args[1]
+		}
+	case "startup_timeout":
+		args := c.RemainingArgs()
+		if len(args) != 1 {
+			return c.ArgErr()
+		}
+		d, err := time.ParseDuration(args[0])
+		if err != nil || d < 0 {
+			return c.Errf("startup_timeout must be a non-negative duration such as 5s, got %q", args[0])
+		}
+		cfg.startupTimeout = d
+	case "namespaces":
+		args := c.RemainingArgs()
+		if len(args) == 0 {
+			return c.ArgErr()
+		}
+		cfg.namespaces = append(cfg.namespaces, args...)
+	case "labels":
+		args := c.RemainingArgs()
+		if len(args) == 0 {
+			return c.ArgErr()
+		}
+		selector := strings.Join(args, " ")
+		if _, err := labels.Parse(selector); err != nil {
+			return c.Errf("labels: invalid selector %q: %v", selector, err)
+		}
+		cfg.labels = selector
+	case "autoallocate":
+		args := c.RemainingArgs()
+		if len(args) != 1 {
+			return c.ArgErr()
+		}
+		modes := map[string]autoAllocateMode{"status": autoAllocateStatus, "legacy": autoAllocateLegacy, "off": autoAllocateOff}
+		mode, ok := modes[args[0]]
+		if !ok {
+			return c.Errf("autoallocate must be status, legacy or off, got %q", args[0])
+		}
+		cfg.convert.autoAllocate = mode
+	case "exportto":
+		args := c.RemainingArgs()
+		if len(args) != 1 || (args[0] != "public" && args[0] != "all") {
+			return c.Errf("exportto must be public or all, got %q", args)
+		}
+		cfg.convert.exportAll = args[0] == "all"
+	default:
+		return c.Errf("unknown property '%s'", c.Val())
+	}
+	return nil
+}

@@ -1,0 +1,194 @@
+package serviceentry
+
+import (
+	"cmp"
+	"hash/maphash"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// store keeps the converted entries of one source and publishes the table the
+// handler reads. Sources call upsert, remove and markSynced from their own
+// goroutines; the handler only loads the published table. A change rebuilds the
+// answers of the hosts it touches and copies only the table shards holding them,
+// so an update costs O(hosts changed), not O(all entries).
+type store struct {
+	mu       sync.Mutex
+	entries  map[string]*entry            // by namespace/name
+	byHost   map[string]map[string]*entry // host -> namespace/name -> entry
+	building *table                       // kept current even before sync
+	synced   bool
+	dirty    map[string]bool // hosts changed since the last publish
+
+	// legacy is the allocator for "autoallocate legacy"; nil in other modes.
+	legacy *legacyAllocator
+
+	published atomic.Pointer[table] // nil until the first full read of the source
+}
+
+func newStore(legacy bool) *store {
+	s := &store{
+		entries:  make(map[string]*entry),
+		byHost:   make(map[string]map[string]*entry),
+		building: newTable(maphash.MakeSeed()),
+		dirty:    make(map[string]bool),
+	}
+	if legacy {
+		s.legacy = newLegacyAllocator()
+	}
+	return s
+}
+
+// table returns the table to answer from, or nil while the source has not
+// completed its first full read.
+func (s *store) table() *table { return s.published.Load() }
+
+// upsert adds or replaces the entry stored under key; a nil entry removes it.
+func (s *store) upsert(key string, e *entry) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.setLocked(key, e)
+	s.publishLocked()
+}
+
+// replaceAll makes the store hold exactly the given entries (keyed by their
+// namespace/name) and publishes once. The manifests source uses it after each
+// read of its files.
+func (s *store) replaceAll(entries map[string]*entry) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for key := range s.entries {
+		if _, ok := entries[key]; !ok {
+			s.setLocked(key, nil)
+		}
+	}
+	for key, e := range entries {
+		if s.entries[key] != e {
+			s.setLocked(key, e)
+		}
+	}
+	s.publishLocked()
+}
+
+// markSynced records that the source has delivered its first full read: from
+// now on the table is published and the plugin answers from it.
+func (s *store) markSynced() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.synced = true
+	s.publishLocked()
+}
+
+func (s *store) setLocked(key string, e *entry) {
+	if old := s.entries[key]; old != nil {
+		for _, h := range old.hosts {
+			delete(s.byHost[h.name], key)
+			if len(s.byHost[h.name]) == 0 {
+				delete(s.byHost, h.name)
+			}
+			s.dirty[h.name] = true
+		}
+		if s.legacy != nil {
+			s.legacy.remove(old)
+		}
+	}
+	if e == nil {
+		delete(s.entries, key)
+		return
+	}
+	s.entries[key] = e
+	for _, h := range e.hosts {
+		byKey := s.byHost[h.name]
+		if byKey == nil {
+			byKey = make(map[string]*entry, 1)
+			s.byHost[h.name] = byKey
+		}
+		byKey[key] = e
+		s.dirty[h.name] = true
+	}
+	if s.legacy != nil {
+		s.legacy.add(e)
+	}
+}
+
+// publishLocked rebuilds the answers of the dirty hosts into a new table. Before
+// the first sync it does nothing: the initial read is built in one pass when the
+// source reports it complete.
+func (s *store) publishLocked() {
+	if !s.synced {
+		return
+	}
+	start := time.Now()
+	if s.legacy != nil {
+		for host := range s.legacy.reallocate() {
+			s.dirty[host] = true
+		}
+	}
+	changes := make(map[string]*answer, len(s.dirty))
+	for host := range s.dirty {
+		changes[host] = s.answerFor(host)
+	}
+	clear(s.dirty)
+	s.building = s.building.with(changes)
+	s.published.Store(s.building)
+	observeRebuild(start, len(s.entries), s.building.hosts)
+}
+
+// answerFor merges what the entries say about one host. When several entries
+// declare it, the namespace of the oldest one (creationTimestamp, then
+// namespace, then name) wins and the addresses of all that namespace's entries
+// are merged, oldest first, without duplicates. Map order never decides.
+func (s *store) answerFor(host string) *answer {
+	var contributors []*entry
+	for _, e := range s.byHost[host] {
+		if len(s.addrsOf(e, host)) > 0 {
+			contributors = append(contributors, e)
+		}
+	}
+	if len(contributors) == 0 {
+		return nil
+	}
+	slices.SortFunc(contributors, func(a, b *entry) int {
+		return cmp.Or(a.created.Compare(b.created), cmp.Compare(a.namespace, b.namespace), cmp.Compare(a.name, b.name))
+	})
+	winner := contributors[0].namespace
+	var merged []netip.Addr
+	for _, e := range contributors {
+		if e.namespace != winner {
+			continue
+		}
+		for _, ip := range s.addrsOf(e, host) {
+			if !slices.Contains(merged, ip) {
+				merged = append(merged, ip)
+			}
+		}
+	}
+	ans := &answer{}
+	for _, ip := range merged {
+		if ip.Is4() {
+			ans.a = append(ans.a, net.IP(ip.AsSlice()))
+		} else {
+			ans.aaaa = append(ans.aaaa, net.IP(ip.AsSlice()))
+		}
+	}
+	return ans
+}
+
+// addrsOf returns the addresses entry e gives host: its own, or those the
+// legacy allocator computed for it.
+func (s *store) addrsOf(e *entry, host string) []netip.Addr {
+	for _, h := range e.hosts {
+		if h.name != host {
+			continue
+		}
+		if h.legacy != nil {
+			return s.legacy.addresses(*h.legacy)
+		}
+		return h.addrs
+	}
+	return nil
+}
