@@ -2,8 +2,6 @@ package serviceentry
 
 import (
 	"cmp"
-	"fmt"
-	"hash/fnv"
 	"net/netip"
 	"slices"
 	"time"
@@ -38,7 +36,7 @@ type legacyAddrs struct {
 // then namespace. (1.30 iterates a map; no order can reproduce that.)
 // Ties (the same namespace/host in two entries created in the same second) are
 // broken by entry name; they hash alike, so their order changes no address.
-func compareLegacy(a, b legacyHost) int {
+func compareLegacy(a, b *legacyHost) int {
 	return cmp.Or(a.created.Compare(b.created), cmp.Compare(a.host, b.host),
 		cmp.Compare(a.namespace, b.namespace), cmp.Compare(a.entry, b.entry))
 }
@@ -51,30 +49,36 @@ func compareLegacy(a, b legacyHost) int {
 // number x becomes 240.240.x/255.x%255 and 2001:2::f0f0:<x/255><x%255> in
 // unpadded hex (so two numbers can share an IPv6 address, as in Istio).
 //
-// Where Istio would misbehave we stop safely instead: hosts beyond the 65024th
-// and hosts whose probe sequence finds no free slot (Istio would loop forever:
-// 65023 is not prime) are left out and returned in overflow.
-func allocateLegacy(hosts []legacyHost) (map[legacyHost]legacyAddrs, []legacyHost) {
+// The result is parallel to hosts; a zero legacyAddrs means no address. Where
+// Istio would misbehave we stop safely instead: hosts beyond the 65024th and
+// hosts whose probe sequence finds no free slot (Istio would loop forever:
+// 65023 is not prime) get none and are counted in overflow.
+func allocateLegacy(hosts []*legacyHost) (addrs []legacyAddrs, overflow int) {
 	slots := make([]int32, legacySlots) // index into hosts, plus one; 0 = empty
-	var overflow []legacyHost
+	sums := make([]uint32, len(hosts))
 	placed := 0
 	for i, h := range hosts {
 		if placed >= legacySlots {
-			overflow = append(overflow, hosts[i:]...)
+			overflow += len(hosts) - i
 			break
 		}
-		sum := fnv1a(h.namespace, h.host)
-		slot, ok := probe(slots, sum)
+		sums[i] = fnv1a(h.namespace, h.host)
+		slot, ok := probe(slots, sums[i])
 		if !ok {
-			overflow = append(overflow, h)
+			overflow++
 			continue
 		}
 		slots[slot] = int32(i + 1)
 		placed++
 	}
 
-	out := make(map[legacyHost]legacyAddrs, placed)
-	byKey := make(map[[2]string]legacyAddrs, placed)
+	addrs = make([]legacyAddrs, len(hosts))
+	// The first host of each key to be numbered gives its address to every
+	// other host of the same key. Keys are found by hash; a key whose hash an
+	// other key took first (32-bit collisions do happen at this size) falls
+	// back to a map by name.
+	firstOfHash := make(map[uint32]int, placed)
+	var collided map[[2]string]int
 	x := 0
 	for _, idx := range slots {
 		x++
@@ -84,16 +88,28 @@ func allocateLegacy(hosts []legacyHost) (map[legacyHost]legacyAddrs, []legacyHos
 		if x%255 == 0 {
 			x++
 		}
-		h := hosts[idx-1]
-		key := [2]string{h.namespace, h.host}
-		addrs, seen := byKey[key]
-		if !seen {
-			addrs = legacyAddresses(x/255, x%255)
-			byKey[key] = addrs
+		i := int(idx - 1)
+		h := hosts[i]
+		j, seen := firstOfHash[sums[i]]
+		if seen && (hosts[j].namespace != h.namespace || hosts[j].host != h.host) {
+			if collided == nil {
+				collided = make(map[[2]string]int)
+			}
+			key := [2]string{h.namespace, h.host}
+			if j, seen = collided[key]; !seen {
+				collided[key] = i
+			}
 		}
-		out[h] = addrs
+		if seen {
+			addrs[i] = addrs[j]
+			continue
+		}
+		if _, taken := firstOfHash[sums[i]]; !taken {
+			firstOfHash[sums[i]] = i
+		}
+		addrs[i] = legacyAddresses(x/255, x%255)
 	}
-	return out, overflow
+	return addrs, overflow
 }
 
 // probe finds the slot for a hash: its home slot, else Istio's double-hash
@@ -113,91 +129,154 @@ func probe(slots []int32, sum uint32) (int, bool) {
 	return 0, false
 }
 
+// fnv1a is FNV-1a (32 bit) of namespace + "/" + host, without building the key.
 func fnv1a(namespace, host string) uint32 {
-	h := fnv.New32a()
-	h.Write([]byte(namespace))
-	h.Write([]byte{'/'})
-	h.Write([]byte(host))
-	return h.Sum32()
+	const offset, prime = 2166136261, 16777619
+	h := uint32(offset)
+	for i := 0; i < len(namespace); i++ {
+		h = (h ^ uint32(namespace[i])) * prime
+	}
+	h = (h ^ '/') * prime
+	for i := 0; i < len(host); i++ {
+		h = (h ^ uint32(host[i])) * prime
+	}
+	return h
 }
 
-// legacyAddresses formats a slot number's addresses exactly as Istio does.
+// legacyAddresses gives a slot number's addresses exactly as Istio writes them.
+// Istio prints the IPv6 group as fmt "%x%x" of a and b (just "%x" of b when a
+// is 0): the hex digits of a followed by those of b, unpadded. The group's
+// value is therefore a shifted left by b's digit count, plus b.
 func legacyAddresses(a, b int) legacyAddrs {
-	v6 := fmt.Sprintf("2001:2::f0f0:%x%x", a, b)
-	if a == 0 {
-		v6 = fmt.Sprintf("2001:2::f0f0:%x", b)
+	group := b
+	if a != 0 {
+		digits := 1
+		for v := b >> 4; v > 0; v >>= 4 {
+			digits++
+		}
+		group = a<<(4*digits) | b
 	}
 	return legacyAddrs{
 		v4: netip.AddrFrom4([4]byte{240, 240, byte(a), byte(b)}),
-		v6: netip.MustParseAddr(v6),
+		v6: netip.AddrFrom16([16]byte{0x20, 0x01, 0, 0x02, 12: 0xf0, 13: 0xf0, 14: byte(group >> 8), 15: byte(group)}),
 	}
 }
+
+// sortBatch is the number of pending additions above which the allocator
+// re-sorts everything instead of inserting one by one (an insertion moves the
+// tail of the slice; a first read of 100,000 entries must not be quadratic).
+const sortBatch = 64
 
 // legacyAllocator keeps the eligible hosts of the store in Istio's input order
 // and recomputes the allocation when that set changes. Adding or removing a
 // host can move the addresses of others (Istio's allocation is positional), so
-// reallocate reports every host whose addresses changed.
+// reallocate reports every host whose addresses changed. Changes are batched
+// until reallocate, which the store calls once per published table.
 type legacyAllocator struct {
-	sorted  []legacyHost
-	current map[legacyHost]legacyAddrs
-	changed bool
+	sorted []*legacyHost
+	addrs  []legacyAddrs // parallel to sorted
+	// pending is the net change per host since the last reallocation: +1
+	// added, -1 removed, 0 (removed and re-added, or the reverse) nothing.
+	pending map[*legacyHost]int
 }
 
 func newLegacyAllocator() *legacyAllocator {
-	return &legacyAllocator{}
+	return &legacyAllocator{pending: make(map[*legacyHost]int)}
 }
 
 func (l *legacyAllocator) add(e *entry) {
-	for _, h := range e.legacyHosts {
-		if i, found := slices.BinarySearchFunc(l.sorted, h, compareLegacy); !found {
-			l.sorted = slices.Insert(l.sorted, i, h)
-			l.changed = true
-		}
+	for i := range e.legacyHosts {
+		l.pending[&e.legacyHosts[i]]++
 	}
 }
 
 func (l *legacyAllocator) remove(e *entry) {
-	for _, h := range e.legacyHosts {
-		if i, found := slices.BinarySearchFunc(l.sorted, h, compareLegacy); found {
-			l.sorted = slices.Delete(l.sorted, i, i+1)
-			l.changed = true
-		}
+	for i := range e.legacyHosts {
+		l.pending[&e.legacyHosts[i]]--
 	}
 }
 
-// reallocate recomputes the allocation if the eligible set changed and returns
-// the table names whose addresses moved.
+// reallocate applies the pending changes, recomputes the allocation if there
+// were any, and returns the table names whose addresses moved.
 func (l *legacyAllocator) reallocate() map[string]bool {
-	if !l.changed {
+	var added []*legacyHost
+	removed := make(map[*legacyHost]bool)
+	for h, delta := range l.pending {
+		switch {
+		case delta > 0:
+			added = append(added, h)
+		case delta < 0:
+			removed[h] = true
+		}
+	}
+	clear(l.pending)
+	if len(added) == 0 && len(removed) == 0 {
 		return nil
 	}
-	l.changed = false
-	next, overflow := allocateLegacy(l.sorted)
-	legacyUnallocated.Set(float64(len(overflow)))
-	if len(overflow) > 0 {
-		log.Errorf("autoallocate legacy: %d hosts left without an address, Istio's range holds %d (first left out: %s/%s)",
-			len(overflow), legacySlots, overflow[0].namespace, overflow[0].host)
+	oldSorted, oldAddrs := l.sorted, l.addrs
+	next := make([]*legacyHost, 0, len(l.sorted)+len(added))
+	for _, h := range l.sorted {
+		if !removed[h] {
+			next = append(next, h)
+		}
 	}
+	if len(added) > sortBatch {
+		next = append(next, added...)
+		slices.SortFunc(next, compareLegacy)
+	} else {
+		for _, h := range added {
+			i, _ := slices.BinarySearchFunc(next, h, compareLegacy)
+			next = slices.Insert(next, i, h)
+		}
+	}
+
+	addrs, overflow := allocateLegacy(next)
+	legacyUnallocated.Set(float64(overflow))
+	if overflow > 0 {
+		log.Errorf("autoallocate legacy: %d hosts left without an address: Istio's range holds %d", overflow, legacySlots)
+	}
+	l.sorted, l.addrs = next, addrs
+	return movedHosts(oldSorted, oldAddrs, next, addrs)
+}
+
+// movedHosts walks two allocations in their common order and names every host
+// whose addresses differ, including hosts only one of them has.
+func movedHosts(oldSorted []*legacyHost, oldAddrs []legacyAddrs, newSorted []*legacyHost, newAddrs []legacyAddrs) map[string]bool {
 	moved := make(map[string]bool)
-	for h, addrs := range next {
-		if l.current[h] != addrs {
-			moved[h.name] = true
+	i, j := 0, 0
+	for i < len(oldSorted) || j < len(newSorted) {
+		var c int
+		switch {
+		case i == len(oldSorted):
+			c = 1
+		case j == len(newSorted):
+			c = -1
+		default:
+			c = compareLegacy(oldSorted[i], newSorted[j])
+		}
+		switch {
+		case c < 0:
+			moved[oldSorted[i].name] = true
+			i++
+		case c > 0:
+			moved[newSorted[j].name] = true
+			j++
+		default:
+			if oldAddrs[i] != newAddrs[j] {
+				moved[newSorted[j].name] = true
+			}
+			i++
+			j++
 		}
 	}
-	for h := range l.current {
-		if _, ok := next[h]; !ok {
-			moved[h.name] = true
-		}
-	}
-	l.current = next
 	return moved
 }
 
 // addresses returns what the allocator gave one host of one entry.
-func (l *legacyAllocator) addresses(h legacyHost) []netip.Addr {
-	addrs, ok := l.current[h]
-	if !ok {
+func (l *legacyAllocator) addresses(h *legacyHost) []netip.Addr {
+	i, found := slices.BinarySearchFunc(l.sorted, h, compareLegacy)
+	if !found || !l.addrs[i].v4.IsValid() {
 		return nil
 	}
-	return []netip.Addr{addrs.v4, addrs.v6}
+	return []netip.Addr{l.addrs[i].v4, l.addrs[i].v6}
 }

@@ -186,7 +186,7 @@ func (s *store) addrsOf(e *entry, host string) []netip.Addr {
 			continue
 		}
 		if h.legacy != nil {
-			return s.legacy.addresses(*h.legacy)
+			return s.legacy.addresses(h.legacy)
 		}
 		return h.addrs
 	}

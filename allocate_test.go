@@ -1,0 +1,312 @@
+package serviceentry
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/coredns/coredns/plugin/pkg/dnstest"
+	"github.com/coredns/coredns/plugin/test"
+	"github.com/miekg/dns"
+)
+
+// TestAllocateLegacyIstioVectors reproduces the addresses of Istio's own
+// auto-allocation tests (namespace "" so the key is "/a.com", in this order).
+func TestAllocateLegacyIstioVectors(t *testing.T) {
+	want := []struct{ host, v4 string }{
+		{"a.com", "240.240.109.8"},
+		{"c.com", "240.240.234.51"},
+		{"e.com", "240.240.85.60"},
+		{"g.com", "240.240.23.172"},
+		{"i.com", "240.240.15.2"},
+		{"k.com", "240.240.160.161"},
+		{"l.com", "240.240.42.96"},
+		{"n.com", "240.240.121.61"},
+		{"o.com", "240.240.122.71"},
+	}
+	var hosts []*legacyHost
+	for _, w := range want {
+		hosts = append(hosts, &legacyHost{host: w.host})
+	}
+	got, overflow := allocateLegacy(hosts)
+	if overflow != 0 {
+		t.Fatalf("overflow: %d", overflow)
+	}
+	for i, w := range want {
+		if g := got[i].v4.String(); g != w.v4 {
+			t.Errorf("%s: got %s, want %s", w.host, g, w.v4)
+		}
+	}
+	if g := got[0].v6.String(); g != "2001:2::f0f0:6d8" {
+		t.Errorf("a.com IPv6: got %s, want 2001:2::f0f0:6d8", g)
+	}
+}
+
+func TestAllocateLegacyAlone(t *testing.T) {
+	got, _ := allocateLegacy([]*legacyHost{{namespace: "default", host: "foo.example.com"}})
+	if g := got[0]; g.v4.String() != "240.240.111.74" || g.v6.String() != "2001:2::f0f0:6f4a" {
+		t.Errorf("got %s %s, want 240.240.111.74 2001:2::f0f0:6f4a", g.v4, g.v6)
+	}
+}
+
+// TestLegacyAddressesFormat pins Istio's unpadded IPv6 text, collisions
+// included: (1, 0x23) and (0x12, 3) both print as f0f0:123.
+func TestLegacyAddressesFormat(t *testing.T) {
+	for _, c := range []struct {
+		a, b   int
+		v4, v6 string
+	}{
+		{0, 1, "240.240.0.1", "2001:2::f0f0:1"},
+		{0, 0xfe, "240.240.0.254", "2001:2::f0f0:fe"},
+		{1, 0x23, "240.240.1.35", "2001:2::f0f0:123"},
+		{0x12, 3, "240.240.18.3", "2001:2::f0f0:123"},
+		{255, 254, "240.240.255.254", "2001:2::f0f0:fffe"},
+	} {
+		got := legacyAddresses(c.a, c.b)
+		if got.v4.String() != c.v4 || got.v6.String() != c.v6 {
+			t.Errorf("(%d,%d): got %s %s, want %s %s", c.a, c.b, got.v4, got.v6, c.v4, c.v6)
+		}
+	}
+}
+
+// TestAllocateLegacyDuplicateKey: the same namespace/host in two entries takes
+// two slots (shifting later numbers, as in Istio) and both get one address.
+func TestAllocateLegacyDuplicateKey(t *testing.T) {
+	got, _ := allocateLegacy([]*legacyHost{
+		{namespace: "ns", host: "dup.com", entry: "one"},
+		{namespace: "ns", host: "dup.com", entry: "two"},
+		{namespace: "ns", host: "other.com", entry: "three"},
+	})
+	if got[0] != got[1] || !got[0].v4.IsValid() || got[2] == got[0] {
+		t.Fatalf("got %v, want the duplicates to share one valid address and the third to differ", got)
+	}
+}
+
+// TestAllocateLegacyProperties: distinct namespace/host keys never share an
+// IPv4 address, no address ends in .0 or .255, and beyond 65024 hosts the rest
+// is reported as overflow instead of hanging or wrapping.
+func TestAllocateLegacyProperties(t *testing.T) {
+	if testing.Short() {
+		t.Skip("allocates the whole range")
+	}
+	const n = legacySlots + 100
+	hosts := make([]*legacyHost, n)
+	for i := range hosts {
+		hosts[i] = &legacyHost{namespace: fmt.Sprintf("ns%d", i%7), host: fmt.Sprintf("h%d.example.com", i)}
+	}
+	got, overflow := allocateLegacy(hosts)
+	allocated := 0
+	for _, a := range got {
+		if a.v4.IsValid() {
+			allocated++
+		}
+	}
+	if allocated+overflow != n {
+		t.Fatalf("%d allocated + %d overflow != %d hosts", allocated, overflow, n)
+	}
+	if overflow < 100 {
+		t.Fatalf("overflow %d, want at least 100", overflow)
+	}
+	seen := make(map[netip.Addr]*legacyHost, len(got))
+	for i, a := range got {
+		if !a.v4.IsValid() {
+			continue
+		}
+		h := hosts[i]
+		if other, dup := seen[a.v4]; dup {
+			t.Fatalf("%v and %v share %s", h, other, a.v4)
+		}
+		seen[a.v4] = h
+		b := a.v4.As4()
+		if b[0] != 240 || b[1] != 240 || b[3] == 0 || b[3] == 255 {
+			t.Fatalf("%v got %s, outside 240.240.x.1-254", h, a.v4)
+		}
+	}
+}
+
+// FuzzAllocateLegacyUnique checks, for arbitrary small sets, that distinct keys
+// get distinct IPv4 addresses and equal keys equal ones.
+func FuzzAllocateLegacyUnique(f *testing.F) {
+	f.Add("a.com,b.com,c.com", "ns")
+	f.Add("x,x,y", "")
+	f.Fuzz(func(t *testing.T, names, ns string) {
+		var hosts []*legacyHost
+		for i, n := range splitComma(names) {
+			hosts = append(hosts, &legacyHost{namespace: ns, host: n, entry: fmt.Sprint(i)})
+		}
+		got, _ := allocateLegacy(hosts)
+		byAddr := make(map[netip.Addr]string)
+		for i, a := range got {
+			h := hosts[i]
+			if k, ok := byAddr[a.v4]; ok && k != h.host {
+				t.Fatalf("%q and %q share %s", k, h.host, a.v4)
+			}
+			byAddr[a.v4] = h.host
+		}
+	})
+}
+
+func splitComma(s string) []string {
+	var out []string
+	start := 0
+	for i := 0; i <= len(s); i++ {
+		if i == len(s) || s[i] == ',' {
+			out = append(out, s[start:i])
+			start = i + 1
+		}
+	}
+	return out
+}
+
+// legacyEntries are ServiceEntries in Istio's test order by creation time.
+func legacyEntries(n int) []string {
+	base := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
+	docs := make([]string, n)
+	for i := range docs {
+		docs[i] = fmt.Sprintf(`apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: e%d, namespace: ns%d, creationTimestamp: %q}
+spec:
+  hosts: [h%d.legacy.internal]
+  resolution: DNS
+`, i, i%3, base.Add(time.Duration(i%5)*time.Second).Format(time.RFC3339), i)
+	}
+	return docs
+}
+
+// TestLegacyEventOrderIndependent: two replicas that see the same entries in
+// different orders (and with churn on the way) serve identical addresses.
+func TestLegacyEventOrderIndependent(t *testing.T) {
+	docs := legacyEntries(300)
+	var entries []*entry
+	for _, d := range docs {
+		es, err := parseManifests([]byte(d), convertOptions{autoAllocate: autoAllocateLegacy})
+		if err != nil || len(es) != 1 {
+			t.Fatalf("parse: %v %d", err, len(es))
+		}
+		entries = append(entries, es[0])
+	}
+	replica := func(seed uint64) *store {
+		st := newStore(true)
+		st.markSynced()
+		r := rand.New(rand.NewPCG(seed, seed))
+		for _, i := range r.Perm(len(entries)) {
+			st.upsert(entries[i].key, entries[i])
+			if r.IntN(4) == 0 { // churn: remove and re-add one already seen
+				j := r.IntN(len(entries))
+				st.upsert(entries[j].key, nil)
+				st.upsert(entries[j].key, entries[j])
+			}
+		}
+		return st
+	}
+	a, b := replica(1), replica(2)
+	for _, e := range entries {
+		name := e.hosts[0].name
+		ansA, ansB := a.table().lookup(name), b.table().lookup(name)
+		if ansA == nil || ansB == nil {
+			t.Fatalf("%s: not answered (%v, %v)", name, ansA, ansB)
+		}
+		if !ansA.a[0].Equal(ansB.a[0]) || !ansA.aaaa[0].Equal(ansB.aaaa[0]) {
+			t.Fatalf("%s: replicas disagree: %v/%v vs %v/%v", name, ansA.a, ansA.aaaa, ansB.a, ansB.aaaa)
+		}
+	}
+	// And both equal the allocation computed from scratch in Istio's order.
+	fresh := newStore(true)
+	all := make(map[string]*entry)
+	for _, e := range entries {
+		all[e.key] = e
+	}
+	fresh.replaceAll(all)
+	fresh.markSynced()
+	for _, e := range entries {
+		name := e.hosts[0].name
+		if !fresh.table().lookup(name).a[0].Equal(a.table().lookup(name).a[0]) {
+			t.Fatalf("%s: incremental and fresh allocations differ", name)
+		}
+	}
+}
+
+// TestLegacyServing: legacy mode serves the allocation through the handler,
+// never for NONE, wildcards or entries with addresses; hidden entries (exportTo
+// ".") are not served but still take their slot, as in istiod; off serves none.
+func TestLegacyServing(t *testing.T) {
+	const docs = `
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: foo, namespace: default}
+spec: {hosts: [foo.example.com], resolution: DNS}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: none, namespace: default}
+spec: {hosts: [none.example.com], resolution: NONE}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: wild, namespace: default}
+spec: {hosts: ["*.wild.example.com"], resolution: DNS}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: hidden, namespace: other}
+spec: {hosts: [hidden.example.com], resolution: DNS, exportTo: ["."]}
+`
+	legacy := &ServiceEntry{Zones: []string{"example.com."}, TTL: 30,
+		store: storeFrom(t, convertOptions{autoAllocate: autoAllocateLegacy}, docs)}
+	off := &ServiceEntry{Zones: []string{"example.com."}, TTL: 30,
+		store: storeFrom(t, convertOptions{autoAllocate: autoAllocateOff}, docs)}
+
+	// The expected addresses are computed over both eligible hosts.
+	alloc, _ := allocateLegacy([]*legacyHost{
+		{namespace: "default", host: "foo.example.com", entry: "foo"},
+		{namespace: "other", host: "hidden.example.com", entry: "hidden"},
+	})
+	foo := alloc[0]
+	soaRR := test.SOA("example.com. 30 IN SOA ns.dns.example.com. hostmaster.example.com. 1 7200 1800 86400 30")
+	nx := func(q string) test.Case {
+		return test.Case{Qname: q, Qtype: dns.TypeA, Rcode: dns.RcodeNameError, Ns: []dns.RR{soaRR}}
+	}
+	for _, c := range []struct {
+		name string
+		se   *ServiceEntry
+		tc   test.Case
+	}{
+		{"legacy A", legacy, test.Case{Qname: "foo.example.com.", Qtype: dns.TypeA, Answer: []dns.RR{
+			test.A("foo.example.com. 30 IN A " + foo.v4.String())}}},
+		{"legacy AAAA", legacy, test.Case{Qname: "foo.example.com.", Qtype: dns.TypeAAAA, Answer: []dns.RR{
+			test.AAAA("foo.example.com. 30 IN AAAA " + foo.v6.String())}}},
+		{"legacy NONE", legacy, nx("none.example.com.")},
+		{"legacy wildcard", legacy, nx("a.wild.example.com.")},
+		{"legacy hidden", legacy, nx("hidden.example.com.")},
+		{"off", off, nx("foo.example.com.")},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			rec := dnstest.NewRecorder(&test.ResponseWriter{})
+			if _, err := c.se.ServeDNS(context.Background(), rec, c.tc.Msg()); err != nil {
+				t.Fatal(err)
+			}
+			if err := test.SortAndCheck(rec.Msg, c.tc); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+}
+
+func BenchmarkAllocateLegacy(b *testing.B) {
+	for _, n := range []int{10_000, 100_000} {
+		hosts := make([]*legacyHost, n)
+		for i := range hosts {
+			hosts[i] = &legacyHost{namespace: fmt.Sprintf("ns%d", i%50), host: fmt.Sprintf("svc-%d.example.internal", i)}
+		}
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				allocateLegacy(hosts)
+			}
+		})
+	}
+}
