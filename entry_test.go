@@ -1,0 +1,95 @@
+package serviceentry
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestNormalizeHost(t *testing.T) {
+	label63 := strings.Repeat("a", 63)
+	name253 := strings.Repeat(label63+".", 3) + strings.Repeat("b", 61) // 253 bytes
+	for _, c := range []struct{ name, in, want, reason string }{
+		{"plain", "a.example.com", "a.example.com", ""},
+		{"upper case", "API.Example.COM", "api.example.com", ""},
+		{"trailing dot", "a.example.com.", "a.example.com", ""},
+		{"single label", "db", "db", ""},
+		{"wildcard", "*.Example.com", "*.example.com", ""},
+		{"punycode", "xn--bcher-kva.example", "xn--bcher-kva.example", ""},
+		{"63-byte label", label63 + ".com", label63 + ".com", ""},
+		{"253-byte name", name253, name253, ""},
+		{"empty", "", "", reasonInvalidHost},
+		{"dot only", ".", "", reasonInvalidHost},
+		{"star alone", "*", "", reasonInvalidHost},
+		{"partial wildcard", "*foo.example.com", "", reasonPartialWildcard},
+		{"partial wildcard with hyphen", "*-foo.example.com", "", reasonPartialWildcard},
+		{"inner star", "a.*.example.com", "", reasonInvalidHost},
+		{"64-byte label", label63 + "a.com", "", reasonInvalidHost},
+		{"254-byte name", name253 + "b", "", reasonInvalidHost},
+		{"empty label", "a..com", "", reasonInvalidHost},
+		{"leading hyphen", "-a.com", "", reasonInvalidHost},
+		{"trailing hyphen", "a-.com", "", reasonInvalidHost},
+		{"underscore", "_srv.a.com", "", reasonInvalidHost},
+		{"non-ASCII", "bücher.example", "", reasonInvalidHost},
+		{"space", "a b.com", "", reasonInvalidHost},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			got, reason := normalizeHost(c.in)
+			if got != c.want || reason != c.reason {
+				t.Errorf("normalizeHost(%q) = %q, %q; want %q, %q", c.in, got, reason, c.want, c.reason)
+			}
+		})
+	}
+}
+
+func TestParseAddresses(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		in      []string
+		want    string // served addresses, comma-separated
+		reasons string // skip reasons, comma-separated
+	}{
+		{"v4 and v6", []string{"192.0.2.1", "2001:db8::1"}, "192.0.2.1,2001:db8::1", ""},
+		{"host prefixes", []string{"192.0.2.1/32", "2001:db8::1/128"}, "192.0.2.1,2001:db8::1", ""},
+		{"wider CIDRs", []string{"10.0.0.0/8", "192.0.2.0/31", "2001:db8::/127", "0.0.0.0/0"}, "", "cidr_not_host,cidr_not_host,cidr_not_host,cidr_not_host"},
+		{"duplicates", []string{"192.0.2.1", "192.0.2.1/32", "192.0.2.1"}, "192.0.2.1", ""},
+		{"IPv4-mapped IPv6 stays IPv6", []string{"::ffff:192.0.2.1"}, "::ffff:192.0.2.1", ""},
+		{"zoned IPv6", []string{"fe80::1%eth0"}, "", "invalid_address"},
+		{"spaces", []string{" 192.0.2.1", "192.0.2.1 "}, "", "invalid_address,invalid_address"},
+		{"garbage", []string{"foo", "", "300.1.1.1"}, "", "invalid_address,invalid_address,invalid_address"},
+		{"bad one among good", []string{"192.0.2.1", "bad", "192.0.2.2"}, "192.0.2.1,192.0.2.2", "invalid_address"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			addrs, skips := parseAddresses(c.in)
+			var got, reasons []string
+			for _, a := range addrs {
+				got = append(got, a.String())
+			}
+			for _, s := range skips {
+				reasons = append(reasons, s.reason)
+			}
+			if strings.Join(got, ",") != c.want || strings.Join(reasons, ",") != c.reasons {
+				t.Errorf("got %v %v, want %s / %s", got, reasons, c.want, c.reasons)
+			}
+		})
+	}
+}
+
+// TestConvertSkipsOnlyTheBadItem: a bad host or address leaves the rest of the
+// entry served.
+func TestConvertSkipsOnlyTheBadItem(t *testing.T) {
+	entries, err := parseManifests([]byte(`
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: mixed, namespace: ns}
+spec:
+  hosts: [good.internal, "bad_host.internal", "*bad.internal", Good.Internal]
+  addresses: [192.0.2.1, not-an-ip, 10.0.0.0/8]
+`), convertOptions{})
+	if err != nil || len(entries) != 1 {
+		t.Fatalf("%v, %d entries", err, len(entries))
+	}
+	e := entries[0]
+	if len(e.hosts) != 1 || e.hosts[0].name != "good.internal" || len(e.hosts[0].addrs) != 1 {
+		t.Fatalf("got %+v, want good.internal with one address", e.hosts)
+	}
+}

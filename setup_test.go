@@ -1,0 +1,121 @@
+package serviceentry
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coredns/caddy"
+	"github.com/coredns/coredns/plugin/pkg/fall"
+)
+
+func TestParse(t *testing.T) {
+	cases := []struct {
+		name    string
+		input   string
+		wantErr string // substring; empty means success
+		check   func(t *testing.T, c *config)
+	}{
+		{"defaults", `serviceentry`, "", func(t *testing.T, c *config) {
+			if c.ttl != 30 || c.startupTimeout != 5*time.Second || c.convert.autoAllocate != autoAllocateStatus || c.convert.exportAll {
+				t.Errorf("defaults: %+v", c)
+			}
+			if len(c.zones) != 1 || c.zones[0] != "." {
+				t.Errorf("zones %v, want the server block's", c.zones)
+			}
+			if !c.fall.Equal(fall.Zero) {
+				t.Errorf("fallthrough on by default")
+			}
+		}},
+		{"zones from args", `serviceentry global Example.COM`, "", func(t *testing.T, c *config) {
+			if strings.Join(c.zones, ",") != "global.,example.com." {
+				t.Errorf("zones %v", c.zones)
+			}
+		}},
+		{"all options", `serviceentry global {
+			kubeconfig /tmp/kc ctx
+			startup_timeout 500ms
+			namespaces a b
+			namespaces c
+			labels app in (x, y),tier=db
+			ttl 0
+			autoallocate legacy
+			exportto all
+			fallthrough a.global
+		}`, "", func(t *testing.T, c *config) {
+			if c.kubeconfig != "/tmp/kc" || c.kubecontext != "ctx" || c.startupTimeout != 500*time.Millisecond {
+				t.Errorf("kube options: %+v", c)
+			}
+			if strings.Join(c.namespaces, ",") != "a,b,c" || c.labels != "app in (x, y),tier=db" {
+				t.Errorf("scope: %v %q", c.namespaces, c.labels)
+			}
+			if c.ttl != 0 || c.convert.autoAllocate != autoAllocateLegacy || !c.convert.exportAll {
+				t.Errorf("answer options: %+v", c)
+			}
+			if !c.fall.Through("x.a.global.") || c.fall.Through("b.global.") {
+				t.Errorf("fallthrough zones wrong")
+			}
+		}},
+		{"manifests", `serviceentry { 
+			manifests examples a.yaml
+			autoallocate off
+		}`, "", func(t *testing.T, c *config) {
+			if strings.Join(c.manifests, ",") != "examples,a.yaml" || c.convert.autoAllocate != autoAllocateOff {
+				t.Errorf("%+v", c)
+			}
+		}},
+		{"ttl max", `serviceentry { 
+			ttl 3600 
+		}`, "", nil},
+		{"ttl too big", "serviceentry {\nttl 3601\n}", "ttl must be an integer from 0 to 3600", nil},
+		{"ttl negative", "serviceentry {\nttl -1\n}", "ttl must be", nil},
+		{"ttl not a number", "serviceentry {\nttl abc\n}", "ttl must be", nil},
+		{"ttl no arg", "serviceentry {\nttl\n}", "Wrong argument count", nil},
+		{"bad duration", "serviceentry {\nstartup_timeout 5\n}", "startup_timeout must be", nil},
+		{"bad autoallocate", "serviceentry {\nautoallocate v2\n}", "autoallocate must be status, legacy or off", nil},
+		{"bad exportto", "serviceentry {\nexportto some\n}", "exportto must be public or all", nil},
+		{"bad labels", "serviceentry {\nlabels a=(\n}", "labels: invalid selector", nil},
+		{"unknown property", "serviceentry {\nendpoint http://x\n}", "unknown property 'endpoint'", nil},
+		{"manifests without path", "serviceentry {\nmanifests\n}", "Wrong argument count", nil},
+		{"kubeconfig too many args", "serviceentry {\nkubeconfig a b c\n}", "Wrong argument count", nil},
+		{"manifests with kubeconfig", "serviceentry {\nmanifests x\nkubeconfig y\n}", "manifests cannot be combined", nil},
+		{"twice in a block", "serviceentry\nserviceentry", "plugin", nil},
+		{"error names the line", "serviceentry {\n\n\nttl x\n}", "Testfile:4", nil},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			ctl := caddy.NewTestController("dns", c.input)
+			ctl.ServerBlockKeys = []string{".:1053"}
+			cfg, err := parse(ctl)
+			if c.wantErr != "" {
+				if err == nil {
+					t.Fatalf("want error containing %q, got none", c.wantErr)
+				}
+				if !strings.Contains(err.Error(), c.wantErr) {
+					t.Fatalf("error %q does not contain %q", err, c.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("unexpected error: %v", err)
+			}
+			if c.check != nil {
+				c.check(t, cfg)
+			}
+		})
+	}
+}
+
+// TestSetupErrors: setup fails at startup with the plugin's name in the error
+// for bad input and for a Kubernetes source that cannot be configured.
+func TestSetupErrors(t *testing.T) {
+	for _, c := range []struct{ input, want string }{
+		{"serviceentry {\nttl x\n}", "plugin/serviceentry"},
+		{"serviceentry {\nkubeconfig /nonexistent/kubeconfig\n}", "loading kubeconfig /nonexistent/kubeconfig"},
+	} {
+		err := setup(caddy.NewTestController("dns", c.input))
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q: error %v, want one containing %q", c.input, err, c.want)
+		}
+	}
+}
