@@ -1,0 +1,102 @@
+package serviceentry
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"testing"
+
+	"github.com/coredns/coredns/plugin/pkg/dnstest"
+	"github.com/coredns/coredns/plugin/pkg/fall"
+	"github.com/coredns/coredns/plugin/test"
+	"github.com/miekg/dns"
+)
+
+// benchEntries makes n entries svc-i.ns-(i%100).internal with one IPv4 each and
+// an IPv6 for every other one, plus one wildcard.
+func benchEntries(n int) map[string]*entry {
+	out := make(map[string]*entry, n+1)
+	for i := range n {
+		addrs := []netip.Addr{netip.AddrFrom4([4]byte{240, 240, byte(i >> 8), byte(i)})}
+		if i%2 == 0 {
+			addrs = append(addrs, netip.MustParseAddr(fmt.Sprintf("2001:2::%x:%x", i>>16, i&0xffff)))
+		}
+		e := &entry{key: fmt.Sprintf("ns/e%d", i), namespace: "ns", name: fmt.Sprintf("e%d", i),
+			hosts: []hostAddrs{{name: fmt.Sprintf("svc-%d.ns-%d.internal", i, i%100), addrs: addrs}}}
+		out[e.key] = e
+	}
+	w := &entry{key: "ns/wild", namespace: "ns", name: "wild",
+		hosts: []hostAddrs{{name: "*.wild.internal", addrs: []netip.Addr{netip.MustParseAddr("203.0.113.1")}}}}
+	out[w.key] = w
+	return out
+}
+
+func BenchmarkServeDNS(b *testing.B) {
+	st := newStore(false)
+	st.replaceAll(benchEntries(10_000))
+	st.markSynced()
+	se := &ServiceEntry{Zones: []string{"internal."}, TTL: 30, store: st, Next: test.NextHandler(dns.RcodeSuccess, nil)}
+	withFall := &ServiceEntry{Zones: []string{"internal."}, TTL: 30, store: st, Fall: fall.Root, Next: test.NextHandler(dns.RcodeSuccess, nil)}
+	for _, c := range []struct {
+		name  string
+		se    *ServiceEntry
+		qname string
+		qtype uint16
+	}{
+		{"hit-A", se, "svc-42.ns-42.internal.", dns.TypeA},
+		{"hit-AAAA", se, "svc-42.ns-42.internal.", dns.TypeAAAA},
+		{"nodata", se, "svc-43.ns-43.internal.", dns.TypeAAAA},
+		{"wildcard", se, "a.b.wild.internal.", dns.TypeA},
+		{"nxdomain", se, "absent.ns-1.internal.", dns.TypeA},
+		{"fallthrough", withFall, "absent.ns-1.internal.", dns.TypeA},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			m := new(dns.Msg).SetQuestion(c.qname, c.qtype)
+			w := &test.ResponseWriter{}
+			b.ReportAllocs()
+			for b.Loop() {
+				rec := dnstest.NewRecorder(w)
+				_, _ = c.se.ServeDNS(context.Background(), rec, m)
+			}
+		})
+	}
+}
+
+// BenchmarkTableUpdate: the cost of one change (one entry replaced) once the
+// store holds n entries: it must not grow with n.
+func BenchmarkTableUpdate(b *testing.B) {
+	for _, n := range []int{10_000, 100_000} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			entries := benchEntries(n)
+			st := newStore(false)
+			st.replaceAll(entries)
+			st.markSynced()
+			e := entries["ns/e7"]
+			changed := *e
+			changed.hosts = []hostAddrs{{name: e.hosts[0].name, addrs: []netip.Addr{netip.MustParseAddr("192.0.2.1")}}}
+			b.ReportAllocs()
+			for i := 0; b.Loop(); i++ {
+				if i%2 == 0 {
+					st.upsert(e.key, &changed)
+				} else {
+					st.upsert(e.key, e)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkInitialSync: building the first table from n entries.
+func BenchmarkInitialSync(b *testing.B) {
+	for _, n := range []int{10_000, 100_000} {
+		entries := benchEntries(n)
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				st := newStore(false)
+				st.replaceAll(entries)
+				st.markSynced()
+			}
+		})
+	}
+}
