@@ -2,6 +2,8 @@ package serviceentry
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -13,6 +15,7 @@ import (
 	fakediscovery "k8s.io/client-go/discovery/fake"
 	"k8s.io/client-go/features"
 	clientfeaturestesting "k8s.io/client-go/features/testing"
+	"sigs.k8s.io/yaml"
 )
 
 // newFakeKube returns a fake Istio clientset whose discovery serves
@@ -158,5 +161,40 @@ func TestTrimServiceEntry(t *testing.T) {
 	}
 	if _, err := trimServiceEntry(se); err != nil { // idempotent
 		t.Fatal(err)
+	}
+}
+
+// TestLegacySameAcrossSources: the same ServiceEntries read through the
+// Kubernetes source and through manifests give the same legacy addresses.
+func TestLegacySameAcrossSources(t *testing.T) {
+	docs := legacyEntries(60)
+	opts := convertOptions{autoAllocate: autoAllocateLegacy}
+	fromFiles := storeFrom(t, opts, strings.Join(docs, "---\n"))
+
+	client := newFakeKube(t, "v1")
+	for _, d := range docs {
+		var se clientv1.ServiceEntry
+		if err := yaml.Unmarshal([]byte(d), &se); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := client.NetworkingV1().ServiceEntries(se.Namespace).Create(context.Background(), &se, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st := newStore(true)
+	k := &kubeSource{client: client, opts: opts, store: st}
+	if err := k.start(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(k.stop)
+	if st.table() == nil {
+		t.Fatal("not synced")
+	}
+	for i := range docs {
+		name := fmt.Sprintf("h%d.legacy.internal", i)
+		a, b := fromFiles.table().lookup(name), st.table().lookup(name)
+		if a == nil || b == nil || !a.a[0].Equal(b.a[0]) || !a.aaaa[0].Equal(b.aaaa[0]) {
+			t.Fatalf("%s: manifests %v, kubernetes %v", name, a, b)
+		}
 	}
 }
