@@ -2,6 +2,7 @@ package serviceentry
 
 import (
 	"hash/maphash"
+	"maps"
 	"net"
 	"strings"
 )
@@ -74,9 +75,7 @@ func (t *table) with(changes map[string]*answer) *table {
 		s := &shards[i]
 		if !copied[s] {
 			fresh := make(shard, len(*s)+1)
-			for k, v := range *s {
-				fresh[k] = v
-			}
+			maps.Copy(fresh, *s)
 			*s = fresh
 			copied[s] = true
 		}

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -84,6 +85,12 @@ func (c *coredns) waitListening(t testing.TB, timeout time.Duration) {
 		_, err := c.exchange("probe.invalid.", dns.TypeA, "udp")
 		return err == nil
 	})
+}
+
+// waitLog waits until CoreDNS's log contains text.
+func (c *coredns) waitLog(t testing.TB, timeout time.Duration, text string) {
+	t.Helper()
+	waitFor(t, timeout, "log line "+strconv.Quote(text), func() bool { return strings.Contains(c.output(), text) })
 }
 
 func (c *coredns) isReady() bool {

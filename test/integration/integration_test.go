@@ -250,9 +250,7 @@ func TestRBAC(t *testing.T) {
 
 	denied := startCoreDNS(t, "rbac.internal", "kubeconfig "+c.kubeconfig(t, nobodyToken), "startup_timeout 1s")
 	denied.waitListening(t, 20*time.Second)
-	waitFor(t, 15*time.Second, "a clear RBAC error in the log", func() bool {
-		return strings.Contains(denied.output(), "reading ServiceEntries is forbidden")
-	})
+	denied.waitLog(t, 15*time.Second, "reading ServiceEntries is forbidden")
 	if denied.isReady() {
 		t.Error("ready without permission")
 	}
@@ -267,9 +265,7 @@ func TestNoCRDThenInstall(t *testing.T) {
 	c := startCluster(t, "AlwaysAllow")
 	dnsServer := startCoreDNS(t, "crd.internal", "kubeconfig "+c.kubeconfig(t, adminToken), "startup_timeout 1s")
 	dnsServer.waitListening(t, 20*time.Second)
-	waitFor(t, 10*time.Second, "a log line about the missing CRD", func() bool {
-		return strings.Contains(dnsServer.output(), "is Istio's CRD installed?")
-	})
+	dnsServer.waitLog(t, 10*time.Second, "is Istio's CRD installed?")
 	if dnsServer.isReady() {
 		t.Error("ready without a CRD")
 	}
