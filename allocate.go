@@ -171,7 +171,7 @@ const sortBatch = 64
 // and recomputes the allocation when that set changes. Adding or removing a
 // host can move the addresses of others (Istio's allocation is positional), so
 // reallocate reports every host whose addresses changed. Changes are batched
-// until reallocate, which the store calls once per published table.
+// until reallocate, which the store calls when a recomputation is due.
 type legacyAllocator struct {
 	sorted []*legacyHost
 	addrs  []legacyAddrs // parallel to sorted
@@ -196,6 +196,16 @@ func (l *legacyAllocator) remove(e *entry) {
 	}
 }
 
+// changed reports whether the eligible set differs from the last allocation's.
+func (l *legacyAllocator) changed() bool {
+	for _, delta := range l.pending {
+		if delta != 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // reallocate applies the pending changes, recomputes the allocation if there
 // were any, and returns the table names whose addresses moved.
 func (l *legacyAllocator) reallocate() map[string]bool {
@@ -209,7 +219,7 @@ func (l *legacyAllocator) reallocate() map[string]bool {
 			removed[h] = true
 		}
 	}
-	clear(l.pending)
+	l.pending = make(map[*legacyHost]int) // not clear: see store.publishLocked
 	if len(added) == 0 && len(removed) == 0 {
 		return nil
 	}

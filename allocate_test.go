@@ -191,6 +191,7 @@ func TestLegacyEventOrderIndependent(t *testing.T) {
 	}
 	replica := func(seed uint64) *store {
 		st := newStore(true)
+		st.minReallocGap = 0 // every event recomputes: the order is what is tested
 		st.markSynced()
 		r := rand.New(rand.NewPCG(seed, seed))
 		for _, i := range r.Perm(len(entries)) {
@@ -308,5 +309,107 @@ func BenchmarkAllocateLegacy(b *testing.B) {
 				allocateLegacy(hosts)
 			}
 		})
+	}
+}
+
+// legacyParsed parses legacyEntries(n) into entries.
+func legacyParsed(t testing.TB, n int) []*entry {
+	t.Helper()
+	var out []*entry
+	for _, d := range legacyEntries(n) {
+		es, err := parseManifests([]byte(d), convertOptions{autoAllocate: autoAllocateLegacy})
+		if err != nil || len(es) != 1 {
+			t.Fatalf("parse: %v %d", err, len(es))
+		}
+		out = append(out, es[0])
+	}
+	return out
+}
+
+// TestLegacyCoalescing: a change to the eligible set that comes sooner than the
+// recomputation gap is published at once against the previous allocation (the
+// new host waits, nobody else moves) and the recomputation is left to a timer,
+// which close stops.
+func TestLegacyCoalescing(t *testing.T) {
+	entries := legacyParsed(t, 3)
+	st := newStore(true)
+	st.minReallocGap = time.Hour
+	st.markSynced()
+	st.upsert(entries[0].key, entries[0]) // first change: recomputed at once
+	first := st.table().lookup(entries[0].hosts[0].name)
+	if first == nil {
+		t.Fatal("first legacy host not answered after its own change")
+	}
+
+	st.upsert(entries[1].key, entries[1]) // within the gap: deferred
+	if got := st.table().lookup(entries[1].hosts[0].name); got != nil {
+		t.Errorf("deferred host answered before the recomputation: %v", got.a)
+	}
+	if got := st.table().lookup(entries[0].hosts[0].name); got == nil || !got.a[0].Equal(first.a[0]) {
+		t.Errorf("first host moved while the recomputation was deferred: %v", got)
+	}
+	declared := &entry{key: "ns/declared", namespace: "ns", name: "declared",
+		hosts: []hostAddrs{{name: "declared.internal", addrs: []netip.Addr{netip.MustParseAddr("192.0.2.7")}}}}
+	st.upsert(declared.key, declared)
+	if st.table().lookup("declared.internal") == nil {
+		t.Error("a declared address waited for the legacy recomputation")
+	}
+
+	st.mu.Lock()
+	pending := st.reallocTimer != nil
+	st.mu.Unlock()
+	if !pending {
+		t.Fatal("no recomputation scheduled for the deferred change")
+	}
+	st.close()
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.reallocTimer != nil {
+		t.Error("close left the recomputation timer running")
+	}
+}
+
+// TestLegacyCoalescedConverges: under churn faster than the gap, the table
+// settles on exactly the allocation a fresh build of the final entries gives.
+func TestLegacyCoalescedConverges(t *testing.T) {
+	entries := legacyParsed(t, 200)
+	st := newStore(true)
+	st.minReallocGap = 20 * time.Millisecond
+	st.markSynced()
+	defer st.close()
+	r := rand.New(rand.NewPCG(3, 3))
+	present := make(map[string]*entry)
+	for range 2000 {
+		e := entries[r.IntN(len(entries))]
+		if present[e.key] != nil && r.IntN(3) == 0 {
+			st.upsert(e.key, nil)
+			delete(present, e.key)
+		} else {
+			st.upsert(e.key, e)
+			present[e.key] = e
+		}
+	}
+	fresh := newStore(true)
+	fresh.replaceAll(present)
+	fresh.markSynced()
+
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		diff := ""
+		for _, e := range entries {
+			name := e.hosts[0].name
+			want, got := fresh.table().lookup(name), st.table().lookup(name)
+			if (want == nil) != (got == nil) || (want != nil && (!want.a[0].Equal(got.a[0]) || !want.aaaa[0].Equal(got.aaaa[0]))) {
+				diff = fmt.Sprintf("%s: want %v, got %v", name, want, got)
+				break
+			}
+		}
+		if diff == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("coalesced allocation never settled on the fresh one: %s", diff)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

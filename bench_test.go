@@ -4,12 +4,16 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/coredns/coredns/plugin/pkg/dnstest"
 	"github.com/coredns/coredns/plugin/pkg/fall"
 	"github.com/coredns/coredns/plugin/test"
 	"github.com/miekg/dns"
+	networking "istio.io/api/networking/v1alpha3"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // benchEntries makes n entries svc-i.ns-(i%100).internal with one IPv4 each and
@@ -99,4 +103,58 @@ func BenchmarkInitialSync(b *testing.B) {
 			}
 		})
 	}
+}
+
+// legacyBenchEntries makes n entries eligible for the legacy allocator, spread
+// over 50 namespaces and 100 creation seconds.
+func legacyBenchEntries(n int) []*entry {
+	base := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
+	out := make([]*entry, n)
+	for i := range out {
+		meta := &metav1.ObjectMeta{Name: fmt.Sprintf("e%d", i), Namespace: fmt.Sprintf("ns%d", i%50),
+			CreationTimestamp: metav1.NewTime(base.Add(time.Duration(i%100) * time.Second))}
+		spec := &networking.ServiceEntry{Hosts: []string{fmt.Sprintf("svc-%d.legacy.internal", i)},
+			Resolution: networking.ServiceEntry_DNS}
+		out[i], _ = convert(meta, spec, nil, convertOptions{autoAllocate: autoAllocateLegacy})
+	}
+	return out
+}
+
+// BenchmarkLegacyChurn: adding and removing eligible hosts as fast as they
+// come, with n in the store. Each change moves other hosts' addresses, so the
+// full recomputation is coalesced; cpu-ns/op is the process CPU time per
+// change (the deferred recomputations run on timers, outside the loop).
+func BenchmarkLegacyChurn(b *testing.B) {
+	for _, n := range []int{10_000, 100_000} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			entries := legacyBenchEntries(n + 1)
+			st := newStore(true)
+			all := make(map[string]*entry, n)
+			for _, e := range entries[:n] {
+				all[e.key] = e
+			}
+			st.replaceAll(all)
+			st.markSynced()
+			defer st.close()
+			churn := entries[n]
+			cpu0 := processCPU(b)
+			b.ReportAllocs()
+			for i := 0; b.Loop(); i++ {
+				if i%2 == 0 {
+					st.upsert(churn.key, churn)
+				} else {
+					st.upsert(churn.key, nil)
+				}
+			}
+			b.ReportMetric(float64((processCPU(b)-cpu0).Nanoseconds())/float64(b.N), "cpu-ns/op")
+		})
+	}
+}
+
+func processCPU(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

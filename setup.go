@@ -60,7 +60,7 @@ func setup(c *caddy.Controller) error {
 	// Both hooks run again on every Corefile reload, with a new instance:
 	// the old source stops, so no goroutine outlives its configuration.
 	c.OnStartup(func() error { return src.start(cfg.startupTimeout) })
-	c.OnShutdown(func() error { src.stop(); return nil })
+	c.OnShutdown(func() error { src.stop(); st.close(); return nil })
 
 	dnsserver.GetConfig(c).AddPlugin(func(next plugin.Handler) plugin.Handler {
 		se.Next = next

@@ -26,6 +26,12 @@ type store struct {
 
 	// legacy is the allocator for "autoallocate legacy"; nil in other modes.
 	legacy *legacyAllocator
+	// minReallocGap, reallocAt and reallocTimer coalesce legacy
+	// recomputations under churn (see publishLocked).
+	minReallocGap time.Duration
+	reallocAt     time.Time   // earliest time of the next recomputation
+	reallocTimer  *time.Timer // a deferred recomputation, nil if none
+	closed        bool
 
 	published atomic.Pointer[table] // nil until the first full read of the source
 }
@@ -39,8 +45,21 @@ func newStore(legacy bool) *store {
 	}
 	if legacy {
 		s.legacy = newLegacyAllocator()
+		s.minReallocGap = minReallocGap
 	}
 	return s
+}
+
+// close stops a deferred recomputation; the plugin calls it on shutdown so
+// that nothing of an old configuration runs after a reload.
+func (s *store) close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	if s.reallocTimer != nil {
+		s.reallocTimer.Stop()
+		s.reallocTimer = nil
+	}
 }
 
 // table returns the table to answer from, or nil while the source has not
@@ -115,27 +134,66 @@ func (s *store) setLocked(key string, e *entry) {
 	}
 }
 
+// Legacy recomputation is positional and costs O(eligible hosts): ~5 ms at
+// 10,000, ~40 ms at 100,000. Under churn it runs at most once per
+// max(minReallocGap, reallocCostFactor × its last duration), so it never takes
+// more than a fifth of a core; a change to the eligible set waits at most that
+// long for its address.
+const (
+	minReallocGap     = 100 * time.Millisecond
+	reallocCostFactor = 5
+)
+
 // publishLocked rebuilds the answers of the dirty hosts into a new table. Before
 // the first sync it does nothing: the initial read is built in one pass when the
 // source reports it complete.
+//
+// When a legacy recomputation is due it runs first. When one is needed but not
+// yet due, the changes are published at once against the previous allocation
+// (a new eligible host has no address yet, a removed one is gone, every other
+// host keeps its address) and a timer publishes the recomputation.
 func (s *store) publishLocked() {
 	if !s.synced {
 		return
 	}
 	start := time.Now()
-	if s.legacy != nil {
-		for host := range s.legacy.reallocate() {
-			s.dirty[host] = true
+	if s.legacy != nil && s.legacy.changed() {
+		if wait := s.reallocAt.Sub(start); wait > 0 {
+			s.deferReallocLocked(wait)
+		} else {
+			for host := range s.legacy.reallocate() {
+				s.dirty[host] = true
+			}
+			if s.minReallocGap > 0 { // zero: recompute on every change
+				s.reallocAt = start.Add(max(s.minReallocGap, reallocCostFactor*time.Since(start)))
+			}
 		}
 	}
 	changes := make(map[string]*answer, len(s.dirty))
 	for host := range s.dirty {
 		changes[host] = s.answerFor(host)
 	}
-	clear(s.dirty)
+	// A fresh map, not clear: a cleared map keeps the capacity of the
+	// initial sync and ranging over it would cost O(all hosts) per change.
+	s.dirty = make(map[string]bool)
 	s.building = s.building.with(changes)
 	s.published.Store(s.building)
 	observeRebuild(start, len(s.entries), s.building.hosts)
+}
+
+func (s *store) deferReallocLocked(wait time.Duration) {
+	if s.reallocTimer != nil || s.closed {
+		return
+	}
+	s.reallocTimer = time.AfterFunc(wait, func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.closed {
+			return
+		}
+		s.reallocTimer = nil
+		s.publishLocked()
+	})
 }
 
 // answerFor merges what the entries say about one host. When several entries
