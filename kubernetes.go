@@ -118,7 +118,7 @@ func (k *kubeSource) run(ctx context.Context) {
 		f := informers.NewSharedInformerFactoryWithOptions(k.client, 0,
 			informers.WithNamespace(ns),
 			informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = k.labels }),
-			informers.WithTransform(trimServiceEntry))
+			informers.WithTransform(k.toCached))
 		inf := informerFor(f, version)
 		if err := inf.SetWatchErrorHandler(k.watchError); err != nil {
 			log.Errorf("setting the watch error handler: %v", err)
@@ -210,22 +210,20 @@ func (k *kubeSource) watchError(_ *cache.Reflector, err error) {
 }
 
 func (k *kubeSource) apply(obj any) {
-	meta, spec, status, ok := serviceEntryParts(obj)
+	c, ok := obj.(*cachedEntry)
 	if !ok {
 		return
 	}
-	key := namespacedName(meta)
-	e, skips := convert(meta, spec, status, k.opts)
-	reportSkips(key, skips)
-	k.store.upsert(key, e)
+	reportSkips(c.key(), c.skips)
+	k.store.upsert(c.key(), c.entry)
 }
 
 func (k *kubeSource) remove(obj any) {
 	if tomb, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 		obj = tomb.Obj
 	}
-	if meta, _, _, ok := serviceEntryParts(obj); ok {
-		k.store.upsert(namespacedName(meta), nil)
+	if c, ok := obj.(*cachedEntry); ok {
+		k.store.upsert(c.key(), nil)
 	}
 }
 
@@ -240,26 +238,4 @@ func serviceEntryParts(obj any) (*metav1.ObjectMeta, *networking.ServiceEntry, *
 		return &se.ObjectMeta, &se.Spec, &se.Status, true
 	}
 	return nil, nil, nil, false
-}
-
-// trimServiceEntry drops, before an object enters the informer cache, all that
-// the table never reads: managed fields, annotations (last-applied-configuration
-// alone can double an object), ports, endpoints, selectors and status
-// conditions. It strips in place and keeps the type, so it is idempotent.
-func trimServiceEntry(obj any) (any, error) {
-	meta, spec, status, ok := serviceEntryParts(obj)
-	if !ok {
-		return obj, nil
-	}
-	meta.ManagedFields = nil
-	meta.Annotations = nil
-	meta.OwnerReferences = nil
-	meta.Finalizers = nil
-	spec.Ports = nil
-	spec.Endpoints = nil
-	spec.WorkloadSelector = nil
-	spec.SubjectAltNames = nil
-	status.Conditions = nil
-	status.ValidationMessages = nil
-	return obj, nil
 }

@@ -15,6 +15,7 @@ import (
 	fakediscovery "k8s.io/client-go/discovery/fake"
 	"k8s.io/client-go/features"
 	clientfeaturestesting "k8s.io/client-go/features/testing"
+	"k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/yaml"
 )
 
@@ -145,22 +146,38 @@ func TestKubeSourceNamespaces(t *testing.T) {
 	}
 }
 
-func TestTrimServiceEntry(t *testing.T) {
+// TestToCached: the informer cache keeps the converted entry and the object's
+// key only; the transform is idempotent and deep copies keep the entry.
+func TestToCached(t *testing.T) {
+	k := &kubeSource{opts: convertOptions{autoAllocate: autoAllocateStatus}}
 	se := v1Entry("ns", "a", "a.internal", "192.0.2.1")
-	se.Labels = map[string]string{autoAllocateLabel: "false"}
-	se.Status.Addresses = []*networking.ServiceEntryAddress{{Host: "a.internal", Value: "240.240.0.1"}}
-	out, err := trimServiceEntry(se)
-	if err != nil || out != any(se) {
-		t.Fatalf("trim returned %v, %v", out, err)
-	}
-	if se.Annotations != nil || se.ManagedFields != nil || se.Spec.Endpoints != nil {
-		t.Error("trim kept what the table never reads")
-	}
-	if se.Labels[autoAllocateLabel] != "false" || len(se.Spec.Hosts) != 1 || len(se.Spec.Addresses) != 1 || len(se.Status.Addresses) != 1 {
-		t.Error("trim dropped what the table reads")
-	}
-	if _, err := trimServiceEntry(se); err != nil { // idempotent
+	se.Spec.Hosts = append(se.Spec.Hosts, "bad_host!")
+	out, err := k.toCached(se)
+	if err != nil {
 		t.Fatal(err)
+	}
+	c, ok := out.(*cachedEntry)
+	if !ok {
+		t.Fatalf("transform returned %T", out)
+	}
+	if c.key() != "ns/a" {
+		t.Errorf("cached key %q", c.key())
+	}
+	if key, err := cache.MetaNamespaceKeyFunc(c); err != nil || key != "ns/a" {
+		t.Errorf("informer cache key: %q, %v", key, err)
+	}
+	if c.entry == nil || len(c.entry.hosts) != 1 || c.entry.hosts[0].addrs[0].String() != "192.0.2.1" {
+		t.Errorf("cached entry: %+v", c.entry)
+	}
+	if len(c.skips) != 1 || c.skips[0].reason != reasonInvalidHost {
+		t.Errorf("skips: %+v", c.skips)
+	}
+	again, err := k.toCached(c)
+	if err != nil || again != any(c) {
+		t.Errorf("transform of a cached entry: %v, %v", again, err)
+	}
+	if cp := c.DeepCopyObject().(*cachedEntry); cp == c || cp.entry != c.entry || cp.key() != "ns/a" {
+		t.Errorf("deep copy: %+v", cp)
 	}
 }
 

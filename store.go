@@ -5,6 +5,7 @@ import (
 	"hash/maphash"
 	"net"
 	"net/netip"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -18,9 +19,9 @@ import (
 // so an update costs O(hosts changed), not O(all entries).
 type store struct {
 	mu       sync.Mutex
-	entries  map[string]*entry            // by namespace/name
-	byHost   map[string]map[string]*entry // host -> namespace/name -> entry
-	building *table                       // kept current even before sync
+	entries  map[string]*entry   // by namespace/name
+	byHost   map[string][]*entry // host -> the entries declaring it (usually one)
+	building *table              // kept current even before sync
 	synced   bool
 	dirty    map[string]bool // hosts changed since the last publish
 
@@ -39,7 +40,7 @@ type store struct {
 func newStore(legacy bool) *store {
 	s := &store{
 		entries:  make(map[string]*entry),
-		byHost:   make(map[string]map[string]*entry),
+		byHost:   make(map[string][]*entry),
 		building: newTable(maphash.MakeSeed()),
 		dirty:    make(map[string]bool),
 	}
@@ -95,19 +96,30 @@ func (s *store) replaceAll(entries map[string]*entry) {
 
 // markSynced records that the source has delivered its first full read: from
 // now on the table is published and the plugin answers from it.
+//
+// The first read leaves behind the garbage of decoding everything at once (a
+// whole list of full objects); it is returned to the OS right away so that the
+// resident size follows the table rather than the startup peak (at 10,000
+// entries: 1.9 -> 1.1 KiB of RSS per entry, measured by BenchmarkScale).
 func (s *store) markSynced() {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	first := !s.synced
 	s.synced = true
 	s.publishLocked()
+	s.mu.Unlock()
+	if first {
+		debug.FreeOSMemory()
+	}
 }
 
 func (s *store) setLocked(key string, e *entry) {
 	if old := s.entries[key]; old != nil {
 		for _, h := range old.hosts {
-			delete(s.byHost[h.name], key)
-			if len(s.byHost[h.name]) == 0 {
+			rest := slices.DeleteFunc(s.byHost[h.name], func(x *entry) bool { return x == old })
+			if len(rest) == 0 {
 				delete(s.byHost, h.name)
+			} else {
+				s.byHost[h.name] = rest
 			}
 			s.dirty[h.name] = true
 		}
@@ -121,12 +133,7 @@ func (s *store) setLocked(key string, e *entry) {
 	}
 	s.entries[key] = e
 	for _, h := range e.hosts {
-		byKey := s.byHost[h.name]
-		if byKey == nil {
-			byKey = make(map[string]*entry, 1)
-			s.byHost[h.name] = byKey
-		}
-		byKey[key] = e
+		s.byHost[h.name] = append(s.byHost[h.name], e)
 		s.dirty[h.name] = true
 	}
 	if s.legacy != nil {

@@ -58,9 +58,15 @@ type coredns struct {
 // nothing else, so every answer seen comes from our plugin.
 func startCoreDNS(t testing.TB, zone string, pluginLines ...string) *coredns {
 	t.Helper()
+	return startCoreDNSWith(t, nil, zone, pluginLines...)
+}
+
+// startCoreDNSWith is startCoreDNS with more lines in the server block.
+func startCoreDNSWith(t testing.TB, serverLines []string, zone string, pluginLines ...string) *coredns {
+	t.Helper()
 	dnsPort, readyPort := freePort(t), freePort(t)
-	corefile := fmt.Sprintf(".:%d {\n    bind 127.0.0.1\n    serviceentry %s {\n        %s\n    }\n    ready 127.0.0.1:%d\n}\n",
-		dnsPort, zone, strings.Join(pluginLines, "\n        "), readyPort)
+	corefile := fmt.Sprintf(".:%d {\n    bind 127.0.0.1\n    serviceentry %s {\n        %s\n    }\n    ready 127.0.0.1:%d\n    %s\n}\n",
+		dnsPort, zone, strings.Join(pluginLines, "\n        "), readyPort, strings.Join(serverLines, "\n    "))
 	path := filepath.Join(t.TempDir(), "Corefile")
 	if err := os.WriteFile(path, []byte(corefile), 0o644); err != nil {
 		t.Fatal(err)

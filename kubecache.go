@@ -1,0 +1,53 @@
+package serviceentry
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+)
+
+// cachedEntry is all the informer cache keeps of a ServiceEntry: the name the
+// cache keys it by and the entry already converted for the table. A decoded
+// object (metadata, spec and status) weighs several times the entry and the
+// table never reads anything else, so the conversion happens in the
+// informer's transform, before the object is stored.
+type cachedEntry struct {
+	namespace, name string
+
+	entry *entry // nil: nothing to serve or allocate
+	skips []skip // what the conversion left out, reported when it is applied
+}
+
+// GetObjectMeta lets the cache key the object (meta.Accessor accepts it); it
+// runs once per event, not per query, so building the metadata is cheap.
+func (c *cachedEntry) GetObjectMeta() metav1.Object {
+	return &metav1.ObjectMeta{Namespace: c.namespace, Name: c.name}
+}
+
+// GetObjectKind and DeepCopyObject make cachedEntry a runtime.Object. The
+// entry is immutable once converted, so sharing it is a deep copy.
+func (c *cachedEntry) GetObjectKind() schema.ObjectKind { return schema.EmptyObjectKind }
+
+func (c *cachedEntry) DeepCopyObject() runtime.Object {
+	out := *c
+	return &out
+}
+
+// key is the store's key for the entry, as the manifests source makes it.
+func (c *cachedEntry) key() string {
+	return namespacedName(&metav1.ObjectMeta{Namespace: c.namespace, Name: c.name})
+}
+
+// toCached is the informers' transform. The informer may hand an object to it
+// twice, so an already converted one passes through unchanged.
+func (k *kubeSource) toCached(obj any) (any, error) {
+	if _, done := obj.(*cachedEntry); done {
+		return obj, nil
+	}
+	meta, spec, status, ok := serviceEntryParts(obj)
+	if !ok {
+		return obj, nil
+	}
+	e, skips := convert(meta, spec, status, k.opts)
+	return &cachedEntry{namespace: meta.Namespace, name: meta.Name, entry: e, skips: skips}, nil
+}

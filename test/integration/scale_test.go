@@ -1,0 +1,270 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	networking "istio.io/api/networking/v1alpha3"
+	"istio.io/client-go/pkg/clientset/versioned"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// scaleEntries is how many ServiceEntries BenchmarkScale creates:
+// SERVICEENTRY_SCALE_ENTRIES, 10,000 unless set (scripts/bench-scale uses 100,000).
+func scaleEntries(b *testing.B) int {
+	n := 10_000
+	if s := os.Getenv("SERVICEENTRY_SCALE_ENTRIES"); s != "" {
+		var err error
+		if n, err = strconv.Atoi(s); err != nil || n < 1 {
+			b.Fatalf("SERVICEENTRY_SCALE_ENTRIES=%q: want a positive number", s)
+		}
+	}
+	return n
+}
+
+// BenchmarkScale measures the plugin against a real API server holding n
+// ServiceEntries: the time from starting CoreDNS to ready, its RSS (and the
+// RSS per entry above the same binary reading an empty namespace), and the
+// apply -> answer latency of address changes made at 100 per second.
+// It runs once whatever -benchtime says: the figures are its metrics.
+func BenchmarkScale(b *testing.B) {
+	n := scaleEntries(b)
+	c := startCluster(b, "AlwaysAllow")
+	c.installCRDs(b, istioCRDs(b))
+	createNamespace(b, c, "scale", "empty")
+	cfg := c.restConfig(b)
+	cfg.QPS = -1 // no client-side limit: the API server is what is measured
+	client, err := versioned.NewForConfig(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	kubeconfig := c.kubeconfig(b, adminToken)
+
+	base := startCoreDNS(b, "scale.internal", "kubeconfig "+kubeconfig, "namespaces empty")
+	waitFor(b, 60*time.Second, "CoreDNS ready on an empty namespace", base.isReady)
+	baseRSS := settledRSS(b, base.process)
+	base.stop()
+
+	began := time.Now()
+	createScaleEntries(b, client, n)
+	created := time.Since(began)
+	b.Logf("created %d ServiceEntries in %v (%.0f/s)", n, created.Round(time.Millisecond), float64(n)/created.Seconds())
+
+	pprofAddr := fmt.Sprintf("127.0.0.1:%d", freePort(b))
+	began = time.Now()
+	dnsServer := startCoreDNSWith(b, []string{"pprof " + pprofAddr}, "scale.internal",
+		"kubeconfig "+kubeconfig, "namespaces scale", "startup_timeout 1s")
+	waitFor(b, 10*time.Minute, "CoreDNS ready", dnsServer.isReady)
+	ready := time.Since(began)
+	for _, i := range []int{0, n / 2, n - 1} {
+		dnsServer.waitAnswer(b, 5*time.Second, scaleHost(i), dns.TypeA, "NOERROR "+scaleAddr(i, 0))
+	}
+	rss := settledRSS(b, dnsServer.process)
+	heapInuse := heapStat(b, pprofAddr, "HeapInuse")
+	saveProfile(b, pprofAddr, "heap?gc=1", fmt.Sprintf("heap-%d.pb.gz", n))
+
+	// First the CPU cost of updates alone (no DNS polling), then the latency.
+	cpuProfile := make(chan struct{})
+	go func() {
+		defer close(cpuProfile)
+		saveProfile(b, pprofAddr, "profile?seconds=10", fmt.Sprintf("cpu-updates-%d.pb.gz", n))
+	}()
+	cpu0 := processCPU(b, dnsServer.process)
+	const rate, cpuPhase = 100, 10 * time.Second
+	scaleUpdates(b, client, dnsServer, n, 0, rate, cpuPhase, false)
+	cpuPerUpdate := (processCPU(b, dnsServer.process) - cpu0) / (rate * cpuPhase / time.Second)
+	<-cpuProfile
+	latencies := scaleUpdates(b, client, dnsServer, n, 1, rate, 20*time.Second, true)
+	slices.Sort(latencies)
+	p50, p99 := latencies[len(latencies)/2], latencies[len(latencies)*99/100]
+
+	perEntry := float64(rss-baseRSS) / 1024 / float64(n)
+	b.Logf("%d entries: start -> ready %v; RSS %.1f MiB (empty namespace %.1f MiB, %.2f KiB per entry), heap in use %.1f MiB; "+
+		"%d updates at 100/s: apply -> answer p50 %v, p99 %v, max %v; CoreDNS CPU %v per update",
+		n, ready.Round(time.Millisecond), float64(rss)/(1<<20), float64(baseRSS)/(1<<20), perEntry, float64(heapInuse)/(1<<20),
+		len(latencies), p50.Round(100*time.Microsecond), p99.Round(100*time.Microsecond),
+		latencies[len(latencies)-1].Round(100*time.Microsecond), cpuPerUpdate.Round(time.Microsecond))
+	b.ReportMetric(ready.Seconds(), "ready-s")
+	b.ReportMetric(float64(rss)/(1<<20), "rss-MiB")
+	b.ReportMetric(perEntry, "KiB/entry")
+	b.ReportMetric(float64(heapInuse)/(1<<20), "heap-MiB")
+	b.ReportMetric(float64(p50.Microseconds())/1000, "p50-ms")
+	b.ReportMetric(float64(p99.Microseconds())/1000, "p99-ms")
+	b.ReportMetric(float64(cpuPerUpdate.Microseconds()), "cpu-us/update")
+}
+
+func scaleHost(i int) string { return fmt.Sprintf("svc-%d.ns-%d.scale.internal", i, i%100) }
+
+// scaleAddr is IPv4 address i of generation gen: entry i is created with
+// generation 0; each phase of updates sets the next generation.
+func scaleAddr(i, gen int) string {
+	return fmt.Sprintf("10.%d.%d.%d", gen%200, i>>8&0xff, i&0xff)
+}
+
+// createScaleEntries creates n entries as a mesh would have them (ports and
+// all, which the plugin's transform drops), IPv6 on every other one.
+func createScaleEntries(b *testing.B, client versioned.Interface, n int) {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for range 16 {
+		wg.Go(func() {
+			for i := int(next.Add(1) - 1); i < n; i = int(next.Add(1) - 1) {
+				se := serviceEntry("scale", fmt.Sprintf("svc-%d", i), []string{scaleHost(i)}, scaleAddr(i, 0))
+				if i%2 == 0 {
+					se.Spec.Addresses = append(se.Spec.Addresses, fmt.Sprintf("2001:db8::%x", i))
+				}
+				se.Spec.Ports = append(se.Spec.Ports, &networking.ServicePort{Number: 443, Name: "https", Protocol: "TLS"})
+				if _, err := client.NetworkingV1().ServiceEntries("scale").Create(context.Background(), se, metav1.CreateOptions{}); err != nil {
+					errs <- fmt.Errorf("creating %s: %w", se.Name, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		b.Fatal(err)
+	}
+}
+
+// scaleUpdates changes the IPv4 address of distinct entries to generation gen
+// at rate per second for the given time. With poll it returns, for each
+// change, the time from the start of the API call to the first DNS answer
+// carrying the new address; without, it only checks that the last change is
+// answered.
+func scaleUpdates(b *testing.B, client versioned.Interface, dnsServer *coredns, n, gen, rate int, length time.Duration, poll bool) []time.Duration {
+	ses := client.NetworkingV1().ServiceEntries("scale")
+	total := rate * int(length/time.Second)
+	latencies := make([]time.Duration, total)
+	var wg sync.WaitGroup
+	failed := make(chan string, total)
+	tick := time.NewTicker(time.Second / time.Duration(rate))
+	defer tick.Stop()
+	host := func(u int) (string, string) {
+		i := (u + gen*total) * 7919 % n // distinct entries, spread over the set
+		return fmt.Sprintf("svc-%d", i), scaleHost(i)
+	}
+	for u := range total {
+		<-tick.C
+		name, qname := host(u)
+		want := scaleAddr(u, gen+1)
+		wg.Go(func() {
+			start := time.Now()
+			patch := fmt.Sprintf(`{"spec":{"addresses":[%q]}}`, want)
+			if _, err := ses.Patch(context.Background(), name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+				failed <- fmt.Sprintf("patch %s: %v", name, err)
+				return
+			}
+			for poll && dnsServer.answer(b, qname, dns.TypeA, "udp") != "NOERROR "+want {
+				if time.Since(start) > 10*time.Second {
+					failed <- fmt.Sprintf("%s not answering %s after 10s", qname, want)
+					return
+				}
+				time.Sleep(time.Millisecond)
+			}
+			latencies[u] = time.Since(start)
+		})
+	}
+	wg.Wait()
+	close(failed)
+	for f := range failed {
+		b.Fatal(f)
+	}
+	_, last := host(total - 1)
+	dnsServer.waitAnswer(b, 10*time.Second, last, dns.TypeA, "NOERROR "+scaleAddr(total-1, gen+1))
+	return latencies
+}
+
+// settledRSS is the process's resident set after a few seconds of quiet, so
+// that the garbage of the initial read has been collected.
+func settledRSS(b *testing.B, p *process) int64 {
+	time.Sleep(5 * time.Second)
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for line := range strings.Lines(string(status)) {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kib, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			if err != nil {
+				b.Fatalf("VmRSS %q: %v", rest, err)
+			}
+			return kib << 10
+		}
+	}
+	b.Fatal("no VmRSS in /proc status")
+	return 0
+}
+
+// processCPU is the user+system CPU time the process has used so far.
+func processCPU(b *testing.B, p *process) time.Duration {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	// Fields after the command name (which may hold spaces) start at ')'.
+	fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+2:]))
+	utime, _ := strconv.ParseInt(fields[11], 10, 64)
+	stime, _ := strconv.ParseInt(fields[12], 10, 64)
+	const clockTicks = 100 // USER_HZ on Linux
+	return time.Duration(utime+stime) * time.Second / clockTicks
+}
+
+// heapStat reads one runtime.MemStats figure from CoreDNS's pprof endpoint.
+func heapStat(b *testing.B, pprofAddr, name string) int64 {
+	body := httpGet(b, "http://"+pprofAddr+"/debug/pprof/heap?debug=1")
+	for line := range strings.Lines(string(body)) {
+		if rest, ok := strings.CutPrefix(line, "# "+name+" = "); ok {
+			v, err := strconv.ParseInt(strings.TrimSpace(rest), 10, 64)
+			if err != nil {
+				b.Fatalf("%s %q: %v", name, rest, err)
+			}
+			return v
+		}
+	}
+	b.Fatalf("no %s in the heap profile", name)
+	return 0
+}
+
+// saveProfile stores a pprof profile of CoreDNS in SERVICEENTRY_PROFILES, when set.
+func saveProfile(b *testing.B, pprofAddr, query, file string) {
+	dir := os.Getenv("SERVICEENTRY_PROFILES")
+	if dir == "" {
+		return
+	}
+	path := filepath.Join(dir, file)
+	if err := os.WriteFile(path, httpGet(b, "http://"+pprofAddr+"/debug/pprof/"+query), 0o644); err != nil {
+		b.Error(err)
+		return
+	}
+	b.Logf("profile saved: %s", path)
+}
+
+func httpGet(b *testing.B, url string) []byte {
+	resp, err := http.Get(url)
+	if err != nil {
+		b.Error(err)
+		return nil
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		b.Errorf("GET %s: %v %s", url, err, resp.Status)
+	}
+	return body
+}
