@@ -1,0 +1,20 @@
+# The custom CoreDNS image, for hosts with a Docker engine (or buildah/kaniko).
+# Without one, scripts/image builds the same image as an OCI archive.
+#   docker build -t REGISTRY/coredns-serviceentry:TAG .
+FROM golang:1.26-bookworm AS build
+WORKDIR /src
+COPY go.mod go.sum ./
+RUN go mod download
+COPY . .
+# Static, so that the runtime image needs no libc; setcap lets the nonroot
+# user bind port 53, as the upstream CoreDNS image does.
+RUN CGO_ENABLED=0 go build -trimpath -ldflags=-s -o /coredns ./cmd/coredns \
+ && apt-get update && apt-get install -y --no-install-recommends libcap2-bin \
+ && setcap cap_net_bind_service=+ep /coredns
+
+FROM gcr.io/distroless/static-debian12:nonroot
+COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/
+COPY --from=build /coredns /coredns
+USER 65532:65532
+EXPOSE 53 53/udp 9153
+ENTRYPOINT ["/coredns"]

@@ -1,0 +1,15 @@
+// Module image builds the custom CoreDNS image as an OCI archive without a
+// Docker engine. It is a separate module so that go-containerregistry stays
+// out of the plugin's module graph.
+module github.com/coredns-serviceentry/serviceentry/tools/image
+
+go 1.26.0
+
+require github.com/google/go-containerregistry v0.22.1
+
+require (
+	github.com/klauspost/compress v1.19.2 // indirect
+	github.com/opencontainers/go-digest v1.0.0 // indirect
+	github.com/opencontainers/image-spec v1.1.1 // indirect
+	golang.org/x/sync v0.22.0 // indirect
+)

@@ -1,0 +1,247 @@
+// Command image builds the custom CoreDNS image as an OCI archive (an OCI
+// image layout in one tar file) without a Docker engine or a registry: one
+// layer on an empty base holding the static binary, CA certificates and a
+// nonroot user, configured as the upstream CoreDNS image is (numeric nonroot
+// user, the binary allowed to bind port 53 by a file capability).
+//
+// Load the archive with `docker load`, `podman load`, `ctr -n k8s.io images
+// import` or `kind load image-archive`, or push it with
+// `skopeo copy oci-archive:FILE docker://REGISTRY/NAME:TAG`.
+package main
+
+import (
+	"archive/tar"
+	"bytes"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"log"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+)
+
+// nonroot is the user the image runs as: distroless's nonroot, as upstream.
+const nonroot = 65532
+
+// capNetBindService is the security.capability xattr value that
+// `setcap cap_net_bind_service=+ep` writes (VFS_CAP_REVISION_2, effective
+// flag, permitted bit 10), little-endian: the nonroot process may bind :53.
+var capNetBindService = []byte{
+	0x01, 0x00, 0x00, 0x02, // magic: revision 2 | effective
+	0x00, 0x04, 0x00, 0x00, // permitted[0]: 1 << CAP_NET_BIND_SERVICE (10)
+	0x00, 0x00, 0x00, 0x00, // inheritable[0]
+	0x00, 0x00, 0x00, 0x00, // permitted[1]
+	0x00, 0x00, 0x00, 0x00, // inheritable[1]
+}
+
+// spec is what goes into the image.
+type spec struct {
+	binary   string    // a static (CGO_ENABLED=0) coredns binary
+	caBundle string    // a CA bundle to ship as /etc/ssl/certs/ca-certificates.crt; "" for none
+	arch     string    // GOARCH the binary was built for
+	created  time.Time // every timestamp in the image, for reproducible digests
+}
+
+func main() {
+	var s spec
+	flag.StringVar(&s.binary, "binary", "", "static coredns binary to package (required)")
+	flag.StringVar(&s.caBundle, "ca-certificates", "/etc/ssl/certs/ca-certificates.crt", "CA bundle to include; empty for none")
+	flag.StringVar(&s.arch, "arch", runtime.GOARCH, "architecture the binary was built for")
+	out := flag.String("o", "coredns-serviceentry.oci.tar", "OCI archive to write")
+	ref := flag.String("tag", "coredns-serviceentry:dev", "image name recorded in the archive")
+	flag.Parse()
+	if s.binary == "" {
+		log.Fatal("-binary is required")
+	}
+	s.created = sourceDate()
+
+	img, err := build(s)
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := writeArchive(img, *ref, *out); err != nil {
+		log.Fatal(err)
+	}
+	digest, err := img.Digest()
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Printf("%s %s %s\n", *out, *ref, digest)
+}
+
+// sourceDate honours SOURCE_DATE_EPOCH (reproducible-builds.org); the Unix
+// epoch otherwise, so that the same inputs always give the same digest.
+func sourceDate() time.Time {
+	if v := os.Getenv("SOURCE_DATE_EPOCH"); v != "" {
+		if sec, err := strconv.ParseInt(v, 10, 64); err == nil {
+			return time.Unix(sec, 0).UTC()
+		}
+		log.Fatalf("SOURCE_DATE_EPOCH=%q is not a number of seconds", v)
+	}
+	return time.Unix(0, 0).UTC()
+}
+
+// build assembles the image: config first (an empty base has none), then the
+// one layer, whose diff ID mutate records in the config's rootfs.
+func build(s spec) (v1.Image, error) {
+	layer, err := rootLayer(s)
+	if err != nil {
+		return nil, err
+	}
+	base := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
+	base = mutate.ConfigMediaType(base, types.OCIConfigJSON)
+	user := fmt.Sprintf("%d:%d", nonroot, nonroot)
+	img, err := mutate.ConfigFile(base, &v1.ConfigFile{
+		Architecture: s.arch,
+		OS:           "linux",
+		Created:      v1.Time{Time: s.created},
+		Config: v1.Config{
+			Entrypoint:   []string{"/coredns"},
+			User:         user,
+			WorkingDir:   "/",
+			ExposedPorts: map[string]struct{}{"53/tcp": {}, "53/udp": {}, "9153/tcp": {}},
+			Env:          []string{"PATH=/"},
+			Labels: map[string]string{
+				"org.opencontainers.image.title":  "coredns-serviceentry",
+				"org.opencontainers.image.source": "https://github.com/coredns-serviceentry/serviceentry",
+			},
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("image config: %w", err)
+	}
+	return mutate.Append(img, mutate.Addendum{
+		Layer:   layer,
+		History: v1.History{Created: v1.Time{Time: s.created}, CreatedBy: "tools/image", Comment: "coredns with the serviceentry plugin"},
+	})
+}
+
+// rootLayer is the image's whole file system.
+func rootLayer(s spec) (v1.Layer, error) {
+	binary, err := os.ReadFile(s.binary)
+	if err != nil {
+		return nil, fmt.Errorf("reading the binary: %w", err)
+	}
+	var ca []byte
+	if s.caBundle != "" {
+		if ca, err = os.ReadFile(s.caBundle); err != nil {
+			return nil, fmt.Errorf("reading the CA bundle (-ca-certificates \"\" to leave it out): %w", err)
+		}
+	}
+
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	dir := func(name string, mode int64) error {
+		return tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: name + "/", Mode: mode, ModTime: s.created, Format: tar.FormatPAX})
+	}
+	file := func(h *tar.Header, data []byte) error {
+		h.Typeflag, h.Size, h.ModTime, h.Format = tar.TypeReg, int64(len(data)), s.created, tar.FormatPAX
+		if err := tw.WriteHeader(h); err != nil {
+			return err
+		}
+		_, err := tw.Write(data)
+		return err
+	}
+	steps := []func() error{
+		func() error { return dir("etc", 0o755) },
+		func() error {
+			return file(&tar.Header{Name: "etc/passwd", Mode: 0o644},
+				fmt.Appendf(nil, "root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:%d:%d:nonroot:/home/nonroot:/sbin/nologin\n", nonroot, nonroot))
+		},
+		func() error {
+			return file(&tar.Header{Name: "etc/group", Mode: 0o644}, fmt.Appendf(nil, "root:x:0:\nnonroot:x:%d:\n", nonroot))
+		},
+		func() error { return dir("home", 0o755) },
+		func() error {
+			return tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: "home/nonroot/", Mode: 0o700,
+				Uid: nonroot, Gid: nonroot, ModTime: s.created, Format: tar.FormatPAX})
+		},
+		func() error { return dir("tmp", 0o1777) },
+		func() error {
+			return file(&tar.Header{Name: "coredns", Mode: 0o755,
+				PAXRecords: map[string]string{"SCHILY.xattr.security.capability": string(capNetBindService)}}, binary)
+		},
+	}
+	if ca != nil {
+		steps = append(steps,
+			func() error { return dir("etc/ssl", 0o755) },
+			func() error { return dir("etc/ssl/certs", 0o755) },
+			func() error { return file(&tar.Header{Name: "etc/ssl/certs/ca-certificates.crt", Mode: 0o644}, ca) })
+	}
+	for _, step := range steps {
+		if err := step(); err != nil {
+			return nil, fmt.Errorf("writing the layer: %w", err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return nil, fmt.Errorf("writing the layer: %w", err)
+	}
+	data := buf.Bytes()
+	return tarball.LayerFromOpener(func() (io.ReadCloser, error) {
+		return io.NopCloser(bytes.NewReader(data)), nil
+	}, tarball.WithMediaType(types.OCILayer))
+}
+
+// writeArchive writes img as an OCI image layout, named ref, packed in one tar.
+func writeArchive(img v1.Image, ref, out string) error {
+	dir, err := os.MkdirTemp("", "oci-layout-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	p, err := layout.Write(dir, empty.Index)
+	if err != nil {
+		return fmt.Errorf("OCI layout: %w", err)
+	}
+	if err := p.AppendImage(img, layout.WithAnnotations(map[string]string{"org.opencontainers.image.ref.name": ref})); err != nil {
+		return fmt.Errorf("OCI layout: %w", err)
+	}
+
+	f, err := os.Create(out)
+	if err != nil {
+		return err
+	}
+	tw := tar.NewWriter(f)
+	err = filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || path == dir {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, path)
+		h := &tar.Header{Name: filepath.ToSlash(rel), Mode: 0o644, ModTime: time.Unix(0, 0), Format: tar.FormatPAX}
+		if d.IsDir() {
+			h.Typeflag, h.Name, h.Mode = tar.TypeDir, h.Name+"/", 0o755
+			return tw.WriteHeader(h)
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		h.Typeflag, h.Size = tar.TypeReg, int64(len(data))
+		if err := tw.WriteHeader(h); err != nil {
+			return err
+		}
+		_, err = tw.Write(data)
+		return err
+	})
+	if cerr := tw.Close(); err == nil {
+		err = cerr
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("writing %s: %w", out, err)
+	}
+	return nil
+}
