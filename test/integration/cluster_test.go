@@ -292,7 +292,7 @@ func (c *cluster) apply(t testing.TB, manifest []byte) {
 		data, _ := obj.MarshalJSON()
 		force := true
 		if _, err := ri.Patch(context.Background(), obj.GetName(), "application/apply-patch+yaml", data,
-			metav1.PatchOptions{FieldManager: "serviceentry-test", Force: &force}); err != nil {
+			metav1.PatchOptions{FieldManager: "serviceentry-test", Force: &force, FieldValidation: "Strict"}); err != nil {
 			t.Fatalf("applying %s %s: %v", obj.GetKind(), obj.GetName(), err)
 		}
 	}

@@ -70,6 +70,13 @@ func startCoreDNSWith(t testing.TB, serverLines []string, zone string, pluginLin
 	dnsPort, readyPort := freePort(t), freePort(t)
 	corefile := fmt.Sprintf(".:%d {\n    bind 127.0.0.1\n    serviceentry %s {\n        %s\n    }\n    ready 127.0.0.1:%d\n    %s\n}\n",
 		dnsPort, zone, strings.Join(pluginLines, "\n        "), readyPort, strings.Join(serverLines, "\n    "))
+	return runCorefile(t, corefile, dnsPort, readyPort)
+}
+
+// runCorefile runs the binary with a whole Corefile that serves DNS on
+// 127.0.0.1:dnsPort and ready on 127.0.0.1:readyPort.
+func runCorefile(t testing.TB, corefile string, dnsPort, readyPort int) *coredns {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "Corefile")
 	if err := os.WriteFile(path, []byte(corefile), 0o644); err != nil {
 		t.Fatal(err)
@@ -81,7 +88,7 @@ func startCoreDNSWith(t testing.TB, serverLines []string, zone string, pluginLin
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("CoreDNS log:\n%s", c.output())
+			t.Logf("CoreDNS log (Corefile:\n%s):\n%s", corefile, c.output())
 		}
 	})
 	return c
