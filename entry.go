@@ -62,6 +62,7 @@ const (
 	reasonStatusInvalidAddress = "status_invalid_address"
 	reasonStatusUnknownHost    = "status_unknown_host"
 	reasonInvalidManifest      = "invalid_manifest"
+	reasonManifestTooLarge     = "manifest_too_large"
 )
 
 // convert turns one ServiceEntry into an entry. It returns nil when the entry

@@ -109,7 +109,11 @@ func (m *manifestSource) refresh() {
 		changed = true
 		entries, err := m.readFile(path)
 		if err != nil {
-			skippedItems.WithLabelValues(reasonInvalidManifest).Inc()
+			reason := reasonInvalidManifest
+			if errors.Is(err, errManifestTooLarge) {
+				reason = reasonManifestTooLarge
+			}
+			skippedItems.WithLabelValues(reason).Inc()
 			if old != nil {
 				log.Errorf("manifests: %v; keeping its last good content", err)
 				old.stamp = stamp // report once per change, not on every poll
@@ -189,10 +193,28 @@ func isManifestName(name string) bool {
 	return false
 }
 
+// maxManifestBytes bounds one manifest file. A ServiceEntry is at most the
+// API server's 1.5 MiB object limit and a typical one a few hundred bytes, so
+// 64 MiB holds a couple of hundred thousand entries; anything larger is
+// refused whole (its last good content stays served) rather than decoded.
+const maxManifestBytes = 64 << 20
+
+var errManifestTooLarge = fmt.Errorf("larger than the %d MiB limit for one manifest file: not read", maxManifestBytes>>20)
+
 func (m *manifestSource) readFile(path string) ([]*entry, error) {
-	data, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
+	}
+	defer f.Close()
+	// Read one byte past the limit rather than trusting a size taken
+	// before the read: the file may grow in between.
+	data, err := io.ReadAll(io.LimitReader(f, maxManifestBytes+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > maxManifestBytes {
+		return nil, fmt.Errorf("%s: %w", path, errManifestTooLarge)
 	}
 	entries, err := parseManifests(data, m.opts)
 	if err != nil {

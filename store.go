@@ -177,8 +177,9 @@ func (s *store) publishLocked() {
 		}
 	}
 	changes := make(map[string]*answer, len(s.dirty))
+	shared := make(map[addrsKey]*answer)
 	for host := range s.dirty {
-		changes[host] = s.answerFor(host)
+		changes[host] = s.answerFor(host, shared)
 	}
 	// A fresh map, not clear: a cleared map keeps the capacity of the
 	// initial sync and ranging over it would cost O(all hosts) per change.
@@ -203,19 +204,41 @@ func (s *store) deferReallocLocked(wait time.Duration) {
 	})
 }
 
+// addrsKey identifies an address slice by its backing array: all hosts of an
+// entry share the slice of its spec.addresses.
+type addrsKey struct {
+	first *netip.Addr
+	n     int
+}
+
 // answerFor merges what the entries say about one host. When several entries
 // declare it, the namespace of the oldest one (creationTimestamp, then
 // namespace, then name) wins and the addresses of all that namespace's entries
 // are merged, oldest first, without duplicates. Map order never decides.
-func (s *store) answerFor(host string) *answer {
+//
+// A host with one contributing entry gets the answer of that entry's address
+// slice, shared through shared with every other host built from the same
+// slice in this publish: an entry with 256 hosts and 256 addresses costs one
+// answer, not 256 (memory follows what the entries say, not its product).
+func (s *store) answerFor(host string, shared map[addrsKey]*answer) *answer {
 	var contributors []*entry
 	for _, e := range s.byHost[host] {
 		if len(s.addrsOf(e, host)) > 0 {
 			contributors = append(contributors, e)
 		}
 	}
-	if len(contributors) == 0 {
+	switch len(contributors) {
+	case 0:
 		return nil
+	case 1:
+		addrs := s.addrsOf(contributors[0], host)
+		key := addrsKey{&addrs[0], len(addrs)}
+		if ans := shared[key]; ans != nil {
+			return ans
+		}
+		ans := newAnswer(addrs)
+		shared[key] = ans
+		return ans
 	}
 	slices.SortFunc(contributors, func(a, b *entry) int {
 		return cmp.Or(a.created.Compare(b.created), cmp.Compare(a.namespace, b.namespace), cmp.Compare(a.name, b.name))
@@ -232,15 +255,41 @@ func (s *store) answerFor(host string) *answer {
 			}
 		}
 	}
-	ans := &answer{}
-	for _, ip := range merged {
+	return newAnswer(merged)
+}
+
+// newAnswer splits addresses, in order, into the records' two families. The
+// bytes of all the IPs share one array and the two lists one slice: three
+// objects per answer whatever its size, which keeps the garbage collector's
+// work per name small at 100,000 names.
+func newAnswer(addrs []netip.Addr) *answer {
+	v4 := 0
+	for _, ip := range addrs {
 		if ip.Is4() {
-			ans.a = append(ans.a, net.IP(ip.AsSlice()))
-		} else {
-			ans.aaaa = append(ans.aaaa, net.IP(ip.AsSlice()))
+			v4++
 		}
 	}
-	return ans
+	bytes := make([]byte, 0, v4*net.IPv4len+(len(addrs)-v4)*net.IPv6len)
+	ips := make([]net.IP, len(addrs))
+	next4, next6 := 0, v4
+	for _, ip := range addrs {
+		start := len(bytes)
+		if ip.Is4() {
+			b := ip.As4()
+			bytes = append(bytes, b[:]...)
+		} else {
+			b := ip.As16()
+			bytes = append(bytes, b[:]...)
+		}
+		if ip.Is4() {
+			ips[next4] = bytes[start:len(bytes):len(bytes)]
+			next4++
+		} else {
+			ips[next6] = bytes[start:len(bytes):len(bytes)]
+			next6++
+		}
+	}
+	return &answer{a: ips[:v4:v4], aaaa: ips[v4:]}
 }
 
 // addrsOf returns the addresses entry e gives host: its own, or those the
