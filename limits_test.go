@@ -1,0 +1,139 @@
+package serviceentry
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// TestManifestTooLarge: a file over the limit is refused whole, counted and
+// logged; its last good content and the other files stay served. A 50 MB file
+// under the limit (one entry after 50 MB of comments and other kinds) is read,
+// and only what it declares is served.
+func TestManifestTooLarge(t *testing.T) {
+	dir := t.TempDir()
+	big, other := filepath.Join(dir, "big.yaml"), filepath.Join(dir, "other.yaml")
+	writeFile(t, big, seYAML("big", "big.internal", "192.0.2.1"))
+	writeFile(t, other, seYAML("other", "other.internal", "192.0.2.2"))
+	st := newStore(false)
+	src := newManifestSource([]string{dir}, convertOptions{}, st)
+	if err := src.start(0); err != nil {
+		t.Fatal(err)
+	}
+	defer src.stop()
+
+	// 50 MB of comment lines and other kinds, then one ServiceEntry: under
+	// the limit, read.
+	var doc bytes.Buffer
+	filler := "# " + strings.Repeat("x", 1<<20) + "\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: filler}\n---\n"
+	for doc.Len() < 50<<20 {
+		doc.WriteString(filler)
+	}
+	doc.WriteString(seYAML("big", "big.internal", "192.0.2.50"))
+	writeFile(t, big+".tmp", doc.String())
+	if err := os.Rename(big+".tmp", big); err != nil {
+		t.Fatal(err)
+	}
+	eventuallyWithin(t, 2*time.Minute, "the 50 MB file read", func() bool { return lookupA(st, "big.internal") == "192.0.2.50" })
+	if got := st.table().hosts; got != 2 {
+		t.Errorf("%d names served, want 2", got)
+	}
+
+	// Over the limit: refused, the last good content stays.
+	before := testutil.ToFloat64(skippedItems.WithLabelValues(reasonManifestTooLarge))
+	doc.WriteString(strings.Repeat("#", maxManifestBytes-doc.Len()+1))
+	doc.WriteString("\n---\n" + seYAML("big", "big.internal", "192.0.2.99"))
+	writeFile(t, big+".tmp", doc.String())
+	if err := os.Rename(big+".tmp", big); err != nil {
+		t.Fatal(err)
+	}
+	eventuallyWithin(t, time.Minute, "the refusal counted", func() bool {
+		return testutil.ToFloat64(skippedItems.WithLabelValues(reasonManifestTooLarge)) == before+1
+	})
+	if got := lookupA(st, "big.internal"); got != "192.0.2.50" {
+		t.Errorf("big.internal: %q, want its last good 192.0.2.50", got)
+	}
+	if got := lookupA(st, "other.internal"); got != "192.0.2.2" {
+		t.Errorf("other.internal: %q", got)
+	}
+	// The refusal is reported once per change, not on every poll.
+	time.Sleep(3 * manifestPollInterval)
+	if got := testutil.ToFloat64(skippedItems.WithLabelValues(reasonManifestTooLarge)); got != before+1 {
+		t.Errorf("refusal counted %v times", got-before)
+	}
+}
+
+// TestManifestTenThousandFiles: a folder of 10,000 files, one entry each, is
+// served whole; a change to one file is picked up by the next polls. The cost
+// of one poll (a stat per file) is logged.
+func TestManifestTenThousandFiles(t *testing.T) {
+	dir := t.TempDir()
+	const n = 10_000
+	for i := range n {
+		writeFile(t, filepath.Join(dir, fmt.Sprintf("se-%05d.yaml", i)),
+			seYAML(fmt.Sprintf("e%d", i), fmt.Sprintf("h%d.internal", i), fmt.Sprintf("10.0.%d.%d", i/250, i%250+1)))
+	}
+	st := newStore(false)
+	src := newManifestSource([]string{dir}, convertOptions{}, st)
+	began := time.Now()
+	if err := src.start(0); err != nil {
+		t.Fatal(err)
+	}
+	defer src.stop()
+	t.Logf("first read of %d files: %v", n, time.Since(began).Round(time.Millisecond))
+	if got := st.table().hosts; got != n {
+		t.Fatalf("%d names served, want %d", got, n)
+	}
+	began = time.Now()
+	src.listFiles()
+	t.Logf("one poll of %d unchanged files: %v", n, time.Since(began).Round(time.Microsecond))
+
+	writeFile(t, filepath.Join(dir, "se-04242.yaml"), seYAML("e4242", "h4242.internal", "192.0.2.42"))
+	eventuallyWithin(t, 10*time.Second, "the changed file", func() bool { return lookupA(st, "h4242.internal") == "192.0.2.42" })
+	if got := lookupA(st, "h9999.internal"); got != "10.0.39.250" {
+		t.Errorf("h9999.internal: %q", got)
+	}
+}
+
+// TestAnswerSharing: an entry with 256 hosts and 256 addresses becomes one
+// answer shared by its 256 names, so the table grows with what the entry
+// says (hosts + addresses), not with hosts x addresses.
+func TestAnswerSharing(t *testing.T) {
+	var hosts, addrs []string
+	for i := range 256 {
+		hosts = append(hosts, fmt.Sprintf("h%d.wide.internal", i))
+		addrs = append(addrs, fmt.Sprintf("10.2.%d.%d", i/250, i%250+1))
+	}
+	st := storeFrom(t, convertOptions{}, badEntry("wide", "  hosts: ["+strings.Join(hosts, ", ")+"]\n  addresses: ["+strings.Join(addrs, ", ")+"]\n")+
+		"---\n"+badEntry("shadow", "  hosts: [h1.wide.internal]\n  addresses: [192.0.2.1]\n"))
+	first := st.table().lookup("h0.wide.internal")
+	if first == nil || len(first.a) != 256 {
+		t.Fatalf("h0: %v", first)
+	}
+	for _, h := range hosts[2:] {
+		if got := st.table().lookup(h); got != first {
+			t.Fatalf("%s has an answer of its own", h)
+		}
+	}
+	// A name two entries declare gets its own merged answer.
+	if got := st.table().lookup("h1.wide.internal"); got == first || len(got.a) != 257 {
+		t.Errorf("h1 (declared twice, same namespace): %d addresses, shared %v", len(got.a), got == first)
+	}
+}
+
+func eventuallyWithin(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v", what, timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
