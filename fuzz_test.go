@@ -54,16 +54,31 @@ func FuzzServeDNS(f *testing.F) {
 	})
 }
 
-// FuzzParseManifests feeds arbitrary bytes to the manifest parser: no panic,
-// and every entry it returns holds only valid, lower-case names.
+// FuzzParseManifests feeds arbitrary bytes to the manifest parser, between two
+// valid ServiceEntries: no panic; every entry returned holds only valid,
+// lower-case names; the valid entry before the input is always returned, and
+// the one after it whenever the stream parses to its end.
 func FuzzParseManifests(f *testing.F) {
 	f.Add([]byte(handlerEntries))
 	f.Add([]byte(`{"apiVersion":"networking.istio.io/v1","kind":"ServiceEntry","metadata":{"name":"j"},"spec":{"hosts":["J.internal"],"addresses":["192.0.2.1"]}}`))
 	f.Add([]byte("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: x}\nspec: {hosts: ['*'], addresses: ['fe80::1%eth0']}\n"))
 	f.Add([]byte("---\n---\n"))
+	const before = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: fuzz-before, namespace: fuzz}\nspec: {hosts: [before.fuzz], addresses: [192.0.2.1]}\n---\n"
+	const after = "\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: fuzz-after, namespace: fuzz}\nspec: {hosts: [after.fuzz], addresses: [192.0.2.2]}\n"
 	f.Fuzz(func(t *testing.T, data []byte) {
+		input := append(append([]byte(before), data...), after...)
 		for _, mode := range []autoAllocateMode{autoAllocateStatus, autoAllocateLegacy} {
-			entries, _ := parseManifests(data, convertOptions{autoAllocate: mode})
+			entries, err := parseManifests(input, convertOptions{autoAllocate: mode})
+			keys := make(map[string]bool)
+			for _, e := range entries {
+				keys[e.key] = true
+			}
+			if !keys["fuzz/fuzz-before"] {
+				t.Fatalf("the valid entry before the input was lost (err %v)", err)
+			}
+			if err == nil && !keys["fuzz/fuzz-after"] {
+				t.Fatal("the stream parsed to its end but lost the valid entry after the input")
+			}
 			for _, e := range entries {
 				for _, h := range e.hosts {
 					if _, reason := normalizeHost(h.name); reason != "" {
