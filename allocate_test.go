@@ -377,39 +377,11 @@ func TestLegacyCoalescedConverges(t *testing.T) {
 	st.minReallocGap = 20 * time.Millisecond
 	st.markSynced()
 	defer st.close()
-	r := rand.New(rand.NewPCG(3, 3))
-	present := make(map[string]*entry)
-	for range 2000 {
-		e := entries[r.IntN(len(entries))]
-		if present[e.key] != nil && r.IntN(3) == 0 {
-			st.upsert(e.key, nil)
-			delete(present, e.key)
-		} else {
-			st.upsert(e.key, e)
-			present[e.key] = e
-		}
-	}
+	present := churnLegacy(st, entries, 3, 2000)
 	fresh := newStore(true)
 	fresh.replaceAll(present)
 	fresh.markSynced()
-
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		diff := ""
-		for _, e := range entries {
-			name := e.hosts[0].name
-			want, got := fresh.table().lookup(name), st.table().lookup(name)
-			if (want == nil) != (got == nil) || (want != nil && (!want.a[0].Equal(got.a[0]) || !want.aaaa[0].Equal(got.aaaa[0]))) {
-				diff = fmt.Sprintf("%s: want %v, got %v", name, want, got)
-				break
-			}
-		}
-		if diff == "" {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("coalesced allocation never settled on the fresh one: %s", diff)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	eventuallyWithin(t, 5*time.Second, "the coalesced allocation settles on the fresh one", func() bool {
+		return sameTables(fresh.table(), st.table()) == ""
+	})
 }

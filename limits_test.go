@@ -21,12 +21,7 @@ func TestManifestTooLarge(t *testing.T) {
 	big, other := filepath.Join(dir, "big.yaml"), filepath.Join(dir, "other.yaml")
 	writeFile(t, big, seYAML("big", "big.internal", "192.0.2.1"))
 	writeFile(t, other, seYAML("other", "other.internal", "192.0.2.2"))
-	st := newStore(false)
-	src := newManifestSource([]string{dir}, convertOptions{}, st)
-	if err := src.start(0); err != nil {
-		t.Fatal(err)
-	}
-	defer src.stop()
+	st, _ := startManifests(t, dir)
 
 	// 50 MB of comment lines and other kinds, then one ServiceEntry: under
 	// the limit, read.
@@ -79,13 +74,8 @@ func TestManifestTenThousandFiles(t *testing.T) {
 		writeFile(t, filepath.Join(dir, fmt.Sprintf("se-%05d.yaml", i)),
 			seYAML(fmt.Sprintf("e%d", i), fmt.Sprintf("h%d.internal", i), fmt.Sprintf("10.0.%d.%d", i/250, i%250+1)))
 	}
-	st := newStore(false)
-	src := newManifestSource([]string{dir}, convertOptions{}, st)
 	began := time.Now()
-	if err := src.start(0); err != nil {
-		t.Fatal(err)
-	}
-	defer src.stop()
+	st, src := startManifests(t, dir)
 	t.Logf("first read of %d files: %v", n, time.Since(began).Round(time.Millisecond))
 	if got := st.table().hosts; got != n {
 		t.Fatalf("%d names served, want %d", got, n)
@@ -124,16 +114,5 @@ func TestAnswerSharing(t *testing.T) {
 	// A name two entries declare gets its own merged answer.
 	if got := st.table().lookup("h1.wide.internal"); got == first || len(got.a) != 257 {
 		t.Errorf("h1 (declared twice, same namespace): %d addresses, shared %v", len(got.a), got == first)
-	}
-}
-
-func eventuallyWithin(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, timeout)
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -35,13 +35,7 @@ func lookupA(st *store, name string) string {
 // eventually waits up to the plugin's promise (a change served within 1 s).
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("not within 1s: %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	eventuallyWithin(t, time.Second, what, cond)
 }
 
 func TestManifestSource(t *testing.T) {

@@ -170,18 +170,7 @@ func TestStressLegacy(t *testing.T) {
 			}
 		})
 	}
-	rng := rand.New(rand.NewPCG(5, 5))
-	present := make(map[string]*entry)
-	for range 3000 {
-		e := entries[rng.IntN(len(entries))]
-		if present[e.key] != nil && rng.IntN(3) == 0 {
-			st.upsert(e.key, nil)
-			delete(present, e.key)
-		} else {
-			st.upsert(e.key, e)
-			present[e.key] = e
-		}
-	}
+	present := churnLegacy(st, entries, 5, 3000)
 	stop.Store(true)
 	wg.Wait()
 	if err, _ := readerErr.Load().(error); err != nil {
@@ -222,12 +211,7 @@ func TestStressManifests(t *testing.T) {
 	for f := range files {
 		write(f, 1)
 	}
-	st := newStore(false)
-	src := newManifestSource([]string{dir}, convertOptions{}, st)
-	if err := src.start(0); err != nil {
-		t.Fatal(err)
-	}
-	defer src.stop()
+	st, _ := startManifests(t, dir)
 
 	var stop atomic.Bool
 	var readerErr atomic.Value
