@@ -368,20 +368,3 @@ func TestLegacyCoalescing(t *testing.T) {
 		t.Error("close left the recomputation timer running")
 	}
 }
-
-// TestLegacyCoalescedConverges: under churn faster than the gap, the table
-// settles on exactly the allocation a fresh build of the final entries gives.
-func TestLegacyCoalescedConverges(t *testing.T) {
-	entries := legacyParsed(t, 200)
-	st := newStore(true)
-	st.minReallocGap = 20 * time.Millisecond
-	st.markSynced()
-	defer st.close()
-	present := churnLegacy(st, entries, 3, 2000)
-	fresh := newStore(true)
-	fresh.replaceAll(present)
-	fresh.markSynced()
-	eventuallyWithin(t, 5*time.Second, "the coalesced allocation settles on the fresh one", func() bool {
-		return sameTables(fresh.table(), st.table()) == ""
-	})
-}

@@ -139,9 +139,10 @@ func TestStressStore(t *testing.T) {
 	assertSameTables(t, fresh.table(), st.table())
 }
 
-// TestStressLegacy: the same churn with auto-allocated addresses (coalesced
-// recomputations under way): no snapshot ever gives one IPv4 to two hosts, and
-// once the churn stops the allocation equals a fresh one.
+// TestStressLegacy: the same churn with auto-allocated addresses, faster than
+// the recomputation gap (coalesced recomputations under way): no snapshot ever
+// gives one IPv4 to two hosts, and once the churn stops the table settles on
+// exactly the allocation a fresh build of the final entries gives.
 func TestStressLegacy(t *testing.T) {
 	entries := legacyParsed(t, 300)
 	st := newStore(true)
