@@ -178,6 +178,9 @@ type legacyAllocator struct {
 	// pending is the net change per host since the last reallocation: +1
 	// added, -1 removed, 0 (removed and re-added, or the reverse) nothing.
 	pending map[*legacyHost]int
+	// unallocated counts the eligible hosts the last reallocation left
+	// without an address (Istio's range is full).
+	unallocated int
 }
 
 func newLegacyAllocator() *legacyAllocator {
@@ -241,7 +244,7 @@ func (l *legacyAllocator) reallocate() map[string]bool {
 	}
 
 	addrs, overflow := allocateLegacy(next)
-	legacyUnallocated.Set(float64(overflow))
+	l.unallocated = overflow
 	if overflow > 0 {
 		log.Errorf("autoallocate legacy: %d hosts left without an address: Istio's range holds %d", overflow, legacySlots)
 	}

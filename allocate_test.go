@@ -256,10 +256,8 @@ kind: ServiceEntry
 metadata: {name: hidden, namespace: other}
 spec: {hosts: [hidden.example.com], resolution: DNS, exportTo: ["."]}
 `
-	legacy := &ServiceEntry{Zones: []string{"example.com."}, TTL: 30,
-		store: storeFrom(t, convertOptions{autoAllocate: autoAllocateLegacy}, docs)}
-	off := &ServiceEntry{Zones: []string{"example.com."}, TTL: 30,
-		store: storeFrom(t, convertOptions{autoAllocate: autoAllocateOff}, docs)}
+	legacy := (&ServiceEntry{Zones: []string{"example.com."}, TTL: 30}).attach(storeFrom(t, convertOptions{autoAllocate: autoAllocateLegacy}, docs))
+	off := (&ServiceEntry{Zones: []string{"example.com."}, TTL: 30}).attach(storeFrom(t, convertOptions{autoAllocate: autoAllocateOff}, docs))
 
 	// The expected addresses are computed over both eligible hosts.
 	alloc, _ := allocateLegacy([]*legacyHost{

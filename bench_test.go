@@ -39,8 +39,8 @@ func BenchmarkServeDNS(b *testing.B) {
 	st := newStore(false)
 	st.replaceAll(benchEntries(10_000))
 	st.markSynced()
-	se := &ServiceEntry{Zones: []string{"internal."}, TTL: 30, store: st, Next: test.NextHandler(dns.RcodeSuccess, nil)}
-	withFall := &ServiceEntry{Zones: []string{"internal."}, TTL: 30, store: st, Fall: fall.Root, Next: test.NextHandler(dns.RcodeSuccess, nil)}
+	se := (&ServiceEntry{Zones: []string{"internal."}, TTL: 30, Next: test.NextHandler(dns.RcodeSuccess, nil)}).attach(st)
+	withFall := (&ServiceEntry{Zones: []string{"internal."}, TTL: 30, Fall: fall.Root, Next: test.NextHandler(dns.RcodeSuccess, nil)}).attach(st)
 	for _, c := range []struct {
 		name  string
 		se    *ServiceEntry

@@ -31,12 +31,10 @@ func FuzzServeDNS(f *testing.F) {
 	f.Add(wire)
 	f.Add([]byte{})
 
-	se := &ServiceEntry{
+	se := (&ServiceEntry{
 		Zones: []string{"internal."},
 		TTL:   30,
-		Next:  test.NextHandler(dns.RcodeSuccess, nil),
-		store: storeFrom(f, convertOptions{}, handlerEntries),
-	}
+		Next:  test.NextHandler(dns.RcodeSuccess, nil)}).attach(storeFrom(f, convertOptions{}, handlerEntries))
 	f.Fuzz(func(t *testing.T, wire []byte) {
 		m := new(dns.Msg)
 		if err := m.Unpack(wire); err != nil || len(m.Question) == 0 {

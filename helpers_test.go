@@ -30,7 +30,7 @@ func startManifests(t *testing.T, paths ...string) (*store, *manifestSource) {
 	t.Helper()
 	st := newStore(false)
 	src := newManifestSource(paths, convertOptions{}, st)
-	if err := src.start(0); err != nil {
+	if err := src.start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(src.stop)

@@ -2,8 +2,10 @@ package serviceentry
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"time"
 
@@ -15,6 +17,7 @@ import (
 	informers "istio.io/client-go/pkg/informers/externalversions"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
@@ -26,24 +29,37 @@ const istioGroup = "networking.istio.io"
 // v1 from Istio 1.22, v1beta1 and v1alpha3 before. All share one schema.
 var servedVersions = []string{"v1", "v1beta1", "v1alpha3"}
 
-// discoveryRetry bounds how long we wait between attempts to find the
-// ServiceEntry API (API server down, or no Istio CRD yet).
-var discoveryRetry = struct{ first, max time.Duration }{time.Second, 30 * time.Second}
+// discoveryBackoff spaces the attempts to find the ServiceEntry API: the API
+// server down, or no Istio CRD yet (then at most every 30 s, as promised).
+var discoveryBackoff = wait.Backoff{Duration: time.Second, Factor: 2, Cap: 30 * time.Second, Steps: math.MaxInt32}
 
 // kubeSource reads ServiceEntries through shared informers. It finds which API
 // version the cluster serves, then applies every add, update and delete to the
 // store as it arrives.
 type kubeSource struct {
 	client     versioned.Interface
+	resources  resourceLister
 	namespaces []string // empty: all
 	labels     string
 	opts       convertOptions
-	store      *store
+	store      entrySink
+	backoff    wait.Backoff // between discovery attempts
 
 	cancel context.CancelFunc
 	done   chan struct{} // closed when run has returned
-	synced chan struct{} // closed after the first full read
 }
+
+// entrySink is what the source needs of the store.
+type entrySink interface {
+	upsert(key string, e *entry)
+	beginFullRead()
+	markSynced()
+	table() *table
+}
+
+// resourceLister lists the resources the API server serves in one group
+// version. It must honour ctx, so that stop never waits for a request.
+type resourceLister func(ctx context.Context, groupVersion string) (*metav1.APIResourceList, error)
 
 func newKubeSource(cfg *config, st *store) (*kubeSource, error) {
 	restCfg, err := restConfig(cfg.kubeconfig, cfg.kubecontext)
@@ -55,7 +71,24 @@ func newKubeSource(cfg *config, st *store) (*kubeSource, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating Istio client: %w", err)
 	}
-	return &kubeSource{client: client, namespaces: cfg.namespaces, labels: cfg.labels, opts: cfg.convert, store: st}, nil
+	return &kubeSource{client: client, resources: discoveryLister(client.Discovery().RESTClient()),
+		namespaces: cfg.namespaces, labels: cfg.labels, opts: cfg.convert, store: st, backoff: discoveryBackoff}, nil
+}
+
+// discoveryLister asks the API server's discovery endpoint with the caller's
+// context (the discovery client's own methods take none).
+func discoveryLister(rc rest.Interface) resourceLister {
+	return func(ctx context.Context, groupVersion string) (*metav1.APIResourceList, error) {
+		list := &metav1.APIResourceList{}
+		raw, err := rc.Get().AbsPath("/apis", groupVersion).Do(ctx).Raw()
+		if err != nil {
+			return nil, err
+		}
+		if err := json.Unmarshal(raw, list); err != nil {
+			return nil, fmt.Errorf("decoding the discovery of %s: %w", groupVersion, err)
+		}
+		return list, nil
+	}
 }
 
 // restConfig loads a kubeconfig (and context) when given, else the in-cluster
@@ -77,17 +110,11 @@ func restConfig(kubeconfig, context string) (*rest.Config, error) {
 	return c, nil
 }
 
-func (k *kubeSource) start(timeout time.Duration) error {
+func (k *kubeSource) start() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	k.cancel = cancel
 	k.done = make(chan struct{})
-	k.synced = make(chan struct{})
 	go k.run(ctx)
-	select {
-	case <-k.synced:
-	case <-time.After(timeout):
-		log.Warningf("ServiceEntries not read within startup_timeout %s; answering SERVFAIL and not ready until they are", timeout)
-	}
 	return nil
 }
 
@@ -107,13 +134,18 @@ func (k *kubeSource) run(ctx context.Context) {
 		return // cancelled
 	}
 	log.Infof("reading ServiceEntries through %s/%s", istioGroup, version)
+	if k.store.table() != nil {
+		// An empty table is served (no CRD until now): keep serving it
+		// until the first full read is complete.
+		k.store.beginFullRead()
+	}
 
 	namespaces := k.namespaces
 	if len(namespaces) == 0 {
 		namespaces = []string{metav1.NamespaceAll}
 	}
 	var factories []informers.SharedInformerFactory
-	var syncs []cache.InformerSynced
+	var handled []cache.InformerSynced
 	for _, ns := range namespaces {
 		f := informers.NewSharedInformerFactoryWithOptions(k.client, 0,
 			informers.WithNamespace(ns),
@@ -123,22 +155,26 @@ func (k *kubeSource) run(ctx context.Context) {
 		if err := inf.SetWatchErrorHandler(k.watchError); err != nil {
 			log.Errorf("setting the watch error handler: %v", err)
 		}
-		if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		reg, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 			AddFunc:    k.apply,
 			UpdateFunc: func(_, obj any) { k.apply(obj) },
 			DeleteFunc: k.remove,
-		}); err != nil {
+		})
+		if err != nil {
 			log.Errorf("adding the event handler: %v", err)
+			continue
 		}
 		factories = append(factories, f)
-		syncs = append(syncs, inf.HasSynced)
+		// The registration has synced once our handler has been given the
+		// whole initial list; the informer's own HasSynced only says its
+		// cache holds it, while the handler may still be far behind.
+		handled = append(handled, reg.HasSynced)
 	}
 	for _, f := range factories {
 		f.Start(ctx.Done())
 	}
-	if cache.WaitForCacheSync(ctx.Done(), syncs...) {
+	if cache.WaitForCacheSync(ctx.Done(), handled...) {
 		k.store.markSynced()
-		close(k.synced)
 	}
 	<-ctx.Done()
 	for _, f := range factories {
@@ -147,34 +183,38 @@ func (k *kubeSource) run(ctx context.Context) {
 }
 
 // discover finds the newest ServiceEntry version the API server serves,
-// retrying (with a clear log line) while the server is unreachable or has no
-// Istio CRD.
+// retrying while the server is unreachable or has no Istio CRD. A cluster
+// without Istio is a valid state, not an outage: the plugin then serves an
+// empty table (and is ready) until the CRD appears.
 func (k *kubeSource) discover(ctx context.Context) (string, error) {
-	wait := discoveryRetry.first
-	var lastErr string
-	for {
-		version, err := k.servedVersion()
-		if err == nil {
-			return version, nil
-		}
-		if msg := err.Error(); msg != lastErr {
+	var version, lastErr string
+	err := wait.ExponentialBackoffWithContext(ctx, k.backoff, func(ctx context.Context) (bool, error) {
+		v, err := k.servedVersion(ctx)
+		switch {
+		case err == nil:
+			version = v
+			return true, nil
+		case ctx.Err() != nil:
+			return false, ctx.Err()
+		case errors.Is(err, errNoServiceEntryAPI):
+			if lastErr != err.Error() {
+				log.Infof("%v; serving no ServiceEntries until it is (checking every %s at most)", err, k.backoff.Cap)
+				k.store.markSynced()
+			}
+		case lastErr != err.Error():
 			log.Errorf("%v; retrying", err)
-			lastErr = msg
 		}
-		select {
-		case <-ctx.Done():
-			return "", ctx.Err()
-		case <-time.After(wait):
-		}
-		wait = min(2*wait, discoveryRetry.max)
-	}
+		lastErr = err.Error()
+		return false, nil
+	})
+	return version, err
 }
 
-var errNoServiceEntryAPI = errors.New("the API server serves no ServiceEntry resource (networking.istio.io v1, v1beta1 or v1alpha3): is Istio's CRD installed?")
+var errNoServiceEntryAPI = errors.New("the API server serves no ServiceEntry resource (networking.istio.io v1, v1beta1 or v1alpha3): Istio's CRD is not installed")
 
-func (k *kubeSource) servedVersion() (string, error) {
+func (k *kubeSource) servedVersion(ctx context.Context) (string, error) {
 	for _, v := range servedVersions {
-		list, err := k.client.Discovery().ServerResourcesForGroupVersion(istioGroup + "/" + v)
+		list, err := k.resources(ctx, istioGroup+"/"+v)
 		if apierrors.IsNotFound(err) {
 			continue
 		}

@@ -3,7 +3,12 @@ package serviceentry
 import (
 	"context"
 	"fmt"
+	"math"
+	"net"
+	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -11,7 +16,10 @@ import (
 	clientv1 "istio.io/client-go/pkg/apis/networking/v1"
 	clientv1beta1 "istio.io/client-go/pkg/apis/networking/v1beta1"
 	"istio.io/client-go/pkg/clientset/versioned/fake"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/wait"
 	fakediscovery "k8s.io/client-go/discovery/fake"
 	"k8s.io/client-go/features"
 	clientfeaturestesting "k8s.io/client-go/features/testing"
@@ -37,14 +45,28 @@ func newFakeKube(t *testing.T, versions ...string) *fake.Clientset {
 	return client
 }
 
+// fakeSource is a Kubernetes source on a fake clientset, reading discovery
+// from it and retrying discovery every few milliseconds.
+func fakeSource(client *fake.Clientset, sink entrySink, opts convertOptions, namespaces ...string) *kubeSource {
+	return &kubeSource{client: client, store: sink, opts: opts, namespaces: namespaces,
+		resources: func(_ context.Context, gv string) (*metav1.APIResourceList, error) {
+			return client.Discovery().ServerResourcesForGroupVersion(gv)
+		},
+		backoff: wait.Backoff{Duration: 5 * time.Millisecond, Factor: 1, Steps: math.MaxInt32}}
+}
+
+// startKube runs a source on client and waits for its first table.
 func startKube(t *testing.T, client *fake.Clientset, namespaces ...string) *store {
 	t.Helper()
 	st := newStore(false)
-	k := &kubeSource{client: client, namespaces: namespaces, store: st}
-	if err := k.start(5 * time.Second); err != nil {
+	k := fakeSource(client, st, convertOptions{}, namespaces...)
+	if err := k.start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(k.stop)
+	if !st.waitSynced(10 * time.Second) {
+		t.Fatal("not synced within 10s")
+	}
 	return st
 }
 
@@ -109,25 +131,171 @@ func TestKubeSourceOlderVersion(t *testing.T) {
 	}
 }
 
-// TestKubeSourceNoCRD: without Istio's CRD the source keeps trying, the store
-// stays unsynced (SERVFAIL, not ready), and stop returns promptly.
+// TestKubeSourceNoCRD: a cluster without Istio is a valid state: the source
+// publishes an empty table (ready), keeps checking, and reads the entries once
+// the CRD appears, publishing them whole.
 func TestKubeSourceNoCRD(t *testing.T) {
-	client := newFakeKube(t)
+	client := newFakeKube(t, "v1")
+	ctx := context.Background()
+	for i := range 50 {
+		name := fmt.Sprintf("e%d", i)
+		if _, err := client.NetworkingV1().ServiceEntries("ns").Create(ctx, v1Entry("ns", name, name+".internal", "192.0.2.1"), metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var crd atomic.Bool
 	st := newStore(false)
-	k := &kubeSource{client: client, store: st}
-	if err := k.start(100 * time.Millisecond); err != nil {
+	sink := &recordingSink{store: st}
+	k := fakeSource(client, sink, convertOptions{})
+	k.resources = func(ctx context.Context, gv string) (*metav1.APIResourceList, error) {
+		if !crd.Load() {
+			return nil, apierrors.NewNotFound(schema.GroupResource{}, gv)
+		}
+		return client.Discovery().ServerResourcesForGroupVersion(gv)
+	}
+	if err := k.start(); err != nil {
 		t.Fatal(err)
 	}
-	if st.table() != nil {
-		t.Error("synced without a CRD")
+	t.Cleanup(k.stop)
+	if !st.waitSynced(5 * time.Second) {
+		t.Fatal("no empty table published without a CRD")
 	}
-	done := make(chan struct{})
-	go func() { k.stop(); close(done) }()
+	if n := st.table().hosts; n != 0 {
+		t.Fatalf("without a CRD the table has %d hosts", n)
+	}
+	crd.Store(true)
+	eventually(t, "entries read once the CRD appears", func() bool { return st.table().hosts == 50 })
+	if got := sink.partial(); got != "" {
+		t.Fatalf("published from a partial read: %s", got)
+	}
+}
+
+// TestKubeSourceStopDuringDiscovery: stop returns promptly while a discovery
+// request is in flight against an API server that accepts and never answers.
+func TestKubeSourceStopDuringDiscovery(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 16)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c // held open, never answered
+		}
+	}()
+	defer func() {
+		close(accepted)
+		for c := range accepted {
+			c.Close()
+		}
+	}()
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	writeFile(t, kubeconfig, fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "http://%s"}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: c, context: {cluster: c, user: u}}]
+current-context: c
+`, ln.Addr()))
+	src, st, err := newSource(&config{kubeconfig: kubeconfig})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := src.start(); err != nil {
+		t.Fatal(err)
+	}
 	select {
-	case <-done:
-	case <-time.After(2 * time.Second):
-		t.Fatal("stop did not return")
+	case c := <-accepted:
+		accepted <- c
+	case <-time.After(5 * time.Second):
+		t.Fatal("no discovery request reached the server")
 	}
+	began := time.Now()
+	src.stop()
+	if took := time.Since(began); took > time.Second {
+		t.Errorf("stop took %v during discovery, want < 1s", took)
+	}
+	if st.table() != nil {
+		t.Error("a table was published without any read")
+	}
+}
+
+// TestKubeSourceSyncedMeansHandled: with a handler slower than the informer,
+// the table is published only once the handler has applied the whole initial
+// list. The informer's own HasSynced turns true long before that.
+func TestKubeSourceSyncedMeansHandled(t *testing.T) {
+	const n = 2000
+	client := newFakeKube(t, "v1")
+	ctx := context.Background()
+	for i := range n {
+		name := fmt.Sprintf("e%d", i)
+		if _, err := client.NetworkingV1().ServiceEntries("ns").Create(ctx, v1Entry("ns", name, name+".internal", "192.0.2.1"), metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st := newStore(false)
+	sink := &recordingSink{store: st, delay: 500 * time.Microsecond}
+	k := fakeSource(client, sink, convertOptions{})
+	if err := k.start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(k.stop)
+	if !st.waitSynced(30 * time.Second) {
+		t.Fatal("not synced within 30s")
+	}
+	if got := sink.partial(); got != "" {
+		t.Fatalf("published from a partial read: %s", got)
+	}
+	if hosts := st.table().hosts; hosts != n {
+		t.Fatalf("first table has %d hosts, want %d", hosts, n)
+	}
+}
+
+// recordingSink passes a source's calls on to a store, optionally slowing
+// every upsert, and records how many entries were applied at each markSynced.
+type recordingSink struct {
+	*store
+	delay time.Duration
+
+	mu       sync.Mutex
+	applied  map[string]bool
+	atSynced []int
+}
+
+func (r *recordingSink) upsert(key string, e *entry) {
+	time.Sleep(r.delay)
+	r.mu.Lock()
+	if r.applied == nil {
+		r.applied = make(map[string]bool)
+	}
+	r.applied[key] = e != nil
+	r.mu.Unlock()
+	r.store.upsert(key, e)
+}
+
+func (r *recordingSink) markSynced() {
+	r.mu.Lock()
+	r.atSynced = append(r.atSynced, len(r.applied))
+	r.mu.Unlock()
+	r.store.markSynced()
+}
+
+// partial describes a markSynced that came after some but not all of the
+// entries were applied (an empty table before any entry is whole).
+func (r *recordingSink) partial() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i, n := range r.atSynced {
+		if n != 0 && n != len(r.applied) {
+			return fmt.Sprintf("markSynced #%d after %d of %d entries", i+1, n, len(r.applied))
+		}
+	}
+	return ""
 }
 
 func TestKubeSourceNamespaces(t *testing.T) {
@@ -199,12 +367,12 @@ func TestLegacySameAcrossSources(t *testing.T) {
 		}
 	}
 	st := newStore(true)
-	k := &kubeSource{client: client, opts: opts, store: st}
-	if err := k.start(5 * time.Second); err != nil {
+	k := fakeSource(client, st, opts)
+	if err := k.start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(k.stop)
-	if st.table() == nil {
+	if !st.waitSynced(10 * time.Second) {
 		t.Fatal("not synced")
 	}
 	for i := range docs {

@@ -52,7 +52,7 @@ func newManifestSource(paths []string, opts convertOptions, st *store) *manifest
 	return &manifestSource{paths: paths, opts: opts, store: st, files: make(map[string]*manifestFile)}
 }
 
-func (m *manifestSource) start(time.Duration) error {
+func (m *manifestSource) start() error {
 	for _, p := range m.paths {
 		if _, err := os.Stat(p); err != nil {
 			return fmt.Errorf("manifests: %w", err)

@@ -47,7 +47,7 @@ func TestManifestSource(t *testing.T) {
 
 	st := newStore(false)
 	src := newManifestSource([]string{dir}, convertOptions{}, st)
-	if err := src.start(time.Second); err != nil {
+	if err := src.start(); err != nil {
 		t.Fatal(err)
 	}
 	defer src.stop()
@@ -120,7 +120,7 @@ func TestManifestConfigMapVolume(t *testing.T) {
 	}
 	st := newStore(false)
 	src := newManifestSource([]string{dir}, convertOptions{}, st)
-	if err := src.start(time.Second); err != nil {
+	if err := src.start(); err != nil {
 		t.Fatal(err)
 	}
 	defer src.stop()
@@ -134,7 +134,7 @@ func TestManifestConfigMapVolume(t *testing.T) {
 
 func TestManifestMissingPath(t *testing.T) {
 	src := newManifestSource([]string{"/nonexistent/serviceentries"}, convertOptions{}, newStore(false))
-	if err := src.start(time.Second); err == nil {
+	if err := src.start(); err == nil {
 		t.Fatal("want an error for a missing path")
 	}
 	src.stop()

@@ -8,56 +8,78 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promauto"
 )
 
+// Counters are process-wide, as CoreDNS's own are: they only ever grow, so a
+// reload does not make them wrong.
 var (
-	entriesRead = promauto.NewGauge(prometheus.GaugeOpts{
-		Namespace: plugin.Namespace,
-		Subsystem: pluginName,
-		Name:      "entries",
-		Help:      "ServiceEntries read from the source that take part in the table.",
-	})
-	hostsServed = promauto.NewGauge(prometheus.GaugeOpts{
-		Namespace: plugin.Namespace,
-		Subsystem: pluginName,
-		Name:      "hosts",
-		Help:      "Names (exact and wildcard) the plugin answers for.",
-	})
 	skippedItems = promauto.NewCounterVec(prometheus.CounterOpts{
 		Namespace: plugin.Namespace,
 		Subsystem: pluginName,
 		Name:      "skipped_items_total",
 		Help:      "Hosts, addresses and manifests left out because they are invalid, by reason.",
 	}, []string{"reason"})
-	rebuilds = promauto.NewCounter(prometheus.CounterOpts{
+	tableUpdates = promauto.NewCounter(prometheus.CounterOpts{
 		Namespace: plugin.Namespace,
 		Subsystem: pluginName,
 		Name:      "table_updates_total",
 		Help:      "Tables published after a change of the source.",
 	})
-	rebuildDuration = promauto.NewHistogram(prometheus.HistogramOpts{
+	tableUpdateDuration = promauto.NewHistogram(prometheus.HistogramOpts{
 		Namespace: plugin.Namespace,
 		Subsystem: pluginName,
 		Name:      "table_update_duration_seconds",
 		Help:      "Time to build and publish a table after a change of the source.",
 		Buckets:   prometheus.ExponentialBuckets(0.00001, 4, 10),
 	})
-	lastUpdate = promauto.NewGauge(prometheus.GaugeOpts{
-		Namespace: plugin.Namespace,
-		Subsystem: pluginName,
-		Name:      "last_update_timestamp_seconds",
-		Help:      "Unix time of the last successful table update.",
-	})
-	legacyUnallocated = promauto.NewGauge(prometheus.GaugeOpts{
-		Namespace: plugin.Namespace,
-		Subsystem: pluginName,
-		Name:      "legacy_unallocated_hosts",
-		Help:      "Hosts eligible for legacy auto-allocation left without an address (Istio's range is full).",
-	})
 )
 
-func observeRebuild(start time.Time, entries, hosts int) {
-	rebuilds.Inc()
-	rebuildDuration.Observe(time.Since(start).Seconds())
-	entriesRead.Set(float64(entries))
-	hostsServed.Set(float64(hosts))
-	lastUpdate.SetToCurrentTime()
+func observeTableUpdate(start time.Time) {
+	tableUpdates.Inc()
+	tableUpdateDuration.Observe(time.Since(start).Seconds())
+}
+
+// The gauges describe what one plugin instance serves, so they carry CoreDNS's
+// server and zones labels and are read from the instances running when
+// Prometheus scrapes: an instance that stops (a reload, a removed block)
+// leaves no stale series behind.
+var (
+	instanceLabels = []string{"server", "zones"}
+	syncedDesc     = prometheus.NewDesc(prometheus.BuildFQName(plugin.Namespace, pluginName, "synced"),
+		"1 when the table is served (the source completed a full read), else 0.", instanceLabels, nil)
+	entriesDesc = prometheus.NewDesc(prometheus.BuildFQName(plugin.Namespace, pluginName, "entries"),
+		"ServiceEntries read from the source that take part in the table.", instanceLabels, nil)
+	hostsDesc = prometheus.NewDesc(prometheus.BuildFQName(plugin.Namespace, pluginName, "hosts"),
+		"Names (exact and wildcard) the plugin answers for.", instanceLabels, nil)
+	lastUpdateDesc = prometheus.NewDesc(prometheus.BuildFQName(plugin.Namespace, pluginName, "last_update_timestamp_seconds"),
+		"Unix time of the last table update.", instanceLabels, nil)
+	legacyUnallocatedDesc = prometheus.NewDesc(prometheus.BuildFQName(plugin.Namespace, pluginName, "legacy_unallocated_hosts"),
+		"Hosts eligible for legacy auto-allocation left without an address (Istio's range is full).", instanceLabels, nil)
+)
+
+func init() { prometheus.MustRegister(instanceCollector{running}) }
+
+// instanceCollector reports the gauges of every running plugin instance.
+type instanceCollector struct{ sources *sourceRegistry }
+
+func (c instanceCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{syncedDesc, entriesDesc, hostsDesc, lastUpdateDesc, legacyUnallocatedDesc} {
+		ch <- d
+	}
+}
+
+func (c instanceCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, u := range c.sources.users() {
+		for _, server := range u.servers {
+			labels := []string{server, u.zones}
+			tbl := u.handler.table()
+			if tbl == nil {
+				ch <- prometheus.MustNewConstMetric(syncedDesc, prometheus.GaugeValue, 0, labels...)
+				continue
+			}
+			ch <- prometheus.MustNewConstMetric(syncedDesc, prometheus.GaugeValue, 1, labels...)
+			ch <- prometheus.MustNewConstMetric(entriesDesc, prometheus.GaugeValue, float64(tbl.entries), labels...)
+			ch <- prometheus.MustNewConstMetric(hostsDesc, prometheus.GaugeValue, float64(tbl.hosts), labels...)
+			ch <- prometheus.MustNewConstMetric(lastUpdateDesc, prometheus.GaugeValue, float64(tbl.published.UnixNano())/1e9, labels...)
+			ch <- prometheus.MustNewConstMetric(legacyUnallocatedDesc, prometheus.GaugeValue, float64(tbl.legacyUnallocated), labels...)
+		}
+	}
 }

@@ -5,7 +5,9 @@ package serviceentry
 
 import (
 	"context"
+	"errors"
 	"net"
+	"sync/atomic"
 
 	"github.com/coredns/coredns/plugin"
 	"github.com/coredns/coredns/plugin/pkg/dnsutil"
@@ -24,8 +26,28 @@ type ServiceEntry struct {
 	Fall  fall.F
 	TTL   uint32
 
-	store *store
+	// store is the one of the source this instance answers from. OnStartup
+	// attaches it (a reload may hand over a running one), so it is read
+	// atomically: ready may ask before it is set.
+	store atomic.Pointer[store]
 }
+
+// attach makes se answer from st.
+func (se *ServiceEntry) attach(st *store) *ServiceEntry {
+	se.store.Store(st)
+	return se
+}
+
+// table is the published table, or nil before the first full read.
+func (se *ServiceEntry) table() *table {
+	if st := se.store.Load(); st != nil {
+		return st.table()
+	}
+	return nil
+}
+
+// errNotSynced is returned with SERVFAIL so that the errors plugin logs why.
+var errNotSynced = errors.New("ServiceEntries not read yet")
 
 // ServeDNS implements plugin.Handler.
 func (se *ServiceEntry) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
@@ -36,11 +58,16 @@ func (se *ServiceEntry) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *d
 		return plugin.NextOrFailure(se.Name(), se.Next, ctx, w, r)
 	}
 
-	tbl := se.store.table()
+	tbl := se.table()
 	if tbl == nil {
-		// Not synced: an answer now could be wrong and would be cached, and so
-		// could anything a later plugin says about a name we may own.
-		return dns.RcodeServerFailure, nil
+		// Not synced. Cluster DNS must not go down with us: a name that
+		// fallthrough covers goes on exactly as an unknown name would (a
+		// ServiceEntry host may get the next plugin's answer until then).
+		// Where we are the only authority, we cannot say anything true.
+		if se.Fall.Through(qname) {
+			return plugin.NextOrFailure(se.Name(), se.Next, ctx, w, r)
+		}
+		return dns.RcodeServerFailure, plugin.Error(se.Name(), errNotSynced)
 	}
 
 	ans := tbl.lookup(trimDot(qname))

@@ -157,12 +157,10 @@ const soaInternal = "internal. 30 IN SOA ns.dns.internal. hostmaster.internal. 1
 
 func newTestHandler(t *testing.T) *ServiceEntry {
 	t.Helper()
-	return &ServiceEntry{
+	return (&ServiceEntry{
 		Zones: []string{"internal."},
 		TTL:   defaultTTL,
-		Next:  test.NextHandler(dns.RcodeNotImplemented, nil),
-		store: storeFrom(t, convertOptions{autoAllocate: autoAllocateStatus}, handlerEntries),
-	}
+		Next:  test.NextHandler(dns.RcodeNotImplemented, nil)}).attach(storeFrom(t, convertOptions{autoAllocate: autoAllocateStatus}, handlerEntries))
 }
 
 func TestServeDNS(t *testing.T) {
@@ -306,33 +304,45 @@ func TestServeDNSPassesOn(t *testing.T) {
 	withFall.Fall = fall.Root
 	onlySub := newTestHandler(t)
 	onlySub.Fall.SetZonesFromArgs([]string{"sub.internal."})
-	notSynced := newTestHandler(t)
-	notSynced.store = newStore(false)
-	notSyncedFall := newTestHandler(t)
-	notSyncedFall.store = newStore(false)
+	notSynced := newTestHandler(t).attach(newStore(false))
+	notSyncedFall := newTestHandler(t).attach(newStore(false))
 	notSyncedFall.Fall = fall.Root
+	notSyncedSub := newTestHandler(t).attach(newStore(false))
+	notSyncedSub.Fall.SetZonesFromArgs([]string{"sub.internal."})
+	notAttached := &ServiceEntry{Zones: []string{"internal."}, TTL: defaultTTL, Fall: fall.Root,
+		Next: test.NextHandler(passed, nil)}
 
 	cases := []struct {
-		name  string
-		se    *ServiceEntry
-		qname string
-		want  int
+		name    string
+		se      *ServiceEntry
+		qname   string
+		want    int
+		wantErr bool
 	}{
-		{"outside the zones", synced, "example.org.", passed},
-		{"outside the zones, not synced", notSynced, "example.org.", passed},
-		{"fallthrough for an unknown name", withFall, "unknown.internal.", passed},
-		{"fallthrough does not cover known names", withFall, "address.internal.", dns.RcodeSuccess},
-		{"fallthrough limited to a sub-zone: inside", onlySub, "x.sub.internal.", passed},
-		{"fallthrough limited to a sub-zone: outside", onlySub, "unknown.internal.", dns.RcodeNameError},
-		{"not synced: SERVFAIL, never NXDOMAIN", notSynced, "unknown.internal.", dns.RcodeServerFailure},
-		{"not synced: SERVFAIL even with fallthrough", notSyncedFall, "address.internal.", dns.RcodeServerFailure},
+		{"outside the zones", synced, "example.org.", passed, false},
+		{"outside the zones, not synced", notSynced, "example.org.", passed, false},
+		{"fallthrough for an unknown name", withFall, "unknown.internal.", passed, false},
+		{"fallthrough does not cover known names", withFall, "address.internal.", dns.RcodeSuccess, false},
+		{"fallthrough limited to a sub-zone: inside", onlySub, "x.sub.internal.", passed, false},
+		{"fallthrough limited to a sub-zone: outside", onlySub, "unknown.internal.", dns.RcodeNameError, false},
+		// Before the first full read nothing is known: a name fallthrough
+		// covers goes on as an unknown name would, known or not.
+		{"not synced, fallthrough: an unknown name is passed on", notSyncedFall, "unknown.internal.", passed, false},
+		{"not synced, fallthrough: a ServiceEntry host is passed on", notSyncedFall, "address.internal.", passed, false},
+		{"not synced, fallthrough for a sub-zone: inside is passed on", notSyncedSub, "x.sub.internal.", passed, false},
+		{"not synced, fallthrough for a sub-zone: outside is SERVFAIL", notSyncedSub, "unknown.internal.", dns.RcodeServerFailure, true},
+		{"not synced, no fallthrough: SERVFAIL with an error, never NXDOMAIN", notSynced, "unknown.internal.", dns.RcodeServerFailure, true},
+		{"no source attached yet is not synced", notAttached, "address.internal.", passed, false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			rec := dnstest.NewRecorder(&test.ResponseWriter{})
-			rcode, _ := c.se.ServeDNS(context.Background(), rec, new(dns.Msg).SetQuestion(c.qname, dns.TypeA))
+			rcode, err := c.se.ServeDNS(context.Background(), rec, new(dns.Msg).SetQuestion(c.qname, dns.TypeA))
 			if rcode != c.want {
 				t.Errorf("rcode %s, want %s", dns.RcodeToString[rcode], dns.RcodeToString[c.want])
+			}
+			if (err != nil) != c.wantErr {
+				t.Errorf("error %v, want one: %v (the errors plugin logs SERVFAIL only with an error)", err, c.wantErr)
 			}
 		})
 	}
@@ -349,7 +359,7 @@ func TestTruncation(t *testing.T) {
 		b = append(b, net.IPv4(10, 9, byte(i/256), byte(i%256)).String()...)
 		b = append(b, '\n')
 	}
-	se := &ServiceEntry{Zones: []string{"internal."}, TTL: 30, store: storeFrom(t, convertOptions{}, string(b))}
+	se := (&ServiceEntry{Zones: []string{"internal."}, TTL: 30}).attach(storeFrom(t, convertOptions{}, string(b)))
 
 	for _, c := range []struct {
 		name      string

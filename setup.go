@@ -2,6 +2,8 @@ package serviceentry
 
 import (
 	"fmt"
+	"net"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -50,39 +52,94 @@ func setup(c *caddy.Controller) error {
 	if err != nil {
 		return plugin.Error(pluginName, err)
 	}
-	st := newStore(cfg.convert.autoAllocate == autoAllocateLegacy)
-	src, err := newSource(cfg, st)
-	if err != nil {
-		return plugin.Error(pluginName, err)
+	if len(cfg.manifests) == 0 {
+		// Fail the load now on a bad kubeconfig (or none outside a cluster);
+		// the client itself is only built when the source starts.
+		if _, err := restConfig(cfg.kubeconfig, cfg.kubecontext); err != nil {
+			return plugin.Error(pluginName, err)
+		}
 	}
-	se := &ServiceEntry{Zones: cfg.zones, Fall: cfg.fall, TTL: cfg.ttl, store: st}
+	se := &ServiceEntry{Zones: cfg.zones, Fall: cfg.fall, TTL: cfg.ttl}
+	inst := instanceOf(c)
+	server := dnsserver.GetConfig(c)
+	if server.Root != "" {
+		cfg.resolveManifests(server.Root)
+	}
 
-	// Both hooks run again on every Corefile reload, with a new instance:
-	// the old source stops, so no goroutine outlives its configuration.
-	c.OnStartup(func() error { return src.start(cfg.startupTimeout) })
-	c.OnShutdown(func() error { src.stop(); st.close(); return nil })
+	// Nothing starts here: a later plugin's setup may still fail the load.
+	// Sources are shared across reloads (see running): OnStartup takes over a
+	// running one with the same configuration or starts one, and the
+	// instance's shutdown, or the failure of the reload that created it,
+	// releases it.
+	c.OnStartup(func() error {
+		u := &user{inst: inst, handler: se, servers: serverLabels(server), zones: strings.Join(cfg.zones, ",")}
+		st, err := running.acquire(u, cfg.sourceKey(), func() (source, *store, error) { return newSource(cfg) })
+		if err != nil {
+			return plugin.Error(pluginName, err)
+		}
+		se.attach(st)
+		if !st.waitSynced(cfg.startupTimeout) {
+			log.Warningf("ServiceEntries not read within startup_timeout %s; until they are, names that fallthrough covers are passed on, the rest get SERVFAIL, and the plugin is not ready", cfg.startupTimeout)
+		}
+		return nil
+	})
+	c.OnShutdown(func() error { running.release(inst); return nil })
+	c.OnRestartFailed(func() error { running.releaseAllBut(inst); return nil })
 
-	dnsserver.GetConfig(c).AddPlugin(func(next plugin.Handler) plugin.Handler {
+	server.AddPlugin(func(next plugin.Handler) plugin.Handler {
 		se.Next = next
 		return se
 	})
 	return nil
 }
 
+// serverLabels are the values CoreDNS's metrics give the server label for the
+// block's listeners.
+func serverLabels(cfg *dnsserver.Config) []string {
+	transport := cfg.Transport
+	if transport == "" {
+		transport = "dns"
+	}
+	var out []string
+	for _, host := range cfg.ListenHosts {
+		out = append(out, transport+"://"+net.JoinHostPort(host, cfg.Port))
+	}
+	return out
+}
+
 // source feeds a store: from a Kubernetes API server or from manifest files.
 type source interface {
-	// start begins reading and waits up to timeout for the first full read.
-	// Not finishing in time is not an error: the plugin answers SERVFAIL and
-	// reports not ready until the read completes.
-	start(timeout time.Duration) error
+	// start begins reading in the background. The store publishes its first
+	// table once the source completes a full read.
+	start() error
+	// stop ends every goroutine of the source before it returns.
 	stop()
 }
 
-func newSource(cfg *config, st *store) (source, error) {
+func newSource(cfg *config) (source, *store, error) {
+	st := newStore(cfg.convert.autoAllocate == autoAllocateLegacy)
 	if len(cfg.manifests) > 0 {
-		return newManifestSource(cfg.manifests, cfg.convert, st), nil
+		return newManifestSource(cfg.manifests, cfg.convert, st), st, nil
 	}
-	return newKubeSource(cfg, st)
+	src, err := newKubeSource(cfg, st)
+	return src, st, err
+}
+
+// sourceKey identifies what a source reads and how it converts it: two blocks
+// (or two loads of the Corefile) with equal keys share one source and table.
+// Options of the handler alone (zones, ttl, fallthrough) are not part of it.
+func (cfg *config) sourceKey() string {
+	return fmt.Sprintf("%q %q %q %q %q %+v", cfg.manifests, cfg.kubeconfig, cfg.kubecontext, cfg.namespaces, cfg.labels, cfg.convert)
+}
+
+// resolveManifests makes relative manifest paths relative to CoreDNS's root
+// directive, as the hosts and file plugins do.
+func (cfg *config) resolveManifests(root string) {
+	for i, p := range cfg.manifests {
+		if !filepath.IsAbs(p) {
+			cfg.manifests[i] = filepath.Join(root, p)
+		}
+	}
 }
 
 func parse(c *caddy.Controller) (*config, error) {

@@ -13,16 +13,19 @@ import (
 )
 
 // store keeps the converted entries of one source and publishes the table the
-// handler reads. Sources call upsert, remove and markSynced from their own
-// goroutines; the handler only loads the published table. A change rebuilds the
-// answers of the hosts it touches and copies only the table shards holding them,
-// so an update costs O(hosts changed), not O(all entries).
+// handler reads. Sources call upsert, replaceAll, beginFullRead and markSynced
+// from their own goroutines; the handler only loads the published table. A
+// change rebuilds the answers of the hosts it touches and copies only the table
+// shards holding them, so an update costs O(hosts changed), not O(all entries).
+//
+// Nothing is published from a partial read: until the source says a full read
+// is complete (markSynced), changes are only gathered.
 type store struct {
 	mu       sync.Mutex
 	entries  map[string]*entry   // by namespace/name
 	byHost   map[string][]*entry // host -> the entries declaring it (usually one)
-	building *table              // kept current even before sync
-	synced   bool
+	building *table // the next table; equal to published while synced
+	synced   bool   // a full read is complete: changes are published
 	dirty    map[string]bool // hosts changed since the last publish
 
 	// legacy is the allocator for "autoallocate legacy"; nil in other modes.
@@ -34,7 +37,8 @@ type store struct {
 	reallocTimer  *time.Timer // a deferred recomputation, nil if none
 	closed        bool
 
-	published atomic.Pointer[table] // nil until the first full read of the source
+	published   atomic.Pointer[table] // nil until the first full read of the source
+	firstSynced chan struct{}         // closed when the first table is published
 }
 
 func newStore(legacy bool) *store {
@@ -43,6 +47,8 @@ func newStore(legacy bool) *store {
 		byHost:   make(map[string][]*entry),
 		building: newTable(maphash.MakeSeed()),
 		dirty:    make(map[string]bool),
+
+		firstSynced: make(chan struct{}),
 	}
 	if legacy {
 		s.legacy = newLegacyAllocator()
@@ -66,6 +72,19 @@ func (s *store) close() {
 // table returns the table to answer from, or nil while the source has not
 // completed its first full read.
 func (s *store) table() *table { return s.published.Load() }
+
+// waitSynced waits up to timeout for the first table and reports whether it
+// is published.
+func (s *store) waitSynced(timeout time.Duration) bool {
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-s.firstSynced:
+		return true
+	case <-t.C:
+		return false
+	}
+}
 
 // upsert adds or replaces the entry stored under key; a nil entry removes it.
 func (s *store) upsert(key string, e *entry) {
@@ -103,13 +122,24 @@ func (s *store) replaceAll(entries map[string]*entry) {
 // entries: 1.9 -> 1.1 KiB of RSS per entry, measured by BenchmarkScale).
 func (s *store) markSynced() {
 	s.mu.Lock()
-	first := !s.synced
+	first := s.published.Load() == nil
 	s.synced = true
 	s.publishLocked()
 	s.mu.Unlock()
 	if first {
+		close(s.firstSynced)
 		debug.FreeOSMemory()
 	}
+}
+
+// beginFullRead starts gathering a new full read without publishing it: the
+// table already published keeps answering until markSynced publishes the
+// whole read at once. The Kubernetes source uses it when Istio's CRD appears
+// after an empty table was served without it.
+func (s *store) beginFullRead() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.synced = false
 }
 
 func (s *store) setLocked(key string, e *entry) {
@@ -185,8 +215,13 @@ func (s *store) publishLocked() {
 	// initial sync and ranging over it would cost O(all hosts) per change.
 	s.dirty = make(map[string]bool)
 	s.building = s.building.with(changes)
+	s.building.entries = len(s.entries)
+	s.building.published = start
+	if s.legacy != nil {
+		s.building.legacyUnallocated = s.legacy.unallocated
+	}
 	s.published.Store(s.building)
-	observeRebuild(start, len(s.entries), s.building.hosts)
+	observeTableUpdate(start)
 }
 
 func (s *store) deferReallocLocked(wait time.Duration) {

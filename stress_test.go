@@ -61,7 +61,7 @@ func TestStressStore(t *testing.T) {
 	const keys, writers, readers, opsPerWriter = 400, 4, 6, 3000
 	st := newStore(false)
 	st.markSynced()
-	se := &ServiceEntry{Zones: []string{"stress.internal."}, TTL: 30, store: st}
+	se := (&ServiceEntry{Zones: []string{"stress.internal."}, TTL: 30}).attach(st)
 
 	final := make([]*entry, keys) // written by writer k%writers only
 	var stop atomic.Bool

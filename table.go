@@ -5,6 +5,7 @@ import (
 	"maps"
 	"net"
 	"strings"
+	"time"
 )
 
 // shardCount splits the table so that one change copies one small map instead
@@ -32,7 +33,12 @@ type table struct {
 	seed  maphash.Seed
 	exact [shardCount]shard
 	wild  [shardCount]shard
-	hosts int
+
+	// What the table's metrics report.
+	hosts             int
+	entries           int       // ServiceEntries that take part
+	published         time.Time // when the table was built
+	legacyUnallocated int       // legacy-eligible hosts left without an address
 }
 
 func newTable(seed maphash.Seed) *table {

@@ -1,0 +1,134 @@
+package serviceentry
+
+import (
+	"fmt"
+	"slices"
+	"sync"
+)
+
+// A Corefile reload builds a new caddy instance, runs its OnStartup hooks, and
+// only when it is serving runs the old instance's OnShutdown hooks; a reload
+// that fails after our OnStartup never runs the new instance's OnShutdown, only
+// the old instance's OnRestartFailed. Sources are therefore shared through
+// running: a reload whose source configuration is unchanged takes over the
+// running source and its table (no relist, no unsynced gap, no second informer
+// cache), a changed one starts a new source while the old instance keeps
+// answering, and a source stops when no live instance holds it. This is the
+// plugin's one piece of process state besides its metrics: nothing else
+// survives from one caddy instance to the next.
+var running = &sourceRegistry{byKey: make(map[string]*sharedSource)}
+
+// instance stands for one caddy instance (one load of the Corefile); all the
+// serviceentry blocks of that load share it.
+type instance struct{}
+
+type instanceKey struct{}
+
+// instanceOf returns c's instance, creating it for the first block.
+func instanceOf(c interface {
+	Get(key any) any
+	Set(key, val any)
+}) *instance {
+	if inst, ok := c.Get(instanceKey{}).(*instance); ok {
+		return inst
+	}
+	inst := new(instance)
+	c.Set(instanceKey{}, inst)
+	return inst
+}
+
+type sourceRegistry struct {
+	mu    sync.Mutex
+	byKey map[string]*sharedSource
+	// registered are the plugin blocks answering from a shared source, in
+	// the order they started; the metrics read them.
+	registered []*user
+}
+
+// sharedSource is one running source and the instances holding it.
+type sharedSource struct {
+	store   *store
+	src     source
+	holders map[*instance]bool
+}
+
+// user is one plugin block answering from a shared source.
+type user struct {
+	inst    *instance
+	handler *ServiceEntry
+	servers []string // CoreDNS's server label values of the block
+	zones   string
+}
+
+// acquire returns the store of the source configured by key for u, building
+// and starting the source if no live instance runs it yet.
+func (r *sourceRegistry) acquire(u *user, key string, build func() (source, *store, error)) (*store, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	shared := r.byKey[key]
+	if shared == nil {
+		src, st, err := build()
+		if err != nil {
+			return nil, err
+		}
+		if err := src.start(); err != nil {
+			src.stop()
+			st.close()
+			return nil, err
+		}
+		shared = &sharedSource{store: st, src: src, holders: make(map[*instance]bool)}
+		r.byKey[key] = shared
+	}
+	shared.holders[u.inst] = true
+	r.registered = append(r.registered, u)
+	return shared.store, nil
+}
+
+// release drops everything inst holds and stops the sources no live instance
+// holds any more.
+func (r *sourceRegistry) release(inst *instance) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.releaseLocked(func(i *instance) bool { return i == inst })
+}
+
+// releaseAllBut drops everything held by instances other than inst: after a
+// failed reload only the running instance (inst) is live.
+func (r *sourceRegistry) releaseAllBut(inst *instance) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.releaseLocked(func(i *instance) bool { return i != inst })
+}
+
+func (r *sourceRegistry) releaseLocked(gone func(*instance) bool) {
+	r.registered = slices.DeleteFunc(r.registered, func(u *user) bool { return gone(u.inst) })
+	for key, shared := range r.byKey {
+		for inst := range shared.holders {
+			if gone(inst) {
+				delete(shared.holders, inst)
+			}
+		}
+		if len(shared.holders) == 0 {
+			shared.src.stop()
+			shared.store.close()
+			delete(r.byKey, key)
+		}
+	}
+}
+
+// users returns the running plugin blocks, one per server and zones: while a
+// reload overlaps two instances, the newer block stands for both.
+func (r *sourceRegistry) users() []*user {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	seen := make(map[string]bool)
+	var out []*user
+	for _, u := range slices.Backward(r.registered) {
+		id := fmt.Sprint(u.servers, u.zones)
+		if !seen[id] {
+			seen[id] = true
+			out = append(out, u)
+		}
+	}
+	return out
+}
