@@ -24,9 +24,9 @@ type store struct {
 	mu       sync.Mutex
 	entries  map[string]*entry   // by namespace/name
 	byHost   map[string][]*entry // host -> the entries declaring it (usually one)
-	building *table // the next table; equal to published while synced
-	synced   bool   // a full read is complete: changes are published
-	dirty    map[string]bool // hosts changed since the last publish
+	building *table              // the next table; equal to published while synced
+	synced   bool                // a full read is complete: changes are published
+	dirty    map[string]bool     // hosts changed since the last publish
 
 	// legacy is the allocator for "autoallocate legacy"; nil in other modes.
 	legacy *legacyAllocator
