@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
 	networking "istio.io/api/networking/v1alpha3"
 	clientv1 "istio.io/client-go/pkg/apis/networking/v1"
 	clientv1beta1 "istio.io/client-go/pkg/apis/networking/v1beta1"
@@ -135,6 +136,7 @@ func TestKubeSourceOlderVersion(t *testing.T) {
 // publishes an empty table (ready), keeps checking, and reads the entries once
 // the CRD appears, publishing them whole.
 func TestKubeSourceNoCRD(t *testing.T) {
+	defer verifyNoLeaks(t, goleak.IgnoreCurrent())
 	client := newFakeKube(t, "v1")
 	ctx := context.Background()
 	for i := range 50 {
@@ -156,7 +158,7 @@ func TestKubeSourceNoCRD(t *testing.T) {
 	if err := k.start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(k.stop)
+	defer k.stop() // before the leak check
 	if !st.waitSynced(5 * time.Second) {
 		t.Fatal("no empty table published without a CRD")
 	}
@@ -173,6 +175,7 @@ func TestKubeSourceNoCRD(t *testing.T) {
 // TestKubeSourceStopDuringDiscovery: stop returns promptly while a discovery
 // request is in flight against an API server that accepts and never answers.
 func TestKubeSourceStopDuringDiscovery(t *testing.T) {
+	defer verifyNoLeaks(t, goleak.IgnoreCurrent())
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -19,8 +19,9 @@ import (
 var running = &sourceRegistry{byKey: make(map[string]*sharedSource)}
 
 // instance stands for one caddy instance (one load of the Corefile); all the
-// serviceentry blocks of that load share it.
-type instance struct{}
+// serviceentry blocks of that load share it. Only its address matters, and
+// pointers to zero-size values may all be equal, hence the byte.
+type instance struct{ _ byte }
 
 type instanceKey struct{}
 

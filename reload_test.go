@@ -1,0 +1,271 @@
+package serviceentry
+
+import (
+	"fmt"
+	"net"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"github.com/coredns/caddy"
+	"github.com/coredns/coredns/core/dnsserver"
+	_ "github.com/coredns/coredns/plugin/bind"
+	_ "github.com/coredns/coredns/plugin/root"
+	_ "github.com/coredns/coredns/plugin/whoami"
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/goleak"
+)
+
+// The lifecycle tests run real caddy instances in process, so the directive
+// must be known to the dns server type (cmd/coredns inserts it the same way).
+func init() {
+	if !slices.Contains(dnsserver.Directives, pluginName) {
+		i := slices.Index(dnsserver.Directives, "kubernetes")
+		dnsserver.Directives = slices.Insert(dnsserver.Directives, i, pluginName)
+	}
+}
+
+// verifyNoLeaks fails t if any goroutine is left but the DNS servers' own,
+// which CoreDNS stops asynchronously after a stop or reload has returned.
+func verifyNoLeaks(t *testing.T, opts ...goleak.Option) {
+	t.Helper()
+	goleak.VerifyNone(t, append(opts,
+		goleak.IgnoreAnyFunction("github.com/miekg/dns.(*Server).serveTCP"),
+		goleak.IgnoreAnyFunction("github.com/miekg/dns.(*Server).serveUDP"),
+		goleak.IgnoreAnyFunction("github.com/coredns/caddy.startServers.func2"),
+		goleak.IgnoreAnyFunction("github.com/coredns/caddy.startServers.func3"))...)
+}
+
+// corefileInput is a Corefile serving zone internal. on 127.0.0.1:port with
+// the given serviceentry block body and any extra server blocks.
+func corefileInput(port int, body string, extraBlocks ...string) caddy.Input {
+	text := fmt.Sprintf("internal.:%d {\n bind 127.0.0.1\n serviceentry {\n %s\n }\n}\n", port, body)
+	for _, b := range extraBlocks {
+		text += b + "\n"
+	}
+	return caddy.CaddyfileInput{Contents: []byte(text), Filepath: "Corefile", ServerTypeName: "dns"}
+}
+
+// startCaddy starts an instance and fails the test if it does not start.
+func startCaddy(t *testing.T, input caddy.Input) *caddy.Instance {
+	t.Helper()
+	inst, err := caddy.Start(input)
+	if err != nil {
+		t.Fatalf("starting CoreDNS: %v", err)
+	}
+	return inst
+}
+
+// stopCaddy stops an instance as CoreDNS does on SIGTERM.
+func stopCaddy(t *testing.T, inst *caddy.Instance) {
+	t.Helper()
+	if err := inst.Stop(); err != nil {
+		t.Errorf("stopping: %v", err)
+	}
+	for _, err := range inst.ShutdownCallbacks() {
+		t.Errorf("shutdown callback: %v", err)
+	}
+}
+
+func freeUDPPort(t *testing.T) int {
+	t.Helper()
+	c, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	return c.LocalAddr().(*net.UDPAddr).Port
+}
+
+func askA(t *testing.T, port int, name string) string {
+	t.Helper()
+	m := new(dns.Msg).SetQuestion(name, dns.TypeA)
+	r, err := dns.Exchange(m, fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		return "error: " + err.Error()
+	}
+	if len(r.Answer) == 0 {
+		return dns.RcodeToString[r.Rcode]
+	}
+	return r.Answer[0].(*dns.A).A.String()
+}
+
+// sharedSources returns the running sources, for identity checks.
+func sharedSources() []*sharedSource {
+	running.mu.Lock()
+	defer running.mu.Unlock()
+	var out []*sharedSource
+	for _, s := range running.byKey {
+		out = append(out, s)
+	}
+	return out
+}
+
+func manifestDir(t *testing.T, host, addr string) string {
+	t.Helper()
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "se.yaml"), seYAML("a", host, addr))
+	return dir
+}
+
+// TestReloadKeepsSource: a reload that changes only handler options (here the
+// ttl) takes over the running source and its table; the old instance's
+// shutdown does not stop it; the last shutdown does, leaving no goroutine.
+func TestReloadKeepsSource(t *testing.T) {
+	defer verifyNoLeaks(t, goleak.IgnoreCurrent())
+	dir := manifestDir(t, "a.internal", "192.0.2.1")
+	port := freeUDPPort(t)
+
+	inst := startCaddy(t, corefileInput(port, "manifests "+dir))
+	before := sharedSources()
+	if len(before) != 1 {
+		t.Fatalf("%d sources running, want 1", len(before))
+	}
+	reloaded, err := inst.Restart(corefileInput(port, "manifests "+dir+"\n ttl 10"))
+	if err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	after := sharedSources()
+	if len(after) != 1 || after[0] != before[0] {
+		t.Fatalf("reload with the same source configuration started a new source: %d running", len(after))
+	}
+	if got := askA(t, port, "a.internal."); got != "192.0.2.1" {
+		t.Fatalf("after the reload: %s", got)
+	}
+	writeFile(t, filepath.Join(dir, "se.yaml"), seYAML("a", "a.internal", "192.0.2.2"))
+	eventually(t, "a change read by the kept source", func() bool { return askA(t, port, "a.internal.") == "192.0.2.2" })
+
+	stopCaddy(t, reloaded)
+	if n := len(sharedSources()); n != 0 {
+		t.Fatalf("%d sources left after the last shutdown", n)
+	}
+}
+
+// TestReloadChangedSource: a reload with another source configuration starts
+// a new source; the old one stops once the new instance is in place.
+func TestReloadChangedSource(t *testing.T) {
+	defer verifyNoLeaks(t, goleak.IgnoreCurrent())
+	oldDir := manifestDir(t, "a.internal", "192.0.2.1")
+	newDir := manifestDir(t, "a.internal", "192.0.2.9")
+	port := freeUDPPort(t)
+
+	inst := startCaddy(t, corefileInput(port, "manifests "+oldDir))
+	old := sharedSources()[0]
+	reloaded, err := inst.Restart(corefileInput(port, "manifests "+newDir))
+	if err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	now := sharedSources()
+	if len(now) != 1 || now[0] == old {
+		t.Fatalf("after a reload with a new configuration: %d sources, old kept: %v", len(now), len(now) > 0 && now[0] == old)
+	}
+	if got := askA(t, port, "a.internal."); got != "192.0.2.9" {
+		t.Fatalf("after the reload: %s", got)
+	}
+	stopCaddy(t, reloaded)
+}
+
+// TestFailedReloadReleases: a reload that fails after our OnStartup ran (a
+// later server block cannot bind its port) never runs the new instance's
+// shutdown hooks; the source it started is stopped all the same, and the
+// running instance keeps its own.
+func TestFailedReloadReleases(t *testing.T) {
+	defer verifyNoLeaks(t, goleak.IgnoreCurrent())
+	dir := manifestDir(t, "a.internal", "192.0.2.1")
+	otherDir := manifestDir(t, "a.internal", "192.0.2.9")
+	port := freeUDPPort(t)
+	taken, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	busy := fmt.Sprintf("other.:%d {\n bind 127.0.0.1\n whoami\n}", taken.LocalAddr().(*net.UDPAddr).Port)
+
+	inst := startCaddy(t, corefileInput(port, "manifests "+dir))
+	kept := sharedSources()[0]
+	same, err := inst.Restart(corefileInput(port, "manifests "+otherDir, busy))
+	if err == nil {
+		stopCaddy(t, same)
+		t.Fatal("the reload binding a taken port succeeded")
+	}
+	if now := sharedSources(); len(now) != 1 || now[0] != kept {
+		t.Fatalf("after a failed reload: %d sources running, the running instance's kept: %v", len(now), len(now) > 0 && now[0] == kept)
+	}
+	if got := askA(t, port, "a.internal."); got != "192.0.2.1" {
+		t.Fatalf("after the failed reload: %s", got)
+	}
+	stopCaddy(t, same) // Restart returns the running instance on failure
+	if n := len(sharedSources()); n != 0 {
+		t.Fatalf("%d sources left after the last shutdown", n)
+	}
+}
+
+// TestManifestsFollowRoot: relative manifest paths are read from CoreDNS's
+// root directive, as the hosts and file plugins do.
+func TestManifestsFollowRoot(t *testing.T) {
+	defer verifyNoLeaks(t, goleak.IgnoreCurrent())
+	dir := manifestDir(t, "rooted.internal", "192.0.2.3")
+	port := freeUDPPort(t)
+	input := caddy.CaddyfileInput{ServerTypeName: "dns", Filepath: "Corefile", Contents: []byte(fmt.Sprintf(
+		"internal.:%d {\n bind 127.0.0.1\n root %s\n serviceentry {\n manifests se.yaml\n }\n}\n", port, dir))}
+	inst := startCaddy(t, input)
+	defer stopCaddy(t, inst)
+	if got := askA(t, port, "rooted.internal."); got != "192.0.2.3" {
+		t.Fatalf("got %s", got)
+	}
+}
+
+// gauge returns the value of an instance gauge for server and zones, and
+// whether such a series exists.
+func gauge(t *testing.T, name, server, zones string) (float64, bool) {
+	t.Helper()
+	families, err := prometheus.DefaultGatherer.Gather()
+	if err != nil {
+		t.Fatalf("gathering metrics: %v", err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["server"] == server && labels["zones"] == zones {
+				return m.GetGauge().GetValue(), true
+			}
+		}
+	}
+	return 0, false
+}
+
+// TestInstanceGauges: the gauges carry CoreDNS's server and zones labels,
+// follow the instance across a reload without a duplicate series, and are gone
+// once it stops.
+func TestInstanceGauges(t *testing.T) {
+	dir := manifestDir(t, "a.internal", "192.0.2.1")
+	port := freeUDPPort(t)
+	server := fmt.Sprintf("dns://127.0.0.1:%d", port)
+
+	inst := startCaddy(t, corefileInput(port, "manifests "+dir))
+	for name, want := range map[string]float64{
+		"coredns_serviceentry_synced": 1, "coredns_serviceentry_hosts": 1, "coredns_serviceentry_entries": 1,
+	} {
+		if got, ok := gauge(t, name, server, "internal."); !ok || got != want {
+			t.Errorf("%s = %v (present: %v), want %v", name, got, ok, want)
+		}
+	}
+	reloaded, err := inst.Restart(corefileInput(port, "manifests "+dir+"\n ttl 5"))
+	if err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	if got, ok := gauge(t, "coredns_serviceentry_hosts", server, "internal."); !ok || got != 1 {
+		t.Errorf("after the reload: hosts = %v (present: %v)", got, ok)
+	}
+	stopCaddy(t, reloaded)
+	if _, ok := gauge(t, "coredns_serviceentry_synced", server, "internal."); ok {
+		t.Error("the stopped instance still reports coredns_serviceentry_synced")
+	}
+}
