@@ -2,6 +2,7 @@ package serviceentry
 
 import (
 	"fmt"
+	"runtime/debug"
 	"slices"
 	"sync"
 )
@@ -102,7 +103,17 @@ func (r *sourceRegistry) releaseAllBut(inst *instance) {
 }
 
 func (r *sourceRegistry) releaseLocked(gone func(*instance) bool) {
-	r.registered = slices.DeleteFunc(r.registered, func(u *user) bool { return gone(u.inst) })
+	r.registered = slices.DeleteFunc(r.registered, func(u *user) bool {
+		if gone(u.inst) {
+			// CoreDNS may keep a stopped instance's handlers reachable
+			// (the ready plugin lists them until its next start): they
+			// must not keep a stopped source's table alive.
+			u.handler.store.Store(nil)
+			return true
+		}
+		return false
+	})
+	stopped := false
 	for key, shared := range r.byKey {
 		for inst := range shared.holders {
 			if gone(inst) {
@@ -113,7 +124,14 @@ func (r *sourceRegistry) releaseLocked(gone func(*instance) bool) {
 			shared.src.stop()
 			shared.store.close()
 			delete(r.byKey, key)
+			stopped = true
 		}
+	}
+	if stopped {
+		// A stopped source leaves its whole informer cache and table
+		// behind; without this the process stays at the size of both
+		// sources after a reload that changed the source (TestReloadSoak).
+		debug.FreeOSMemory()
 	}
 }
 

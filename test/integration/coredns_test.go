@@ -52,6 +52,7 @@ func corednsBinary(t testing.TB) string {
 // coredns is a running CoreDNS with its DNS and ready ports.
 type coredns struct {
 	*process
+	corefile  string // its path: rewrite it and send SIGUSR1 to reload
 	dnsAddr   string
 	readyAddr string
 }
@@ -83,6 +84,7 @@ func runCorefile(t testing.TB, corefile string, dnsPort, readyPort int) *coredns
 	}
 	c := &coredns{
 		process:   startProcess(t, corednsBinary(t), "-conf", path),
+		corefile:  path,
 		dnsAddr:   fmt.Sprintf("127.0.0.1:%d", dnsPort),
 		readyAddr: fmt.Sprintf("127.0.0.1:%d", readyPort),
 	}

@@ -119,19 +119,8 @@ func TestDeployManifests(t *testing.T) {
 	kubeconfig := c.kubeconfig(t, adminToken)
 
 	t.Run("in-cluster", func(t *testing.T) {
-		dnsPort, readyPort, healthPort, metricsPort := freePort(t), freePort(t), freePort(t), freePort(t)
-		upstreamAddr := upstream(t, map[string]string{"www.example.org.": "192.0.2.80"})
-		corefile := corefileOf(t, kube, "kube-system", "coredns")
-		corefile = replaceOnce(t, corefile, ".:53 {", fmt.Sprintf(".:%d {\n    bind 127.0.0.1", dnsPort))
-		corefile = replaceOnce(t, corefile, "health {", fmt.Sprintf("health 127.0.0.1:%d {", healthPort))
-		corefile = replaceOnce(t, corefile, "    ready\n", fmt.Sprintf("    ready 127.0.0.1:%d\n", readyPort))
-		corefile = replaceOnce(t, corefile, "prometheus :9153", fmt.Sprintf("prometheus 127.0.0.1:%d", metricsPort))
-		corefile = replaceOnce(t, corefile, "serviceentry {", "serviceentry {\n       kubeconfig "+kubeconfig)
-		corefile = replaceOnce(t, corefile, "kubernetes cluster.local in-addr.arpa ip6.arpa {",
-			"kubernetes cluster.local in-addr.arpa ip6.arpa {\n       kubeconfig "+kubeconfig)
-		corefile = replaceOnce(t, corefile, "forward . /etc/resolv.conf", "forward . "+upstreamAddr)
-
-		server := runCorefile(t, corefile, dnsPort, readyPort)
+		server := runInCluster(t, corefileOf(t, kube, "kube-system", "coredns"), kubeconfig, kubeconfig,
+			upstream(t, map[string]string{"www.example.org.": "192.0.2.80"}))
 		waitFor(t, 30*time.Second, "kube-system CoreDNS ready", server.isReady)
 		server.waitAnswer(t, 5*time.Second, "api.external.example", dns.TypeA, "NOERROR 198.51.100.7")
 		server.waitAnswer(t, 5*time.Second, "httpbin.bar.global", dns.TypeA, "NOERROR 240.0.0.10")

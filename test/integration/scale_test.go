@@ -125,7 +125,7 @@ func scaleAddr(i, gen int) string {
 
 // createScaleEntries creates n entries as a mesh would have them (ports and
 // all, which the plugin's transform drops), IPv6 on every other one.
-func createScaleEntries(b *testing.B, client versioned.Interface, n int) {
+func createScaleEntries(b testing.TB, client versioned.Interface, n int) {
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	errs := make(chan error, 16)
@@ -202,7 +202,7 @@ func scaleUpdates(b *testing.B, client versioned.Interface, dnsServer *coredns, 
 
 // settledRSS is the process's resident set after a few seconds of quiet, so
 // that the garbage of the initial read has been collected.
-func settledRSS(b *testing.B, p *process) int64 {
+func settledRSS(b testing.TB, p *process) int64 {
 	time.Sleep(5 * time.Second)
 	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
 	if err != nil {
@@ -265,7 +265,7 @@ func saveProfile(b *testing.B, pprofAddr, query, file string) {
 	b.Logf("profile saved: %s", path)
 }
 
-func httpGet(b *testing.B, url string) []byte {
+func httpGet(b testing.TB, url string) []byte {
 	resp, err := http.Get(url)
 	if err != nil {
 		b.Error(err)
