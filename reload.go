@@ -2,7 +2,6 @@ package serviceentry
 
 import (
 	"fmt"
-	"runtime/debug"
 	"slices"
 	"sync"
 )
@@ -91,29 +90,33 @@ func (r *sourceRegistry) acquire(u *user, key string, build func() (source, *sto
 func (r *sourceRegistry) release(inst *instance) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.releaseLocked(func(i *instance) bool { return i == inst })
+	r.releaseLocked(func(i *instance) bool { return i == inst }, false)
 }
 
 // releaseAllBut drops everything held by instances other than inst: after a
-// failed reload only the running instance (inst) is live.
+// failed reload only the running instance (inst) is live. The failed
+// instance's handlers never served, yet CoreDNS keeps some of them reachable
+// (TestReloadSoak: a replaced source's table outlived it by a failed reload
+// that had held it), so they let go of their store too.
 func (r *sourceRegistry) releaseAllBut(inst *instance) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.releaseLocked(func(i *instance) bool { return i != inst })
+	r.releaseLocked(func(i *instance) bool { return i != inst }, true)
 }
 
-func (r *sourceRegistry) releaseLocked(gone func(*instance) bool) {
+// releaseLocked drops the holdings of the instances gone reports. Handlers of
+// an instance that stopped normally keep their store: CoreDNS's old servers
+// may still answer a packet or two after the reload has returned.
+func (r *sourceRegistry) releaseLocked(gone func(*instance) bool, detach bool) {
 	r.registered = slices.DeleteFunc(r.registered, func(u *user) bool {
-		if gone(u.inst) {
-			// CoreDNS may keep a stopped instance's handlers reachable
-			// (the ready plugin lists them until its next start): they
-			// must not keep a stopped source's table alive.
-			u.handler.store.Store(nil)
-			return true
+		if !gone(u.inst) {
+			return false
 		}
-		return false
+		if detach {
+			u.handler.store.Store(nil)
+		}
+		return true
 	})
-	stopped := false
 	for key, shared := range r.byKey {
 		for inst := range shared.holders {
 			if gone(inst) {
@@ -124,14 +127,7 @@ func (r *sourceRegistry) releaseLocked(gone func(*instance) bool) {
 			shared.src.stop()
 			shared.store.close()
 			delete(r.byKey, key)
-			stopped = true
 		}
-	}
-	if stopped {
-		// A stopped source leaves its whole informer cache and table
-		// behind; without this the process stays at the size of both
-		// sources after a reload that changed the source (TestReloadSoak).
-		debug.FreeOSMemory()
 	}
 }
 

@@ -4,8 +4,11 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"testing"
+	"time"
+	"weak"
 
 	"github.com/coredns/caddy"
 	"github.com/coredns/coredns/core/dnsserver"
@@ -162,6 +165,15 @@ func TestReloadChangedSource(t *testing.T) {
 	}
 	if got := askA(t, port, "a.internal."); got != "192.0.2.9" {
 		t.Fatalf("after the reload: %s", got)
+	}
+	oldTable := weak.Make(old.store.table())
+	old = nil
+	for i := 0; i < 50 && oldTable.Value() != nil; i++ {
+		runtime.GC()
+		time.Sleep(20 * time.Millisecond)
+	}
+	if oldTable.Value() != nil {
+		t.Error("the replaced source's table is still reachable")
 	}
 	stopCaddy(t, reloaded)
 }

@@ -235,9 +235,10 @@ func processCPU(b *testing.B, p *process) time.Duration {
 	return time.Duration(utime+stime) * time.Second / clockTicks
 }
 
-// heapStat reads one runtime.MemStats figure from CoreDNS's pprof endpoint.
-func heapStat(b *testing.B, pprofAddr, name string) int64 {
-	body := httpGet(b, "http://"+pprofAddr+"/debug/pprof/heap?debug=1")
+// heapStat reads one runtime.MemStats figure from CoreDNS's pprof endpoint,
+// after a garbage collection (so heap figures are the live heap).
+func heapStat(b testing.TB, pprofAddr, name string) int64 {
+	body := httpGet(b, "http://"+pprofAddr+"/debug/pprof/heap?debug=1&gc=1")
 	for line := range strings.Lines(string(body)) {
 		if rest, ok := strings.CutPrefix(line, "# "+name+" = "); ok {
 			v, err := strconv.ParseInt(strings.TrimSpace(rest), 10, 64)
