@@ -32,6 +32,11 @@ type manifestSource struct {
 
 	files map[string]*manifestFile // by path; only touched by the reading goroutine
 
+	// poll is how often files are checked; publish hands the store a new
+	// set of entries (the store's replaceAll). Tests change both before start.
+	poll    time.Duration
+	publish func(map[string]*entry)
+
 	done chan struct{}
 	wg   sync.WaitGroup
 }
@@ -49,7 +54,8 @@ type fileStamp struct {
 }
 
 func newManifestSource(paths []string, opts convertOptions, st *store) *manifestSource {
-	return &manifestSource{paths: paths, opts: opts, store: st, files: make(map[string]*manifestFile)}
+	return &manifestSource{paths: paths, opts: opts, store: st, files: make(map[string]*manifestFile),
+		poll: manifestPollInterval, publish: st.replaceAll}
 }
 
 func (m *manifestSource) start() error {
@@ -77,7 +83,7 @@ func (m *manifestSource) stop() {
 
 func (m *manifestSource) watch() {
 	defer m.wg.Done()
-	tick := time.NewTicker(manifestPollInterval)
+	tick := time.NewTicker(m.poll)
 	defer tick.Stop()
 	for {
 		select {
@@ -126,7 +132,7 @@ func (m *manifestSource) refresh() {
 	if !changed {
 		return
 	}
-	m.store.replaceAll(m.merge())
+	m.publish(m.merge())
 }
 
 // merge combines the files' entries. Should two files define the same
