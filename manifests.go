@@ -16,6 +16,7 @@ import (
 	"github.com/fsnotify/fsnotify"
 	clientnetworking "istio.io/client-go/pkg/apis/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/yaml"
 )
 
@@ -417,7 +418,7 @@ func (m *manifestSource) readFile(path string) ([]*entry, fileStamp, error) {
 }
 
 // parseManifests decodes a stream of YAML or JSON documents and converts the
-// ServiceEntries among them. A document that is not a valid ServiceEntry is
+// ServiceEntries among them, also those among the items of a List. A document that is not a valid ServiceEntry is
 // skipped (logged and counted) and the rest are kept; an error that stops the
 // stream itself is returned with the entries read before it.
 func parseManifests(data []byte, opts convertOptions) ([]*entry, error) {
@@ -431,16 +432,46 @@ func parseManifests(data []byte, opts convertOptions) ([]*entry, error) {
 			}
 			return entries, fmt.Errorf("document %d: %w", doc, err)
 		}
-		e, err := decodeServiceEntry(raw, opts)
+		items, isList, err := listItems(raw)
 		if err != nil {
 			skippedItems.WithLabelValues(reasonInvalidManifest).Inc()
 			log.Errorf("manifests: document %d: %v", doc, err)
 			continue
 		}
-		if e != nil {
-			entries = append(entries, e)
+		if !isList {
+			items = []runtime.RawExtension{{Raw: raw}}
+		}
+		for i, item := range items {
+			e, err := decodeServiceEntry(item.Raw, opts)
+			if err != nil {
+				skippedItems.WithLabelValues(reasonInvalidManifest).Inc()
+				if isList {
+					log.Errorf("manifests: document %d, item %d: %v", doc, i+1, err)
+				} else {
+					log.Errorf("manifests: document %d: %v", doc, err)
+				}
+				continue
+			}
+			if e != nil {
+				entries = append(entries, e)
+			}
 		}
 	}
+}
+
+// listItems returns the items of a kind List document, what kubectl get -o
+// yaml writes; isList is false for any other document. Each item is then
+// read as a document of its own (a List inside a List is not read).
+func listItems(raw json.RawMessage) (items []runtime.RawExtension, isList bool, err error) {
+	var tm metav1.TypeMeta
+	if json.Unmarshal(raw, &tm) != nil || tm.Kind != "List" || tm.APIVersion != "v1" {
+		return nil, false, nil
+	}
+	var list metav1.List
+	if err := json.Unmarshal(raw, &list); err != nil {
+		return nil, true, fmt.Errorf("List: %w", err)
+	}
+	return list.Items, true, nil
 }
 
 // decodeServiceEntry converts one JSON document. Documents of other kinds give

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -278,6 +279,72 @@ func TestManifestSlowWriterInPlace(t *testing.T) {
 			t.Skipf("the writer stalled for %v, longer than the settle interval %v: the machine is too loaded for this test (%s)", longest, src.settle, lacking[0])
 		}
 		t.Errorf("tables published while the file was written lacked its entries: %d of %d publishes, first: %s", len(lacking), publishes, lacking[0])
+	}
+}
+
+// TestManifestList: kind List documents (what kubectl get -o yaml writes)
+// are read, with other kinds among the items ignored and a bad item skipped
+// alone.
+func TestManifestList(t *testing.T) {
+	item := func(name, version string) string {
+		return fmt.Sprintf(`{"apiVersion":"networking.istio.io/%s","kind":"ServiceEntry","metadata":{"name":%q,"namespace":"ns"},"spec":{"hosts":["%s.internal"],"addresses":["192.0.2.1"]}}`, version, name, name)
+	}
+	configMap := `{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"cm"},"data":{"k":"v"}}`
+	jsonList := func(items ...string) string {
+		return `{"apiVersion":"v1","kind":"List","metadata":{"resourceVersion":""},"items":[` + strings.Join(items, ",") + `]}`
+	}
+	cases := []struct {
+		name string
+		doc  string
+		want []string
+	}{
+		{name: "kubectl get -o yaml", doc: `apiVersion: v1
+items:
+- apiVersion: networking.istio.io/v1
+  kind: ServiceEntry
+  metadata:
+    name: a
+    namespace: ns
+    resourceVersion: "1"
+  spec:
+    hosts: [a.internal]
+    addresses: [192.0.2.1]
+- apiVersion: v1
+  kind: ConfigMap
+  metadata: {name: cm, namespace: ns}
+  data: {k: v}
+- apiVersion: networking.istio.io/v1beta1
+  kind: ServiceEntry
+  metadata: {name: b, namespace: ns}
+  spec: {hosts: [b.internal], addresses: [192.0.2.2]}
+kind: List
+metadata:
+  resourceVersion: ""
+`, want: []string{"ns/a", "ns/b"}},
+		{name: "JSON", doc: jsonList(item("a", "v1"), configMap, item("b", "v1alpha3")), want: []string{"ns/a", "ns/b"}},
+		{name: "beside other documents", doc: seYAML("c", "c.internal", "192.0.2.3") + "---\n" + jsonList(item("d", "v1")) + "\n---\n" + configMap,
+			want: []string{"ns/c", "ns/d"}},
+		{name: "bad item skipped alone", doc: jsonList(item("", "v1"), `{"apiVersion":"networking.istio.io/v1","kind":"ServiceEntry","metadata":{"name":"x"},"spec":{"hosts":"not a list"}}`, item("e", "v1")),
+			want: []string{"ns/e"}},
+		{name: "null and empty items", doc: jsonList("null", "{}", item("f", "v1")), want: []string{"ns/f"}},
+		{name: "empty", doc: "apiVersion: v1\nkind: List\nitems: []\n", want: nil},
+		{name: "no items", doc: "apiVersion: v1\nkind: List\n", want: nil},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			entries, err := parseManifests([]byte(tc.doc), convertOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, e := range entries {
+				got = append(got, e.key)
+			}
+			slices.Sort(got)
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("got %q, want %q", got, tc.want)
+			}
+		})
 	}
 }
 
