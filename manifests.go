@@ -39,12 +39,14 @@ type manifestSource struct {
 	opts  convertOptions
 	store *store
 
-	// Intervals (see manifestSettle) and the sink for new sets of entries
-	// (the store's replaceAll); tests change them before start.
+	// Intervals (see manifestSettle), the sink for new sets of entries (the
+	// store's replaceAll) and the watcher's maker; tests change them before
+	// start.
 	settle        time.Duration
 	poll          time.Duration
 	pollUnwatched time.Duration
 	publish       func(map[string]*entry)
+	newWatcher    func() (*fsnotify.Watcher, error)
 
 	// Only touched by start and then by the source's goroutine.
 	files   map[string]*manifestFile // by path
@@ -92,7 +94,8 @@ func newManifestSource(paths []string, opts convertOptions, st *store) *manifest
 		clean[i] = filepath.Clean(p)
 	}
 	return &manifestSource{paths: clean, opts: opts, store: st, files: make(map[string]*manifestFile),
-		settle: manifestSettle, poll: manifestPollInterval, pollUnwatched: manifestPollUnwatched, publish: st.replaceAll}
+		settle: manifestSettle, poll: manifestPollInterval, pollUnwatched: manifestPollUnwatched,
+		publish: st.replaceAll, newWatcher: fsnotify.NewWatcher}
 }
 
 // start reads every file at once, then watches them in the background.
@@ -103,7 +106,7 @@ func (m *manifestSource) start() error {
 		}
 	}
 	// Watch before the first read, so that no change after it is missed.
-	if w, err := fsnotify.NewWatcher(); err != nil {
+	if w, err := m.newWatcher(); err != nil {
 		log.Warningf("manifests: cannot watch for changes (%v); polling every %v", err, m.pollUnwatched)
 	} else {
 		m.watcher = w

@@ -1,6 +1,7 @@
 package serviceentry
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fsnotify/fsnotify"
 	"go.uber.org/goleak"
 )
 
@@ -197,6 +199,28 @@ func TestManifestFsnotify(t *testing.T) {
 				func() bool { return lookupA(st, tc.host) == tc.want })
 		})
 	}
+}
+
+// TestManifestWithoutFsnotify: where fsnotify cannot watch (inotify limits),
+// the source polls, and changes are still read once stable.
+func TestManifestWithoutFsnotify(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "se.yaml")
+	writeFile(t, path, seYAML("a", "a.internal", "192.0.2.1"))
+	st, src := startManifestsWith(t, func(src *manifestSource) {
+		src.newWatcher = func() (*fsnotify.Watcher, error) { return nil, errors.New("too many open files") }
+		src.poll, src.pollUnwatched = time.Hour, 50*time.Millisecond
+	}, dir)
+	if src.watcher != nil {
+		t.Fatal("a watcher despite the error")
+	}
+	if got := lookupA(st, "a.internal"); got != "192.0.2.1" {
+		t.Fatalf("first read: a.internal %q", got)
+	}
+	if err := os.WriteFile(path, []byte(seYAML("a", "a.internal", "192.0.2.2")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the change read by polling", func() bool { return lookupA(st, "a.internal") == "192.0.2.2" })
 }
 
 // TestManifestSlowWriterInPlace: a file rewritten in place by a slow writer
