@@ -2,9 +2,55 @@ package serviceentry
 
 import (
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 )
+
+// seYAML is a ServiceEntry in namespace ns declaring host with addr.
+func seYAML(name, host, addr string) string {
+	return "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: " + name + ", namespace: ns}\n" +
+		"spec: {hosts: [" + host + "], addresses: [" + addr + "]}\n"
+}
+
+// writeFile replaces path with content atomically (a hidden temporary file in
+// the same folder, then a rename), so that a source watching the folder never
+// sees it half-written. Tests of in-place writes write on their own.
+func writeFile(t testing.TB, path, content string) {
+	t.Helper()
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = tmp.WriteString(content)
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Chmod(tmp.Name(), 0o644)
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), path)
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+		t.Fatal(err)
+	}
+}
+
+// lookupA returns the first IPv4 answer for name, or "".
+func lookupA(st *store, name string) string {
+	tbl := st.table()
+	if tbl == nil {
+		return ""
+	}
+	ans := tbl.lookup(name)
+	if ans == nil || len(ans.a) == 0 {
+		return ""
+	}
+	return ans.a[0].String()
+}
 
 // storeFrom builds a synced store from ServiceEntry manifests, as the
 // manifests source would.
@@ -28,8 +74,18 @@ func storeFrom(t testing.TB, opts convertOptions, yamlDocs string) *store {
 // when the test ends.
 func startManifests(t *testing.T, paths ...string) (*store, *manifestSource) {
 	t.Helper()
+	return startManifestsWith(t, nil, paths...)
+}
+
+// startManifestsWith is startManifests with a chance to change the source
+// (its intervals, its publish hook) before it starts.
+func startManifestsWith(t *testing.T, configure func(*manifestSource), paths ...string) (*store, *manifestSource) {
+	t.Helper()
 	st := newStore(false)
 	src := newManifestSource(paths, convertOptions{}, st)
+	if configure != nil {
+		configure(src)
+	}
 	if err := src.start(); err != nil {
 		t.Fatal(err)
 	}
@@ -37,13 +93,24 @@ func startManifests(t *testing.T, paths ...string) (*store, *manifestSource) {
 	return st, src
 }
 
+// eventuallyTimeout bounds eventually. Sources promise about a second; the
+// bound is ten times that so that a loaded 2-core machine under -race does
+// not fail a test that is only slow. A failure still names what was awaited.
+const eventuallyTimeout = 10 * time.Second
+
+// eventually polls cond until it holds or eventuallyTimeout passes.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	eventuallyWithin(t, eventuallyTimeout, what, cond)
+}
+
 // eventuallyWithin polls cond until it holds or timeout passes.
 func eventuallyWithin(t *testing.T, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
+	began := time.Now()
 	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, timeout)
+		if time.Since(began) > timeout {
+			t.Fatalf("%s: still not the case after %v", what, timeout)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

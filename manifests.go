@@ -13,15 +13,24 @@ import (
 	"sync"
 	"time"
 
+	"github.com/fsnotify/fsnotify"
 	clientnetworking "istio.io/client-go/pkg/apis/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/yaml"
 )
 
-// manifestPollInterval is how often files are checked for changes. Polling
-// (rather than inotify) also sees Kubernetes ConfigMap volumes, which swap a
-// symlink, and keeps a change served within a second.
-const manifestPollInterval = 500 * time.Millisecond
+// Timing of the manifests source. A changed file is read once it is stable:
+// the same file (identity, size and modification time) at two checks at least
+// manifestSettle apart. fsnotify's events trigger the checks; a poll is the
+// fallback for what events miss (network filesystems, files symlinked from
+// folders nobody watches, a queue overflow), and the only way when fsnotify
+// cannot watch (inotify limits).
+const (
+	manifestSettle        = 200 * time.Millisecond
+	manifestPollInterval  = 5 * time.Second        // while fsnotify watches every path
+	manifestPollUnwatched = 500 * time.Millisecond // while it does not
+)
 
 // manifestSource reads ServiceEntries from YAML or JSON files and folders and
 // keeps the store in step with them.
@@ -30,42 +39,89 @@ type manifestSource struct {
 	opts  convertOptions
 	store *store
 
-	files map[string]*manifestFile // by path; only touched by the reading goroutine
+	// Intervals (see manifestSettle), the sink for new sets of entries (the
+	// store's replaceAll) and the watcher's maker; tests change them before
+	// start.
+	settle        time.Duration
+	poll          time.Duration
+	pollUnwatched time.Duration
+	publish       func(map[string]*entry)
+	newWatcher    func() (*fsnotify.Watcher, error)
+
+	// Only touched by start and then by the source's goroutine.
+	files   map[string]*manifestFile // by path
+	watcher *fsnotify.Watcher        // nil when fsnotify is unavailable
+	watched bool                     // the watcher covers every path
 
 	done chan struct{}
 	wg   sync.WaitGroup
 }
 
-// manifestFile is the last good read of one file.
+// manifestFile is the last good read of one file and the change, if any,
+// that waits to be read.
 type manifestFile struct {
-	stamp   fileStamp
-	entries []*entry
+	stamp   fileStamp // of the last read
+	entries []*entry  // the last good content
+
+	seen    fileStamp // the file as a pending check saw it
+	seenAt  time.Time // when; zero when nothing is pending
+	touched bool      // an event named the file: read it once stable, even with an equal stamp
+	emptyAt time.Time // a read found no entries where there were some; zero if not
+	goneAt  time.Time // a check found the file gone; zero if not
 }
 
 // fileStamp tells whether a file changed since it was read.
 type fileStamp struct {
 	size    int64
 	modTime time.Time
+	info    os.FileInfo // for os.SameFile: a rename or a ConfigMap swap gives another file
+}
+
+func stampOf(fi os.FileInfo) fileStamp {
+	return fileStamp{size: fi.Size(), modTime: fi.ModTime(), info: fi}
+}
+
+func (a fileStamp) equal(b fileStamp) bool {
+	if a.info == nil || b.info == nil {
+		return a.info == nil && b.info == nil
+	}
+	return a.size == b.size && a.modTime.Equal(b.modTime) && os.SameFile(a.info, b.info)
 }
 
 func newManifestSource(paths []string, opts convertOptions, st *store) *manifestSource {
-	return &manifestSource{paths: paths, opts: opts, store: st, files: make(map[string]*manifestFile)}
+	clean := make([]string, len(paths))
+	for i, p := range paths {
+		clean[i] = filepath.Clean(p)
+	}
+	return &manifestSource{paths: clean, opts: opts, store: st, files: make(map[string]*manifestFile),
+		settle: manifestSettle, poll: manifestPollInterval, pollUnwatched: manifestPollUnwatched,
+		publish: st.replaceAll, newWatcher: fsnotify.NewWatcher}
 }
 
+// start reads every file at once, then watches them in the background.
 func (m *manifestSource) start() error {
 	for _, p := range m.paths {
 		if _, err := os.Stat(p); err != nil {
 			return fmt.Errorf("manifests: %w", err)
 		}
 	}
-	m.refresh()
+	// Watch before the first read, so that no change after it is missed.
+	if w, err := m.newWatcher(); err != nil {
+		log.Warningf("manifests: cannot watch for changes (%v); polling every %v", err, m.pollUnwatched)
+	} else {
+		m.watcher = w
+		m.rewatch()
+	}
+	m.check(time.Now(), true)
 	m.store.markSynced()
 	m.done = make(chan struct{})
 	m.wg.Add(1)
-	go m.watch()
+	go m.run()
 	return nil
 }
 
+// stop ends the source's goroutine and closes its watcher (which waits for
+// fsnotify's own goroutine).
 func (m *manifestSource) stop() {
 	if m.done == nil {
 		return
@@ -73,60 +129,194 @@ func (m *manifestSource) stop() {
 	close(m.done)
 	m.wg.Wait()
 	m.done = nil
+	if m.watcher != nil {
+		m.watcher.Close()
+		m.watcher = nil
+	}
 }
 
-func (m *manifestSource) watch() {
+// run checks the files on every event (at most one check per settle
+// interval, however busy the folder), on every poll, and again a settle
+// interval after a check that left a change pending.
+func (m *manifestSource) run() {
 	defer m.wg.Done()
-	tick := time.NewTicker(manifestPollInterval)
+	var events <-chan fsnotify.Event
+	var errs <-chan error
+	if m.watcher != nil {
+		events, errs = m.watcher.Events, m.watcher.Errors
+	}
+	tick := time.NewTicker(m.pollEvery())
 	defer tick.Stop()
+	soon := time.NewTimer(m.settle)
+	soon.Stop()
+	defer soon.Stop()
+	armed := false
+	arm := func() {
+		if !armed {
+			soon.Reset(m.settle)
+			armed = true
+		}
+	}
+	check := func() {
+		watched := m.watched
+		m.rewatch()
+		if m.watched != watched {
+			tick.Reset(m.pollEvery())
+		}
+		if m.check(time.Now(), false) {
+			arm()
+		}
+	}
 	for {
 		select {
 		case <-m.done:
 			return
+		case ev, ok := <-events:
+			if !ok {
+				events = nil
+				continue
+			}
+			if f := m.files[filepath.Clean(ev.Name)]; f != nil {
+				f.touched = true
+			}
+			arm()
+		case err, ok := <-errs:
+			if !ok {
+				errs = nil
+				continue
+			}
+			log.Warningf("manifests: watching for changes: %v; checking every file", err)
+			arm()
+		case <-soon.C:
+			armed = false
+			check()
 		case <-tick.C:
-			m.refresh()
+			check()
 		}
 	}
 }
 
-// refresh reads the files that changed and hands the store the union of every
-// file's entries. A file that can no longer be read or parsed keeps its last
-// good entries, so nothing already served is lost to a bad edit.
-func (m *manifestSource) refresh() {
-	present := m.listFiles()
-	changed := false
-	for path := range m.files {
-		if _, ok := present[path]; !ok {
-			delete(m.files, path)
-			changed = true
+func (m *manifestSource) pollEvery() time.Duration {
+	if m.watched {
+		return m.poll
+	}
+	return m.pollUnwatched
+}
+
+// rewatch (re)adds the watches: each folder, and the folder of each file (a
+// ConfigMap volume swaps its ..data symlink there). Adding is idempotent, and
+// repeating it recovers a folder that was removed and made again.
+func (m *manifestSource) rewatch() {
+	if m.watcher == nil {
+		return
+	}
+	var failed []string
+	for _, p := range m.paths {
+		dir := p
+		if info, err := os.Stat(p); err == nil && !info.IsDir() {
+			dir = filepath.Dir(p)
+		}
+		if err := m.watcher.Add(dir); err != nil {
+			failed = append(failed, fmt.Sprintf("%s: %v", dir, err))
 		}
 	}
-	for path, stamp := range present {
-		old := m.files[path]
-		if old != nil && old.stamp == stamp {
+	watched := len(failed) == 0
+	if watched != m.watched {
+		if watched {
+			log.Infof("manifests: watching every path for changes; polling every %v as a fallback", m.poll)
+		} else {
+			log.Warningf("manifests: cannot watch %s; polling every %v", strings.Join(failed, ", "), m.pollUnwatched)
+		}
+	}
+	m.watched = watched
+}
+
+// check reads the files that changed and hands the store the union of every
+// file's entries, once per check. The first check reads every file as it is;
+// later ones read a changed file only once it is stable (see manifestSettle),
+// and let a file that lost all its entries (emptied, or removed) go only when
+// a second look a settle interval later finds it so again, so that a file
+// being rewritten in place is not served empty or half-written. A file that
+// cannot be read or parsed keeps its last good entries, so nothing already
+// served is lost to a bad edit. check reports whether a change is pending: the
+// caller checks again a settle interval later.
+func (m *manifestSource) check(now time.Time, first bool) (pending bool) {
+	present := m.listFiles()
+	changed := false
+	for path, f := range m.files {
+		if _, ok := present[path]; ok {
+			f.goneAt = time.Time{}
 			continue
 		}
-		changed = true
-		entries, err := m.readFile(path)
+		if !first && len(f.entries) > 0 {
+			if f.goneAt.IsZero() {
+				f.goneAt = now
+			}
+			if now.Sub(f.goneAt) < m.settle {
+				pending = true
+				continue
+			}
+		}
+		delete(m.files, path)
+		changed = changed || len(f.entries) > 0
+	}
+	for path, stamp := range present {
+		f := m.files[path]
+		if f == nil {
+			f = &manifestFile{}
+			m.files[path] = f
+		}
+		if !first {
+			if f.stamp.equal(stamp) && !f.touched && f.emptyAt.IsZero() {
+				f.seenAt = time.Time{} // unchanged
+				continue
+			}
+			if f.seenAt.IsZero() || !f.seen.equal(stamp) {
+				f.seen, f.seenAt = stamp, now // changed since the last look
+				pending = true
+				continue
+			}
+			if now.Sub(f.seenAt) < m.settle {
+				pending = true
+				continue
+			}
+		}
+		f.seenAt, f.touched = time.Time{}, false
+		entries, read, err := m.readFile(path)
+		if !first && read.info != nil && !read.equal(stamp) {
+			// Written while it was read: wait for it to settle again.
+			f.seen, f.seenAt = read, now
+			pending = true
+			continue
+		}
 		if err != nil {
 			reason := reasonInvalidManifest
 			if errors.Is(err, errManifestTooLarge) {
 				reason = reasonManifestTooLarge
 			}
 			skippedItems.WithLabelValues(reason).Inc()
-			if old != nil {
+			if f.stamp.info != nil { // read before
 				log.Errorf("manifests: %v; keeping its last good content", err)
-				old.stamp = stamp // report once per change, not on every poll
+				f.stamp, f.emptyAt = stamp, time.Time{} // report once per change, not on every check
 				continue
 			}
 			log.Errorf("manifests: %v", err)
 		}
-		m.files[path] = &manifestFile{stamp: stamp, entries: entries}
+		if !first && len(entries) == 0 && len(f.entries) > 0 && f.emptyAt.IsZero() {
+			// No entries where there were some: perhaps truncated by
+			// a writer that has not written yet. Look again.
+			f.emptyAt = now
+			f.seen, f.seenAt = stamp, now
+			pending = true
+			continue
+		}
+		f.stamp, f.entries, f.emptyAt = stamp, entries, time.Time{}
+		changed = true
 	}
-	if !changed {
-		return
+	if changed {
+		m.publish(m.merge())
 	}
-	m.store.replaceAll(m.merge())
+	return pending
 }
 
 // merge combines the files' entries. Should two files define the same
@@ -161,7 +351,7 @@ func (m *manifestSource) listFiles() map[string]fileStamp {
 			continue
 		}
 		if !info.IsDir() {
-			out[p] = fileStamp{size: info.Size(), modTime: info.ModTime()}
+			out[p] = stampOf(info)
 			continue
 		}
 		dirents, err := os.ReadDir(p)
@@ -179,7 +369,7 @@ func (m *manifestSource) listFiles() map[string]fileStamp {
 			if err != nil || fi.IsDir() {
 				continue
 			}
-			out[path] = fileStamp{size: fi.Size(), modTime: fi.ModTime()}
+			out[path] = stampOf(fi)
 		}
 	}
 	return out
@@ -201,30 +391,37 @@ const maxManifestBytes = 64 << 20
 
 var errManifestTooLarge = fmt.Errorf("larger than the %d MiB limit for one manifest file: not read", maxManifestBytes>>20)
 
-func (m *manifestSource) readFile(path string) ([]*entry, error) {
+// readFile reads and parses one file. It also returns the file's stamp as it
+// was once read (no info if that is unknown), which tells whether the file
+// changed during the read.
+func (m *manifestSource) readFile(path string) ([]*entry, fileStamp, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, err
+		return nil, fileStamp{}, err
 	}
 	defer f.Close()
 	// Read one byte past the limit rather than trusting a size taken
 	// before the read: the file may grow in between.
 	data, err := io.ReadAll(io.LimitReader(f, maxManifestBytes+1))
 	if err != nil {
-		return nil, err
+		return nil, fileStamp{}, err
+	}
+	var read fileStamp
+	if fi, err := f.Stat(); err == nil {
+		read = stampOf(fi)
 	}
 	if len(data) > maxManifestBytes {
-		return nil, fmt.Errorf("%s: %w", path, errManifestTooLarge)
+		return nil, read, fmt.Errorf("%s: %w", path, errManifestTooLarge)
 	}
 	entries, err := parseManifests(data, m.opts)
 	if err != nil {
-		return entries, fmt.Errorf("%s: %w", path, err)
+		return entries, read, fmt.Errorf("%s: %w", path, err)
 	}
-	return entries, nil
+	return entries, read, nil
 }
 
 // parseManifests decodes a stream of YAML or JSON documents and converts the
-// ServiceEntries among them. A document that is not a valid ServiceEntry is
+// ServiceEntries among them, also those among the items of a List. A document that is not a valid ServiceEntry is
 // skipped (logged and counted) and the rest are kept; an error that stops the
 // stream itself is returned with the entries read before it.
 func parseManifests(data []byte, opts convertOptions) ([]*entry, error) {
@@ -238,16 +435,46 @@ func parseManifests(data []byte, opts convertOptions) ([]*entry, error) {
 			}
 			return entries, fmt.Errorf("document %d: %w", doc, err)
 		}
-		e, err := decodeServiceEntry(raw, opts)
+		items, isList, err := listItems(raw)
 		if err != nil {
 			skippedItems.WithLabelValues(reasonInvalidManifest).Inc()
 			log.Errorf("manifests: document %d: %v", doc, err)
 			continue
 		}
-		if e != nil {
-			entries = append(entries, e)
+		if !isList {
+			items = []runtime.RawExtension{{Raw: raw}}
+		}
+		for i, item := range items {
+			e, err := decodeServiceEntry(item.Raw, opts)
+			if err != nil {
+				skippedItems.WithLabelValues(reasonInvalidManifest).Inc()
+				if isList {
+					log.Errorf("manifests: document %d, item %d: %v", doc, i+1, err)
+				} else {
+					log.Errorf("manifests: document %d: %v", doc, err)
+				}
+				continue
+			}
+			if e != nil {
+				entries = append(entries, e)
+			}
 		}
 	}
+}
+
+// listItems returns the items of a kind List document, what kubectl get -o
+// yaml writes; isList is false for any other document. Each item is then
+// read as a document of its own (a List inside a List is not read).
+func listItems(raw json.RawMessage) (items []runtime.RawExtension, isList bool, err error) {
+	var tm metav1.TypeMeta
+	if json.Unmarshal(raw, &tm) != nil || tm.Kind != "List" || tm.APIVersion != "v1" {
+		return nil, false, nil
+	}
+	var list metav1.List
+	if err := json.Unmarshal(raw, &list); err != nil {
+		return nil, true, fmt.Errorf("List: %w", err)
+	}
+	return list.Items, true, nil
 }
 
 // decodeServiceEntry converts one JSON document. Documents of other kinds give

@@ -186,7 +186,7 @@ func TestStressLegacy(t *testing.T) {
 }
 
 // TestStressManifests: files rewritten (atomically, as ConfigMap volumes and
-// editors that rename do) under a polling source while readers query: every
+// editors that rename do) under a watching source while readers query: every
 // snapshot holds whole entries, both names of an entry of one generation, and
 // the final table equals a fresh parse of the final files.
 func TestStressManifests(t *testing.T) {
@@ -212,7 +212,11 @@ func TestStressManifests(t *testing.T) {
 	for f := range files {
 		write(f, 1)
 	}
-	st, _ := startManifests(t, dir)
+	var publishes atomic.Int64
+	st, src := startManifestsWith(t, func(src *manifestSource) {
+		publish := src.publish
+		src.publish = func(entries map[string]*entry) { publishes.Add(1); publish(entries) }
+	}, dir)
 
 	var stop atomic.Bool
 	var readerErr atomic.Value
@@ -235,13 +239,17 @@ func TestStressManifests(t *testing.T) {
 			}
 		}
 	})
-	// Rewrite for a few poll periods; the file's modification time must
-	// change between writes, so sizes alternate too.
-	for g := 2; g < 2+8; g++ {
+	// Rewrite generations both faster than the settle interval (not read
+	// until a later one is stable) and slower (read one by one).
+	for g := 2; g < 2+12; g++ {
 		for f := range files {
 			write(f, g*11%250+1)
 		}
-		time.Sleep(manifestPollInterval / 3)
+		if g%2 == 0 {
+			time.Sleep(src.settle / 4)
+		} else {
+			time.Sleep(3 * src.settle)
+		}
 	}
 	stop.Store(true)
 	wg.Wait()
@@ -257,9 +265,10 @@ func TestStressManifests(t *testing.T) {
 		want.Write(data)
 	}
 	fresh := storeFrom(t, convertOptions{}, want.String())
-	eventuallyWithin(t, 5*time.Second, "the source settles on the final files", func() bool {
+	eventually(t, "the source settles on the final files", func() bool {
 		return sameTables(fresh.table(), st.table()) == ""
 	})
+	t.Logf("%d tables published", publishes.Load())
 }
 
 func assertSameTables(t *testing.T, want, got *table) {
