@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/coredns/coredns/plugin"
 	"github.com/coredns/coredns/plugin/pkg/dnstest"
@@ -16,6 +17,7 @@ import (
 	"github.com/coredns/coredns/plugin/test"
 	"github.com/coredns/coredns/request"
 	"github.com/miekg/dns"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // handlerEntries covers each answering rule with one or more entries.
@@ -754,4 +756,82 @@ func belowCounts(t *table) map[string]int32 {
 		maps.Copy(out, t.below[i])
 	}
 	return out
+}
+
+// TestSecurityNarrowing: the README's Security examples. A namespace that can
+// write ServiceEntries declares hosts for everyone's DNS; ZONES, namespaces and
+// labels each narrow what is served (RBAC is TestRBAC's, in test/integration).
+func TestSecurityNarrowing(t *testing.T) {
+	client := newFakeKube(t, "v1")
+	ctx := context.Background()
+	for _, se := range []struct {
+		ns, name, host, addr string
+		published            bool
+	}{
+		{"platform", "api", "api.mesh.internal", "192.0.2.1", true},
+		{"platform", "draft", "draft.mesh.internal", "192.0.2.2", false},
+		{"team-a", "team", "team.mesh.internal", "192.0.2.3", true},
+		{"team-a", "squat", "login.bank.example", "203.0.113.66", true},
+	} {
+		obj := v1Entry(se.ns, se.name, se.host, se.addr)
+		if se.published {
+			obj.Labels = map[string]string{"dns.example.com/publish": "true"}
+		}
+		if _, err := client.NetworkingV1().ServiceEntries(se.ns).Create(ctx, obj, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const passed = "passed on"
+	handler := func(zones []string, labels string, namespaces ...string) *ServiceEntry {
+		st := newStore(false)
+		k := fakeSource(client, st, convertOptions{}, namespaces...)
+		k.labels = labels
+		if err := k.start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(k.stop)
+		if !st.waitSynced(10 * time.Second) {
+			t.Fatal("not synced within 10s")
+		}
+		return (&ServiceEntry{Zones: zones, TTL: defaultTTL, Next: test.NextHandler(dns.RcodeNotImplemented, nil)}).attach(st)
+	}
+	ask := func(se *ServiceEntry, name string) string {
+		rec := dnstest.NewRecorder(&test.ResponseWriter{})
+		if rcode, _ := se.ServeDNS(ctx, rec, new(dns.Msg).SetQuestion(name, dns.TypeA)); rec.Msg == nil {
+			if rcode == dns.RcodeNotImplemented {
+				return passed
+			}
+			return dns.RcodeToString[rcode]
+		}
+		out := dns.RcodeToString[rec.Msg.Rcode]
+		for _, rr := range rec.Msg.Answer {
+			out += " " + rr.(*dns.A).A.String()
+		}
+		return out
+	}
+	everything := handler([]string{"."}, "")
+	zones := handler([]string{"mesh.internal."}, "")
+	namespaces := handler([]string{"."}, "", "platform")
+	labels := handler([]string{"."}, "dns.example.com/publish=true")
+	for _, c := range []struct {
+		name string
+		se   *ServiceEntry
+		q    string
+		want string
+	}{
+		{"zone . serves any host a namespace declares", everything, "login.bank.example.", "NOERROR 203.0.113.66"},
+		{"ZONES: a host outside them is never served", zones, "login.bank.example.", passed},
+		{"ZONES: a host inside them is", zones, "team.mesh.internal.", "NOERROR 192.0.2.3"},
+		{"namespaces: other namespaces' hosts are not read", namespaces, "team.mesh.internal.", "NXDOMAIN"},
+		{"namespaces: nor their squatting", namespaces, "login.bank.example.", "NXDOMAIN"},
+		{"namespaces: the trusted namespace's are", namespaces, "api.mesh.internal.", "NOERROR 192.0.2.1"},
+		{"labels: an entry without the label is not read", labels, "draft.mesh.internal.", "NXDOMAIN"},
+		{"labels: one with it is", labels, "api.mesh.internal.", "NOERROR 192.0.2.1"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if got := ask(c.se, c.q); got != c.want {
+				t.Errorf("%s: got %q, want %q", c.q, got, c.want)
+			}
+		})
+	}
 }
