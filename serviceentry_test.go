@@ -230,6 +230,9 @@ func TestServeDNS(t *testing.T) {
 		{"most specific wildcard wins", test.Case{Qname: "q.deep.wild.internal.", Qtype: dns.TypeA, Answer: []dns.RR{
 			test.A("q.deep.wild.internal. 30 IN A 203.0.113.8"),
 		}}},
+		{"a wildcard covers a name with names below it, as in Istio", test.Case{Qname: "deep.wild.internal.", Qtype: dns.TypeA, Answer: []dns.RR{
+			test.A("deep.wild.internal. 30 IN A 203.0.113.7"),
+		}}},
 		{"exact beats wildcard", test.Case{Qname: "exact.wild.internal.", Qtype: dns.TypeA, Answer: []dns.RR{
 			test.A("exact.wild.internal. 30 IN A 203.0.113.8"),
 		}}},

@@ -1,6 +1,7 @@
 package serviceentry
 
 import (
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -131,6 +132,46 @@ func TestSetupErrors(t *testing.T) {
 		err := setup(caddy.NewTestController("dns", c.input))
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%q: error %v, want one containing %q", c.input, err, c.want)
+		}
+	}
+}
+
+// TestReadmeExamples: every serviceentry block in the README's Corefiles
+// parses, so the documented examples stay valid.
+func TestReadmeExamples(t *testing.T) {
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var blocks []string
+	for _, corefile := range strings.Split(string(readme), "~~~ corefile\n")[1:] {
+		lines := strings.Split(corefile[:strings.Index(corefile, "~~~")], "\n")
+		for i, line := range lines {
+			trimmed := strings.TrimSpace(line)
+			if !strings.HasPrefix(trimmed, "serviceentry") {
+				continue
+			}
+			block := []string{trimmed}
+			if strings.HasSuffix(trimmed, "{") {
+				indent := line[:len(line)-len(strings.TrimLeft(line, " "))]
+				for _, next := range lines[i+1:] {
+					block = append(block, next)
+					if next == indent+"}" {
+						break
+					}
+				}
+			}
+			blocks = append(blocks, strings.Join(block, "\n"))
+		}
+	}
+	if len(blocks) < 5 {
+		t.Fatalf("found %d serviceentry blocks in README.md, want the examples", len(blocks))
+	}
+	for _, b := range blocks {
+		ctl := caddy.NewTestController("dns", b)
+		ctl.ServerBlockKeys = []string{".:53"}
+		if _, err := parse(ctl); err != nil {
+			t.Errorf("README example does not parse: %v\n%s", err, b)
 		}
 	}
 }
