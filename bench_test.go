@@ -52,6 +52,9 @@ func BenchmarkServeDNS(b *testing.B) {
 		{"nodata", se, "svc-43.ns-43.internal.", dns.TypeAAAA},
 		{"wildcard", se, "a.b.wild.internal.", dns.TypeA},
 		{"nxdomain", se, "absent.ns-1.internal.", dns.TypeA},
+		{"empty-non-terminal", se, "ns-1.internal.", dns.TypeA},
+		{"escaped-label", se, `a\.b.wild.internal.`, dns.TypeA},
+		{"apex-soa", se, "internal.", dns.TypeSOA},
 		{"fallthrough", withFall, "absent.ns-1.internal.", dns.TypeA},
 	} {
 		b.Run(c.name, func(b *testing.B) {

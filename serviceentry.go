@@ -12,6 +12,7 @@ import (
 	"github.com/coredns/coredns/plugin"
 	"github.com/coredns/coredns/plugin/pkg/dnsutil"
 	"github.com/coredns/coredns/plugin/pkg/fall"
+	"github.com/coredns/coredns/plugin/pkg/nonwriter"
 	"github.com/coredns/coredns/request"
 	"github.com/miekg/dns"
 )
@@ -25,6 +26,12 @@ type ServiceEntry struct {
 	Zones []string
 	Fall  fall.F
 	TTL   uint32
+
+	// ClusterDomains are the Kubernetes cluster domains, fully qualified; nil
+	// means cluster.local. A ServiceEntry host inside them is answered only
+	// when the rest of the chain says NXDOMAIN, so that a real Service's name
+	// keeps its ClusterIP (as in Istio, where a Service overrides an entry).
+	ClusterDomains []string
 
 	// store is the one of the source this instance answers from. OnStartup
 	// attaches it (a reload may hand over a running one), so it is read
@@ -46,15 +53,31 @@ func (se *ServiceEntry) table() *table {
 	return nil
 }
 
-// errNotSynced is returned with SERVFAIL so that the errors plugin logs why.
-var errNotSynced = errors.New("ServiceEntries not read yet")
+// defaultClusterDomains is where Kubernetes names live unless cluster_domain
+// says otherwise.
+var defaultClusterDomains = []string{"cluster.local."}
+
+var (
+	// errNotSynced is returned with SERVFAIL so that the errors plugin logs why.
+	errNotSynced = errors.New("ServiceEntries not read yet")
+	// errChainFailed is returned when the plugins asked before answering a
+	// name in the cluster domain fail without saying why.
+	errChainFailed = errors.New("the next plugin failed for a ServiceEntry host in the cluster domain")
+)
 
 // ServeDNS implements plugin.Handler.
 func (se *ServiceEntry) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
 	state := request.Request{W: w, Req: r}
+	// ServiceEntries are class IN data: CHAOS (version.bind) and the other
+	// classes belong to other plugins, whatever the name.
+	if state.QClass() != dns.ClassINET {
+		return plugin.NextOrFailure(se.Name(), se.Next, ctx, w, r)
+	}
 	qname := state.Name()
 	zone := plugin.Zones(se.Zones).Matches(qname)
-	if zone == "" {
+	// With zone ".", the root itself is not ours: no ServiceEntry declares it
+	// and a made-up root SOA or NS would be cached as the real root's.
+	if zone == "" || qname == "." {
 		return plugin.NextOrFailure(se.Name(), se.Next, ctx, w, r)
 	}
 
@@ -70,23 +93,44 @@ func (se *ServiceEntry) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *d
 		return dns.RcodeServerFailure, plugin.Error(se.Name(), errNotSynced)
 	}
 
-	ans := tbl.lookup(trimDot(qname))
-	if ans == nil {
-		if se.Fall.Through(qname) {
-			return plugin.NextOrFailure(se.Name(), se.Next, ctx, w, r)
-		}
-		return se.negative(w, r, zone, dns.RcodeNameError)
+	// Where fallthrough covers a name it may exist elsewhere: only the names
+	// we serve are ours, the apex and empty non-terminals are not.
+	authoritative := !se.Fall.Through(qname)
+	qtype := state.QType()
+	if qname == zone && authoritative && (qtype == dns.TypeSOA || qtype == dns.TypeNS) {
+		return se.apex(w, r, tbl, zone, qtype)
 	}
 
+	name := trimDot(qname)
+	ans := tbl.lookup(name)
+	if ans == nil {
+		if !authoritative {
+			return plugin.NextOrFailure(se.Name(), se.Next, ctx, w, r)
+		}
+		// The apex and a name with served names below it exist: NODATA,
+		// never NXDOMAIN, which would deny everything below (RFC 8020).
+		if qname == zone || tbl.hasBelow(name) {
+			return se.negative(w, r, tbl, zone, qname, dns.RcodeSuccess)
+		}
+		return se.negative(w, r, tbl, zone, qname, dns.RcodeNameError)
+	}
+	if se.inClusterDomain(qname) {
+		return se.afterKubernetes(ctx, w, r, tbl, zone, qname, ans)
+	}
+	return se.answer(w, r, tbl, zone, qname, ans)
+}
+
+// answer writes the records of ans for the question, or NODATA.
+func (se *ServiceEntry) answer(w dns.ResponseWriter, r *dns.Msg, tbl *table, zone, qname string, ans *answer) (int, error) {
 	var rrs []dns.RR
-	switch state.QType() {
+	switch r.Question[0].Qtype {
 	case dns.TypeA:
 		rrs = addressRecords(r.Question[0].Name, dns.TypeA, se.TTL, ans.a)
 	case dns.TypeAAAA:
 		rrs = addressRecords(r.Question[0].Name, dns.TypeAAAA, se.TTL, ans.aaaa)
 	}
 	if len(rrs) == 0 {
-		return se.negative(w, r, zone, dns.RcodeSuccess)
+		return se.negative(w, r, tbl, zone, qname, dns.RcodeSuccess)
 	}
 
 	m := new(dns.Msg)
@@ -97,19 +141,101 @@ func (se *ServiceEntry) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *d
 	return dns.RcodeSuccess, nil
 }
 
-// negative writes NXDOMAIN or NODATA (rcode success, no answer) with the zone's
-// SOA in the authority section, so that resolvers cache it for the plugin's TTL
+// inClusterDomain reports whether qname (lower case) is in a cluster domain.
+// It runs on every answer, so it compares label-aligned suffixes in place
+// rather than through dns.IsSubDomain, which allocates the names' label indexes.
+func (se *ServiceEntry) inClusterDomain(qname string) bool {
+	domains := se.ClusterDomains
+	if domains == nil {
+		domains = defaultClusterDomains
+	}
+	for off, end := 0, false; !end; off, end = dns.NextLabel(qname, off) {
+		for _, d := range domains {
+			if qname[off:] == d {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// afterKubernetes answers a ServiceEntry host inside the cluster domain only
+// if the rest of the chain (the kubernetes plugin) says the name does not
+// exist: a namespace that can write ServiceEntries must not take over a real
+// Service's name. Any other reply of the chain is written as it is.
+func (se *ServiceEntry) afterKubernetes(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, tbl *table, zone, qname string, ans *answer) (int, error) {
+	nw := nonwriter.New(w)
+	rcode, err := plugin.NextOrFailure(se.Name(), se.Next, ctx, nw, r)
+	if nw.Msg == nil {
+		// The chain left the reply to the server (SERVFAIL, REFUSED...).
+		if rcode == dns.RcodeServerFailure && err == nil {
+			err = plugin.Error(se.Name(), errChainFailed)
+		}
+		return rcode, err
+	}
+	if nw.Msg.Rcode == dns.RcodeNameError {
+		return se.answer(w, r, tbl, zone, qname, ans)
+	}
+	if nw.Msg.Rcode == dns.RcodeServerFailure && err == nil {
+		err = plugin.Error(se.Name(), errChainFailed)
+	}
+	w.WriteMsg(nw.Msg)
+	return rcode, err
+}
+
+// apex answers SOA or NS at a zone's apex. The NS name is ns.dns.<zone>, as
+// the kubernetes plugin's; its addresses go along as glue only when the table
+// answers for that name, since we know no other address of ours.
+func (se *ServiceEntry) apex(w dns.ResponseWriter, r *dns.Msg, tbl *table, zone string, qtype uint16) (int, error) {
+	m := new(dns.Msg)
+	m.SetReply(r)
+	m.Authoritative = true
+	if qtype == dns.TypeSOA {
+		m.Answer = []dns.RR{soa(zone, se.TTL)}
+	} else {
+		ns := dnsutil.Join("ns.dns", zone)
+		m.Answer = []dns.RR{&dns.NS{Hdr: dns.RR_Header{Name: zone, Rrtype: dns.TypeNS, Class: dns.ClassINET, Ttl: se.TTL}, Ns: ns}}
+		if glue := tbl.lookup(trimDot(ns)); glue != nil {
+			m.Extra = append(addressRecords(ns, dns.TypeA, se.TTL, glue.a), addressRecords(ns, dns.TypeAAAA, se.TTL, glue.aaaa)...)
+		}
+	}
+	w.WriteMsg(m)
+	return dns.RcodeSuccess, nil
+}
+
+// negative writes NXDOMAIN or NODATA (rcode success, no answer) with an SOA in
+// the authority section, so that resolvers cache it for the plugin's TTL
 // (RFC 2308).
-func (se *ServiceEntry) negative(w dns.ResponseWriter, r *dns.Msg, zone string, rcode int) (int, error) {
+func (se *ServiceEntry) negative(w dns.ResponseWriter, r *dns.Msg, tbl *table, zone, qname string, rcode int) (int, error) {
 	m := new(dns.Msg)
 	m.SetRcode(r, rcode)
 	m.Authoritative = true
-	m.Ns = []dns.RR{soa(zone, se.TTL)}
+	m.Ns = []dns.RR{soa(negativeOwner(tbl, zone, qname), se.TTL)}
 	w.WriteMsg(m)
 	return rcode, nil
 }
 
-// soa synthesizes the zone's SOA as CoreDNS's kubernetes plugin does; its
+// negativeOwner is the name whose SOA a negative answer for qname carries: the
+// zone's. With zone "." that would be a made-up root SOA, which a resolver
+// could cache as the root's: the SOA is then that of the closest ancestor the
+// table serves (a served name or an empty non-terminal), else of the name's
+// parent, else, for a top-level name, of the name itself, so that what is
+// cached stays scoped to the name asked.
+func negativeOwner(tbl *table, zone, qname string) string {
+	if zone != "." {
+		return zone
+	}
+	name := trimDot(qname)
+	if anc := tbl.closestServed(name); anc != "" {
+		return qname[len(qname)-len(anc)-1:]
+	}
+	if off, end := dns.NextLabel(qname, 0); !end {
+		return qname[off:]
+	}
+	return qname
+}
+
+// soa synthesizes the SOA of zone as CoreDNS's kubernetes plugin does; its
 // minimum (the negative-caching TTL) is the plugin's TTL.
 func soa(zone string, ttl uint32) dns.RR {
 	return &dns.SOA{

@@ -2,14 +2,22 @@ package serviceentry
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"math/rand/v2"
 	"net"
+	"net/netip"
 	"testing"
+	"time"
 
+	"github.com/coredns/coredns/plugin"
 	"github.com/coredns/coredns/plugin/pkg/dnstest"
 	"github.com/coredns/coredns/plugin/pkg/fall"
 	"github.com/coredns/coredns/plugin/test"
 	"github.com/coredns/coredns/request"
 	"github.com/miekg/dns"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // handlerEntries covers each answering rule with one or more entries.
@@ -147,6 +155,20 @@ spec:
   hosts: [shared.internal]
   addresses: [10.1.1.2, 10.1.1.1]
 ---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ent, namespace: ns1}
+spec:
+  hosts: [svc.ns.ent.internal, "*.x.went.internal"]
+  addresses: [203.0.113.20]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: squat, namespace: ns1}
+spec:
+  hosts: [login.bank.example]
+  addresses: [203.0.113.66]
+---
 apiVersion: v1
 kind: ConfigMap
 metadata: {name: ignored}
@@ -204,9 +226,12 @@ func TestServeDNS(t *testing.T) {
 		{"wildcard any depth below", test.Case{Qname: "x.y.wild.internal.", Qtype: dns.TypeA, Answer: []dns.RR{
 			test.A("x.y.wild.internal. 30 IN A 203.0.113.7"),
 		}}},
-		{"wildcard never covers its apex", nxdomain("wild.internal.")},
+		{"wildcard never covers its apex: an empty non-terminal, NODATA", nodata("wild.internal.", dns.TypeA)},
 		{"most specific wildcard wins", test.Case{Qname: "q.deep.wild.internal.", Qtype: dns.TypeA, Answer: []dns.RR{
 			test.A("q.deep.wild.internal. 30 IN A 203.0.113.8"),
+		}}},
+		{"a wildcard covers a name with names below it, as in Istio", test.Case{Qname: "deep.wild.internal.", Qtype: dns.TypeA, Answer: []dns.RR{
+			test.A("deep.wild.internal. 30 IN A 203.0.113.7"),
 		}}},
 		{"exact beats wildcard", test.Case{Qname: "exact.wild.internal.", Qtype: dns.TypeA, Answer: []dns.RR{
 			test.A("exact.wild.internal. 30 IN A 203.0.113.8"),
@@ -239,7 +264,26 @@ func TestServeDNS(t *testing.T) {
 		}}},
 		{"other kinds are ignored", nxdomain("ignored.internal.")},
 		{"unknown name in zone", nxdomain("unknown.internal.")},
-		{"zone apex", nxdomain("internal.")},
+		{"zone apex A is NODATA", nodata("internal.", dns.TypeA)},
+		{"zone apex AAAA is NODATA", nodata("internal.", dns.TypeAAAA)},
+		{"zone apex MX is NODATA", nodata("INTERNAL.", dns.TypeMX)},
+		{"zone apex SOA", test.Case{Qname: "internal.", Qtype: dns.TypeSOA, Answer: []dns.RR{test.SOA(soaInternal)}}},
+		{"zone apex NS, no glue for an address we do not know", test.Case{Qname: "internal.", Qtype: dns.TypeNS, Answer: []dns.RR{
+			test.NS("internal. 30 IN NS ns.dns.internal."),
+		}}},
+		{"SOA below the apex is NODATA", nodata("address.internal.", dns.TypeSOA)},
+		{"NS below the apex is NODATA", nodata("address.internal.", dns.TypeNS)},
+		{"empty non-terminal above an exact name", nodata("ns.ent.internal.", dns.TypeA)},
+		{"empty non-terminal two labels up", nodata("ent.internal.", dns.TypeAAAA)},
+		{"empty non-terminal, any type", nodata("ns.ent.internal.", dns.TypeMX)},
+		{"empty non-terminal at a wildcard's apex", nodata("x.went.internal.", dns.TypeA)},
+		{"empty non-terminal above a wildcard's apex", nodata("went.internal.", dns.TypeA)},
+		{"beside an empty non-terminal is NXDOMAIN", nxdomain("other.ent.internal.")},
+		{"below an exact name is NXDOMAIN", nxdomain("below.svc.ns.ent.internal.")},
+		{"an escaped dot is part of the label: the less specific wildcard", test.Case{Qname: `x\.deep.wild.internal.`, Qtype: dns.TypeA, Answer: []dns.RR{
+			test.A(`x\.deep.wild.internal. 30 IN A 203.0.113.7`),
+		}}},
+		{"an escaped dot is part of the label: no wildcard above it", nxdomain(`exact\.wild.internal.`)},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -312,32 +356,51 @@ func TestServeDNSPassesOn(t *testing.T) {
 	notAttached := &ServiceEntry{Zones: []string{"internal."}, TTL: defaultTTL, Fall: fall.Root,
 		Next: test.NextHandler(passed, nil)}
 
+	rootZone := newTestHandler(t)
+	rootZone.Zones = []string{"."}
+
 	cases := []struct {
 		name    string
 		se      *ServiceEntry
 		qname   string
+		qclass  uint16 // IN unless set
 		want    int
 		wantErr bool
 	}{
-		{"outside the zones", synced, "example.org.", passed, false},
-		{"outside the zones, not synced", notSynced, "example.org.", passed, false},
-		{"fallthrough for an unknown name", withFall, "unknown.internal.", passed, false},
-		{"fallthrough does not cover known names", withFall, "address.internal.", dns.RcodeSuccess, false},
-		{"fallthrough limited to a sub-zone: inside", onlySub, "x.sub.internal.", passed, false},
-		{"fallthrough limited to a sub-zone: outside", onlySub, "unknown.internal.", dns.RcodeNameError, false},
+		{"outside the zones", synced, "example.org.", 0, passed, false},
+		// Security: a ServiceEntry may declare any host; only those inside
+		// the plugin's zones are ever answered.
+		{"a ServiceEntry host outside the zones is never answered", synced, "login.bank.example.", 0, passed, false},
+		{"CHAOS is passed on", synced, "version.bind.", dns.ClassCHAOS, passed, false},
+		{"CHAOS for a known name is passed on, never given IN data", synced, "address.internal.", dns.ClassCHAOS, passed, false},
+		{"CHAOS for an unknown name in the zone is passed on, not NXDOMAIN", synced, "unknown.internal.", dns.ClassCHAOS, passed, false},
+		{"class ANY is passed on", synced, "address.internal.", dns.ClassANY, passed, false},
+		{"CHAOS before the first read is passed on, not SERVFAIL", notSynced, "address.internal.", dns.ClassCHAOS, passed, false},
+		{"zone .: the root apex is not ours to answer", rootZone, ".", 0, passed, false},
+		{"fallthrough covers the apex: passed on", withFall, "internal.", 0, passed, false},
+		{"fallthrough covers an empty non-terminal: passed on", withFall, "ns.ent.internal.", 0, passed, false},
+		{"outside the zones, not synced", notSynced, "example.org.", 0, passed, false},
+		{"fallthrough for an unknown name", withFall, "unknown.internal.", 0, passed, false},
+		{"fallthrough does not cover known names", withFall, "address.internal.", 0, dns.RcodeSuccess, false},
+		{"fallthrough limited to a sub-zone: inside", onlySub, "x.sub.internal.", 0, passed, false},
+		{"fallthrough limited to a sub-zone: outside", onlySub, "unknown.internal.", 0, dns.RcodeNameError, false},
 		// Before the first full read nothing is known: a name fallthrough
 		// covers goes on as an unknown name would, known or not.
-		{"not synced, fallthrough: an unknown name is passed on", notSyncedFall, "unknown.internal.", passed, false},
-		{"not synced, fallthrough: a ServiceEntry host is passed on", notSyncedFall, "address.internal.", passed, false},
-		{"not synced, fallthrough for a sub-zone: inside is passed on", notSyncedSub, "x.sub.internal.", passed, false},
-		{"not synced, fallthrough for a sub-zone: outside is SERVFAIL", notSyncedSub, "unknown.internal.", dns.RcodeServerFailure, true},
-		{"not synced, no fallthrough: SERVFAIL with an error, never NXDOMAIN", notSynced, "unknown.internal.", dns.RcodeServerFailure, true},
-		{"no source attached yet is not synced", notAttached, "address.internal.", passed, false},
+		{"not synced, fallthrough: an unknown name is passed on", notSyncedFall, "unknown.internal.", 0, passed, false},
+		{"not synced, fallthrough: a ServiceEntry host is passed on", notSyncedFall, "address.internal.", 0, passed, false},
+		{"not synced, fallthrough for a sub-zone: inside is passed on", notSyncedSub, "x.sub.internal.", 0, passed, false},
+		{"not synced, fallthrough for a sub-zone: outside is SERVFAIL", notSyncedSub, "unknown.internal.", 0, dns.RcodeServerFailure, true},
+		{"not synced, no fallthrough: SERVFAIL with an error, never NXDOMAIN", notSynced, "unknown.internal.", 0, dns.RcodeServerFailure, true},
+		{"no source attached yet is not synced", notAttached, "address.internal.", 0, passed, false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			rec := dnstest.NewRecorder(&test.ResponseWriter{})
-			rcode, err := c.se.ServeDNS(context.Background(), rec, new(dns.Msg).SetQuestion(c.qname, dns.TypeA))
+			m := new(dns.Msg).SetQuestion(c.qname, dns.TypeA)
+			if c.qclass != 0 {
+				m.Question[0].Qclass = c.qclass
+			}
+			rcode, err := c.se.ServeDNS(context.Background(), rec, m)
 			if rcode != c.want {
 				t.Errorf("rcode %s, want %s", dns.RcodeToString[rcode], dns.RcodeToString[c.want])
 			}
@@ -397,6 +460,380 @@ func TestTruncation(t *testing.T) {
 			}
 			if !c.tcp && rec.Msg.Len() > int(size) {
 				t.Errorf("UDP reply of %d bytes exceeds %d", rec.Msg.Len(), size)
+			}
+		})
+	}
+}
+
+// apexEntries declare a zone's apex and the name its NS record points to.
+const apexEntries = `
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: apex, namespace: ns1}
+spec:
+  hosts: [example.org, ns.dns.example.org, a.b.example.org]
+  addresses: [192.0.2.53, "2001:db8::53"]
+`
+
+// TestApex: SOA and NS are answered at the apex, with glue only for an
+// address the plugin knows; a declared apex answers its addresses.
+func TestApex(t *testing.T) {
+	se := (&ServiceEntry{Zones: []string{"example.org.", "b.example.org."}, TTL: defaultTTL,
+		Next: test.NextHandler(dns.RcodeNotImplemented, nil)}).attach(storeFrom(t, convertOptions{}, apexEntries))
+	const soaOrg = "example.org. 30 IN SOA ns.dns.example.org. hostmaster.example.org. 1 7200 1800 86400 30"
+	const soaB = "b.example.org. 30 IN SOA ns.dns.b.example.org. hostmaster.b.example.org. 1 7200 1800 86400 30"
+	cases := []struct {
+		name string
+		tc   test.Case
+	}{
+		{"declared apex A", test.Case{Qname: "example.org.", Qtype: dns.TypeA, Answer: []dns.RR{
+			test.A("example.org. 30 IN A 192.0.2.53"),
+		}}},
+		{"declared apex AAAA", test.Case{Qname: "example.org.", Qtype: dns.TypeAAAA, Answer: []dns.RR{
+			test.AAAA("example.org. 30 IN AAAA 2001:db8::53"),
+		}}},
+		{"declared apex SOA", test.Case{Qname: "example.org.", Qtype: dns.TypeSOA, Answer: []dns.RR{test.SOA(soaOrg)}}},
+		{"NS with glue for the address we know", test.Case{Qname: "example.org.", Qtype: dns.TypeNS,
+			Answer: []dns.RR{test.NS("example.org. 30 IN NS ns.dns.example.org.")},
+			Extra: []dns.RR{
+				test.A("ns.dns.example.org. 30 IN A 192.0.2.53"),
+				test.AAAA("ns.dns.example.org. 30 IN AAAA 2001:db8::53"),
+			}}},
+		{"MX at a declared apex is NODATA", test.Case{Qname: "example.org.", Qtype: dns.TypeMX, Ns: []dns.RR{test.SOA(soaOrg)}}},
+		{"a second zone's apex: NS without glue", test.Case{Qname: "b.example.org.", Qtype: dns.TypeNS,
+			Answer: []dns.RR{test.NS("b.example.org. 30 IN NS ns.dns.b.example.org.")}}},
+		{"a second zone's apex: SOA", test.Case{Qname: "b.example.org.", Qtype: dns.TypeSOA, Answer: []dns.RR{test.SOA(soaB)}}},
+		{"a second zone's apex: A is NODATA", test.Case{Qname: "b.example.org.", Qtype: dns.TypeA, Ns: []dns.RR{test.SOA(soaB)}}},
+		{"an undeclared name of the first zone is NXDOMAIN", test.Case{Qname: "c.example.org.", Qtype: dns.TypeA,
+			Rcode: dns.RcodeNameError, Ns: []dns.RR{test.SOA(soaOrg)}}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			rec := dnstest.NewRecorder(&test.ResponseWriter{})
+			rcode, err := se.ServeDNS(context.Background(), rec, c.tc.Msg())
+			if err != nil {
+				t.Fatalf("ServeDNS: %v", err)
+			}
+			if rcode != c.tc.Rcode {
+				t.Errorf("returned rcode %s, want %s", dns.RcodeToString[rcode], dns.RcodeToString[c.tc.Rcode])
+			}
+			if rec.Msg == nil || !rec.Msg.Authoritative {
+				t.Fatalf("no authoritative reply: %v", rec.Msg)
+			}
+			if err := test.SortAndCheck(rec.Msg, c.tc); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+}
+
+// TestRootZoneNegatives: with zone ".", negatives never carry a made-up root
+// SOA, which a resolver would take as the root zone's; the SOA is that of the
+// closest name the plugin serves at or below, else of the name's parent.
+func TestRootZoneNegatives(t *testing.T) {
+	se := newTestHandler(t)
+	se.Zones = []string{"."}
+	soaOf := func(owner string) dns.RR {
+		return test.SOA(owner + " 30 IN SOA ns.dns." + owner + " hostmaster." + owner + " 1 7200 1800 86400 30")
+	}
+	cases := []struct {
+		name string
+		tc   test.Case
+	}{
+		{"NODATA of a served name: its closest served ancestor", test.Case{Qname: "address.internal.", Qtype: dns.TypeAAAA,
+			Ns: []dns.RR{soaOf("internal.")}}},
+		{"NXDOMAIN beside served names: the empty non-terminal above", test.Case{Qname: "other.ent.internal.", Qtype: dns.TypeA,
+			Rcode: dns.RcodeNameError, Ns: []dns.RR{soaOf("ent.internal.")}}},
+		{"NXDOMAIN below a served name: that name", test.Case{Qname: "below.svc.ns.ent.internal.", Qtype: dns.TypeA,
+			Rcode: dns.RcodeNameError, Ns: []dns.RR{soaOf("svc.ns.ent.internal.")}}},
+		{"NODATA of an empty non-terminal: the one above it", test.Case{Qname: "ns.ent.internal.", Qtype: dns.TypeA,
+			Ns: []dns.RR{soaOf("ent.internal.")}}},
+		{"NXDOMAIN far from any served name: the parent", test.Case{Qname: "www.example.com.", Qtype: dns.TypeA,
+			Rcode: dns.RcodeNameError, Ns: []dns.RR{soaOf("example.com.")}}},
+		{"NXDOMAIN of a top-level name: the name itself, never the root", test.Case{Qname: "nothere.", Qtype: dns.TypeA,
+			Rcode: dns.RcodeNameError, Ns: []dns.RR{soaOf("nothere.")}}},
+		{"the case asked is not what is cached: lower case owner", test.Case{Qname: "WWW.Example.COM.", Qtype: dns.TypeA,
+			Rcode: dns.RcodeNameError, Ns: []dns.RR{soaOf("example.com.")}}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			rec := dnstest.NewRecorder(&test.ResponseWriter{})
+			rcode, err := se.ServeDNS(context.Background(), rec, c.tc.Msg())
+			if err != nil {
+				t.Fatalf("ServeDNS: %v", err)
+			}
+			if rcode != c.tc.Rcode {
+				t.Errorf("returned rcode %s, want %s", dns.RcodeToString[rcode], dns.RcodeToString[c.tc.Rcode])
+			}
+			if err := test.SortAndCheck(rec.Msg, c.tc); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+}
+
+// clusterEntries declare hosts inside the cluster domain, one of them also the
+// name of a real Service.
+const clusterEntries = `
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: squat, namespace: ns1}
+spec:
+  hosts: [real.ns.svc.cluster.local, db.ns.svc.cluster.local, "*.legacy.example.local", db.internal]
+  addresses: [203.0.113.99]
+`
+
+// fakeKubernetes answers like CoreDNS's kubernetes plugin for zones: a
+// ClusterIP for real.ns.svc.<zone>, SERVFAIL for broken.ns.svc.<zone> (as when
+// not synced: written by the server, not the plugin) and NXDOMAIN for the rest.
+// It counts the queries it sees.
+func fakeKubernetes(asked *int, zones ...string) test.HandlerFunc {
+	return func(_ context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
+		*asked++
+		qname := r.Question[0].Name
+		zone := plugin.Zones(zones).Matches(qname)
+		if zone == "" {
+			return dns.RcodeNotImplemented, nil
+		}
+		m := new(dns.Msg)
+		m.Authoritative = true
+		switch qname {
+		case "broken.ns.svc." + zone:
+			return dns.RcodeServerFailure, errors.New("kubernetes: not synced")
+		case "real.ns.svc." + zone:
+			m.SetReply(r)
+			if r.Question[0].Qtype == dns.TypeA {
+				m.Answer = []dns.RR{test.A(qname + " 5 IN A 10.96.0.10")}
+			} else {
+				m.Ns = []dns.RR{soa(zone, 5)}
+			}
+		default:
+			m.SetRcode(r, dns.RcodeNameError)
+			m.Ns = []dns.RR{soa(zone, 5)}
+		}
+		w.WriteMsg(m)
+		return dns.RcodeSuccess, nil
+	}
+}
+
+// TestClusterDomainAsksKubernetesFirst: a ServiceEntry host inside the cluster
+// domain is answered only when the rest of the chain says NXDOMAIN; a real
+// Service keeps its ClusterIP.
+func TestClusterDomainAsksKubernetesFirst(t *testing.T) {
+	st := storeFrom(t, convertOptions{}, clusterEntries)
+	var asked int
+	newHandler := func(domains ...string) *ServiceEntry {
+		return (&ServiceEntry{Zones: []string{"."}, Fall: fall.Root, TTL: defaultTTL, ClusterDomains: domains,
+			Next: fakeKubernetes(&asked, "cluster.local.", "example.local.")}).attach(st)
+	}
+	def := newHandler("cluster.local.")
+	custom := newHandler("example.local.", "cluster.local.")
+	const soaCluster5 = "cluster.local. 5 IN SOA ns.dns.cluster.local. hostmaster.cluster.local. 1 7200 1800 86400 5"
+	cases := []struct {
+		name      string
+		se        *ServiceEntry
+		tc        test.Case
+		wantAsked bool
+	}{
+		{"a Service named like a ServiceEntry host keeps its ClusterIP", def, test.Case{Qname: "real.ns.svc.cluster.local.", Qtype: dns.TypeA,
+			Answer: []dns.RR{test.A("real.ns.svc.cluster.local. 5 IN A 10.96.0.10")}}, true},
+		{"the Service's NODATA is written as is", def, test.Case{Qname: "real.ns.svc.cluster.local.", Qtype: dns.TypeAAAA,
+			Ns: []dns.RR{test.SOA(soaCluster5)}}, true},
+		{"no such Service: the ServiceEntry answers", def, test.Case{Qname: "db.ns.svc.cluster.local.", Qtype: dns.TypeA,
+			Answer: []dns.RR{test.A("db.ns.svc.cluster.local. 30 IN A 203.0.113.99")}}, true},
+		{"no such Service: our NODATA, with the SOA of our answer", def, test.Case{Qname: "db.ns.svc.cluster.local.", Qtype: dns.TypeAAAA,
+			Ns: []dns.RR{test.SOA("ns.svc.cluster.local. 30 IN SOA ns.dns.ns.svc.cluster.local. hostmaster.ns.svc.cluster.local. 1 7200 1800 86400 30")}}, true},
+		{"outside the cluster domain Kubernetes is not asked", def, test.Case{Qname: "db.internal.", Qtype: dns.TypeA,
+			Answer: []dns.RR{test.A("db.internal. 30 IN A 203.0.113.99")}}, false},
+		{"an unknown name goes on as before", def, test.Case{Qname: "none.ns.svc.cluster.local.", Qtype: dns.TypeA,
+			Rcode: dns.RcodeNameError, Ns: []dns.RR{test.SOA(soaCluster5)}}, true},
+		{"cluster_domain: another domain is asked first too", custom, test.Case{Qname: "a.legacy.example.local.", Qtype: dns.TypeA,
+			Answer: []dns.RR{test.A("a.legacy.example.local. 30 IN A 203.0.113.99")}}, true},
+		{"cluster_domain: its Services win too", custom, test.Case{Qname: "real.ns.svc.example.local.", Qtype: dns.TypeA,
+			Answer: []dns.RR{test.A("real.ns.svc.example.local. 5 IN A 10.96.0.10")}}, true},
+		{"a domain not listed is not asked", def, test.Case{Qname: "a.legacy.example.local.", Qtype: dns.TypeA,
+			Answer: []dns.RR{test.A("a.legacy.example.local. 30 IN A 203.0.113.99")}}, false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			asked = 0
+			rec := dnstest.NewRecorder(&test.ResponseWriter{})
+			// The rcode returned is the writer's business (the chain's
+			// plugins return success once they wrote); the reply's is checked.
+			if _, err := c.se.ServeDNS(context.Background(), rec, c.tc.Msg()); err != nil {
+				t.Fatalf("ServeDNS: %v", err)
+			}
+			if (asked > 0) != c.wantAsked {
+				t.Errorf("next plugin asked %d times, want asked: %v", asked, c.wantAsked)
+			}
+			if rec.Msg == nil {
+				t.Fatal("no reply written")
+			}
+			if err := test.SortAndCheck(rec.Msg, c.tc); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+}
+
+// TestServFailHasError: every SERVFAIL comes back with an error so that the
+// errors plugin logs why.
+func TestServFailHasError(t *testing.T) {
+	var asked int
+	st := storeFrom(t, convertOptions{}, clusterEntries)
+	chainFails := (&ServiceEntry{Zones: []string{"."}, Fall: fall.Root, TTL: defaultTTL, ClusterDomains: []string{"cluster.local."},
+		Next: test.NextHandler(dns.RcodeServerFailure, nil)}).attach(st)
+	chainBroken := (&ServiceEntry{Zones: []string{"."}, Fall: fall.Root, TTL: defaultTTL, ClusterDomains: []string{"cluster.local."},
+		Next: fakeKubernetes(&asked, "cluster.local.")}).attach(st)
+	noNext := (&ServiceEntry{Zones: []string{"."}, Fall: fall.Root, TTL: defaultTTL, ClusterDomains: []string{"cluster.local."}}).attach(st)
+	notSynced := (&ServiceEntry{Zones: []string{"internal."}, TTL: defaultTTL}).attach(newStore(false))
+	for _, c := range []struct {
+		name  string
+		se    *ServiceEntry
+		qname string
+	}{
+		{"not synced", notSynced, "a.internal."},
+		{"the chain asked first fails without saying why", chainFails, "db.ns.svc.cluster.local."},
+		{"the chain asked first fails and says why", chainBroken, "broken.ns.svc.cluster.local."},
+		{"nothing after us to ask first", noNext, "db.ns.svc.cluster.local."},
+		{"nothing after us for the root apex", noNext, "."},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			rcode, err := c.se.ServeDNS(context.Background(), dnstest.NewRecorder(&test.ResponseWriter{}), new(dns.Msg).SetQuestion(c.qname, dns.TypeA))
+			if rcode != dns.RcodeServerFailure {
+				t.Fatalf("rcode %s, want SERVFAIL", dns.RcodeToString[rcode])
+			}
+			if err == nil {
+				t.Error("SERVFAIL without an error: the errors plugin would not log it")
+			}
+		})
+	}
+}
+
+// TestEmptyNonTerminalsFollowChanges: the counts of names below each ancestor,
+// kept up to date change by change, always equal those of a table built fresh
+// from the entries present, and no count outlives the last name below it.
+func TestEmptyNonTerminalsFollowChanges(t *testing.T) {
+	var entries []*entry
+	for i := range 40 {
+		hosts := []hostAddrs{
+			{name: fmt.Sprintf("svc-%d.ns-%d.ent.internal", i, i%3), addrs: []netip.Addr{netip.MustParseAddr("192.0.2.1")}},
+			{name: fmt.Sprintf("*.w-%d.ns-%d.ent.internal", i%5, i%3), addrs: []netip.Addr{netip.MustParseAddr("192.0.2.2")}},
+		}
+		if i%4 == 0 { // a name that is served and also has names below it
+			hosts = append(hosts, hostAddrs{name: fmt.Sprintf("ns-%d.ent.internal", i%3), addrs: []netip.Addr{netip.MustParseAddr("192.0.2.3")}})
+		}
+		entries = append(entries, &entry{key: fmt.Sprintf("ns/e%d", i), namespace: "ns", name: fmt.Sprintf("e%d", i), hosts: hosts})
+	}
+	st := newStore(false)
+	st.markSynced()
+	r := rand.New(rand.NewPCG(1, 2))
+	present := make(map[string]*entry)
+	for op := range 600 {
+		e := entries[r.IntN(len(entries))]
+		if present[e.key] != nil {
+			st.upsert(e.key, nil)
+			delete(present, e.key)
+		} else {
+			st.upsert(e.key, e)
+			present[e.key] = e
+		}
+		fresh := newStore(false)
+		fresh.replaceAll(maps.Clone(present))
+		fresh.markSynced()
+		if got, want := belowCounts(st.table()), belowCounts(fresh.table()); !maps.Equal(got, want) {
+			t.Fatalf("after change %d: counts %v, want %v", op, got, want)
+		}
+	}
+	for key := range present {
+		st.upsert(key, nil)
+	}
+	if got := belowCounts(st.table()); len(got) != 0 {
+		t.Fatalf("counts left with no names: %v", got)
+	}
+}
+
+func belowCounts(t *table) map[string]int32 {
+	out := make(map[string]int32)
+	for i := range t.below {
+		maps.Copy(out, t.below[i])
+	}
+	return out
+}
+
+// TestSecurityNarrowing: the README's Security examples. A namespace that can
+// write ServiceEntries declares hosts for everyone's DNS; ZONES, namespaces and
+// labels each narrow what is served (RBAC is TestRBAC's, in test/integration).
+func TestSecurityNarrowing(t *testing.T) {
+	client := newFakeKube(t, "v1")
+	ctx := context.Background()
+	for _, se := range []struct {
+		ns, name, host, addr string
+		published            bool
+	}{
+		{"platform", "api", "api.mesh.internal", "192.0.2.1", true},
+		{"platform", "draft", "draft.mesh.internal", "192.0.2.2", false},
+		{"team-a", "team", "team.mesh.internal", "192.0.2.3", true},
+		{"team-a", "squat", "login.bank.example", "203.0.113.66", true},
+	} {
+		obj := v1Entry(se.ns, se.name, se.host, se.addr)
+		if se.published {
+			obj.Labels = map[string]string{"dns.example.com/publish": "true"}
+		}
+		if _, err := client.NetworkingV1().ServiceEntries(se.ns).Create(ctx, obj, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const passed = "passed on"
+	handler := func(zones []string, labels string, namespaces ...string) *ServiceEntry {
+		st := newStore(false)
+		k := fakeSource(client, st, convertOptions{}, namespaces...)
+		k.labels = labels
+		if err := k.start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(k.stop)
+		if !st.waitSynced(10 * time.Second) {
+			t.Fatal("not synced within 10s")
+		}
+		return (&ServiceEntry{Zones: zones, TTL: defaultTTL, Next: test.NextHandler(dns.RcodeNotImplemented, nil)}).attach(st)
+	}
+	ask := func(se *ServiceEntry, name string) string {
+		rec := dnstest.NewRecorder(&test.ResponseWriter{})
+		if rcode, _ := se.ServeDNS(ctx, rec, new(dns.Msg).SetQuestion(name, dns.TypeA)); rec.Msg == nil {
+			if rcode == dns.RcodeNotImplemented {
+				return passed
+			}
+			return dns.RcodeToString[rcode]
+		}
+		out := dns.RcodeToString[rec.Msg.Rcode]
+		for _, rr := range rec.Msg.Answer {
+			out += " " + rr.(*dns.A).A.String()
+		}
+		return out
+	}
+	everything := handler([]string{"."}, "")
+	zones := handler([]string{"mesh.internal."}, "")
+	namespaces := handler([]string{"."}, "", "platform")
+	labels := handler([]string{"."}, "dns.example.com/publish=true")
+	for _, c := range []struct {
+		name string
+		se   *ServiceEntry
+		q    string
+		want string
+	}{
+		{"zone . serves any host a namespace declares", everything, "login.bank.example.", "NOERROR 203.0.113.66"},
+		{"ZONES: a host outside them is never served", zones, "login.bank.example.", passed},
+		{"ZONES: a host inside them is", zones, "team.mesh.internal.", "NOERROR 192.0.2.3"},
+		{"namespaces: other namespaces' hosts are not read", namespaces, "team.mesh.internal.", "NXDOMAIN"},
+		{"namespaces: nor their squatting", namespaces, "login.bank.example.", "NXDOMAIN"},
+		{"namespaces: the trusted namespace's are", namespaces, "api.mesh.internal.", "NOERROR 192.0.2.1"},
+		{"labels: an entry without the label is not read", labels, "draft.mesh.internal.", "NXDOMAIN"},
+		{"labels: one with it is", labels, "api.mesh.internal.", "NOERROR 192.0.2.1"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if got := ask(c.se, c.q); got != c.want {
+				t.Errorf("%s: got %q, want %q", c.q, got, c.want)
 			}
 		})
 	}

@@ -45,6 +45,7 @@ type config struct {
 	namespaces     []string
 	labels         string
 	convert        convertOptions
+	clusterDomains []string
 }
 
 func setup(c *caddy.Controller) error {
@@ -164,6 +165,14 @@ func parse(c *caddy.Controller) (*config, error) {
 	if len(cfg.manifests) > 0 && (cfg.kubeconfig != "" || len(cfg.namespaces) > 0 || cfg.labels != "") {
 		return nil, fmt.Errorf("manifests cannot be combined with kubeconfig, namespaces or labels: they select the Kubernetes source")
 	}
+	// Legacy addresses are positions among every eligible entry of the mesh:
+	// computed over fewer entries they differ from those istiod hands out.
+	if cfg.convert.autoAllocate == autoAllocateLegacy && (len(cfg.namespaces) > 0 || cfg.labels != "") {
+		return nil, fmt.Errorf("autoallocate legacy cannot be combined with namespaces or labels: istiod allocates over every namespace and label, so addresses computed over fewer entries would differ from istiod's")
+	}
+	if cfg.clusterDomains == nil {
+		cfg.clusterDomains = defaultClusterDomains
+	}
 	return cfg, nil
 }
 
@@ -233,6 +242,14 @@ func parseOption(c *caddy.Controller, cfg *config) error {
 			return c.Errf("autoallocate must be status, legacy or off, got %q", args[0])
 		}
 		cfg.convert.autoAllocate = mode
+	case "cluster_domain":
+		args := c.RemainingArgs()
+		if len(args) == 0 {
+			return c.ArgErr()
+		}
+		for _, d := range args {
+			cfg.clusterDomains = append(cfg.clusterDomains, plugin.Name(d).Normalize())
+		}
 	case "exportto":
 		args := c.RemainingArgs()
 		if len(args) != 1 || (args[0] != "public" && args[0] != "all") {

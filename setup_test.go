@@ -1,6 +1,7 @@
 package serviceentry
 
 import (
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -26,6 +27,9 @@ func TestParse(t *testing.T) {
 			if !c.fall.Equal(fall.Zero) {
 				t.Errorf("fallthrough on by default")
 			}
+			if strings.Join(c.clusterDomains, ",") != "cluster.local." {
+				t.Errorf("cluster domains %v, want cluster.local.", c.clusterDomains)
+			}
 		}},
 		{"zones from args", `serviceentry global Example.COM`, "", func(t *testing.T, c *config) {
 			if strings.Join(c.zones, ",") != "global.,example.com." {
@@ -39,8 +43,9 @@ func TestParse(t *testing.T) {
 			namespaces c
 			labels app in (x, y),tier=db
 			ttl 0
-			autoallocate legacy
+			autoallocate off
 			exportto all
+			cluster_domain Cluster.Example corp.local.
 			fallthrough a.global
 		}`, "", func(t *testing.T, c *config) {
 			if c.kubeconfig != "/tmp/kc" || c.kubecontext != "ctx" || c.startupTimeout != 500*time.Millisecond {
@@ -49,11 +54,19 @@ func TestParse(t *testing.T) {
 			if strings.Join(c.namespaces, ",") != "a,b,c" || c.labels != "app in (x, y),tier=db" {
 				t.Errorf("scope: %v %q", c.namespaces, c.labels)
 			}
-			if c.ttl != 0 || c.convert.autoAllocate != autoAllocateLegacy || !c.convert.exportAll {
+			if c.ttl != 0 || c.convert.autoAllocate != autoAllocateOff || !c.convert.exportAll {
 				t.Errorf("answer options: %+v", c)
 			}
 			if !c.fall.Through("x.a.global.") || c.fall.Through("b.global.") {
 				t.Errorf("fallthrough zones wrong")
+			}
+			if strings.Join(c.clusterDomains, ",") != "cluster.example.,corp.local." {
+				t.Errorf("cluster domains %v", c.clusterDomains)
+			}
+		}},
+		{"legacy alone", "serviceentry {\nautoallocate legacy\n}", "", func(t *testing.T, c *config) {
+			if c.convert.autoAllocate != autoAllocateLegacy {
+				t.Errorf("autoallocate %v, want legacy", c.convert.autoAllocate)
 			}
 		}},
 		{"manifests", `serviceentry { 
@@ -78,6 +91,9 @@ func TestParse(t *testing.T) {
 		{"unknown property", "serviceentry {\nendpoint http://x\n}", "unknown property 'endpoint'", nil},
 		{"manifests without path", "serviceentry {\nmanifests\n}", "Wrong argument count", nil},
 		{"kubeconfig too many args", "serviceentry {\nkubeconfig a b c\n}", "Wrong argument count", nil},
+		{"legacy with namespaces", "serviceentry {\nautoallocate legacy\nnamespaces a\n}", "autoallocate legacy cannot be combined with namespaces or labels: istiod allocates over every namespace", nil},
+		{"legacy with labels", "serviceentry {\nlabels app=x\nautoallocate legacy\n}", "autoallocate legacy cannot be combined with namespaces or labels", nil},
+		{"cluster_domain without a domain", "serviceentry {\ncluster_domain\n}", "Wrong argument count", nil},
 		{"manifests with kubeconfig", "serviceentry {\nmanifests x\nkubeconfig y\n}", "manifests cannot be combined", nil},
 		{"twice in a block", "serviceentry\nserviceentry", "plugin", nil},
 		{"error names the line", "serviceentry {\n\n\nttl x\n}", "Testfile:4", nil},
@@ -116,6 +132,46 @@ func TestSetupErrors(t *testing.T) {
 		err := setup(caddy.NewTestController("dns", c.input))
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%q: error %v, want one containing %q", c.input, err, c.want)
+		}
+	}
+}
+
+// TestReadmeExamples: every serviceentry block in the README's Corefiles
+// parses, so the documented examples stay valid.
+func TestReadmeExamples(t *testing.T) {
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var blocks []string
+	for _, corefile := range strings.Split(string(readme), "~~~ corefile\n")[1:] {
+		lines := strings.Split(corefile[:strings.Index(corefile, "~~~")], "\n")
+		for i, line := range lines {
+			trimmed := strings.TrimSpace(line)
+			if !strings.HasPrefix(trimmed, "serviceentry") {
+				continue
+			}
+			block := []string{trimmed}
+			if strings.HasSuffix(trimmed, "{") {
+				indent := line[:len(line)-len(strings.TrimLeft(line, " "))]
+				for _, next := range lines[i+1:] {
+					block = append(block, next)
+					if next == indent+"}" {
+						break
+					}
+				}
+			}
+			blocks = append(blocks, strings.Join(block, "\n"))
+		}
+	}
+	if len(blocks) < 5 {
+		t.Fatalf("found %d serviceentry blocks in README.md, want the examples", len(blocks))
+	}
+	for _, b := range blocks {
+		ctl := caddy.NewTestController("dns", b)
+		ctl.ServerBlockKeys = []string{".:53"}
+		if _, err := parse(ctl); err != nil {
+			t.Errorf("README example does not parse: %v\n%s", err, b)
 		}
 	}
 }

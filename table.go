@@ -6,6 +6,8 @@ import (
 	"net"
 	"strings"
 	"time"
+
+	"github.com/miekg/dns"
 )
 
 // shardCount splits the table so that one change copies one small map instead
@@ -25,14 +27,29 @@ type answer struct {
 // shard maps lower-case names (no trailing dot) to their answers.
 type shard map[string]*answer
 
+// counts maps a name to how many served names lie below it.
+type counts map[string]int32
+
 // table is an immutable snapshot of every name the plugin answers. Exact names
 // and wildcards ("*.a.com" is stored as "a.com" in wild) are kept apart so that
 // a lookup never has to build a string. A new table shares every shard it did
 // not change with the previous one.
+//
+// Names are compared label by label: keys are validated hostnames, which hold
+// no escapes, and a query name's labels are found with miekg/dns's label
+// functions, so an escaped dot ("a\.b") stays inside its label.
 type table struct {
 	seed  maphash.Seed
 	exact [shardCount]shard
 	wild  [shardCount]shard
+
+	// below counts, for every proper ancestor of a served owner name (an
+	// exact host, or "*.a.com" for a wildcard), the served names under it.
+	// A name with a count exists (RFC 8020): when nothing answers for it
+	// itself it is an empty non-terminal, NODATA and never NXDOMAIN. Counts
+	// rather than a set keep a change O(hosts changed): removing a name
+	// decrements its ancestors and drops those that reach zero.
+	below [shardCount]counts
 
 	// What the table's metrics report.
 	hosts             int
@@ -49,56 +66,93 @@ func (t *table) shardOf(name string) int {
 	return int(maphash.String(t.seed, name) % shardCount)
 }
 
-// lookup finds the answer for a lower-case name without a trailing dot. An
-// exact name beats any wildcard; among wildcards the most specific wins; a
-// wildcard never covers its own apex.
+// lookup finds the answer for a lower-case name without a trailing dot, in
+// presentation format. An exact name beats any wildcard; among wildcards the
+// most specific wins; a wildcard never covers its own apex.
 func (t *table) lookup(name string) *answer {
 	if ans := t.exact[t.shardOf(name)][name]; ans != nil {
 		return ans
 	}
-	for i := strings.IndexByte(name, '.'); i >= 0; {
-		suffix := name[i+1:]
+	for off, end := dns.NextLabel(name, 0); !end; off, end = dns.NextLabel(name, off) {
+		suffix := name[off:]
 		if ans := t.wild[t.shardOf(suffix)][suffix]; ans != nil {
 			return ans
 		}
-		next := strings.IndexByte(suffix, '.')
-		if next < 0 {
-			break
-		}
-		i += next + 1
 	}
 	return nil
+}
+
+// hasBelow reports whether served names lie below name (same form as
+// lookup's): an empty non-terminal when lookup finds nothing for it.
+func (t *table) hasBelow(name string) bool {
+	return t.below[t.shardOf(name)][name] > 0
+}
+
+// closestServed returns the closest proper ancestor of name (same form as
+// lookup's) that exists in the table, as a served exact name or with served
+// names below it, or "" if none does.
+func (t *table) closestServed(name string) string {
+	for off, end := dns.NextLabel(name, 0); !end; off, end = dns.NextLabel(name, off) {
+		anc := name[off:]
+		if t.exact[t.shardOf(anc)][anc] != nil || t.hasBelow(anc) {
+			return anc
+		}
+	}
+	return ""
 }
 
 // with returns a copy of t with the given names set (a nil answer deletes the
 // name). Only the shards that the changes touch are copied.
 func (t *table) with(changes map[string]*answer) *table {
 	next := *t
-	copied := make(map[*shard]bool)
+	copied := make(map[any]bool)
 	for host, ans := range changes {
 		shards, key := &next.exact, host
 		if suffix, ok := strings.CutPrefix(host, "*."); ok {
 			shards, key = &next.wild, suffix
 		}
-		i := next.shardOf(key)
-		s := &shards[i]
-		if !copied[s] {
-			fresh := make(shard, len(*s)+1)
-			maps.Copy(fresh, *s)
-			*s = fresh
-			copied[s] = true
-		}
+		s := &shards[next.shardOf(key)]
+		own(s, copied)
 		_, had := (*s)[key]
 		switch {
 		case ans == nil && had:
 			delete(*s, key)
 			next.hosts--
+			next.countAncestors(host, -1, copied)
 		case ans != nil:
 			(*s)[key] = ans
 			if !had {
 				next.hosts++
+				next.countAncestors(host, 1, copied)
 			}
 		}
 	}
 	return &next
+}
+
+// countAncestors adds delta to the count of every proper ancestor of the
+// owner name host ("*.a.com" counts for a.com and com).
+func (t *table) countAncestors(host string, delta int32, copied map[any]bool) {
+	for off, end := dns.NextLabel(host, 0); !end; off, end = dns.NextLabel(host, off) {
+		anc := host[off:]
+		c := &t.below[t.shardOf(anc)]
+		own(c, copied)
+		if n := (*c)[anc] + delta; n > 0 {
+			(*c)[anc] = n
+		} else {
+			delete(*c, anc)
+		}
+	}
+}
+
+// own replaces *m, once per table built, with a copy the new table may write:
+// the previous table keeps sharing the original with readers.
+func own[M ~map[string]V, V any](m *M, copied map[any]bool) {
+	if copied[m] {
+		return
+	}
+	fresh := make(M, len(*m)+1)
+	maps.Copy(fresh, *m)
+	*m = fresh
+	copied[m] = true
 }
