@@ -13,6 +13,7 @@ import (
 	"github.com/coredns/caddy"
 	"github.com/coredns/coredns/core/dnsserver"
 	_ "github.com/coredns/coredns/plugin/bind"
+	_ "github.com/coredns/coredns/plugin/file"
 	_ "github.com/coredns/coredns/plugin/root"
 	_ "github.com/coredns/coredns/plugin/whoami"
 	"github.com/miekg/dns"
@@ -279,5 +280,23 @@ func TestInstanceGauges(t *testing.T) {
 	stopCaddy(t, reloaded)
 	if _, ok := gauge(t, "coredns_serviceentry_synced", server, "internal."); ok {
 		t.Error("the stopped instance still reports coredns_serviceentry_synced")
+	}
+}
+
+// TestClusterDomainReachesHandler: cluster_domain from the Corefile decides
+// which ServiceEntry hosts defer to the rest of the chain (here the file
+// plugin standing in for the kubernetes plugin).
+func TestClusterDomainReachesHandler(t *testing.T) {
+	dir := manifestDir(t, "svc.custom.test", "192.0.2.1")
+	zone := filepath.Join(dir, "custom.test.zone")
+	writeFile(t, zone, "$ORIGIN custom.test.\n@ 60 IN SOA ns hostmaster 1 7200 1800 86400 30\nsvc 60 IN A 203.0.113.1\n")
+	port := freeUDPPort(t)
+	input := caddy.CaddyfileInput{ServerTypeName: "dns", Filepath: "Corefile", Contents: []byte(fmt.Sprintf(
+		".:%d {\n bind 127.0.0.1\n serviceentry {\n manifests %s\n cluster_domain custom.test\n fallthrough\n }\n file %s custom.test\n}\n",
+		port, filepath.Join(dir, "se.yaml"), zone))}
+	inst := startCaddy(t, input)
+	defer stopCaddy(t, inst)
+	if got := askA(t, port, "svc.custom.test."); got != "203.0.113.1" {
+		t.Fatalf("a name the chain answers inside cluster_domain: got %s, want the chain's 203.0.113.1", got)
 	}
 }

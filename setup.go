@@ -60,7 +60,7 @@ func setup(c *caddy.Controller) error {
 			return plugin.Error(pluginName, err)
 		}
 	}
-	se := &ServiceEntry{Zones: cfg.zones, Fall: cfg.fall, TTL: cfg.ttl}
+	se := &ServiceEntry{Zones: cfg.zones, Fall: cfg.fall, TTL: cfg.ttl, ClusterDomains: cfg.clusterDomains}
 	inst := instanceOf(c)
 	server := dnsserver.GetConfig(c)
 	if server.Root != "" {
