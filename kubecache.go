@@ -4,6 +4,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 )
 
 // cachedEntry is all the informer cache keeps of a ServiceEntry: the name the
@@ -33,9 +34,10 @@ func (c *cachedEntry) DeepCopyObject() runtime.Object {
 	return &out
 }
 
-// key is the store's key for the entry, as the manifests source makes it.
+// key is the store's key for the entry, as the manifests source makes it
+// (informers always give the namespace).
 func (c *cachedEntry) key() string {
-	return namespacedName(&metav1.ObjectMeta{Namespace: c.namespace, Name: c.name})
+	return types.NamespacedName{Namespace: c.namespace, Name: c.name}.String()
 }
 
 // toCached is the informers' transform. The informer may hand an object to it

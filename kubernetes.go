@@ -156,8 +156,8 @@ func (k *kubeSource) run(ctx context.Context) {
 			log.Errorf("setting the watch error handler: %v", err)
 		}
 		reg, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-			AddFunc:    k.apply,
-			UpdateFunc: func(_, obj any) { k.apply(obj) },
+			AddFunc:    func(obj any) { k.apply(nil, obj) },
+			UpdateFunc: k.apply,
 			DeleteFunc: k.remove,
 		})
 		if err != nil {
@@ -249,12 +249,17 @@ func (k *kubeSource) watchError(_ *cache.Reflector, err error) {
 	log.Warningf("watching ServiceEntries: %v", err)
 }
 
-func (k *kubeSource) apply(obj any) {
+// apply stores an added or updated entry. What its conversion skipped is
+// logged and counted when it first appears in the entry, not again on every
+// update (relists and status writes repeat the same problems).
+func (k *kubeSource) apply(old, obj any) {
 	c, ok := obj.(*cachedEntry)
 	if !ok {
 		return
 	}
-	reportSkips(c.key(), c.skips)
+	if prev, ok := old.(*cachedEntry); !ok || !slices.Equal(prev.skips, c.skips) {
+		reportSkips(c.key(), c.skips)
+	}
 	k.store.upsert(c.key(), c.entry)
 }
 

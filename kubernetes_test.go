@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
 	networking "istio.io/api/networking/v1alpha3"
 	clientv1 "istio.io/client-go/pkg/apis/networking/v1"
@@ -385,4 +386,41 @@ func TestLegacySameAcrossSources(t *testing.T) {
 			t.Fatalf("%s: manifests %v, kubernetes %v", name, a, b)
 		}
 	}
+}
+
+// TestKubeSourceReportsSkipsOnce: a skipped host is counted when the entry
+// brings it, not again on updates that bring the same problems; a new
+// problem is counted.
+func TestKubeSourceReportsSkipsOnce(t *testing.T) {
+	client := newFakeKube(t, "v1")
+	ctx := context.Background()
+	ses := client.NetworkingV1().ServiceEntries("ns")
+	invalid := func() float64 { return testutil.ToFloat64(skippedItems.WithLabelValues(reasonInvalidHost)) }
+	before := invalid()
+	se := v1Entry("ns", "a", "a.internal", "192.0.2.1")
+	se.Spec.Hosts = append(se.Spec.Hosts, "bad_host!")
+	if _, err := ses.Create(ctx, se, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	st := startKube(t, client)
+	if got := invalid() - before; got != 1 {
+		t.Fatalf("after the add: %v skips counted, want 1", got)
+	}
+	for i := range 3 { // same problems, other changes
+		se.Labels = map[string]string{"rev": fmt.Sprint(i)}
+		se.Spec.Addresses = []string{fmt.Sprintf("192.0.2.%d", 10+i)}
+		if _, err := ses.Update(ctx, se, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		want := fmt.Sprintf("192.0.2.%d", 10+i)
+		eventually(t, "update "+want, func() bool { return lookupA(st, "a.internal") == want })
+	}
+	if got := invalid() - before; got != 1 {
+		t.Fatalf("after updates with the same problem: %v skips counted, want 1", got)
+	}
+	se.Spec.Hosts = append(se.Spec.Hosts, "another bad host")
+	if _, err := ses.Update(ctx, se, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the new problem counted", func() bool { return invalid()-before == 3 })
 }

@@ -32,6 +32,16 @@ var (
 	})
 )
 
+// reportSkips logs and counts what the conversion of one ServiceEntry left
+// out. Sources call it when a problem first appears in an entry (an add, or
+// a change that brings a new problem), never per query or per relist.
+func reportSkips(key string, skips []skip) {
+	for _, s := range skips {
+		skippedItems.WithLabelValues(s.reason).Inc()
+		log.Warningf("ServiceEntry %s: skipped %q: %s", key, s.item, s.reason)
+	}
+}
+
 func observeTableUpdate(start time.Time) {
 	tableUpdates.Inc()
 	tableUpdateDuration.Observe(time.Since(start).Seconds())
