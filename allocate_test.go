@@ -3,8 +3,11 @@ package serviceentry
 import (
 	"context"
 	"fmt"
+	"k8s.io/utils/clock"
 	"math/rand/v2"
 	"net/netip"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -128,37 +131,33 @@ func TestAllocateLegacyProperties(t *testing.T) {
 }
 
 // FuzzAllocateLegacyUnique checks, for arbitrary small sets, that distinct keys
-// get distinct IPv4 addresses and equal keys equal ones.
+// get distinct IPv4 addresses and equal keys (the same host in one namespace,
+// declared by several entries) equal ones.
 func FuzzAllocateLegacyUnique(f *testing.F) {
 	f.Add("a.com,b.com,c.com", "ns")
 	f.Add("x,x,y", "")
 	f.Fuzz(func(t *testing.T, names, ns string) {
 		var hosts []*legacyHost
-		for i, n := range splitComma(names) {
+		for i, n := range strings.Split(names, ",") {
 			hosts = append(hosts, &legacyHost{namespace: ns, host: n, entry: fmt.Sprint(i)})
 		}
 		got, _ := allocateLegacy(hosts)
-		byAddr := make(map[netip.Addr]string)
+		hostOf := make(map[netip.Addr]string)
+		addrOf := make(map[string]netip.Addr)
 		for i, a := range got {
 			h := hosts[i]
-			if k, ok := byAddr[a.v4]; ok && k != h.host {
+			if !a.v4.IsValid() {
+				continue // left unallocated: the range is full
+			}
+			if k, ok := hostOf[a.v4]; ok && k != h.host {
 				t.Fatalf("%q and %q share %s", k, h.host, a.v4)
 			}
-			byAddr[a.v4] = h.host
+			if prev, ok := addrOf[h.host]; ok && prev != a.v4 {
+				t.Fatalf("%q got %s and %s", h.host, prev, a.v4)
+			}
+			hostOf[a.v4], addrOf[h.host] = h.host, a.v4
 		}
 	})
-}
-
-func splitComma(s string) []string {
-	var out []string
-	start := 0
-	for i := 0; i <= len(s); i++ {
-		if i == len(s) || s[i] == ',' {
-			out = append(out, s[start:i])
-			start = i + 1
-		}
-	}
-	return out
 }
 
 // legacyEntries are ServiceEntries in Istio's test order by creation time.
@@ -326,12 +325,14 @@ func legacyParsed(t testing.TB, n int) []*entry {
 
 // TestLegacyCoalescing: a change to the eligible set that comes sooner than the
 // recomputation gap is published at once against the previous allocation (the
-// new host waits, nobody else moves) and the recomputation is left to a timer,
-// which close stops.
+// new host waits, nobody else moves), and the recomputation is published when
+// the gap has passed; close stops a pending one.
 func TestLegacyCoalescing(t *testing.T) {
-	entries := legacyParsed(t, 3)
+	entries := legacyParsed(t, 4)
+	fake := &manualClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
 	st := newStore(true)
-	st.minReallocGap = time.Hour
+	st.clock = fake
+	st.minReallocGap = time.Minute
 	st.markSynced()
 	st.upsert(entries[0].key, entries[0]) // first change: recomputed at once
 	first := st.table().lookup(entries[0].hosts[0].name)
@@ -353,16 +354,94 @@ func TestLegacyCoalescing(t *testing.T) {
 		t.Error("a declared address waited for the legacy recomputation")
 	}
 
-	st.mu.Lock()
-	pending := st.reallocTimer != nil
-	st.mu.Unlock()
-	if !pending {
-		t.Fatal("no recomputation scheduled for the deferred change")
+	fake.advance(time.Minute)
+	if st.table().lookup(entries[1].hosts[0].name) == nil {
+		t.Fatal("the deferred recomputation was not published when its time came")
 	}
+	want := freshLegacyTable(t, entries[0], entries[1], declared)
+	for _, e := range []*entry{entries[0], entries[1]} {
+		name := e.hosts[0].name
+		if got, exp := st.table().lookup(name), want.lookup(name); got == nil || !got.a[0].Equal(exp.a[0]) {
+			t.Errorf("%s after the recomputation: %v, a fresh build gives %v", name, got, exp)
+		}
+	}
+
+	st.upsert(entries[2].key, entries[2]) // deferred again, then closed
 	st.close()
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	if st.reallocTimer != nil {
-		t.Error("close left the recomputation timer running")
+	fake.advance(time.Hour)
+	if got := st.table().lookup(entries[2].hosts[0].name); got != nil {
+		t.Errorf("a recomputation ran after close: %s answers %v", entries[2].hosts[0].name, got.a)
 	}
+	if fake.pending != nil {
+		t.Error("close left the recomputation timer pending")
+	}
+}
+
+// manualClock is a storeClock that moves only when the test advances it and
+// runs a due callback on the test's goroutine. (client-go's fake clock runs
+// callbacks under its own lock, so one that reads the clock deadlocks.)
+type manualClock struct {
+	mu      sync.Mutex
+	now     time.Time
+	at      time.Time
+	pending func()
+}
+
+func (c *manualClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *manualClock) Since(t time.Time) time.Duration { return c.Now().Sub(t) }
+
+func (c *manualClock) AfterFunc(d time.Duration, f func()) clock.Timer {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.at, c.pending = c.now.Add(d), f
+	return manualTimer{c}
+}
+
+// advance moves the clock by d and runs the pending callback if it is due.
+func (c *manualClock) advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	f := c.pending
+	if f != nil && !c.now.Before(c.at) {
+		c.pending = nil
+	} else {
+		f = nil
+	}
+	c.mu.Unlock()
+	if f != nil {
+		f()
+	}
+}
+
+type manualTimer struct{ c *manualClock }
+
+func (t manualTimer) C() <-chan time.Time { return nil }
+
+func (t manualTimer) Stop() bool {
+	t.c.mu.Lock()
+	defer t.c.mu.Unlock()
+	was := t.c.pending != nil
+	t.c.pending = nil
+	return was
+}
+
+func (t manualTimer) Reset(time.Duration) bool { panic("the store never resets its timer") }
+
+// freshLegacyTable builds a table from entries in one pass, as a new source
+// would.
+func freshLegacyTable(t *testing.T, entries ...*entry) *table {
+	t.Helper()
+	st := newStore(true)
+	all := make(map[string]*entry, len(entries))
+	for _, e := range entries {
+		all[e.key] = e
+	}
+	st.replaceAll(all)
+	st.markSynced()
+	return st.table()
 }

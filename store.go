@@ -10,7 +10,17 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"k8s.io/utils/clock"
 )
+
+// storeClock is what the store needs of time: clock.RealClock, or a clock
+// tests move by hand to see a deferred recomputation published.
+type storeClock interface {
+	Now() time.Time
+	Since(time.Time) time.Duration
+	AfterFunc(time.Duration, func()) clock.Timer
+}
 
 // store keeps the converted entries of one source and publishes the table the
 // handler reads. Sources call upsert, replaceAll, beginFullRead and markSynced
@@ -34,7 +44,8 @@ type store struct {
 	// recomputations under churn (see publishLocked).
 	minReallocGap time.Duration
 	reallocAt     time.Time   // earliest time of the next recomputation
-	reallocTimer  *time.Timer // a deferred recomputation, nil if none
+	reallocTimer  clock.Timer // a deferred recomputation, nil if none
+	clock         storeClock
 	closed        bool
 
 	published   atomic.Pointer[table] // nil until the first full read of the source
@@ -49,6 +60,7 @@ func newStore(legacy bool) *store {
 		dirty:    make(map[string]bool),
 
 		firstSynced: make(chan struct{}),
+		clock:       clock.RealClock{},
 	}
 	if legacy {
 		s.legacy = newLegacyAllocator()
@@ -118,8 +130,9 @@ func (s *store) replaceAll(entries map[string]*entry) {
 //
 // The first read leaves behind the garbage of decoding everything at once (a
 // whole list of full objects); it is returned to the OS right away so that the
-// resident size follows the table rather than the startup peak (at 10,000
-// entries: 1.9 -> 1.1 KiB of RSS per entry, measured by BenchmarkScale).
+// resident size follows the table rather than the startup peak (BENCHMARKS.md
+// has the RSS it saves). It runs once per source: a reload that keeps the
+// source does not run it again.
 func (s *store) markSynced() {
 	s.mu.Lock()
 	first := s.published.Load() == nil
@@ -171,8 +184,8 @@ func (s *store) setLocked(key string, e *entry) {
 	}
 }
 
-// Legacy recomputation is positional and costs O(eligible hosts): ~5 ms at
-// 10,000, ~40 ms at 100,000. Under churn it runs at most once per
+// Legacy recomputation is positional and costs O(eligible hosts) (figures in
+// BENCHMARKS.md). Under churn it runs at most once per
 // max(minReallocGap, reallocCostFactor × its last duration), so it never takes
 // more than a fifth of a core; a change to the eligible set waits at most that
 // long for its address.
@@ -193,7 +206,7 @@ func (s *store) publishLocked() {
 	if !s.synced {
 		return
 	}
-	start := time.Now()
+	start := s.clock.Now()
 	if s.legacy != nil && s.legacy.changed() {
 		if wait := s.reallocAt.Sub(start); wait > 0 {
 			s.deferReallocLocked(wait)
@@ -202,7 +215,7 @@ func (s *store) publishLocked() {
 				s.dirty[host] = true
 			}
 			if s.minReallocGap > 0 { // zero: recompute on every change
-				s.reallocAt = start.Add(max(s.minReallocGap, reallocCostFactor*time.Since(start)))
+				s.reallocAt = start.Add(max(s.minReallocGap, reallocCostFactor*s.clock.Since(start)))
 			}
 		}
 	}
@@ -228,7 +241,7 @@ func (s *store) deferReallocLocked(wait time.Duration) {
 	if s.reallocTimer != nil || s.closed {
 		return
 	}
-	s.reallocTimer = time.AfterFunc(wait, func() {
+	s.reallocTimer = s.clock.AfterFunc(wait, func() {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		if s.closed {
@@ -296,7 +309,7 @@ func (s *store) answerFor(host string, shared map[addrsKey]*answer) *answer {
 // newAnswer splits addresses, in order, into the records' two families. The
 // bytes of all the IPs share one array and the two lists one slice: three
 // objects per answer whatever its size, which keeps the garbage collector's
-// work per name small at 100,000 names.
+// work per name small when there are many names.
 func newAnswer(addrs []netip.Addr) *answer {
 	v4 := 0
 	for _, ip := range addrs {
