@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"sync"
 	"time"
 
 	networking "istio.io/api/networking/v1alpha3"
@@ -14,10 +15,11 @@ import (
 	clientv1alpha3 "istio.io/client-go/pkg/apis/networking/v1alpha3"
 	clientv1beta1 "istio.io/client-go/pkg/apis/networking/v1beta1"
 	"istio.io/client-go/pkg/clientset/versioned"
-	informers "istio.io/client-go/pkg/informers/externalversions"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
@@ -144,17 +146,11 @@ func (k *kubeSource) run(ctx context.Context) {
 	if len(namespaces) == 0 {
 		namespaces = []string{metav1.NamespaceAll}
 	}
-	var factories []informers.SharedInformerFactory
+	var running sync.WaitGroup
+	defer running.Wait()
 	var handled []cache.InformerSynced
 	for _, ns := range namespaces {
-		f := informers.NewSharedInformerFactoryWithOptions(k.client, 0,
-			informers.WithNamespace(ns),
-			informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = k.labels }),
-			informers.WithTransform(k.toCached))
-		inf := informerFor(f, version)
-		if err := inf.SetWatchErrorHandler(k.watchError); err != nil {
-			log.Errorf("setting the watch error handler: %v", err)
-		}
+		inf := k.informer(ns, version)
 		reg, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 			AddFunc:    func(obj any) { k.apply(nil, obj) },
 			UpdateFunc: k.apply,
@@ -164,22 +160,55 @@ func (k *kubeSource) run(ctx context.Context) {
 			log.Errorf("adding the event handler: %v", err)
 			continue
 		}
-		factories = append(factories, f)
+		running.Go(func() { inf.RunWithContext(ctx) })
 		// The registration has synced once our handler has been given the
 		// whole initial list; the informer's own HasSynced only says its
 		// cache holds it, while the handler may still be far behind.
 		handled = append(handled, reg.HasSynced)
 	}
-	for _, f := range factories {
-		f.Start(ctx.Done())
-	}
 	if cache.WaitForCacheSync(ctx.Done(), handled...) {
 		k.store.markSynced()
 	}
 	<-ctx.Done()
-	for _, f := range factories {
-		f.Shutdown()
+}
+
+// informer reads one namespace (or all) through version. Istio's generated
+// informers call the API with context.TODO(), so a request hanging at the
+// API server would hold up stop; these list and watch with the informer's
+// own context.
+func (k *kubeSource) informer(namespace, version string) cache.SharedIndexInformer {
+	var list func(context.Context, metav1.ListOptions) (runtime.Object, error)
+	var watchFn func(context.Context, metav1.ListOptions) (watch.Interface, error)
+	var example runtime.Object
+	switch version {
+	case "v1beta1":
+		c := k.client.NetworkingV1beta1().ServiceEntries(namespace)
+		list = func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) { return c.List(ctx, o) }
+		watchFn, example = c.Watch, &clientv1beta1.ServiceEntry{}
+	case "v1alpha3":
+		c := k.client.NetworkingV1alpha3().ServiceEntries(namespace)
+		list = func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) { return c.List(ctx, o) }
+		watchFn, example = c.Watch, &clientv1alpha3.ServiceEntry{}
+	default:
+		c := k.client.NetworkingV1().ServiceEntries(namespace)
+		list = func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) { return c.List(ctx, o) }
+		watchFn, example = c.Watch, &clientv1.ServiceEntry{}
 	}
+	lw := &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			o.LabelSelector = k.labels
+			return list(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			o.LabelSelector = k.labels
+			return watchFn(ctx, o)
+		},
+	}
+	inf := cache.NewSharedIndexInformerWithOptions(lw, example, cache.SharedIndexInformerOptions{})
+	// Neither fails before the informer runs.
+	_ = inf.SetTransform(k.toCached)
+	_ = inf.SetWatchErrorHandler(k.watchError)
+	return inf
 }
 
 // discover finds the newest ServiceEntry version the API server serves,
@@ -226,17 +255,6 @@ func (k *kubeSource) servedVersion(ctx context.Context) (string, error) {
 		}
 	}
 	return "", errNoServiceEntryAPI
-}
-
-func informerFor(f informers.SharedInformerFactory, version string) cache.SharedIndexInformer {
-	switch version {
-	case "v1beta1":
-		return f.Networking().V1beta1().ServiceEntries().Informer()
-	case "v1alpha3":
-		return f.Networking().V1alpha3().ServiceEntries().Informer()
-	default:
-		return f.Networking().V1().ServiceEntries().Informer()
-	}
 }
 
 // watchError makes list and watch failures (RBAC above all) visible in

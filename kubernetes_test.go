@@ -4,7 +4,8 @@ import (
 	"context"
 	"fmt"
 	"math"
-	"net"
+	"net/http"
+	"net/http/httptest"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -173,59 +174,63 @@ func TestKubeSourceNoCRD(t *testing.T) {
 	}
 }
 
-// TestKubeSourceStopDuringDiscovery: stop returns promptly while a discovery
-// request is in flight against an API server that accepts and never answers.
-func TestKubeSourceStopDuringDiscovery(t *testing.T) {
-	defer verifyNoLeaks(t, goleak.IgnoreCurrent())
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 16)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			accepted <- c // held open, never answered
-		}
-	}()
-	defer func() {
-		close(accepted)
-		for c := range accepted {
-			c.Close()
-		}
-	}()
-	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
-	writeFile(t, kubeconfig, fmt.Sprintf(`apiVersion: v1
+// TestKubeSourceStopIsPrompt: stop returns within a second and leaves no
+// goroutine while a request hangs at an API server that never answers it:
+// discovery, or the informer's list once discovery has succeeded.
+func TestKubeSourceStopIsPrompt(t *testing.T) {
+	discovery := `{"kind":"APIResourceList","apiVersion":"v1","groupVersion":"networking.istio.io/v1",` +
+		`"resources":[{"name":"serviceentries","namespaced":true,"kind":"ServiceEntry","verbs":["get","list","watch"]}]}`
+	for _, c := range []struct {
+		name     string
+		answered string // the one path the server answers; every other request hangs
+	}{
+		{"discovery hangs", ""},
+		{"list hangs", "/apis/networking.istio.io/v1"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			defer verifyNoLeaks(t, goleak.IgnoreCurrent())
+			hung := make(chan string, 16)
+			server := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path == c.answered {
+					w.Header().Set("Content-Type", "application/json")
+					fmt.Fprint(w, discovery)
+					return
+				}
+				hung <- r.URL.Path
+				<-r.Context().Done()
+			}))
+			defer server.Close()
+			defer server.CloseClientConnections()
+			kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+			writeFile(t, kubeconfig, fmt.Sprintf(`apiVersion: v1
 kind: Config
-clusters: [{name: c, cluster: {server: "http://%s"}}]
+clusters: [{name: c, cluster: {server: %q}}]
 users: [{name: u, user: {token: t}}]
 contexts: [{name: c, context: {cluster: c, user: u}}]
 current-context: c
-`, ln.Addr()))
-	src, st, err := newSource(&config{kubeconfig: kubeconfig})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := src.start(); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case c := <-accepted:
-		accepted <- c
-	case <-time.After(5 * time.Second):
-		t.Fatal("no discovery request reached the server")
-	}
-	began := time.Now()
-	src.stop()
-	if took := time.Since(began); took > time.Second {
-		t.Errorf("stop took %v during discovery, want < 1s", took)
-	}
-	if st.table() != nil {
-		t.Error("a table was published without any read")
+`, server.URL))
+			src, st, err := newSource(&config{kubeconfig: kubeconfig})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := src.start(); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case path := <-hung:
+				t.Logf("hanging at %s", path)
+			case <-time.After(10 * time.Second):
+				t.Fatal("no request reached the server")
+			}
+			began := time.Now()
+			src.stop()
+			if took := time.Since(began); took > time.Second {
+				t.Errorf("stop took %v, want < 1s", took)
+			}
+			if st.table() != nil {
+				t.Error("a table was published without any read")
+			}
+		})
 	}
 }
 

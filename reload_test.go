@@ -72,14 +72,25 @@ func stopCaddy(t *testing.T, inst *caddy.Instance) {
 	}
 }
 
+// freeUDPPort returns a port free for both UDP and TCP on 127.0.0.1, as a
+// CoreDNS server block listens on both.
 func freeUDPPort(t *testing.T) int {
 	t.Helper()
-	c, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 20 {
+		tcp, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := tcp.Addr().(*net.TCPAddr).Port
+		udp, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
+		tcp.Close()
+		if err == nil {
+			udp.Close()
+			return port
+		}
 	}
-	defer c.Close()
-	return c.LocalAddr().(*net.UDPAddr).Port
+	t.Fatal("no port free for both UDP and TCP")
+	return 0
 }
 
 func askA(t *testing.T, port int, name string) string {
