@@ -30,9 +30,19 @@ func benchEntries(n int) map[string]*entry {
 		out[e.key] = e
 	}
 	w := &entry{key: "ns/wild", namespace: "ns", name: "wild",
-		hosts: []hostAddrs{{name: "*.wild.internal", addrs: []netip.Addr{netip.MustParseAddr("203.0.113.1")}}}}
+		hosts: []hostAddrs{{name: "*.wild.internal", addrs: []netip.Addr{netip.MustParseAddr("203.0.113.1")}}},
+		ports: []srvPort{{name: "https", proto: "tcp", number: 443}}}
 	out[w.key] = w
 	return out
+}
+
+// nxdomainChain stands for the kubernetes plugin asked before an expansion is
+// answered: it knows no name.
+func nxdomainChain(_ context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
+	m := new(dns.Msg)
+	m.SetRcode(r, dns.RcodeNameError)
+	w.WriteMsg(m)
+	return dns.RcodeNameError, nil
 }
 
 func BenchmarkServeDNS(b *testing.B) {
@@ -41,6 +51,10 @@ func BenchmarkServeDNS(b *testing.B) {
 	st.markSynced()
 	se := (&ServiceEntry{Zones: []string{"internal."}, TTL: 30, Next: test.NextHandler(dns.RcodeSuccess, nil)}).attach(st)
 	withFall := (&ServiceEntry{Zones: []string{"internal."}, TTL: 30, Fall: fall.Root, Next: test.NextHandler(dns.RcodeSuccess, nil)}).attach(st)
+	// kube-system's layout with searchpath: zone ".", fallthrough, the
+	// kubernetes plugin after us.
+	withPath := (&ServiceEntry{Zones: []string{"."}, TTL: 30, Fall: fall.Root, SearchDomains: []string{"cluster.local."},
+		Next: test.HandlerFunc(nxdomainChain)}).attach(st)
 	for _, c := range []struct {
 		name  string
 		se    *ServiceEntry
@@ -56,6 +70,13 @@ func BenchmarkServeDNS(b *testing.B) {
 		{"escaped-label", se, `a\.b.wild.internal.`, dns.TypeA},
 		{"apex-soa", se, "internal.", dns.TypeSOA},
 		{"fallthrough", withFall, "absent.ns-1.internal.", dns.TypeA},
+		{"searchpath-hit-A", withPath, "svc-42.ns-42.internal.", dns.TypeA},
+		{"searchpath-not-expansion", withPath, "web.default.svc.cluster.local.", dns.TypeA},
+		{"expansion-A", withPath, "svc-42.ns-42.internal.default.svc.cluster.local.", dns.TypeA},
+		{"expansion-wildcard-A", withPath, "a.wild.internal.default.svc.cluster.local.", dns.TypeA},
+		{"expansion-nodata", withPath, "svc-43.ns-43.internal.default.svc.cluster.local.", dns.TypeAAAA},
+		{"srv", se, "_https._tcp.a.wild.internal.", dns.TypeSRV},
+		{"ptr", withPath, "42.0.240.240.in-addr.arpa.", dns.TypePTR},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			m := new(dns.Msg).SetQuestion(c.qname, c.qtype)

@@ -3,6 +3,7 @@ package serviceentry
 import (
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -24,6 +25,7 @@ type entry struct {
 	name      string
 	created   time.Time
 	hosts     []hostAddrs // the hosts this entry answers for
+	ports     []srvPort   // spec.ports that are valid, for SRV answers
 
 	// legacyHosts are the hosts the v1 allocator counts ("autoallocate
 	// legacy"): every eligible host, even of an entry not exported to us,
@@ -61,6 +63,7 @@ const (
 	reasonWideCIDR             = "cidr_not_host"
 	reasonStatusInvalidAddress = "status_invalid_address"
 	reasonStatusUnknownHost    = "status_unknown_host"
+	reasonInvalidPort          = "invalid_port"
 	reasonInvalidManifest      = "invalid_manifest"
 	reasonManifestTooLarge     = "manifest_too_large"
 )
@@ -130,7 +133,9 @@ func convert(meta *metav1.ObjectMeta, spec *networking.ServiceEntry, status *net
 	if len(e.hosts) == 0 && len(e.legacyHosts) == 0 {
 		return nil, skips
 	}
-	return e, skips
+	var portSkips []skip
+	e.ports, portSkips = parsePorts(spec.GetPorts())
+	return e, append(skips, portSkips...)
 }
 
 // exportedToAll reports whether an entry is visible to every namespace: exportTo
@@ -213,6 +218,29 @@ func parseAddresses(raw []string) ([]netip.Addr, []skip) {
 		}
 		if !slices.Contains(out, ip) {
 			out = append(out, ip)
+		}
+	}
+	return out, skips
+}
+
+// parsePorts validates spec.ports one by one, as Istio does: a number from 1
+// to 65535 and a name that is an RFC 1123 label. Protocol UDP is served as
+// _udp, every other protocol (TCP, HTTP, TLS, GRPC, none...) as _tcp.
+// Duplicates are dropped; order is kept.
+func parsePorts(raw []*networking.ServicePort) ([]srvPort, []skip) {
+	var out []srvPort
+	var skips []skip
+	for _, p := range raw {
+		if p.GetNumber() < 1 || p.GetNumber() > 65535 || !validLabel(p.GetName()) {
+			skips = append(skips, skip{reason: reasonInvalidPort, item: p.GetName() + "/" + strconv.FormatUint(uint64(p.GetNumber()), 10)})
+			continue
+		}
+		port := srvPort{name: p.GetName(), proto: "tcp", number: uint16(p.GetNumber())}
+		if strings.EqualFold(p.GetProtocol(), "UDP") {
+			port.proto = "udp"
+		}
+		if !slices.Contains(out, port) {
+			out = append(out, port)
 		}
 	}
 	return out, skips

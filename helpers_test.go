@@ -1,11 +1,17 @@
 package serviceentry
 
 import (
+	"context"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"sort"
 	"testing"
 	"time"
+
+	"github.com/coredns/coredns/plugin/pkg/dnstest"
+	"github.com/coredns/coredns/plugin/test"
+	"github.com/miekg/dns"
 )
 
 // seYAML is a ServiceEntry in namespace ns declaring host with addr.
@@ -132,4 +138,41 @@ func churnLegacy(st *store, entries []*entry, seed uint64, ops int) map[string]*
 		}
 	}
 	return present
+}
+
+// namedCase is one row of a handler table.
+type namedCase struct {
+	name string
+	tc   test.Case
+}
+
+// checkCases asks se each case's question and checks the reply: rcode, an
+// authoritative header for what the plugin writes itself, the sections (with
+// test.SortAndCheck), and a CNAME, if any, before every other answer, as
+// resolvers that do not chase the chain expect.
+func checkCases(t *testing.T, se *ServiceEntry, cases []namedCase) {
+	t.Helper()
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			rec := dnstest.NewRecorder(&test.ResponseWriter{})
+			if _, err := se.ServeDNS(context.Background(), rec, c.tc.Msg()); err != nil {
+				t.Fatalf("ServeDNS: %v", err)
+			}
+			if rec.Msg == nil {
+				t.Fatal("no reply written")
+			}
+			for i, rr := range rec.Msg.Answer {
+				if _, ok := rr.(*dns.CNAME); ok && i > 0 {
+					t.Errorf("CNAME at position %d of the answer, want first: %v", i, rec.Msg.Answer)
+				}
+			}
+			// SortAndCheck sorts the reply's sections, not the case's.
+			for _, sec := range [][]dns.RR{c.tc.Answer, c.tc.Ns, c.tc.Extra} {
+				sort.Sort(test.RRSet(sec))
+			}
+			if err := test.SortAndCheck(rec.Msg, c.tc); err != nil {
+				t.Error(err)
+			}
+		})
+	}
 }

@@ -33,6 +33,11 @@ type ServiceEntry struct {
 	// keeps its ClusterIP (as in Istio, where a Service overrides an entry).
 	ClusterDomains []string
 
+	// SearchDomains are the cluster domains whose search-path expansions
+	// (<host>.<namespace>.svc.<domain> and shorter) are answered with a
+	// CNAME to the host; nil turns searchpath off.
+	SearchDomains []string
+
 	// store is the one of the source this instance answers from. OnStartup
 	// attaches it (a reload may hand over a running one), so it is read
 	// atomically: ready may ask before it is set.
@@ -102,8 +107,24 @@ func (se *ServiceEntry) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *d
 	}
 
 	name := trimDot(qname)
-	ans := tbl.lookup(name)
-	if ans == nil {
+	if addr, ok := reverseAddr(name); ok {
+		if hosts, n := se.ptrHosts(tbl, addr); n > 0 {
+			return se.ptr(w, r, tbl, zone, qname, hosts, n)
+		}
+	}
+	// An exact host beats an expansion, which beats a wildcard (as in
+	// Istio): a wildcard inside the cluster domain must not swallow the
+	// search path of every other host.
+	h, found := tbl.find(name, false)
+	if !found && se.SearchDomains != nil {
+		if x, ok := se.expansion(tbl, qname, r.Question[0].Name); ok {
+			return se.afterKubernetes(ctx, w, r, tbl, x)
+		}
+	}
+	if !found {
+		h, found = tbl.find(name, true)
+	}
+	if !found {
 		if !authoritative {
 			return plugin.NextOrFailure(se.Name(), se.Next, ctx, w, r)
 		}
@@ -114,56 +135,74 @@ func (se *ServiceEntry) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *d
 		}
 		return se.negative(w, r, tbl, zone, qname, dns.RcodeNameError)
 	}
+	x := reply{hit: h, owner: r.Question[0].Name, name: qname, zone: zone}
 	if se.inClusterDomain(qname) {
-		return se.afterKubernetes(ctx, w, r, tbl, zone, qname, ans)
+		return se.afterKubernetes(ctx, w, r, tbl, x)
 	}
-	return se.answer(w, r, tbl, zone, qname, ans)
+	return se.answer(w, r, tbl, x)
 }
 
-// answer writes the records of ans for the question, or NODATA.
-func (se *ServiceEntry) answer(w dns.ResponseWriter, r *dns.Msg, tbl *table, zone, qname string, ans *answer) (int, error) {
-	var rrs []dns.RR
-	switch r.Question[0].Qtype {
-	case dns.TypeA:
-		rrs = addressRecords(r.Question[0].Name, dns.TypeA, se.TTL, ans.a)
-	case dns.TypeAAAA:
-		rrs = addressRecords(r.Question[0].Name, dns.TypeAAAA, se.TTL, ans.aaaa)
+// reply is what a served name is answered with: the records of h for owner,
+// preceded, for a search-path expansion, by a CNAME from the name asked.
+type reply struct {
+	hit
+	owner string // the name the records are for, fully qualified, as asked
+	name  string // owner in lower case
+	zone  string // the zone of owner
+	alias string // the name asked when it is an expansion of owner, else ""
+}
+
+// answer writes the records of x for the question, or NODATA.
+func (se *ServiceEntry) answer(w dns.ResponseWriter, r *dns.Msg, tbl *table, x reply) (int, error) {
+	qtype := r.Question[0].Qtype
+	var rrs, extra []dns.RR
+	switch {
+	case qtype == dns.TypeSRV:
+		rrs, extra = se.srvRecords(tbl, x.hit, x.owner)
+	case x.service:
+		// A service name holds SRV records only.
+	case qtype == dns.TypeA:
+		rrs = addressRecords(x.owner, dns.TypeA, se.TTL, x.ans.a)
+	case qtype == dns.TypeAAAA:
+		rrs = addressRecords(x.owner, dns.TypeAAAA, se.TTL, x.ans.aaaa)
 	}
-	if len(rrs) == 0 {
-		return se.negative(w, r, tbl, zone, qname, dns.RcodeSuccess)
+	if x.alias == "" && len(rrs) == 0 {
+		return se.negative(w, r, tbl, x.zone, x.name, dns.RcodeSuccess)
 	}
 
 	m := new(dns.Msg)
 	m.SetReply(r)
 	m.Authoritative = true
 	m.Answer = rrs
+	m.Extra = extra
+	if x.alias != "" {
+		cname := &dns.CNAME{Hdr: dns.RR_Header{Name: x.alias, Rrtype: dns.TypeCNAME, Class: dns.ClassINET, Ttl: se.TTL}, Target: x.owner}
+		m.Answer = append([]dns.RR{cname}, rrs...)
+		// The CNAME alone says nothing of the target's records: the
+		// target's NODATA needs its SOA, unless the CNAME was asked.
+		if len(rrs) == 0 && qtype != dns.TypeCNAME {
+			m.Ns = []dns.RR{soa(negativeOwner(tbl, x.zone, x.name), se.TTL)}
+		}
+	}
 	w.WriteMsg(m)
 	return dns.RcodeSuccess, nil
 }
 
 // inClusterDomain reports whether qname (lower case) is in a cluster domain.
-// It runs on every answer, so it compares label-aligned suffixes in place
-// rather than through dns.IsSubDomain, which allocates the names' label indexes.
 func (se *ServiceEntry) inClusterDomain(qname string) bool {
 	domains := se.ClusterDomains
 	if domains == nil {
 		domains = defaultClusterDomains
 	}
-	for off, end := 0, false; !end; off, end = dns.NextLabel(qname, off) {
-		for _, d := range domains {
-			if qname[off:] == d {
-				return true
-			}
-		}
-	}
-	return false
+	return zoneOf(qname, domains) != ""
 }
 
-// afterKubernetes answers a ServiceEntry host inside the cluster domain only
-// if the rest of the chain (the kubernetes plugin) says the name does not
-// exist: a namespace that can write ServiceEntries must not take over a real
-// Service's name. Any other reply of the chain is written as it is.
-func (se *ServiceEntry) afterKubernetes(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, tbl *table, zone, qname string, ans *answer) (int, error) {
+// afterKubernetes answers a ServiceEntry host inside the cluster domain, or a
+// search-path expansion, only if the rest of the chain (the kubernetes plugin)
+// says the name does not exist: a namespace that can write ServiceEntries
+// must not take over a real Service's name, nor a pod's under a headless
+// Service. Any other reply of the chain is written as it is.
+func (se *ServiceEntry) afterKubernetes(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, tbl *table, x reply) (int, error) {
 	nw := nonwriter.New(w)
 	rcode, err := plugin.NextOrFailure(se.Name(), se.Next, ctx, nw, r)
 	if nw.Msg == nil {
@@ -174,7 +213,7 @@ func (se *ServiceEntry) afterKubernetes(ctx context.Context, w dns.ResponseWrite
 		return rcode, err
 	}
 	if nw.Msg.Rcode == dns.RcodeNameError {
-		return se.answer(w, r, tbl, zone, qname, ans)
+		return se.answer(w, r, tbl, x)
 	}
 	if nw.Msg.Rcode == dns.RcodeServerFailure && err == nil {
 		err = plugin.Error(se.Name(), errChainFailed)

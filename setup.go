@@ -46,6 +46,7 @@ type config struct {
 	labels         string
 	convert        convertOptions
 	clusterDomains []string
+	searchDomains  []string // searchpath: nil when off
 }
 
 func setup(c *caddy.Controller) error {
@@ -60,7 +61,8 @@ func setup(c *caddy.Controller) error {
 			return plugin.Error(pluginName, err)
 		}
 	}
-	se := &ServiceEntry{Zones: cfg.zones, Fall: cfg.fall, TTL: cfg.ttl, ClusterDomains: cfg.clusterDomains}
+	se := &ServiceEntry{Zones: cfg.zones, Fall: cfg.fall, TTL: cfg.ttl, ClusterDomains: cfg.clusterDomains,
+		SearchDomains: cfg.searchDomains}
 	inst := instanceOf(c)
 	server := dnsserver.GetConfig(c)
 	if server.Root != "" {
@@ -249,6 +251,14 @@ func parseOption(c *caddy.Controller, cfg *config) error {
 		}
 		for _, d := range args {
 			cfg.clusterDomains = append(cfg.clusterDomains, plugin.Name(d).Normalize())
+		}
+	case "searchpath":
+		args := c.RemainingArgs()
+		if len(args) == 0 {
+			args = []string{"cluster.local"}
+		}
+		for _, d := range args {
+			cfg.searchDomains = append(cfg.searchDomains, plugin.Name(d).Normalize())
 		}
 	case "exportto":
 		args := c.RemainingArgs()

@@ -30,6 +30,19 @@ func TestParse(t *testing.T) {
 			if strings.Join(c.clusterDomains, ",") != "cluster.local." {
 				t.Errorf("cluster domains %v, want cluster.local.", c.clusterDomains)
 			}
+			if c.searchDomains != nil {
+				t.Errorf("searchpath on by default: %v", c.searchDomains)
+			}
+		}},
+		{"searchpath defaults to cluster.local", "serviceentry {\nsearchpath\n}", "", func(t *testing.T, c *config) {
+			if strings.Join(c.searchDomains, ",") != "cluster.local." {
+				t.Errorf("search domains %v, want cluster.local.", c.searchDomains)
+			}
+		}},
+		{"searchpath domains", "serviceentry {\nsearchpath Corp.Local cluster.local.\n}", "", func(t *testing.T, c *config) {
+			if strings.Join(c.searchDomains, ",") != "corp.local.,cluster.local." {
+				t.Errorf("search domains %v", c.searchDomains)
+			}
 		}},
 		{"zones from args", `serviceentry global Example.COM`, "", func(t *testing.T, c *config) {
 			if strings.Join(c.zones, ",") != "global.,example.com." {

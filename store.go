@@ -220,14 +220,16 @@ func (s *store) publishLocked() {
 		}
 	}
 	changes := make(map[string]*answer, len(s.dirty))
+	ports := make(map[string][]srvPort, len(s.dirty))
 	shared := make(map[addrsKey]*answer)
 	for host := range s.dirty {
 		changes[host] = s.answerFor(host, shared)
+		ports[host] = s.portsFor(host)
 	}
 	// A fresh map, not clear: a cleared map keeps the capacity of the
 	// initial sync and ranging over it would cost O(all hosts) per change.
 	s.dirty = make(map[string]bool)
-	s.building = s.building.with(changes)
+	s.building = s.building.with(changes, ports)
 	s.building.entries = len(s.entries)
 	s.building.published = start
 	if s.legacy != nil {

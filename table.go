@@ -4,6 +4,7 @@ import (
 	"hash/maphash"
 	"maps"
 	"net"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -51,6 +52,14 @@ type table struct {
 	// decrements its ancestors and drops those that reach zero.
 	below [shardCount]counts
 
+	// ports holds the SRV ports of the hosts that have some, by host as
+	// declared ("*.a.com" for a wildcard).
+	ports [shardCount]map[string][]srvPort
+
+	// reverse maps every address an exact host answers with to those hosts,
+	// fully qualified, sorted: the PTR answer, built with the table.
+	reverse [shardCount]map[netip.Addr][]string
+
 	// What the table's metrics report.
 	hosts             int
 	entries           int       // ServiceEntries that take part
@@ -70,16 +79,62 @@ func (t *table) shardOf(name string) int {
 // presentation format. An exact name beats any wildcard; among wildcards the
 // most specific wins; a wildcard never covers its own apex.
 func (t *table) lookup(name string) *answer {
+	h, _ := t.host(name, true)
+	return h.ans
+}
+
+// hit is what serves a name: a host, or one of its service names,
+// "_<port>._<proto>.<host>" or "_<proto>.<host>", which hold its SRV records.
+type hit struct {
+	ans     *answer
+	key     string // the exact host, or the wildcard's suffix ("a.com" for "*.a.com")
+	wild    bool
+	service bool   // the name is one of the host's service names
+	port    string // of "_<port>._<proto>.<host>", lower case; "" for "_<proto>.<host>"
+	proto   string
+	hostOff int // where the host starts in the name
+}
+
+// find returns what serves name (same form as lookup's): a service name of a
+// host before the host itself, since underscore labels never belong to a
+// valid host; with wild false, exact hosts only.
+func (t *table) find(name string, wild bool) (hit, bool) {
+	if name != "" && name[0] == '_' {
+		if off, end := dns.NextLabel(name, 0); !end {
+			if name[off] == '_' {
+				if off2, end := dns.NextLabel(name, off); !end {
+					if h, ok := t.host(name[off2:], wild); ok {
+						h.service, h.hostOff = true, off2
+						h.port, h.proto = name[1:off-1], name[off+1:off2-1]
+						return h, true
+					}
+				}
+			}
+			if h, ok := t.host(name[off:], wild); ok {
+				h.service, h.hostOff = true, off
+				return h, true
+			}
+		}
+	}
+	return t.host(name, wild)
+}
+
+// host finds the host that serves name: the exact one, else (with wild) the
+// most specific wildcard.
+func (t *table) host(name string, wild bool) (hit, bool) {
 	if ans := t.exact[t.shardOf(name)][name]; ans != nil {
-		return ans
+		return hit{ans: ans, key: name}, true
+	}
+	if !wild {
+		return hit{}, false
 	}
 	for off, end := dns.NextLabel(name, 0); !end; off, end = dns.NextLabel(name, off) {
 		suffix := name[off:]
 		if ans := t.wild[t.shardOf(suffix)][suffix]; ans != nil {
-			return ans
+			return hit{ans: ans, key: suffix, wild: true}, true
 		}
 	}
-	return nil
+	return hit{}, false
 }
 
 // hasBelow reports whether served names lie below name (same form as
@@ -102,18 +157,24 @@ func (t *table) closestServed(name string) string {
 }
 
 // with returns a copy of t with the given names set (a nil answer deletes the
-// name). Only the shards that the changes touch are copied.
-func (t *table) with(changes map[string]*answer) *table {
+// name) and their ports (nil: none). Only the shards that the changes touch
+// are copied; the reverse entries of the addresses they touch are rebuilt.
+func (t *table) with(changes map[string]*answer, ports map[string][]srvPort) *table {
 	next := *t
 	copied := make(map[any]bool)
+	rev := make(reverseChanges)
 	for host, ans := range changes {
 		shards, key := &next.exact, host
-		if suffix, ok := strings.CutPrefix(host, "*."); ok {
+		suffix, wild := strings.CutPrefix(host, "*.")
+		if wild {
 			shards, key = &next.wild, suffix
 		}
 		s := &shards[next.shardOf(key)]
 		own(s, copied)
-		_, had := (*s)[key]
+		old, had := (*s)[key]
+		if !wild {
+			rev.add(host, old, ans)
+		}
 		switch {
 		case ans == nil && had:
 			delete(*s, key)
@@ -127,6 +188,19 @@ func (t *table) with(changes map[string]*answer) *table {
 			}
 		}
 	}
+	for host, p := range ports {
+		s := &next.ports[next.shardOf(host)]
+		if _, had := (*s)[host]; !had && len(p) == 0 {
+			continue
+		}
+		own(s, copied)
+		if len(p) == 0 {
+			delete(*s, host)
+		} else {
+			(*s)[host] = p
+		}
+	}
+	next.applyReverse(rev, copied)
 	return &next
 }
 
@@ -147,7 +221,7 @@ func (t *table) countAncestors(host string, delta int32, copied map[any]bool) {
 
 // own replaces *m, once per table built, with a copy the new table may write:
 // the previous table keeps sharing the original with readers.
-func own[M ~map[string]V, V any](m *M, copied map[any]bool) {
+func own[M ~map[K]V, K comparable, V any](m *M, copied map[any]bool) {
 	if copied[m] {
 		return
 	}

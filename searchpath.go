@@ -1,0 +1,45 @@
+package serviceentry
+
+import "github.com/miekg/dns"
+
+// expansion finds the served host a search-path expansion stands for. With
+// ndots:5 a pod's resolver tries <name>.<namespace>.svc.<domain>,
+// <name>.svc.<domain> and <name>.<domain> before <name>: answering those with
+// a CNAME to the host and its records saves the round trips of the misses.
+//
+// qname (lower case) is split at each search domain into <host>.<label>.svc.,
+// <host>.svc. and <host>., tried in that order (the resolver's); the first
+// host the table serves (exact, through a wildcard, or a service name of
+// one) and that lies in the plugin's zones wins. Nothing is stored per host
+// and namespace: the suffix is matched, stripped, and the host looked up.
+// asked is the question's name: the alias and the host keep its case.
+func (se *ServiceEntry) expansion(tbl *table, qname, asked string) (reply, bool) {
+	for _, d := range se.SearchDomains {
+		i, start := dns.PrevLabel(qname, dns.CountLabel(d))
+		if start || i == 0 || qname[i:] != d {
+			continue
+		}
+		rest := qname[:i]
+		ends := [3]int{0, 0, len(rest)} // where the host ends in each form
+		if svc, _ := dns.PrevLabel(rest, 1); rest[svc:] == "svc." {
+			ends[1] = svc
+			if label, start := dns.PrevLabel(rest, 2); !start {
+				ends[0] = label
+			}
+		}
+		for _, end := range ends {
+			if end == 0 {
+				continue
+			}
+			host := qname[:end] // fully qualified: the dot after it is qname's
+			zone := zoneOf(host, se.Zones)
+			if zone == "" {
+				continue // never answered, so never the target of an alias
+			}
+			if h, ok := tbl.find(host[:end-1], true); ok {
+				return reply{hit: h, owner: asked[:end], name: host, zone: zone, alias: asked}, true
+			}
+		}
+	}
+	return reply{}, false
+}
