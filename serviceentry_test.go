@@ -761,7 +761,7 @@ func belowCounts(t *table) map[string]int32 {
 	return out
 }
 
-// TestSecurityNarrowing: the README's Security examples. A namespace that can
+// TestSecurityNarrowing: the Security examples (docs/security.md). A namespace that can
 // write ServiceEntries declares hosts for everyone's DNS; ZONES, namespaces and
 // labels each narrow what is served (RBAC is TestRBAC's, in test/integration).
 func TestSecurityNarrowing(t *testing.T) {

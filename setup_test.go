@@ -2,6 +2,7 @@ package serviceentry
 
 import (
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -149,15 +150,23 @@ func TestSetupErrors(t *testing.T) {
 	}
 }
 
-// TestReadmeExamples: every serviceentry block in the README's Corefiles
-// parses, so the documented examples stay valid.
+// TestReadmeExamples: every serviceentry block in the Corefiles of the README
+// and docs/ parses, so the documented examples stay valid.
 func TestReadmeExamples(t *testing.T) {
-	readme, err := os.ReadFile("README.md")
+	docs, err := filepath.Glob("docs/*.md")
 	if err != nil {
 		t.Fatal(err)
 	}
+	var text []byte
+	for _, path := range append([]string{"README.md"}, docs...) {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		text = append(text, b...)
+	}
 	var blocks []string
-	for _, corefile := range strings.Split(string(readme), "~~~ corefile\n")[1:] {
+	for _, corefile := range strings.Split(string(text), "~~~ corefile\n")[1:] {
 		lines := strings.Split(corefile[:strings.Index(corefile, "~~~")], "\n")
 		for i, line := range lines {
 			trimmed := strings.TrimSpace(line)
@@ -178,13 +187,13 @@ func TestReadmeExamples(t *testing.T) {
 		}
 	}
 	if len(blocks) < 5 {
-		t.Fatalf("found %d serviceentry blocks in README.md, want the examples", len(blocks))
+		t.Fatalf("found %d serviceentry blocks in README.md and docs/, want the examples", len(blocks))
 	}
 	for _, b := range blocks {
 		ctl := caddy.NewTestController("dns", b)
 		ctl.ServerBlockKeys = []string{".:53"}
 		if _, err := parse(ctl); err != nil {
-			t.Errorf("README example does not parse: %v\n%s", err, b)
+			t.Errorf("documented example does not parse: %v\n%s", err, b)
 		}
 	}
 }
