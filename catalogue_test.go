@@ -172,7 +172,7 @@ func tableNames(t *table) map[string]*answer {
 	for i := range t.exact {
 		maps.Copy(out, t.exact[i])
 		for suffix, ans := range t.wild[i] {
-			out["x."+suffix] = ans
+			out["*."+suffix] = ans
 		}
 	}
 	return out

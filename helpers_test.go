@@ -2,6 +2,7 @@ package serviceentry
 
 import (
 	"context"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -175,4 +176,31 @@ func checkCases(t *testing.T, se *ServiceEntry, cases []namedCase) {
 			}
 		})
 	}
+}
+
+// churnAgainstFresh adds and removes random entries ops times on one store
+// and, after each change, hands check that store's table and a table built
+// from scratch out of the same entries. It returns the store and the entries
+// left in it.
+func churnAgainstFresh(t *testing.T, entries []*entry, seed uint64, ops int, check func(op int, got, fresh *table)) (*store, map[string]*entry) {
+	t.Helper()
+	st := newStore(false)
+	st.markSynced()
+	r := rand.New(rand.NewPCG(seed, seed+1))
+	present := make(map[string]*entry)
+	for op := range ops {
+		e := entries[r.IntN(len(entries))]
+		if present[e.key] != nil {
+			st.upsert(e.key, nil)
+			delete(present, e.key)
+		} else {
+			st.upsert(e.key, e)
+			present[e.key] = e
+		}
+		fresh := newStore(false)
+		fresh.replaceAll(maps.Clone(present))
+		fresh.markSynced()
+		check(op, st.table(), fresh.table())
+	}
+	return st, present
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"maps"
-	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"strings"
@@ -157,26 +156,11 @@ func TestReverseFollowsChanges(t *testing.T) {
 			{name: fmt.Sprintf("*.w-%d.internal", i%3), addrs: addrs},
 		}})
 	}
-	st := newStore(false)
-	st.markSynced()
-	r := rand.New(rand.NewPCG(3, 4))
-	present := make(map[string]*entry)
-	for op := range 600 {
-		e := entries[r.IntN(len(entries))]
-		if present[e.key] != nil {
-			st.upsert(e.key, nil)
-			delete(present, e.key)
-		} else {
-			st.upsert(e.key, e)
-			present[e.key] = e
-		}
-		fresh := newStore(false)
-		fresh.replaceAll(maps.Clone(present))
-		fresh.markSynced()
-		if got, want := reverseOf(st.table()), reverseOf(fresh.table()); !maps.EqualFunc(got, want, slices.Equal) {
+	st, present := churnAgainstFresh(t, entries, 3, 600, func(op int, got, fresh *table) {
+		if got, want := reverseOf(got), reverseOf(fresh); !maps.EqualFunc(got, want, slices.Equal) {
 			t.Fatalf("after change %d: reverse %v, want %v", op, got, want)
 		}
-	}
+	})
 	for key := range present {
 		st.upsert(key, nil)
 	}

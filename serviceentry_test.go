@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"math/rand/v2"
 	"net"
 	"net/netip"
 	"testing"
@@ -725,26 +724,11 @@ func TestEmptyNonTerminalsFollowChanges(t *testing.T) {
 		}
 		entries = append(entries, &entry{key: fmt.Sprintf("ns/e%d", i), namespace: "ns", name: fmt.Sprintf("e%d", i), hosts: hosts})
 	}
-	st := newStore(false)
-	st.markSynced()
-	r := rand.New(rand.NewPCG(1, 2))
-	present := make(map[string]*entry)
-	for op := range 600 {
-		e := entries[r.IntN(len(entries))]
-		if present[e.key] != nil {
-			st.upsert(e.key, nil)
-			delete(present, e.key)
-		} else {
-			st.upsert(e.key, e)
-			present[e.key] = e
-		}
-		fresh := newStore(false)
-		fresh.replaceAll(maps.Clone(present))
-		fresh.markSynced()
-		if got, want := belowCounts(st.table()), belowCounts(fresh.table()); !maps.Equal(got, want) {
+	st, present := churnAgainstFresh(t, entries, 1, 600, func(op int, got, fresh *table) {
+		if got, want := belowCounts(got), belowCounts(fresh); !maps.Equal(got, want) {
 			t.Fatalf("after change %d: counts %v, want %v", op, got, want)
 		}
-	}
+	})
 	for key := range present {
 		st.upsert(key, nil)
 	}
