@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math/rand/v2"
 	"net"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -308,33 +310,44 @@ func TestServeDNS(t *testing.T) {
 }
 
 // TestAnswerOrder: addresses come in a stable order (declaration order, oldest
-// entry first), so that replies do not flap; shuffling is loadbalance's job.
+// entry first), whatever order the entries arrive in, so that replies do not
+// flap; shuffling is loadbalance's job. Every round builds a new store from
+// the entries in another order, half of them before the first publish and
+// half one change at a time.
 func TestAnswerOrder(t *testing.T) {
-	se := newTestHandler(t)
-	for _, c := range []struct {
-		qname string
-		want  []string
-	}{
-		{"address.internal.", []string{"198.51.100.1", "198.51.100.2", "192.0.2.1"}},
-		{"shared.internal.", []string{"10.1.1.1", "10.1.1.2"}},
-	} {
-		for range 20 {
+	entries, err := parseManifests([]byte(handlerEntries), convertOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(7, 8))
+	for round := range 20 {
+		r.Shuffle(len(entries), func(i, j int) { entries[i], entries[j] = entries[j], entries[i] })
+		st := newStore(false)
+		if round%2 == 0 {
+			st.markSynced()
+		}
+		for _, e := range entries {
+			st.upsert(e.key, e)
+		}
+		st.markSynced()
+		se := newTestHandler(t).attach(st)
+		for _, c := range []struct {
+			qname string
+			want  []string
+		}{
+			{"address.internal.", []string{"198.51.100.1", "198.51.100.2", "192.0.2.1"}},
+			{"shared.internal.", []string{"10.1.1.1", "10.1.1.2"}},
+		} {
 			rec := dnstest.NewRecorder(&test.ResponseWriter{})
-			m := new(dns.Msg).SetQuestion(c.qname, dns.TypeA)
-			if _, err := se.ServeDNS(context.Background(), rec, m); err != nil {
+			if _, err := se.ServeDNS(context.Background(), rec, new(dns.Msg).SetQuestion(c.qname, dns.TypeA)); err != nil {
 				t.Fatal(err)
 			}
 			var got []string
 			for _, rr := range rec.Msg.Answer {
 				got = append(got, rr.(*dns.A).A.String())
 			}
-			if len(got) != len(c.want) {
-				t.Fatalf("%s: got %v, want %v", c.qname, got, c.want)
-			}
-			for i := range got {
-				if got[i] != c.want[i] {
-					t.Fatalf("%s: got %v, want %v", c.qname, got, c.want)
-				}
+			if !slices.Equal(got, c.want) {
+				t.Fatalf("round %d, %s: got %v, want %v", round, c.qname, got, c.want)
 			}
 		}
 	}
