@@ -25,6 +25,7 @@ type legacyHost struct {
 	created   time.Time // truncated to seconds, as the API server stores it
 	entry     string
 	name      string
+	v6        bool // serve the IPv6 address too ("autoallocate legacy dualstack")
 }
 
 // legacyAddrs is what the allocator gives one (namespace, host).
@@ -290,6 +291,9 @@ func (l *legacyAllocator) addresses(h *legacyHost) []netip.Addr {
 	i, found := slices.BinarySearchFunc(l.sorted, h, compareLegacy)
 	if !found || !l.addrs[i].v4.IsValid() {
 		return nil
+	}
+	if !h.v6 {
+		return []netip.Addr{l.addrs[i].v4}
 	}
 	return []netip.Addr{l.addrs[i].v4, l.addrs[i].v6}
 }

@@ -182,7 +182,7 @@ func TestLegacyEventOrderIndependent(t *testing.T) {
 	docs := legacyEntries(300)
 	var entries []*entry
 	for _, d := range docs {
-		es, err := parseManifests([]byte(d), convertOptions{autoAllocate: autoAllocateLegacy})
+		es, err := parseManifests([]byte(d), convertOptions{autoAllocate: autoAllocateLegacy, dualStack: true})
 		if err != nil || len(es) != 1 {
 			t.Fatalf("parse: %v %d", err, len(es))
 		}
@@ -275,8 +275,7 @@ spec: {hosts: [hidden.example.com], resolution: DNS, exportTo: ["."]}
 	}{
 		{"legacy A", legacy, test.Case{Qname: "foo.example.com.", Qtype: dns.TypeA, Answer: []dns.RR{
 			test.A("foo.example.com. 30 IN A " + foo.v4.String())}}},
-		{"legacy AAAA", legacy, test.Case{Qname: "foo.example.com.", Qtype: dns.TypeAAAA, Answer: []dns.RR{
-			test.AAAA("foo.example.com. 30 IN AAAA " + foo.v6.String())}}},
+		{"legacy AAAA: IPv4 only by default", legacy, test.Case{Qname: "foo.example.com.", Qtype: dns.TypeAAAA, Ns: []dns.RR{soaRR}}},
 		{"legacy NONE", legacy, nx("none.example.com.")},
 		{"legacy wildcard", legacy, nx("a.wild.example.com.")},
 		{"legacy hidden", legacy, nx("hidden.example.com.")},

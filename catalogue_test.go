@@ -82,7 +82,7 @@ func TestBadInputCatalogue(t *testing.T) {
 			skips: map[string]float64{reasonInvalidManifest: 1}},
 		{name: "missing namespace", docs: "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: nons}\nspec: {hosts: [nons.bad.internal], addresses: [192.0.2.50]}\n",
 			serve: map[string]int{"nons.bad.internal": 1}},
-		{name: "missing creationTimestamp, legacy", opts: convertOptions{autoAllocate: autoAllocateLegacy},
+		{name: "missing creationTimestamp, legacy", opts: convertOptions{autoAllocate: autoAllocateLegacy, dualStack: true},
 			docs:  badEntry("e", "  hosts: [notime.bad.internal]\n  resolution: DNS\n"),
 			serve: map[string]int{"notime.bad.internal": 2}},
 		{name: "status for a host not in the spec", docs: badEntry("e", "  hosts: [st.bad.internal]\n  resolution: DNS\nstatus:\n  addresses: [{host: other.bad.internal, value: 240.240.0.9}, {host: st.bad.internal, value: 240.240.0.8}]\n"),

@@ -45,6 +45,11 @@ type hostAddrs struct {
 type convertOptions struct {
 	autoAllocate autoAllocateMode
 	exportAll    bool // exportto all: ignore exportTo
+	// dualStack serves auto-allocated IPv6 addresses too ("autoallocate MODE
+	// dualstack"). Istio's agent gives a pod the auto-allocated addresses of
+	// its first IP family only, unless ISTIO_DUAL_STACK is on and the pod is
+	// dual-stack; declared addresses are served whatever their family.
+	dualStack bool
 }
 
 // skip records one item of a ServiceEntry that was left out, and why. reason is
@@ -68,9 +73,12 @@ const (
 	reasonManifestTooLarge     = "manifest_too_large"
 )
 
-// convert turns one ServiceEntry into an entry. It returns nil when the entry
-// has nothing to answer with and takes no part in the legacy allocation; skips
-// lists what was left out so the caller can log it and count it, once per change.
+// convert turns one ServiceEntry into an entry. Hosts without an address stay
+// in the entry (with none): they take part in choosing which namespace wins a
+// host declared by several entries, as in Istio, but never reach the table.
+// It returns nil when the entry declares no host the client sees and takes no
+// part in the legacy allocation; skips lists what was left out so the caller
+// can log it and count it, once per change.
 func convert(meta *metav1.ObjectMeta, spec *networking.ServiceEntry, status *networking.ServiceEntryStatus, opts convertOptions) (*entry, []skip) {
 	exported := opts.exportAll || exportedToAll(spec.GetExportTo())
 	namespace := meta.Namespace
@@ -87,12 +95,17 @@ func convert(meta *metav1.ObjectMeta, spec *networking.ServiceEntry, status *net
 
 	declared, addrSkips := parseAddresses(spec.GetAddresses())
 	skips = append(skips, addrSkips...)
+	// Istio makes one service per host and address that parses as an IP or a
+	// CIDR: an entry whose addresses are all invalid declares no service at
+	// all, while one with only wide CIDRs declares services without an
+	// address, which still claim the host.
+	claims := len(spec.GetAddresses()) == 0 || len(declared) > 0 || slices.ContainsFunc(addrSkips, func(s skip) bool { return s.reason == reasonWideCIDR })
 
 	resolution := spec.GetResolution()
 	var fromStatus map[string][]netip.Addr
 	if opts.autoAllocate == autoAllocateStatus && statusQualifies(meta, spec) {
 		var statusSkips []skip
-		fromStatus, statusSkips = statusAddresses(spec.GetHosts(), status.GetAddresses())
+		fromStatus, statusSkips = statusAddresses(spec.GetHosts(), status.GetAddresses(), opts.dualStack)
 		skips = append(skips, statusSkips...)
 	}
 	legacy := opts.autoAllocate == autoAllocateLegacy &&
@@ -123,10 +136,11 @@ func convert(meta *metav1.ObjectMeta, spec *networking.ServiceEntry, status *net
 				created:   e.created.Truncate(time.Second),
 				entry:     meta.Name,
 				name:      name,
+				v6:        opts.dualStack,
 			}
 			e.legacyHosts = append(e.legacyHosts, *h.legacy)
 		}
-		if exported && (len(h.addrs) > 0 || h.legacy != nil) {
+		if exported && claims {
 			e.hosts = append(e.hosts, h)
 		}
 	}
@@ -155,8 +169,9 @@ func statusQualifies(meta *metav1.ObjectMeta, spec *networking.ServiceEntry) boo
 }
 
 // statusAddresses maps each spec host (compared exactly, as istiod does) to its
-// auto-allocated addresses: the last IPv4 and the last IPv6 value written for it.
-func statusAddresses(hosts []string, addrs []*networking.ServiceEntryAddress) (map[string][]netip.Addr, []skip) {
+// auto-allocated addresses: the last IPv4 and, with dualStack, the last IPv6
+// value written for it.
+func statusAddresses(hosts []string, addrs []*networking.ServiceEntryAddress, dualStack bool) (map[string][]netip.Addr, []skip) {
 	var skips []skip
 	last := make(map[string]*[2]netip.Addr, len(hosts))
 	for _, a := range addrs {
@@ -182,8 +197,8 @@ func statusAddresses(hosts []string, addrs []*networking.ServiceEntryAddress) (m
 	}
 	out := make(map[string][]netip.Addr, len(last))
 	for host, pair := range last {
-		for _, ip := range pair {
-			if ip.IsValid() {
+		for i, ip := range pair {
+			if ip.IsValid() && (i == 0 || dualStack) {
 				out[host] = append(out[host], ip)
 			}
 		}

@@ -362,7 +362,7 @@ func TestToCached(t *testing.T) {
 // Kubernetes source and through manifests give the same legacy addresses.
 func TestLegacySameAcrossSources(t *testing.T) {
 	docs := legacyEntries(60)
-	opts := convertOptions{autoAllocate: autoAllocateLegacy}
+	opts := convertOptions{autoAllocate: autoAllocateLegacy, dualStack: true}
 	fromFiles := storeFrom(t, opts, strings.Join(docs, "---\n"))
 
 	client := newFakeKube(t, "v1")

@@ -247,9 +247,7 @@ func TestServeDNS(t *testing.T) {
 		{"status: last IPv4 per host wins", test.Case{Qname: "auto.internal.", Qtype: dns.TypeA, Answer: []dns.RR{
 			test.A("auto.internal. 30 IN A 240.240.0.5"),
 		}}},
-		{"status: IPv6", test.Case{Qname: "auto.internal.", Qtype: dns.TypeAAAA, Answer: []dns.RR{
-			test.AAAA("auto.internal. 30 IN AAAA 2001:2::1"),
-		}}},
+		{"status: IPv6 auto-allocated is not served by default (IPv4 pods get IPv4 only)", nodata("auto.internal.", dns.TypeAAAA)},
 		{"status: wildcard host not DYNAMIC_DNS ignored", nxdomain("x.autowild.internal.")},
 		{"status: wildcard host with DYNAMIC_DNS served", test.Case{Qname: "x.dynamic.internal.", Qtype: dns.TypeA, Answer: []dns.RR{
 			test.A("x.dynamic.internal. 30 IN A 240.240.0.3"),
@@ -306,6 +304,165 @@ func TestServeDNS(t *testing.T) {
 				t.Error(err)
 			}
 		})
+	}
+}
+
+// TestAutoAllocatedIPv6: Istio's agent gives a pod only the auto-allocated
+// addresses of its first IP family unless ISTIO_DUAL_STACK is on and the pod is
+// dual-stack; declared IPv6 addresses are not affected. The default serves
+// auto-allocated IPv4 only; "autoallocate MODE dualstack" serves both.
+func TestAutoAllocatedIPv6(t *testing.T) {
+	const docs = `
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: auto, namespace: ns1}
+spec:
+  hosts: [auto.internal]
+  resolution: DNS
+status:
+  addresses:
+  - {host: auto.internal, value: 240.240.0.5}
+  - {host: auto.internal, value: "2001:2::5"}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: auto6, namespace: ns1}
+spec:
+  hosts: [auto6.internal]
+  resolution: DNS
+status:
+  addresses: [{host: auto6.internal, value: "2001:2::6"}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: legacy, namespace: ns1}
+spec: {hosts: [legacy.internal], resolution: DNS}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: declared, namespace: ns1}
+spec: {hosts: [declared.internal], addresses: [192.0.2.1, "2001:db8::1"]}
+`
+	alloc, _ := allocateLegacy([]*legacyHost{{namespace: "ns1", host: "legacy.internal", entry: "legacy"}})
+	soaRR := test.SOA(soaInternal)
+	nodata := func(q string, qtype uint16) test.Case {
+		return test.Case{Qname: q, Qtype: qtype, Ns: []dns.RR{soaRR}}
+	}
+	nx := func(q string, qtype uint16) test.Case {
+		return test.Case{Qname: q, Qtype: qtype, Rcode: dns.RcodeNameError, Ns: []dns.RR{soaRR}}
+	}
+	handler := func(opts convertOptions) *ServiceEntry {
+		return (&ServiceEntry{Zones: []string{"internal."}, TTL: defaultTTL}).attach(storeFrom(t, opts, docs))
+	}
+	status := handler(convertOptions{autoAllocate: autoAllocateStatus})
+	statusDual := handler(convertOptions{autoAllocate: autoAllocateStatus, dualStack: true})
+	legacy := handler(convertOptions{autoAllocate: autoAllocateLegacy})
+	legacyDual := handler(convertOptions{autoAllocate: autoAllocateLegacy, dualStack: true})
+	for _, c := range []struct {
+		name string
+		se   *ServiceEntry
+		tc   test.Case
+	}{
+		{"status A", status, test.Case{Qname: "auto.internal.", Qtype: dns.TypeA, Answer: []dns.RR{test.A("auto.internal. 30 IN A 240.240.0.5")}}},
+		{"status AAAA is NODATA", status, nodata("auto.internal.", dns.TypeAAAA)},
+		{"status IPv6 only: no address, not ours", status, nx("auto6.internal.", dns.TypeAAAA)},
+		{"status declared IPv6 unaffected", status, test.Case{Qname: "declared.internal.", Qtype: dns.TypeAAAA, Answer: []dns.RR{test.AAAA("declared.internal. 30 IN AAAA 2001:db8::1")}}},
+		{"status dualstack AAAA", statusDual, test.Case{Qname: "auto.internal.", Qtype: dns.TypeAAAA, Answer: []dns.RR{test.AAAA("auto.internal. 30 IN AAAA 2001:2::5")}}},
+		{"status dualstack IPv6 only", statusDual, test.Case{Qname: "auto6.internal.", Qtype: dns.TypeAAAA, Answer: []dns.RR{test.AAAA("auto6.internal. 30 IN AAAA 2001:2::6")}}},
+		{"legacy A", legacy, test.Case{Qname: "legacy.internal.", Qtype: dns.TypeA, Answer: []dns.RR{test.A("legacy.internal. 30 IN A " + alloc[0].v4.String())}}},
+		{"legacy AAAA is NODATA", legacy, nodata("legacy.internal.", dns.TypeAAAA)},
+		{"legacy dualstack AAAA", legacyDual, test.Case{Qname: "legacy.internal.", Qtype: dns.TypeAAAA, Answer: []dns.RR{test.AAAA("legacy.internal. 30 IN AAAA " + alloc[0].v6.String())}}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			rec := dnstest.NewRecorder(&test.ResponseWriter{})
+			if _, err := c.se.ServeDNS(context.Background(), rec, c.tc.Msg()); err != nil {
+				t.Fatal(err)
+			}
+			if err := test.SortAndCheck(rec.Msg, c.tc); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+}
+
+// TestDuplicateHostWinner: as in Istio, the namespace that wins a host is that
+// of the oldest entry declaring it among all the entries the client sees, with
+// or without addresses. When the winning namespace gives the host no address
+// the host is not answered: a covering wildcard answers, else it is not ours.
+// A newer entry elsewhere never takes over (no domain squatting).
+func TestDuplicateHostWinner(t *testing.T) {
+	const docs = `
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: first, namespace: owner, creationTimestamp: "2020-01-01T00:00:00Z"}
+spec: {hosts: [claimed.internal, covered.wild.internal, merged.internal, cidr.internal], resolution: DNS}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: squat, namespace: squatter, creationTimestamp: "2022-01-01T00:00:00Z"}
+spec: {hosts: [claimed.internal, covered.wild.internal, merged.internal], addresses: [203.0.113.66]}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: same-ns, namespace: owner, creationTimestamp: "2023-01-01T00:00:00Z"}
+spec: {hosts: [merged.internal], addresses: [198.51.100.7]}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: wide, namespace: owner, creationTimestamp: "2019-01-01T00:00:00Z"}
+spec: {hosts: [cidr.internal], addresses: [10.0.0.0/8]}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: cidr-squat, namespace: squatter, creationTimestamp: "2021-06-01T00:00:00Z"}
+spec: {hosts: [cidr.internal], addresses: [203.0.113.67]}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: wild, namespace: any, creationTimestamp: "2024-01-01T00:00:00Z"}
+spec: {hosts: ["*.wild.internal"], addresses: [192.0.2.9]}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: hidden, namespace: hider, creationTimestamp: "2010-01-01T00:00:00Z"}
+spec: {hosts: [visible.internal], exportTo: ["."], resolution: DNS}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: visible, namespace: shown, creationTimestamp: "2021-01-01T00:00:00Z"}
+spec: {hosts: [visible.internal], addresses: [192.0.2.20]}
+`
+	se := (&ServiceEntry{Zones: []string{"internal."}, TTL: defaultTTL}).attach(storeFrom(t, convertOptions{autoAllocate: autoAllocateStatus}, docs))
+	soaRR := test.SOA(soaInternal)
+	for _, c := range []struct {
+		name string
+		tc   test.Case
+	}{
+		{"oldest entry has no address: the host is not ours, the newer one does not take over",
+			test.Case{Qname: "claimed.internal.", Qtype: dns.TypeA, Rcode: dns.RcodeNameError, Ns: []dns.RR{soaRR}}},
+		{"oldest entry has no address: a covering wildcard answers",
+			test.Case{Qname: "covered.wild.internal.", Qtype: dns.TypeA, Answer: []dns.RR{test.A("covered.wild.internal. 30 IN A 192.0.2.9")}}},
+		{"the winning namespace's other entries still give it addresses",
+			test.Case{Qname: "merged.internal.", Qtype: dns.TypeA, Answer: []dns.RR{test.A("merged.internal. 30 IN A 198.51.100.7")}}},
+		{"an entry whose addresses are all wide CIDRs takes part and gives none",
+			test.Case{Qname: "cidr.internal.", Qtype: dns.TypeA, Rcode: dns.RcodeNameError, Ns: []dns.RR{soaRR}}},
+		{"an entry not exported to the client takes no part",
+			test.Case{Qname: "visible.internal.", Qtype: dns.TypeA, Answer: []dns.RR{test.A("visible.internal. 30 IN A 192.0.2.20")}}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			rec := dnstest.NewRecorder(&test.ResponseWriter{})
+			if _, err := se.ServeDNS(context.Background(), rec, c.tc.Msg()); err != nil {
+				t.Fatal(err)
+			}
+			if err := test.SortAndCheck(rec.Msg, c.tc); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+
+	// Address-less hosts never reach the table.
+	if got := se.table().hosts; got != 3 {
+		t.Errorf("table holds %d names, want 3 (merged.internal, *.wild.internal, visible.internal)", got)
 	}
 }
 

@@ -235,7 +235,7 @@ func parseOption(c *caddy.Controller, cfg *config) error {
 		cfg.labels = selector
 	case "autoallocate":
 		args := c.RemainingArgs()
-		if len(args) != 1 {
+		if len(args) != 1 && len(args) != 2 {
 			return c.ArgErr()
 		}
 		modes := map[string]autoAllocateMode{"status": autoAllocateStatus, "legacy": autoAllocateLegacy, "off": autoAllocateOff}
@@ -244,6 +244,19 @@ func parseOption(c *caddy.Controller, cfg *config) error {
 			return c.Errf("autoallocate must be status, legacy or off, got %q", args[0])
 		}
 		cfg.convert.autoAllocate = mode
+		// Istio's agent gives a pod the auto-allocated addresses of its first
+		// IP family only, unless ISTIO_DUAL_STACK is on and the pod is
+		// dual-stack: IPv4 only unless told the mesh is dual-stack.
+		cfg.convert.dualStack = false
+		if len(args) == 2 {
+			if args[1] != "dualstack" {
+				return c.Errf("autoallocate %s takes only dualstack, got %q", args[0], args[1])
+			}
+			if mode == autoAllocateOff {
+				return c.Errf("autoallocate off dualstack: dualstack needs auto-allocated addresses (status or legacy)")
+			}
+			cfg.convert.dualStack = true
+		}
 	case "cluster_domain":
 		args := c.RemainingArgs()
 		if len(args) == 0 {

@@ -99,6 +99,18 @@ func TestParse(t *testing.T) {
 		{"ttl not a number", "serviceentry {\nttl abc\n}", "ttl must be", nil},
 		{"ttl no arg", "serviceentry {\nttl\n}", "Wrong argument count", nil},
 		{"bad duration", "serviceentry {\nstartup_timeout 5\n}", "startup_timeout must be", nil},
+		{"autoallocate dualstack", "serviceentry {\nautoallocate status dualstack\n}", "", func(t *testing.T, c *config) {
+			if c.convert.autoAllocate != autoAllocateStatus || !c.convert.dualStack {
+				t.Errorf("convert options %+v, want status with dualstack", c.convert)
+			}
+		}},
+		{"autoallocate IPv4 only by default", "serviceentry {\nautoallocate legacy\n}", "", func(t *testing.T, c *config) {
+			if c.convert.dualStack {
+				t.Errorf("dualstack on by default")
+			}
+		}},
+		{"autoallocate off dualstack", "serviceentry {\nautoallocate off dualstack\n}", "dualstack needs auto-allocated addresses", nil},
+		{"autoallocate bad family", "serviceentry {\nautoallocate status ipv6\n}", "autoallocate status takes only dualstack", nil},
 		{"bad autoallocate", "serviceentry {\nautoallocate v2\n}", "autoallocate must be status, legacy or off", nil},
 		{"bad exportto", "serviceentry {\nexportto some\n}", "exportto must be public or all", nil},
 		{"bad labels", "serviceentry {\nlabels a=(\n}", "labels: invalid selector", nil},

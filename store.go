@@ -261,19 +261,30 @@ type addrsKey struct {
 	n     int
 }
 
-// answerFor merges what the entries say about one host. When several entries
-// declare it, the namespace of the oldest one (creationTimestamp, then
-// namespace, then name) wins and the addresses of all that namespace's entries
-// are merged, oldest first, without duplicates. Map order never decides.
+// answerFor merges what the entries say about one host. As in Istio, the
+// namespace that wins a host declared by several entries is that of the oldest
+// entry declaring it (creationTimestamp, then namespace, then name), whether
+// that entry has addresses or not, and the addresses of all that namespace's
+// entries for the host are merged, oldest first, without duplicates. When the
+// winning namespace gives the host no address it is not in the table (a
+// covering wildcard answers, else the name is not ours): a newer entry in
+// another namespace never takes a host over. Map order never decides.
 //
 // A host with one contributing entry gets the answer of that entry's address
 // slice, shared through shared with every other host built from the same
 // slice in this publish: an entry with 256 hosts and 256 addresses costs one
 // answer, not 256 (memory follows what the entries say, not its product).
 func (s *store) answerFor(host string, shared map[addrsKey]*answer) *answer {
+	claimants := s.byHost[host]
+	if len(claimants) > 1 {
+		claimants = slices.Clone(claimants)
+		slices.SortFunc(claimants, func(a, b *entry) int {
+			return cmp.Or(a.created.Compare(b.created), cmp.Compare(a.namespace, b.namespace), cmp.Compare(a.name, b.name))
+		})
+	}
 	var contributors []*entry
-	for _, e := range s.byHost[host] {
-		if len(s.addrsOf(e, host)) > 0 {
+	for _, e := range claimants {
+		if e.namespace == claimants[0].namespace && len(s.addrsOf(e, host)) > 0 {
 			contributors = append(contributors, e)
 		}
 	}
@@ -290,15 +301,8 @@ func (s *store) answerFor(host string, shared map[addrsKey]*answer) *answer {
 		shared[key] = ans
 		return ans
 	}
-	slices.SortFunc(contributors, func(a, b *entry) int {
-		return cmp.Or(a.created.Compare(b.created), cmp.Compare(a.namespace, b.namespace), cmp.Compare(a.name, b.name))
-	})
-	winner := contributors[0].namespace
 	var merged []netip.Addr
 	for _, e := range contributors {
-		if e.namespace != winner {
-			continue
-		}
 		for _, ip := range s.addrsOf(e, host) {
 			if !slices.Contains(merged, ip) {
 				merged = append(merged, ip)
