@@ -1,0 +1,368 @@
+// Package fidelity is the differential test of the serviceentry plugin
+// against Istio's own DNS code: the same generated ServiceEntries go to the
+// name table istiod builds for a sidecar and to the agent's LocalDNSServer
+// (in process), and to the project's built CoreDNS (manifests source, over
+// loopback); every question's answers are compared as sets. The differences
+// the README lists under "Differences from Istio's DNS proxy" are counted by
+// name; any other fails the test with the entries involved.
+package fidelity
+
+import (
+	"fmt"
+	"os"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"istio.io/istio/pkg/config"
+)
+
+// entriesPerCorpus is the size of each generated mesh.
+const entriesPerCorpus = 300
+
+// fixedSeed always runs; a random seed runs beside it (FIDELITY_SEED replays one).
+const fixedSeed = 17
+
+// modes pairs the plugin's autoallocate mode with the sidecar that matches it.
+var modes = []struct {
+	name         string
+	autoAllocate bool // the proxy has DNS capture and auto-allocation on
+}{
+	{"status", true},
+	{"off", false},
+}
+
+// By-design differences, as the README names them.
+const (
+	reasonSOA        = "SOA on negatives"
+	reasonNXDOMAIN   = "NXDOMAIN where Istio forwards"
+	reasonENT        = "NODATA for a name with names below it, where Istio forwards"
+	reasonCase       = "query case kept"
+	reasonSpellings  = "spellings of one host merged"
+	reasonNoneEPs    = "NONE entry's endpoint addresses not served"
+	reasonWildStatus = "status of a wildcard host ignored unless DYNAMIC_DNS"
+)
+
+func TestFidelity(t *testing.T) {
+	seeds := []uint64{fixedSeed}
+	if s := os.Getenv("FIDELITY_SEED"); s != "" {
+		seed, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			t.Fatalf("FIDELITY_SEED=%q: %v", s, err)
+		}
+		seeds = append(seeds, seed)
+	} else {
+		seeds = append(seeds, uint64(time.Now().UnixNano())%1_000_000_007)
+	}
+	t.Logf("fidelity: seeds %d (fixed) and %d (random; replay with FIDELITY_SEED=%d)", seeds[0], seeds[1], seeds[1])
+	for _, seed := range seeds {
+		c, configs := generate(t, seed)
+		for _, mode := range modes {
+			t.Run(fmt.Sprintf("seed=%d/autoallocate=%s", seed, mode.name), func(t *testing.T) {
+				runCorpus(t, c, configs, mode.name, mode.autoAllocate)
+			})
+		}
+	}
+}
+
+// generate draws a corpus that Istio's validation accepts entirely: an entry
+// the webhook would refuse is drawn again.
+func generate(t *testing.T, seed uint64) (*corpus, []config.Config) {
+	t.Helper()
+	g := newGenerator(seed)
+	c := &corpus{seed: seed}
+	var configs []config.Config
+	rejected := 0
+	for i := 0; len(c.entries) < entriesPerCorpus; i++ {
+		e := g.entry(i)
+		cfg, err := toConfig(e.doc())
+		if err != nil {
+			rejected++
+			if rejected > 20*entriesPerCorpus {
+				t.Fatalf("seed %d: the generator draws mostly invalid entries; last: %v\n%s", seed, err, e.doc())
+			}
+			continue
+		}
+		c.entries = append(c.entries, e)
+		configs = append(configs, *cfg)
+	}
+	c.questions = g.questions(c.entries)
+	t.Logf("seed %d: %d entries (%d drawn entries refused by Istio's validation), %d questions", seed, len(c.entries), rejected, len(c.questions))
+	return c, configs
+}
+
+func runCorpus(t *testing.T, c *corpus, configs []config.Config, mode string, autoAllocate bool) {
+	o := newOracle(t, configs, autoAllocate)
+	p := startPlugin(t, c.yaml(), mode)
+
+	same := 0
+	byDesign := map[string]int{}
+	var different []string
+	answered, autoAnswered := 0, 0 // Istio's, to see that the oracle is not vacuous
+	for _, q := range c.questions {
+		ir, forwarded, err := o.ask(q)
+		if err != nil {
+			t.Fatalf("istio, %s %s: %v", q.name, dns.TypeToString[q.qtype], err)
+		}
+		if r := reduce(ir, forwarded); r.kind == "answer" {
+			answered++
+			if slices.ContainsFunc(r.addrs, func(a string) bool { return strings.HasPrefix(a, "A 240.240.") }) {
+				autoAnswered++
+			}
+		}
+		pr, err := p.ask(q)
+		if err != nil {
+			t.Fatalf("plugin, %s %s: %v", q.name, dns.TypeToString[q.qtype], err)
+		}
+		reasons, diff := compare(c, q, ir, forwarded, pr, autoAllocate)
+		switch {
+		case diff != "":
+			different = append(different, fmt.Sprintf("%s %s: %s\n  istio:  %s\n  plugin: %s\n  entries:\n%s",
+				q.name, dns.TypeToString[q.qtype], diff, summary(ir, forwarded), summary(pr, false), involved(c, q.name)))
+		case len(reasons) == 0:
+			same++
+		default:
+			for _, r := range reasons {
+				byDesign[r]++
+			}
+		}
+	}
+	var parts []string
+	for _, r := range slices.Sorted(mapKeys(byDesign)) {
+		parts = append(parts, fmt.Sprintf("%s: %d", r, byDesign[r]))
+	}
+	t.Logf("fidelity: seed %d, autoallocate %s: %d questions (%d answered by Istio, %d with an auto-allocated address): %d same, %d by design (%s), %d different",
+		c.seed, mode, len(c.questions), answered, autoAnswered, same, len(c.questions)-same-len(different), strings.Join(parts, "; "), len(different))
+	// A broken harness (no services, no auto-allocation) would agree with
+	// anything: make sure Istio had something to say.
+	if answered < len(c.questions)/5 {
+		t.Errorf("Istio answered only %d of %d questions: is the oracle set up right?", answered, len(c.questions))
+	}
+	if autoAllocate && autoAnswered == 0 {
+		t.Errorf("Istio answered no auto-allocated address with auto-allocation on: is the status read?")
+	}
+	if !autoAllocate && autoAnswered > 0 {
+		t.Errorf("Istio answered %d auto-allocated addresses with auto-allocation off", autoAnswered)
+	}
+	for i, d := range different {
+		if i == 20 {
+			t.Errorf("... and %d more differences", len(different)-20)
+			break
+		}
+		t.Errorf("difference (replay with FIDELITY_SEED=%d):\n%s", c.seed, d)
+	}
+}
+
+// reply is a DNS reply reduced to what is compared.
+type reply struct {
+	kind   string   // "answer", "nodata", "notours" or the rcode
+	addrs  []string // "A 192.0.2.1", sorted, de-duplicated
+	owners []string // the answer records' owner names, as written
+	soa    bool     // an SOA in the authority section
+	ttls   []uint32
+	cnames int
+}
+
+func reduce(m *dns.Msg, forwarded bool) reply {
+	var r reply
+	switch {
+	case forwarded:
+		r.kind = "notours"
+	case m.Rcode == dns.RcodeNameError:
+		r.kind = "notours"
+	case m.Rcode != dns.RcodeSuccess:
+		r.kind = dns.RcodeToString[m.Rcode]
+	case len(m.Answer) == 0:
+		r.kind = "nodata"
+	default:
+		r.kind = "answer"
+	}
+	seen := map[string]bool{}
+	for _, rr := range m.Answer {
+		var s string
+		switch rr := rr.(type) {
+		case *dns.A:
+			s = "A " + rr.A.String()
+		case *dns.AAAA:
+			s = "AAAA " + rr.AAAA.String()
+		case *dns.CNAME:
+			r.cnames++
+			continue
+		default:
+			s = dns.TypeToString[rr.Header().Rrtype]
+		}
+		r.owners = append(r.owners, rr.Header().Name)
+		r.ttls = append(r.ttls, rr.Header().Ttl)
+		if !seen[s] {
+			seen[s] = true
+			r.addrs = append(r.addrs, s)
+		}
+	}
+	sort.Strings(r.addrs)
+	for _, rr := range m.Ns {
+		if rr.Header().Rrtype == dns.TypeSOA {
+			r.soa = true
+		}
+	}
+	return r
+}
+
+// compare returns the by-design differences between Istio's reply and the
+// plugin's, or, for anything else, diff.
+func compare(c *corpus, q question, im *dns.Msg, forwarded bool, pm *dns.Msg, autoAllocate bool) (reasons []string, diff string) {
+	ir, pr := reduce(im, forwarded), reduce(pm, false)
+	if ir.cnames > 0 || pr.cnames > 0 {
+		return nil, "CNAME in an answer (no search-path name is asked)"
+	}
+	for _, ttl := range append(slices.Clone(ir.ttls), pr.ttls...) {
+		if ttl != 30 {
+			return nil, fmt.Sprintf("TTL %d, want 30 on both sides", ttl)
+		}
+	}
+	if pr.kind == "notours" && pm.Rcode != dns.RcodeNameError {
+		return nil, "the plugin did not answer NXDOMAIN for a name it does not serve"
+	}
+	if ir.kind == pr.kind && slices.Equal(ir.addrs, pr.addrs) {
+		switch ir.kind {
+		case "notours":
+			reasons = append(reasons, reasonNXDOMAIN)
+		case "nodata":
+			if pr.soa && !ir.soa {
+				reasons = append(reasons, reasonSOA)
+			}
+		case "answer":
+			for _, o := range pr.owners {
+				if o != q.name {
+					return nil, fmt.Sprintf("plugin answer owner %q, want the name asked", o)
+				}
+			}
+			for _, o := range ir.owners {
+				if !strings.EqualFold(o, q.name) {
+					return nil, fmt.Sprintf("istio answer owner %q, want the name asked", o)
+				}
+			}
+			if q.name != strings.ToLower(q.name) {
+				reasons = append(reasons, reasonCase)
+			}
+		}
+		return reasons, ""
+	}
+	if ir.kind == "notours" && pr.kind == "nodata" && pr.soa && hasNamesBelow(c, q.name) {
+		return []string{reasonENT}, ""
+	}
+	if r := explain(c, q.name, autoAllocate); r != "" {
+		return []string{r}, ""
+	}
+	return nil, fmt.Sprintf("istio %s %v, plugin %s %v", ir.kind, ir.addrs, pr.kind, pr.addrs)
+}
+
+// relevant reports whether the host h (as written) is the question's name or
+// a wildcard covering it: the hosts that can decide its answer.
+func relevant(h, qname string) bool {
+	h = strings.TrimSuffix(strings.ToLower(h), ".")
+	name := strings.TrimSuffix(strings.ToLower(qname), ".")
+	if suffix, ok := strings.CutPrefix(h, "*."); ok {
+		return strings.HasSuffix(name, "."+suffix)
+	}
+	return h == name
+}
+
+// hasNamesBelow reports whether a host of the corpus lies below qname.
+func hasNamesBelow(c *corpus, qname string) bool {
+	name := strings.TrimSuffix(strings.ToLower(qname), ".")
+	for _, e := range c.entries {
+		for _, h := range e.Hosts {
+			h = strings.TrimSuffix(strings.ToLower(h), ".")
+			if strings.HasSuffix(h, "."+name) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// explain names the by-design difference that accounts for a differing
+// answer, if one does: it looks at the public entries declaring a host that
+// can decide the question.
+func explain(c *corpus, qname string, autoAllocate bool) string {
+	spellings := map[string]map[string]bool{}
+	noneEPs, wildStatus := false, false
+	for _, e := range c.entries {
+		if !e.public() {
+			continue
+		}
+		for _, h := range e.Hosts {
+			if !relevant(h, qname) {
+				continue
+			}
+			k := strings.TrimSuffix(strings.ToLower(h), ".")
+			if spellings[k] == nil {
+				spellings[k] = map[string]bool{}
+			}
+			spellings[k][h] = true
+			if e.resolution() == "NONE" && len(e.Addresses) == 0 && len(e.Endpoints) > 0 {
+				noneEPs = true
+			}
+			if autoAllocate && strings.HasPrefix(h, "*") && e.resolution() != "DYNAMIC_DNS" && e.resolution() != "NONE" &&
+				len(e.Addresses) == 0 && !(e.OptOut && strings.EqualFold(e.OptOutText, "false")) &&
+				slices.ContainsFunc(e.Status, func(s [2]string) bool { return s[0] == h }) {
+				wildStatus = true
+			}
+		}
+	}
+	for _, s := range spellings {
+		if len(s) > 1 {
+			return reasonSpellings
+		}
+	}
+	switch {
+	case noneEPs:
+		return reasonNoneEPs
+	case wildStatus:
+		return reasonWildStatus
+	}
+	return ""
+}
+
+func summary(m *dns.Msg, forwarded bool) string {
+	if forwarded {
+		return "forwarded upstream"
+	}
+	var rrs []string
+	for _, rr := range m.Answer {
+		rrs = append(rrs, strings.ReplaceAll(rr.String(), "\t", " "))
+	}
+	for _, rr := range m.Ns {
+		rrs = append(rrs, "NS-section "+strings.ReplaceAll(rr.String(), "\t", " "))
+	}
+	return fmt.Sprintf("%s aa=%v %v", dns.RcodeToString[m.Rcode], m.Authoritative, rrs)
+}
+
+// involved prints every entry declaring a host that can decide qname.
+func involved(c *corpus, qname string) string {
+	var out []string
+	for _, e := range c.entries {
+		if slices.ContainsFunc(e.Hosts, func(h string) bool { return relevant(h, qname) }) {
+			out = append(out, "    "+e.doc())
+		}
+	}
+	if len(out) == 0 {
+		return "    (none)"
+	}
+	return strings.Join(out, "\n")
+}
+
+func mapKeys[V any](m map[string]V) func(func(string) bool) {
+	return func(yield func(string) bool) {
+		for k := range m {
+			if !yield(k) {
+				return
+			}
+		}
+	}
+}
