@@ -120,9 +120,10 @@ var (
 	domains    = []string{"example.com", "corp.internal", "partner.example.net", "db.internal", "mesh.global", "api.example.org"}
 	services   = []string{"api", "auth", "billing", "cache", "db", "ldap", "mail", "search", "s3", "queue", "metrics", "login", "web", "reports", "vault"}
 	subs       = []string{"eu", "us", "prod", "staging", "v2"}
-	exportTos  = [][]string{{"*"}, {"."}, {"~"}, {"team-b"}, {".", "*"}, {".", "payments"}, {"*", "infra"}, {"infra", "partners"}}
-	resolves   = []string{"", "NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN", "DYNAMIC_DNS"}
-	versions   = []string{"v1", "v1beta1", "v1alpha3"}
+	// Istio's validation refuses "*" beside other values.
+	exportTos = [][]string{{"*"}, {"."}, {"~"}, {"team-b"}, {".", "payments"}, {"infra", "partners"}, {"team-a", "."}}
+	resolves  = []string{"", "NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN", "DYNAMIC_DNS"}
+	versions  = []string{"v1", "v1beta1", "v1alpha3"}
 )
 
 // generator draws a realistic mesh from a seed.
@@ -303,11 +304,19 @@ func (g *generator) entry(i int) *seEntry {
 		for range 1 + g.r.IntN(2) {
 			e.Endpoints = append(e.Endpoints, g.v4())
 		}
-	case "NONE":
-		if len(e.Addresses) == 0 && g.chance(0.1) {
-			e.Endpoints = append(e.Endpoints, g.v4())
+	case "DYNAMIC_DNS": // wildcard hosts only, no addresses, no endpoints (Istio's validation)
+		e.Hosts, e.Addresses = nil, nil
+		for range 1 + g.r.IntN(2) {
+			suffix := g.pick(subs) + "." + g.pick(domains)
+			g.wilds = append(g.wilds, suffix)
+			if !slices.Contains(e.Hosts, "*."+suffix) {
+				e.Hosts = append(e.Hosts, "*."+suffix)
+			}
 		}
 	}
+	// NONE takes no endpoints (Istio's validation), so Istio's headless
+	// answers (endpoint addresses) come only from workloads, which the
+	// corpus has none of.
 	if g.chance(0.06) {
 		e.OptOut = true
 		e.OptOutText = g.pick([]string{"false", "False", "FALSE", "true", "no"})

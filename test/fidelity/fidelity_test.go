@@ -44,7 +44,6 @@ const (
 	reasonENT        = "NODATA for a name with names below it, where Istio forwards"
 	reasonCase       = "query case kept"
 	reasonSpellings  = "spellings of one host merged"
-	reasonNoneEPs    = "NONE entry's endpoint addresses not served"
 	reasonWildStatus = "status of a wildcard host ignored unless DYNAMIC_DNS"
 )
 
@@ -291,7 +290,7 @@ func hasNamesBelow(c *corpus, qname string) bool {
 // can decide the question.
 func explain(c *corpus, qname string, autoAllocate bool) string {
 	spellings := map[string]map[string]bool{}
-	noneEPs, wildStatus := false, false
+	wildStatus := false
 	for _, e := range c.entries {
 		if !e.public() {
 			continue
@@ -305,9 +304,6 @@ func explain(c *corpus, qname string, autoAllocate bool) string {
 				spellings[k] = map[string]bool{}
 			}
 			spellings[k][h] = true
-			if e.resolution() == "NONE" && len(e.Addresses) == 0 && len(e.Endpoints) > 0 {
-				noneEPs = true
-			}
 			if autoAllocate && strings.HasPrefix(h, "*") && e.resolution() != "DYNAMIC_DNS" && e.resolution() != "NONE" &&
 				len(e.Addresses) == 0 && !(e.OptOut && strings.EqualFold(e.OptOutText, "false")) &&
 				slices.ContainsFunc(e.Status, func(s [2]string) bool { return s[0] == h }) {
@@ -320,10 +316,7 @@ func explain(c *corpus, qname string, autoAllocate bool) string {
 			return reasonSpellings
 		}
 	}
-	switch {
-	case noneEPs:
-		return reasonNoneEPs
-	case wildStatus:
+	if wildStatus {
 		return reasonWildStatus
 	}
 	return ""
