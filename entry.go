@@ -24,8 +24,11 @@ type entry struct {
 	namespace string
 	name      string
 	created   time.Time
-	hosts     []hostAddrs // the hosts this entry answers for
-	ports     []srvPort   // spec.ports that are valid, for SRV answers
+	// hosts are the hosts this entry declares to the plugin's clients, each
+	// with its addresses or none: a host without addresses still claims the
+	// host for its namespace (see store.answerFor), but never reaches the table.
+	hosts []hostAddrs
+	ports []srvPort // spec.ports that are valid, for SRV answers
 
 	// legacyHosts are the hosts the v1 allocator counts ("autoallocate
 	// legacy"): every eligible host, even of an entry not exported to us,

@@ -32,9 +32,11 @@ const fixedSeed = 17
 var modes = []struct {
 	name         string
 	autoAllocate bool // the proxy has DNS capture and auto-allocation on
+	dualStack    bool // ISTIO_DUAL_STACK on and a dual-stack pod
 }{
-	{"status", true},
-	{"off", false},
+	{"status", true, false},
+	{"off", false, false},
+	{"status dualstack", true, true},
 }
 
 // By-design differences, as the README names them.
@@ -62,8 +64,8 @@ func TestFidelity(t *testing.T) {
 	for _, seed := range seeds {
 		c, configs := generate(t, seed)
 		for _, mode := range modes {
-			t.Run(fmt.Sprintf("seed=%d/autoallocate=%s", seed, mode.name), func(t *testing.T) {
-				runCorpus(t, c, configs, mode.name, mode.autoAllocate)
+			t.Run(fmt.Sprintf("seed=%d/autoallocate=%s", seed, strings.ReplaceAll(mode.name, " ", "_")), func(t *testing.T) {
+				runCorpus(t, c, configs, mode.name, mode.autoAllocate, mode.dualStack)
 			})
 		}
 	}
@@ -95,14 +97,14 @@ func generate(t *testing.T, seed uint64) (*corpus, []config.Config) {
 	return c, configs
 }
 
-func runCorpus(t *testing.T, c *corpus, configs []config.Config, mode string, autoAllocate bool) {
-	o := newOracle(t, configs, autoAllocate)
+func runCorpus(t *testing.T, c *corpus, configs []config.Config, mode string, autoAllocate, dualStack bool) {
+	o := newOracle(t, configs, autoAllocate, dualStack)
 	p := startPlugin(t, c.yaml(), mode)
 
 	same := 0
 	byDesign := map[string]int{}
 	var different []string
-	answered, autoAnswered := 0, 0 // Istio's, to see that the oracle is not vacuous
+	answered, autoAnswered, autoAnswered6 := 0, 0, 0 // Istio's, to see that the oracle is not vacuous
 	for _, q := range c.questions {
 		ir, forwarded, err := o.ask(q)
 		if err != nil {
@@ -112,6 +114,9 @@ func runCorpus(t *testing.T, c *corpus, configs []config.Config, mode string, au
 			answered++
 			if slices.ContainsFunc(r.addrs, func(a string) bool { return strings.HasPrefix(a, "A 240.240.") }) {
 				autoAnswered++
+			}
+			if slices.ContainsFunc(r.addrs, func(a string) bool { return strings.HasPrefix(a, "AAAA 2001:2::") }) {
+				autoAnswered6++
 			}
 		}
 		pr, err := p.ask(q)
@@ -135,8 +140,8 @@ func runCorpus(t *testing.T, c *corpus, configs []config.Config, mode string, au
 	for _, r := range slices.Sorted(mapKeys(byDesign)) {
 		parts = append(parts, fmt.Sprintf("%s: %d", r, byDesign[r]))
 	}
-	t.Logf("fidelity: seed %d, autoallocate %s: %d questions (%d answered by Istio, %d with an auto-allocated address): %d same, %d by design (%s), %d different",
-		c.seed, mode, len(c.questions), answered, autoAnswered, same, len(c.questions)-same-len(different), strings.Join(parts, "; "), len(different))
+	t.Logf("fidelity: seed %d, autoallocate %s: %d questions (%d answered by Istio, %d with an auto-allocated IPv4 address, %d IPv6): %d same, %d by design (%s), %d different",
+		c.seed, mode, len(c.questions), answered, autoAnswered, autoAnswered6, same, len(c.questions)-same-len(different), strings.Join(parts, "; "), len(different))
 	// A broken harness (no services, no auto-allocation) would agree with
 	// anything: make sure Istio had something to say.
 	if answered < len(c.questions)/5 {
@@ -145,8 +150,11 @@ func runCorpus(t *testing.T, c *corpus, configs []config.Config, mode string, au
 	if autoAllocate && autoAnswered == 0 {
 		t.Errorf("Istio answered no auto-allocated address with auto-allocation on: is the status read?")
 	}
-	if !autoAllocate && autoAnswered > 0 {
-		t.Errorf("Istio answered %d auto-allocated addresses with auto-allocation off", autoAnswered)
+	if !autoAllocate && autoAnswered+autoAnswered6 > 0 {
+		t.Errorf("Istio answered %d auto-allocated addresses with auto-allocation off", autoAnswered+autoAnswered6)
+	}
+	if dualStack != (autoAnswered6 > 0) {
+		t.Errorf("Istio answered %d auto-allocated IPv6 addresses with dual stack %v", autoAnswered6, dualStack)
 	}
 	for i, d := range different {
 		if i == 20 {

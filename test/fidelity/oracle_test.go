@@ -17,6 +17,7 @@ import (
 	kubeyaml "k8s.io/apimachinery/pkg/util/yaml"
 
 	"istio.io/istio/pilot/pkg/config/kube/crd"
+	"istio.io/istio/pilot/pkg/features"
 	"istio.io/istio/pilot/pkg/model"
 	"istio.io/istio/pilot/pkg/networking/core"
 	"istio.io/istio/pkg/config"
@@ -26,6 +27,7 @@ import (
 	dnsProto "istio.io/istio/pkg/dns/proto"
 	istiolog "istio.io/istio/pkg/log"
 	pkgmodel "istio.io/istio/pkg/model"
+	istiotest "istio.io/istio/pkg/test"
 )
 
 // clientNamespace is the namespace of the pod whose sidecar answers: no entry
@@ -70,13 +72,19 @@ type oracle struct {
 // newOracle builds Istio's answerer for the configs. autoAllocate gives the
 // proxy DNS capture and auto-allocation metadata (a pod with
 // ISTIO_META_DNS_CAPTURE and ISTIO_META_DNS_AUTO_ALLOCATE); without it the
-// proxy gets declared addresses only, as "autoallocate off" serves.
-func newOracle(t *testing.T, configs []config.Config, autoAllocate bool) *oracle {
+// proxy gets declared addresses only, as "autoallocate off" serves. The pod is
+// IPv4 only, or, with dualStack, dual-stack in a mesh with ISTIO_DUAL_STACK on.
+func newOracle(t *testing.T, configs []config.Config, autoAllocate, dualStack bool) *oracle {
 	t.Helper()
+	ips := []string{"10.200.0.10"}
+	if dualStack {
+		istiotest.SetForTest(t, &features.EnableDualStack, true)
+		ips = append(ips, "fd00:200::10")
+	}
 	cg := core.NewConfigGenTest(t, core.TestOptions{Configs: configs})
 	proxy := cg.SetupProxy(&model.Proxy{
 		ConfigNamespace: clientNamespace,
-		IPAddresses:     []string{"10.200.0.10"}, // an IPv4 pod
+		IPAddresses:     ips,
 		Metadata: &model.NodeMetadata{
 			DNSCapture:      pkgmodel.StringBool(autoAllocate),
 			DNSAutoAllocate: pkgmodel.StringBool(autoAllocate),
