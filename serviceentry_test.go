@@ -466,6 +466,45 @@ spec: {hosts: [visible.internal], addresses: [192.0.2.20]}
 	}
 }
 
+// TestDuplicateHostWinnerPorts: SRV answers take their ports from the entries
+// whose addresses the host answers with, so from the namespace that wins the
+// host among all the entries declaring it, addresses or not.
+func TestDuplicateHostWinnerPorts(t *testing.T) {
+	const docs = `
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: first, namespace: owner, creationTimestamp: "2020-01-01T00:00:00Z"}
+spec:
+  hosts: [ports.internal]
+  resolution: DNS
+  ports: [{number: 1111, name: first, protocol: TCP}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: squat, namespace: squatter, creationTimestamp: "2021-01-01T00:00:00Z"}
+spec:
+  hosts: [ports.internal]
+  addresses: [203.0.113.66]
+  ports: [{number: 2222, name: squat, protocol: TCP}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: own, namespace: owner, creationTimestamp: "2022-01-01T00:00:00Z"}
+spec:
+  hosts: [ports.internal]
+  addresses: [192.0.2.31]
+  ports: [{number: 3333, name: own, protocol: TCP}]
+`
+	se := (&ServiceEntry{Zones: []string{"internal."}, TTL: defaultTTL}).attach(storeFrom(t, convertOptions{autoAllocate: autoAllocateStatus}, docs))
+	checkCases(t, se, []namedCase{
+		{"the winning namespace's addresses", test.Case{Qname: "ports.internal.", Qtype: dns.TypeA,
+			Answer: []dns.RR{test.A("ports.internal. 30 IN A 192.0.2.31")}}},
+		{"and its ports, never the squatter's", test.Case{Qname: "ports.internal.", Qtype: dns.TypeSRV,
+			Answer: []dns.RR{test.SRV("ports.internal. 30 IN SRV 0 100 3333 ports.internal.")},
+			Extra:  []dns.RR{test.A("ports.internal. 30 IN A 192.0.2.31")}}},
+	})
+}
+
 // TestAnswerOrder: addresses come in a stable order (declaration order, oldest
 // entry first), whatever order the entries arrive in, so that replies do not
 // flap; shuffling is loadbalance's job. Every round builds a new store from

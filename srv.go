@@ -1,7 +1,6 @@
 package serviceentry
 
 import (
-	"cmp"
 	"slices"
 
 	"github.com/miekg/dns"
@@ -16,27 +15,15 @@ type srvPort struct {
 }
 
 // portsFor gathers the ports of host from the entries whose addresses it
-// answers with, under the rule answerFor applies to addresses: the namespace
-// of the oldest such entry wins and its entries' ports are merged, oldest
+// answers with (store.contributors: the winning namespace's), merged, oldest
 // first. A host of one entry shares that entry's slice.
 func (s *store) portsFor(host string) []srvPort {
-	var from []*entry
-	for _, e := range s.byHost[host] {
-		if len(s.addrsOf(e, host)) > 0 {
-			from = append(from, e)
-		}
-	}
+	from := s.contributors(host)
 	if len(from) == 1 {
 		return from[0].ports
 	}
-	slices.SortFunc(from, func(a, b *entry) int {
-		return cmp.Or(a.created.Compare(b.created), cmp.Compare(a.namespace, b.namespace), cmp.Compare(a.name, b.name))
-	})
 	var merged []srvPort
 	for _, e := range from {
-		if e.namespace != from[0].namespace {
-			continue
-		}
 		for _, p := range e.ports {
 			if !slices.Contains(merged, p) {
 				merged = append(merged, p)

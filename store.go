@@ -275,19 +275,7 @@ type addrsKey struct {
 // slice in this publish: an entry with 256 hosts and 256 addresses costs one
 // answer, not 256 (memory follows what the entries say, not its product).
 func (s *store) answerFor(host string, shared map[addrsKey]*answer) *answer {
-	claimants := s.byHost[host]
-	if len(claimants) > 1 {
-		claimants = slices.Clone(claimants)
-		slices.SortFunc(claimants, func(a, b *entry) int {
-			return cmp.Or(a.created.Compare(b.created), cmp.Compare(a.namespace, b.namespace), cmp.Compare(a.name, b.name))
-		})
-	}
-	var contributors []*entry
-	for _, e := range claimants {
-		if e.namespace == claimants[0].namespace && len(s.addrsOf(e, host)) > 0 {
-			contributors = append(contributors, e)
-		}
-	}
+	contributors := s.contributors(host)
 	switch len(contributors) {
 	case 0:
 		return nil
@@ -310,6 +298,27 @@ func (s *store) answerFor(host string, shared map[addrsKey]*answer) *answer {
 		}
 	}
 	return newAnswer(merged)
+}
+
+// contributors are the entries whose addresses host answers with: those of
+// the namespace of the oldest entry declaring host (creationTimestamp, then
+// namespace, then name), with or without addresses, that give it addresses,
+// oldest first. None when that namespace gives it no address.
+func (s *store) contributors(host string) []*entry {
+	claimants := s.byHost[host]
+	if len(claimants) > 1 {
+		claimants = slices.Clone(claimants)
+		slices.SortFunc(claimants, func(a, b *entry) int {
+			return cmp.Or(a.created.Compare(b.created), cmp.Compare(a.namespace, b.namespace), cmp.Compare(a.name, b.name))
+		})
+	}
+	var out []*entry
+	for _, e := range claimants {
+		if e.namespace == claimants[0].namespace && len(s.addrsOf(e, host)) > 0 {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 // newAnswer splits addresses, in order, into the records' two families. The
