@@ -352,14 +352,16 @@ func (g *generator) questions(entries []*seEntry) []question {
 		add(fmt.Sprintf("unknown-%d.%s", i, g.pick(domains)))
 	}
 	add("nothing-here.invalid")
-	var out []question
-	for _, n := range slices.Sorted(func(yield func(string) bool) {
-		for n := range names {
-			if !yield(n) {
-				return
+	// Some as a pod's resolver asks them first, under each search domain.
+	for _, n := range slices.Sorted(mapKeys(names)) {
+		if g.chance(0.2) {
+			for _, d := range searchDomains {
+				add(n + d)
 			}
 		}
-	}) {
+	}
+	var out []question
+	for _, n := range slices.Sorted(mapKeys(names)) {
 		asked := n
 		if g.chance(0.1) {
 			asked = strings.ToUpper(n[:1]) + n[1:]

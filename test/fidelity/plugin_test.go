@@ -52,8 +52,8 @@ type plugin struct {
 }
 
 // startPlugin runs the binary with "serviceentry { manifests DIR; autoallocate
-// MODE }" as the only plugin of a loopback server for the root zone, and
-// waits until it is ready.
+// MODE; searchpath }" on a loopback server for the root zone, and waits until
+// it is ready.
 func startPlugin(t *testing.T, manifests, mode string) *plugin {
 	t.Helper()
 	bin := corednsBinary(t)
@@ -74,8 +74,14 @@ func startPlugin(t *testing.T, manifests, mode string) *plugin {
 
 func runPlugin(t *testing.T, bin, dir, mode string) (*plugin, error) {
 	dnsPort, readyPort := freePort(t), freePort(t)
-	corefile := fmt.Sprintf(".:%d {\n    bind 127.0.0.1\n    serviceentry {\n        manifests %s\n        autoallocate %s\n    }\n    ready 127.0.0.1:%d\n}\n",
-		dnsPort, dir, mode, readyPort)
+	// searchpath answers a pod's search-path expansions; it asks the rest of
+	// the chain first, where the file plugin plays an empty cluster.local.
+	zonefile := filepath.Join(t.TempDir(), "cluster.local.db")
+	if err := os.WriteFile(zonefile, []byte("cluster.local. 30 IN SOA ns.dns.cluster.local. hostmaster.cluster.local. 1 7200 1800 86400 30\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	corefile := fmt.Sprintf(".:%d {\n    bind 127.0.0.1\n    serviceentry {\n        manifests %s\n        autoallocate %s\n        searchpath\n    }\n    file %s cluster.local\n    ready 127.0.0.1:%d\n}\n",
+		dnsPort, dir, mode, zonefile, readyPort)
 	path := filepath.Join(t.TempDir(), "Corefile")
 	if err := os.WriteFile(path, []byte(corefile), 0o644); err != nil {
 		t.Fatal(err)
