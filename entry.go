@@ -9,6 +9,8 @@ import (
 
 	networking "istio.io/api/networking/v1alpha3"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/validation"
 )
 
 // autoAllocateLabel lets a ServiceEntry opt out of auto-allocated addresses
@@ -44,6 +46,16 @@ type hostAddrs struct {
 	legacy *legacyHost
 }
 
+// autoAllocateMode says where addresses for ServiceEntries without
+// spec.addresses come from.
+type autoAllocateMode int
+
+const (
+	autoAllocateStatus autoAllocateMode = iota // istiod's status.addresses (Istio >= 1.23 controller)
+	autoAllocateLegacy                         // our copy of istiod's v1 in-memory allocator
+	autoAllocateOff                            // declared addresses only
+)
+
 // convertOptions are the Corefile options that decide which addresses count.
 type convertOptions struct {
 	autoAllocate autoAllocateMode
@@ -72,9 +84,17 @@ const (
 	reasonStatusInvalidAddress = "status_invalid_address"
 	reasonStatusUnknownHost    = "status_unknown_host"
 	reasonInvalidPort          = "invalid_port"
-	reasonInvalidManifest      = "invalid_manifest"
-	reasonManifestTooLarge     = "manifest_too_large"
 )
+
+// identity returns an entry's namespace ("default" when a manifest leaves it
+// out, as kubectl would apply it) and the key the store knows it by.
+func identity(meta *metav1.ObjectMeta) (namespace, key string) {
+	namespace = meta.Namespace
+	if namespace == "" {
+		namespace = metav1.NamespaceDefault
+	}
+	return namespace, types.NamespacedName{Namespace: namespace, Name: meta.Name}.String()
+}
 
 // convert turns one ServiceEntry into an entry. Hosts without an address stay
 // in the entry (with none): they take part in choosing which namespace wins a
@@ -84,12 +104,9 @@ const (
 // can log it and count it, once per change.
 func convert(meta *metav1.ObjectMeta, spec *networking.ServiceEntry, status *networking.ServiceEntryStatus, opts convertOptions) (*entry, []skip) {
 	exported := opts.exportAll || exportedToAll(spec.GetExportTo())
-	namespace := meta.Namespace
-	if namespace == "" {
-		namespace = "default"
-	}
+	namespace, key := identity(meta)
 	e := &entry{
-		key:       namespacedName(meta),
+		key:       key,
 		namespace: namespace,
 		name:      meta.Name,
 		created:   meta.CreationTimestamp.Time,
@@ -249,7 +266,7 @@ func parsePorts(raw []*networking.ServicePort) ([]srvPort, []skip) {
 	var out []srvPort
 	var skips []skip
 	for _, p := range raw {
-		if p.GetNumber() < 1 || p.GetNumber() > 65535 || !validLabel(p.GetName()) {
+		if p.GetNumber() < 1 || p.GetNumber() > 65535 || len(validation.IsDNS1123Label(p.GetName())) > 0 {
 			skips = append(skips, skip{reason: reasonInvalidPort, item: p.GetName() + "/" + strconv.FormatUint(uint64(p.GetNumber()), 10)})
 			continue
 		}
@@ -265,46 +282,26 @@ func parsePorts(raw []*networking.ServicePort) ([]srvPort, []skip) {
 }
 
 // normalizeHost validates a ServiceEntry host and returns it lower-cased without
-// a trailing dot, or the reason it is skipped. Labels follow RFC 1123 (letters,
-// digits, inner hyphens, at most 63 bytes), the name at most 253 bytes; single
-// labels are allowed. The first label may be "*" (a wildcard covering every name
-// below, never the apex); a partial wildcard ("*foo.example.com") is accepted by
-// Istio with a warning but never resolves, so it is skipped. "*" alone would
-// capture every name in the zone and is skipped as invalid.
+// a trailing dot, or the reason it is skipped. The name is an RFC 1123
+// subdomain (apimachinery's check: at most 253 bytes, letters, digits and inner
+// hyphens; single labels allowed), with Istio's rule on top that every label
+// has at most 63 bytes. The first label may be "*" (a wildcard covering every
+// name below, never the apex); a partial wildcard ("*foo.example.com") is
+// accepted by Istio with a warning but never resolves, so it is skipped. "*"
+// alone would capture every name in the zone and is skipped as invalid.
 func normalizeHost(raw string) (string, string) {
-	name := strings.TrimSuffix(raw, ".")
-	if name == "" || len(name) > 253 {
+	name := strings.ToLower(strings.TrimSuffix(raw, "."))
+	if rest, ok := strings.CutPrefix(name, "*"); ok && rest != "" && rest[0] != '.' {
+		return "", reasonPartialWildcard
+	}
+	var problems []string
+	if strings.HasPrefix(name, "*.") {
+		problems = validation.IsWildcardDNS1123Subdomain(name)
+	} else {
+		problems = validation.IsDNS1123Subdomain(name)
+	}
+	if len(problems) > 0 || slices.ContainsFunc(strings.Split(name, "."), func(label string) bool { return len(label) > validation.DNS1123LabelMaxLength }) {
 		return "", reasonInvalidHost
 	}
-	name = strings.ToLower(name)
-	labels := strings.Split(name, ".")
-	for i, label := range labels {
-		if i == 0 && strings.HasPrefix(label, "*") {
-			if label != "*" {
-				return "", reasonPartialWildcard
-			}
-			if len(labels) == 1 {
-				return "", reasonInvalidHost
-			}
-			continue
-		}
-		if !validLabel(label) {
-			return "", reasonInvalidHost
-		}
-	}
 	return name, ""
-}
-
-// validLabel reports whether label is an RFC 1123 label in lower case.
-func validLabel(label string) bool {
-	if len(label) == 0 || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
-		return false
-	}
-	for i := 0; i < len(label); i++ {
-		c := label[i]
-		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '-' {
-			return false
-		}
-	}
-	return true
 }

@@ -383,6 +383,13 @@ func isManifestName(name string) bool {
 	return false
 }
 
+// Reasons a whole manifest or document is skipped, values of the "reason"
+// label of coredns_serviceentry_skipped_items_total beside those of entry.go.
+const (
+	reasonInvalidManifest  = "invalid_manifest"
+	reasonManifestTooLarge = "manifest_too_large"
+)
+
 // maxManifestBytes bounds one manifest file. A ServiceEntry is at most the
 // API server's 1.5 MiB object limit and a typical one a few hundred bytes, so
 // 64 MiB holds a couple of hundred thousand entries; anything larger is
@@ -498,7 +505,8 @@ func decodeServiceEntry(raw json.RawMessage, opts convertOptions) (*entry, error
 		return nil, errors.New("ServiceEntry without metadata.name")
 	}
 	e, skips := convert(&se.ObjectMeta, &se.Spec, &se.Status, opts)
-	reportSkips(namespacedName(&se.ObjectMeta), skips)
+	_, key := identity(&se.ObjectMeta)
+	reportSkips(key, skips)
 	return e, nil
 }
 
@@ -508,12 +516,4 @@ func isServiceEntryVersion(apiVersion string) bool {
 		return true
 	}
 	return false
-}
-
-func namespacedName(meta *metav1.ObjectMeta) string {
-	ns := meta.Namespace
-	if ns == "" {
-		ns = "default"
-	}
-	return ns + "/" + meta.Name
 }

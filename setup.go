@@ -17,16 +17,6 @@ import (
 
 func init() { plugin.Register(pluginName, setup) }
 
-// autoAllocateMode says where addresses for ServiceEntries without
-// spec.addresses come from.
-type autoAllocateMode int
-
-const (
-	autoAllocateStatus autoAllocateMode = iota // istiod's status.addresses (Istio >= 1.23 controller)
-	autoAllocateLegacy                         // our copy of istiod's v1 in-memory allocator
-	autoAllocateOff                            // declared addresses only
-)
-
 const (
 	defaultTTL            = 30
 	maxTTL                = 3600
