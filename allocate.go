@@ -178,25 +178,28 @@ type legacyAllocator struct {
 	addrs  []legacyAddrs // parallel to sorted
 	// pending is the net change per host since the last reallocation: +1
 	// added, -1 removed, 0 (removed and re-added, or the reverse) nothing.
-	pending map[*legacyHost]int
+	pending map[legacyHost]int
 	// unallocated counts the eligible hosts the last reallocation left
 	// without an address (Istio's range is full).
 	unallocated int
 }
 
 func newLegacyAllocator() *legacyAllocator {
-	return &legacyAllocator{pending: make(map[*legacyHost]int)}
+	return &legacyAllocator{pending: make(map[legacyHost]int)}
 }
 
+// add and remove count hosts by value: an update of an entry that changes
+// nothing the allocator reads (its labels, its status) nets to no change and
+// costs no recomputation.
 func (l *legacyAllocator) add(e *entry) {
-	for i := range e.legacyHosts {
-		l.pending[&e.legacyHosts[i]]++
+	for _, h := range e.legacyHosts {
+		l.pending[h]++
 	}
 }
 
 func (l *legacyAllocator) remove(e *entry) {
-	for i := range e.legacyHosts {
-		l.pending[&e.legacyHosts[i]]--
+	for _, h := range e.legacyHosts {
+		l.pending[h]--
 	}
 }
 
@@ -214,23 +217,23 @@ func (l *legacyAllocator) changed() bool {
 // were any, and returns the table names whose addresses moved.
 func (l *legacyAllocator) reallocate() map[string]bool {
 	var added []*legacyHost
-	removed := make(map[*legacyHost]bool)
+	removed := make(map[legacyHost]bool)
 	for h, delta := range l.pending {
 		switch {
 		case delta > 0:
-			added = append(added, h)
+			added = append(added, &h)
 		case delta < 0:
 			removed[h] = true
 		}
 	}
-	l.pending = make(map[*legacyHost]int) // not clear: see store.publishLocked
+	l.pending = make(map[legacyHost]int) // not clear: see store.publishLocked
 	if len(added) == 0 && len(removed) == 0 {
 		return nil
 	}
 	oldSorted, oldAddrs := l.sorted, l.addrs
 	next := make([]*legacyHost, 0, len(l.sorted)+len(added))
 	for _, h := range l.sorted {
-		if !removed[h] {
+		if !removed[*h] {
 			next = append(next, h)
 		}
 	}

@@ -444,3 +444,42 @@ func freshLegacyTable(t *testing.T, entries ...*entry) *table {
 	st.markSynced()
 	return st.table()
 }
+
+// TestLegacyUpdateWithoutChange: an update of a legacy entry that changes
+// nothing the allocator reads (here its labels) is no change to the eligible
+// set, so it costs no recomputation; a change of its hosts is one.
+func TestLegacyUpdateWithoutChange(t *testing.T) {
+	docs := legacyEntries(2)
+	parse := func(doc string) *entry {
+		t.Helper()
+		es, err := parseManifests([]byte(doc), convertOptions{autoAllocate: autoAllocateLegacy})
+		if err != nil || len(es) != 1 {
+			t.Fatalf("parse: %v %d", err, len(es))
+		}
+		return es[0]
+	}
+	l := newLegacyAllocator()
+	first := parse(docs[0])
+	l.add(first)
+	l.reallocate()
+
+	relabelled := parse(strings.Replace(docs[0], "metadata: {", "metadata: {labels: {rev: b}, ", 1))
+	if relabelled == first || &relabelled.legacyHosts[0] == &first.legacyHosts[0] {
+		t.Fatal("the test needs a new entry object")
+	}
+	l.remove(first)
+	l.add(relabelled)
+	if l.changed() {
+		t.Error("an update that changes no legacy host counts as a change")
+	}
+	if got := l.addresses(relabelled.hosts[0].legacy); len(got) == 0 {
+		t.Error("the updated entry's host has no address")
+	}
+
+	moved := parse(strings.Replace(docs[0], "h0.legacy.internal", "h0-moved.legacy.internal", 1))
+	l.remove(relabelled)
+	l.add(moved)
+	if !l.changed() {
+		t.Error("an update that changes a legacy host is not a change")
+	}
+}

@@ -132,6 +132,7 @@ func convert(meta *metav1.ObjectMeta, spec *networking.ServiceEntry, status *net
 		len(spec.GetAddresses()) == 0 && resolution != networking.ServiceEntry_NONE
 
 	seen := make(map[string]bool, len(spec.GetHosts()))
+	legacyOf := make(map[int]int) // index in e.hosts -> index in e.legacyHosts
 	for _, raw := range spec.GetHosts() {
 		name, reason := normalizeHost(raw)
 		if reason != "" {
@@ -150,19 +151,26 @@ func convert(meta *metav1.ObjectMeta, spec *networking.ServiceEntry, status *net
 		case fromStatus != nil && (!wildcard || resolution == networking.ServiceEntry_DYNAMIC_DNS):
 			h.addrs = fromStatus[raw]
 		case legacy && !wildcard:
-			h.legacy = &legacyHost{
+			e.legacyHosts = append(e.legacyHosts, legacyHost{
 				namespace: namespace,
 				host:      raw,
 				created:   e.created.Truncate(time.Second),
 				entry:     meta.Name,
 				name:      name,
 				v6:        opts.dualStack,
-			}
-			e.legacyHosts = append(e.legacyHosts, *h.legacy)
+			})
+			legacyOf[len(e.hosts)] = len(e.legacyHosts) - 1
 		}
 		if exported && claims {
 			e.hosts = append(e.hosts, h)
+		} else {
+			delete(legacyOf, len(e.hosts))
 		}
+	}
+	// A legacy host's slot is the one in e.legacyHosts, pointed at once the
+	// slice has stopped growing: one copy of it, not two.
+	for i, j := range legacyOf {
+		e.hosts[i].legacy = &e.legacyHosts[j]
 	}
 	if len(e.hosts) == 0 && len(e.legacyHosts) == 0 {
 		return nil, skips
