@@ -434,10 +434,7 @@ spec: {hosts: [visible.internal], addresses: [192.0.2.20]}
 `
 	se := (&ServiceEntry{Zones: []string{"internal."}, TTL: defaultTTL}).attach(storeFrom(t, convertOptions{autoAllocate: autoAllocateStatus}, docs))
 	soaRR := test.SOA(soaInternal)
-	for _, c := range []struct {
-		name string
-		tc   test.Case
-	}{
+	checkCases(t, se, []namedCase{
 		{"oldest entry has no address: the host is not ours, the newer one does not take over",
 			test.Case{Qname: "claimed.internal.", Qtype: dns.TypeA, Rcode: dns.RcodeNameError, Ns: []dns.RR{soaRR}}},
 		{"oldest entry has no address: a covering wildcard answers",
@@ -448,17 +445,7 @@ spec: {hosts: [visible.internal], addresses: [192.0.2.20]}
 			test.Case{Qname: "cidr.internal.", Qtype: dns.TypeA, Rcode: dns.RcodeNameError, Ns: []dns.RR{soaRR}}},
 		{"an entry not exported to the client takes no part",
 			test.Case{Qname: "visible.internal.", Qtype: dns.TypeA, Answer: []dns.RR{test.A("visible.internal. 30 IN A 192.0.2.20")}}},
-	} {
-		t.Run(c.name, func(t *testing.T) {
-			rec := dnstest.NewRecorder(&test.ResponseWriter{})
-			if _, err := se.ServeDNS(context.Background(), rec, c.tc.Msg()); err != nil {
-				t.Fatal(err)
-			}
-			if err := test.SortAndCheck(rec.Msg, c.tc); err != nil {
-				t.Error(err)
-			}
-		})
-	}
+	})
 
 	// Address-less hosts never reach the table.
 	if got := se.table().hosts; got != 3 {
