@@ -1,7 +1,6 @@
 package serviceentry
 
 import (
-	"context"
 	"fmt"
 	"k8s.io/utils/clock"
 	"math/rand/v2"
@@ -11,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coredns/coredns/plugin/pkg/dnstest"
 	"github.com/coredns/coredns/plugin/test"
 	"github.com/miekg/dns"
 )
@@ -281,15 +279,7 @@ spec: {hosts: [hidden.example.com], resolution: DNS, exportTo: ["."]}
 		{"legacy hidden", legacy, nx("hidden.example.com.")},
 		{"off", off, nx("foo.example.com.")},
 	} {
-		t.Run(c.name, func(t *testing.T) {
-			rec := dnstest.NewRecorder(&test.ResponseWriter{})
-			if _, err := c.se.ServeDNS(context.Background(), rec, c.tc.Msg()); err != nil {
-				t.Fatal(err)
-			}
-			if err := test.SortAndCheck(rec.Msg, c.tc); err != nil {
-				t.Error(err)
-			}
-		})
+		t.Run(c.name, func(t *testing.T) { checkCase(t, c.se, c.tc) })
 	}
 }
 

@@ -147,35 +147,41 @@ type namedCase struct {
 	tc   test.Case
 }
 
-// checkCases asks se each case's question and checks the reply: rcode, an
-// authoritative header for what the plugin writes itself, the sections (with
-// test.SortAndCheck), and a CNAME, if any, before every other answer, as
-// resolvers that do not chase the chain expect.
+// checkCases runs each case through checkCase as a subtest.
 func checkCases(t *testing.T, se *ServiceEntry, cases []namedCase) {
 	t.Helper()
 	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			rec := dnstest.NewRecorder(&test.ResponseWriter{})
-			if _, err := se.ServeDNS(context.Background(), rec, c.tc.Msg()); err != nil {
-				t.Fatalf("ServeDNS: %v", err)
-			}
-			if rec.Msg == nil {
-				t.Fatal("no reply written")
-			}
-			for i, rr := range rec.Msg.Answer {
-				if _, ok := rr.(*dns.CNAME); ok && i > 0 {
-					t.Errorf("CNAME at position %d of the answer, want first: %v", i, rec.Msg.Answer)
-				}
-			}
-			// SortAndCheck sorts the reply's sections, not the case's.
-			for _, sec := range [][]dns.RR{c.tc.Answer, c.tc.Ns, c.tc.Extra} {
-				sort.Sort(test.RRSet(sec))
-			}
-			if err := test.SortAndCheck(rec.Msg, c.tc); err != nil {
-				t.Error(err)
-			}
-		})
+		t.Run(c.name, func(t *testing.T) { checkCase(t, se, c.tc) })
 	}
+}
+
+// checkCase asks se the case's question and checks the reply: written, the
+// sections (with test.SortAndCheck), and a CNAME, if any, before every other
+// answer, as resolvers that do not chase the chain expect. It returns the
+// rcode ServeDNS returned and the reply, for checks of the caller's own.
+func checkCase(t *testing.T, se *ServiceEntry, tc test.Case) (int, *dns.Msg) {
+	t.Helper()
+	rec := dnstest.NewRecorder(&test.ResponseWriter{})
+	rcode, err := se.ServeDNS(context.Background(), rec, tc.Msg())
+	if err != nil {
+		t.Fatalf("ServeDNS: %v", err)
+	}
+	if rec.Msg == nil {
+		t.Fatal("no reply written")
+	}
+	for i, rr := range rec.Msg.Answer {
+		if _, ok := rr.(*dns.CNAME); ok && i > 0 {
+			t.Errorf("CNAME at position %d of the answer, want first: %v", i, rec.Msg.Answer)
+		}
+	}
+	// SortAndCheck sorts the reply's sections, not the case's.
+	for _, sec := range [][]dns.RR{tc.Answer, tc.Ns, tc.Extra} {
+		sort.Sort(test.RRSet(sec))
+	}
+	if err := test.SortAndCheck(rec.Msg, tc); err != nil {
+		t.Error(err)
+	}
+	return rcode, rec.Msg
 }
 
 // churnAgainstFresh adds and removes random entries ops times on one store
