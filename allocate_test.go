@@ -158,34 +158,10 @@ func FuzzAllocateLegacyUnique(f *testing.F) {
 	})
 }
 
-// legacyEntries are ServiceEntries in Istio's test order by creation time.
-func legacyEntries(n int) []string {
-	base := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
-	docs := make([]string, n)
-	for i := range docs {
-		docs[i] = fmt.Sprintf(`apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: e%d, namespace: ns%d, creationTimestamp: %q}
-spec:
-  hosts: [h%d.legacy.internal]
-  resolution: DNS
-`, i, i%3, base.Add(time.Duration(i%5)*time.Second).Format(time.RFC3339), i)
-	}
-	return docs
-}
-
 // TestLegacyEventOrderIndependent: two replicas that see the same entries in
 // different orders (and with churn on the way) serve identical addresses.
 func TestLegacyEventOrderIndependent(t *testing.T) {
-	docs := legacyEntries(300)
-	var entries []*entry
-	for _, d := range docs {
-		es, err := parseManifests([]byte(d), convertOptions{autoAllocate: autoAllocateLegacy, dualStack: true})
-		if err != nil || len(es) != 1 {
-			t.Fatalf("parse: %v %d", err, len(es))
-		}
-		entries = append(entries, es[0])
-	}
+	entries := legacyParsed(t, 300, convertOptions{autoAllocate: autoAllocateLegacy, dualStack: true})
 	replica := func(seed uint64) *store {
 		st := newStore(true)
 		st.minReallocGap = 0 // every event recomputes: the order is what is tested
@@ -298,26 +274,12 @@ func BenchmarkAllocateLegacy(b *testing.B) {
 	}
 }
 
-// legacyParsed parses legacyEntries(n) into entries.
-func legacyParsed(t testing.TB, n int) []*entry {
-	t.Helper()
-	var out []*entry
-	for _, d := range legacyEntries(n) {
-		es, err := parseManifests([]byte(d), convertOptions{autoAllocate: autoAllocateLegacy})
-		if err != nil || len(es) != 1 {
-			t.Fatalf("parse: %v %d", err, len(es))
-		}
-		out = append(out, es[0])
-	}
-	return out
-}
-
 // TestLegacyCoalescing: a change to the eligible set that comes sooner than the
 // recomputation gap is published at once against the previous allocation (the
 // new host waits, nobody else moves), and the recomputation is published when
 // the gap has passed; close stops a pending one.
 func TestLegacyCoalescing(t *testing.T) {
-	entries := legacyParsed(t, 4)
+	entries := legacyParsed(t, 4, convertOptions{autoAllocate: autoAllocateLegacy})
 	fake := &manualClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
 	st := newStore(true)
 	st.clock = fake
@@ -440,14 +402,7 @@ func freshLegacyTable(t *testing.T, entries ...*entry) *table {
 // set, so it costs no recomputation; a change of its hosts is one.
 func TestLegacyUpdateWithoutChange(t *testing.T) {
 	docs := legacyEntries(2)
-	parse := func(doc string) *entry {
-		t.Helper()
-		es, err := parseManifests([]byte(doc), convertOptions{autoAllocate: autoAllocateLegacy})
-		if err != nil || len(es) != 1 {
-			t.Fatalf("parse: %v %d", err, len(es))
-		}
-		return es[0]
-	}
+	parse := func(doc string) *entry { return parseOne(t, doc, convertOptions{autoAllocate: autoAllocateLegacy}) }
 	l := newLegacyAllocator()
 	first := parse(docs[0])
 	l.add(first)

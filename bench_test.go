@@ -12,8 +12,6 @@ import (
 	"github.com/coredns/coredns/plugin/pkg/fall"
 	"github.com/coredns/coredns/plugin/test"
 	"github.com/miekg/dns"
-	networking "istio.io/api/networking/v1alpha3"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // benchEntries makes n entries svc-i.ns-(i%100).internal with one IPv4 each and
@@ -129,21 +127,6 @@ func BenchmarkInitialSync(b *testing.B) {
 	}
 }
 
-// legacyBenchEntries makes n entries eligible for the legacy allocator, spread
-// over 50 namespaces and 100 creation seconds.
-func legacyBenchEntries(n int) []*entry {
-	base := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
-	out := make([]*entry, n)
-	for i := range out {
-		meta := &metav1.ObjectMeta{Name: fmt.Sprintf("e%d", i), Namespace: fmt.Sprintf("ns%d", i%50),
-			CreationTimestamp: metav1.NewTime(base.Add(time.Duration(i%100) * time.Second))}
-		spec := &networking.ServiceEntry{Hosts: []string{fmt.Sprintf("svc-%d.legacy.internal", i)},
-			Resolution: networking.ServiceEntry_DNS}
-		out[i], _ = convert(meta, spec, nil, convertOptions{autoAllocate: autoAllocateLegacy})
-	}
-	return out
-}
-
 // BenchmarkLegacyChurn: adding and removing eligible hosts as fast as they
 // come, with n in the store. Each change moves other hosts' addresses, so the
 // full recomputation is coalesced; cpu-ns/op is the process CPU time per
@@ -151,7 +134,7 @@ func legacyBenchEntries(n int) []*entry {
 func BenchmarkLegacyChurn(b *testing.B) {
 	for _, n := range []int{10_000, 100_000} {
 		b.Run(fmt.Sprint(n), func(b *testing.B) {
-			entries := legacyBenchEntries(n + 1)
+			entries := legacyParsed(b, n+1, convertOptions{autoAllocate: autoAllocateLegacy})
 			st := newStore(true)
 			all := make(map[string]*entry, n)
 			for _, e := range entries[:n] {

@@ -2,6 +2,7 @@ package serviceentry
 
 import (
 	"context"
+	"fmt"
 	"maps"
 	"math/rand/v2"
 	"os"
@@ -13,6 +14,8 @@ import (
 	"github.com/coredns/coredns/plugin/pkg/dnstest"
 	"github.com/coredns/coredns/plugin/test"
 	"github.com/miekg/dns"
+	networking "istio.io/api/networking/v1alpha3"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // seYAML is a ServiceEntry in namespace ns declaring host with addr.
@@ -209,4 +212,53 @@ func churnAgainstFresh(t *testing.T, entries []*entry, seed uint64, ops int, che
 		check(op, st.table(), fresh.table())
 	}
 	return st, present
+}
+
+// parseOne parses a manifest holding exactly one valid ServiceEntry.
+func parseOne(t testing.TB, doc string, opts convertOptions) *entry {
+	t.Helper()
+	entries, err := parseManifests([]byte(doc), opts)
+	if err != nil || len(entries) != 1 {
+		t.Fatalf("parsing %q: %v, %d entries", doc, err, len(entries))
+	}
+	return entries[0]
+}
+
+// The legacy allocator's fixtures: entry i is e<i> in namespace ns<i%3>,
+// created i%5 seconds after a fixed time, declaring h<i>.legacy.internal with
+// DNS resolution, so that Istio's order (creation time, then namespace and
+// name) is exercised. legacyEntries gives them as manifests for the sources,
+// legacyParsed as entries for the store, converted without YAML so that
+// benchmarks can make 100,000.
+func legacyFixture(i int) (meta *metav1.ObjectMeta, spec *networking.ServiceEntry) {
+	base := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
+	meta = &metav1.ObjectMeta{Name: fmt.Sprintf("e%d", i), Namespace: fmt.Sprintf("ns%d", i%3),
+		CreationTimestamp: metav1.NewTime(base.Add(time.Duration(i%5) * time.Second))}
+	spec = &networking.ServiceEntry{Hosts: []string{fmt.Sprintf("h%d.legacy.internal", i)}, Resolution: networking.ServiceEntry_DNS}
+	return meta, spec
+}
+
+func legacyEntries(n int) []string {
+	docs := make([]string, n)
+	for i := range docs {
+		meta, spec := legacyFixture(i)
+		docs[i] = fmt.Sprintf("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n"+
+			"metadata: {name: %s, namespace: %s, creationTimestamp: %q}\nspec:\n  hosts: [%s]\n  resolution: DNS\n",
+			meta.Name, meta.Namespace, meta.CreationTimestamp.UTC().Format(time.RFC3339), spec.Hosts[0])
+	}
+	return docs
+}
+
+func legacyParsed(t testing.TB, n int, opts convertOptions) []*entry {
+	t.Helper()
+	out := make([]*entry, n)
+	for i := range out {
+		meta, spec := legacyFixture(i)
+		e, skips := convert(meta, spec, nil, opts)
+		if e == nil {
+			t.Fatalf("legacy fixture %d: %v", i, skips)
+		}
+		out[i] = e
+	}
+	return out
 }

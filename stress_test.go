@@ -144,7 +144,7 @@ func TestStressStore(t *testing.T) {
 // gives one IPv4 to two hosts, and once the churn stops the table settles on
 // exactly the allocation a fresh build of the final entries gives.
 func TestStressLegacy(t *testing.T) {
-	entries := legacyParsed(t, 300)
+	entries := legacyParsed(t, 300, convertOptions{autoAllocate: autoAllocateLegacy})
 	st := newStore(true)
 	st.minReallocGap = 5 * time.Millisecond
 	st.markSynced()
