@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -221,6 +223,7 @@ func TestReloadSoak(t *testing.T) {
 	time.Sleep(5 * time.Second) // let the initial read's garbage go
 	goroutinesBefore, oursBefore := metric(t, metricsAddr, "go_goroutines"), sourceGoroutines(t, pprofAddr)
 	heapBefore := heapStat(t, pprofAddr, "HeapAlloc")
+	profileBefore := httpGet(t, "http://"+pprofAddr+"/debug/pprof/heap?gc=1")
 	rssBefore := settledRSS(t, server.process)
 
 	stop := make(chan struct{})
@@ -300,6 +303,7 @@ func TestReloadSoak(t *testing.T) {
 	time.Sleep(5 * time.Second)
 	goroutinesAfter, oursAfter := metric(t, metricsAddr, "go_goroutines"), sourceGoroutines(t, pprofAddr)
 	heapAfter := heapStat(t, pprofAddr, "HeapAlloc")
+	profileAfter := httpGet(t, "http://"+pprofAddr+"/debug/pprof/heap?gc=1")
 	rssAfter := settledRSS(t, server.process)
 	t.Logf("live heap %.1f -> %.1f MiB", float64(heapBefore)/(1<<20), float64(heapAfter)/(1<<20))
 	meanMax := func(d []time.Duration) (time.Duration, time.Duration) {
@@ -326,7 +330,8 @@ func TestReloadSoak(t *testing.T) {
 		t.Errorf("goroutines of the plugin and client-go: %d before the reloads, %d after", oursBefore, oursAfter)
 	}
 	if float64(heapAfter) > 1.25*float64(heapBefore) {
-		t.Errorf("live heap %.1f MiB before the reloads, %.1f MiB after", float64(heapBefore)/(1<<20), float64(heapAfter)/(1<<20))
+		t.Errorf("live heap %.1f MiB before the reloads, %.1f MiB after; what grew:\n%s",
+			float64(heapBefore)/(1<<20), float64(heapAfter)/(1<<20), heapGrowth(t, profileBefore, profileAfter))
 	}
 	// Four of the reloads build a second informer cache and table while the
 	// first keeps answering; what the allocator keeps of that peak is not a
@@ -334,4 +339,21 @@ func TestReloadSoak(t *testing.T) {
 	if float64(rssAfter) > 1.5*float64(rssBefore) {
 		t.Errorf("RSS %.1f MiB before the reloads, %.1f MiB after", float64(rssBefore)/(1<<20), float64(rssAfter)/(1<<20))
 	}
+}
+
+// heapGrowth is pprof's account of what the after profile holds beyond the
+// before one, so that a failure in CI shows where the memory is.
+func heapGrowth(t *testing.T, before, after []byte) string {
+	dir := t.TempDir()
+	for name, profile := range map[string][]byte{"before": before, "after": after} {
+		if err := os.WriteFile(filepath.Join(dir, name), profile, 0o644); err != nil {
+			return err.Error()
+		}
+	}
+	out, err := exec.Command("go", "tool", "pprof", "-top", "-cum", "-sample_index=inuse_space", "-nodecount=40",
+		"-base", filepath.Join(dir, "before"), filepath.Join(dir, "after")).CombinedOutput()
+	if err != nil {
+		return fmt.Sprintf("go tool pprof: %v\n%s", err, out)
+	}
+	return string(out)
 }
