@@ -3,6 +3,7 @@ package serviceentry
 import (
 	"context"
 	"encoding/binary"
+	"fmt"
 	"maps"
 	"net/netip"
 	"slices"
@@ -202,15 +203,48 @@ func podKey(pod *corev1.Pod) string { return pod.Namespace + "/" + pod.Name }
 type podSource struct {
 	idx       *clientIndex
 	informers []cache.SharedIndexInformer
+	lists     *listCalls
 
 	cancel context.CancelFunc
 	done   chan struct{} // closed when run has returned
 }
 
+// listCalls tracks the list requests in progress. client-go's reflector
+// makes each list in a goroutine of its own and, when stopped, returns
+// without waiting for it; stop waits for them here instead, so that no
+// request outlives the source (they honour the cancelled context, so the wait
+// is short).
+type listCalls struct {
+	mu     sync.Mutex
+	closed bool
+	wg     sync.WaitGroup
+}
+
+// begin reports whether a list may start; if so, end must follow. None may
+// start once closing has begun, so every Add happens before the Wait.
+func (l *listCalls) begin() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return false
+	}
+	l.wg.Add(1)
+	return true
+}
+
+func (l *listCalls) end() { l.wg.Done() }
+
+func (l *listCalls) closeAndWait() {
+	l.mu.Lock()
+	l.closed = true
+	l.mu.Unlock()
+	l.wg.Wait()
+}
+
 // newPodSource reads the pods of namespaces (empty: all). Nothing runs until
 // start.
 func newPodSource(client kubernetes.Interface, namespaces []string, idx *clientIndex) *podSource {
-	p := &podSource{idx: idx}
+	p := &podSource{idx: idx, lists: &listCalls{}}
 	if len(namespaces) == 0 {
 		namespaces = []string{metav1.NamespaceAll}
 	}
@@ -223,17 +257,21 @@ func newPodSource(client kubernetes.Interface, namespaces []string, idx *clientI
 			continue
 		}
 		seen[ns] = true
-		p.informers = append(p.informers, podInformer(client, ns))
+		p.informers = append(p.informers, podInformer(client, ns, p.lists))
 	}
 	return p
 }
 
 // podInformer lists and watches with the informer's own context, so that a
 // request hanging at the API server does not hold up stop.
-func podInformer(client kubernetes.Interface, namespace string) cache.SharedIndexInformer {
+func podInformer(client kubernetes.Interface, namespace string, lists *listCalls) cache.SharedIndexInformer {
 	pods := client.CoreV1().Pods(namespace)
 	lw := &cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			if !lists.begin() {
+				return nil, fmt.Errorf("listing pods in %q: %w", namespace, context.Canceled)
+			}
+			defer lists.end()
 			return pods.List(ctx, o)
 		},
 		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
@@ -282,7 +320,8 @@ func podWatchError(_ *cache.Reflector, err error) {
 	log.Warningf("watching pods: %v", err)
 }
 
-// start runs the informers in the background until stop.
+// start runs the informers in the background until stop. A source runs once:
+// client-go's informers do not run again after they have been stopped.
 func (p *podSource) start() {
 	ctx, cancel := context.WithCancel(context.Background())
 	p.cancel = cancel
@@ -297,6 +336,7 @@ func (p *podSource) stop() {
 	}
 	p.cancel()
 	<-p.done
+	p.lists.closeAndWait()
 	p.cancel = nil
 }
 
