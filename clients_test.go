@@ -1,0 +1,599 @@
+package serviceentry
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"reflect"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	k8sruntime "k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/features"
+	clientfeaturestesting "k8s.io/client-go/features/testing"
+	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
+	"k8s.io/client-go/tools/cache"
+)
+
+// The helpers below are local to this file rather than in helpers_test.go,
+// which other work owns.
+
+// clientEpoch is the creation time of the test pods; a pod's age is given in
+// seconds after it.
+var clientEpoch = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// newFakePods returns a fake clientset holding objs.
+func newFakePods(t *testing.T, objs ...k8sruntime.Object) *fake.Clientset {
+	t.Helper()
+	// With WatchListClient on (client-go >= 0.35 default) informers on the
+	// fake clientset never sync; real API servers are unaffected.
+	clientfeaturestesting.SetFeatureDuringTest(t, features.WatchListClient, false)
+	return fake.NewClientset(objs...)
+}
+
+// startPods runs a pod source on client and waits for its first list.
+func startPods(t *testing.T, client *fake.Clientset, namespaces ...string) (*clientIndex, *podSource) {
+	t.Helper()
+	idx := newClientIndex()
+	p := newPodSource(client, namespaces, idx)
+	p.start()
+	t.Cleanup(p.stop)
+	eventually(t, "pod informer synced", idx.synced)
+	return idx, p
+}
+
+// testPod is a running pod created at clientEpoch plus created seconds,
+// holding ips (the first is also status.podIP).
+func testPod(ns, name string, created int, ips ...string) *corev1.Pod {
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name,
+			CreationTimestamp: metav1.NewTime(clientEpoch.Add(time.Duration(created) * time.Second))},
+		Status: corev1.PodStatus{Phase: corev1.PodRunning},
+	}
+	for i, ip := range ips {
+		if i == 0 {
+			pod.Status.PodIP = ip
+		}
+		pod.Status.PodIPs = append(pod.Status.PodIPs, corev1.PodIP{IP: ip})
+	}
+	return pod
+}
+
+func withPhase(pod *corev1.Pod, phase corev1.PodPhase) *corev1.Pod {
+	pod.Status.Phase = phase
+	return pod
+}
+
+func hostNetwork(pod *corev1.Pod) *corev1.Pod {
+	pod.Spec.HostNetwork = true
+	return pod
+}
+
+// fullPod is a pod as an API server returns it, with all that the cache
+// should not keep.
+func fullPod() *corev1.Pod {
+	return &corev1.Pod{
+		TypeMeta: metav1.TypeMeta{Kind: "Pod", APIVersion: "v1"},
+		ObjectMeta: metav1.ObjectMeta{
+			Namespace: "ns1", Name: "web-0", UID: "uid-1",
+			CreationTimestamp: metav1.NewTime(clientEpoch),
+			ResourceVersion:   "42",
+			Labels:            map[string]string{"app": "web"},
+			Annotations:       map[string]string{"kubectl.kubernetes.io/last-applied-configuration": "{}"},
+			ManagedFields:     []metav1.ManagedFieldsEntry{{Manager: "kubelet"}},
+			OwnerReferences:   []metav1.OwnerReference{{Kind: "StatefulSet", Name: "web"}},
+			Finalizers:        []string{"example.com/f"},
+		},
+		Spec: corev1.PodSpec{
+			NodeName:    "node-1",
+			HostNetwork: true,
+			Containers:  []corev1.Container{{Name: "web", Image: "nginx", Env: []corev1.EnvVar{{Name: "A", Value: "b"}}}},
+			Volumes:     []corev1.Volume{{Name: "data"}},
+		},
+		Status: corev1.PodStatus{
+			Phase:             corev1.PodRunning,
+			PodIP:             "10.1.0.5",
+			PodIPs:            []corev1.PodIP{{IP: "10.1.0.5"}, {IP: "fd00::5"}},
+			HostIP:            "192.168.0.1",
+			Conditions:        []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}},
+			ContainerStatuses: []corev1.ContainerStatus{{Name: "web", Ready: true}},
+		},
+	}
+}
+
+// strippedFullPod is what the cache keeps of fullPod.
+func strippedFullPod() *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns1", Name: "web-0", UID: "uid-1",
+			CreationTimestamp: metav1.NewTime(clientEpoch)},
+		Spec: corev1.PodSpec{HostNetwork: true},
+		Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "10.1.0.5",
+			PodIPs: []corev1.PodIP{{IP: "10.1.0.5"}, {IP: "fd00::5"}}},
+	}
+}
+
+func TestPodTransform(t *testing.T) {
+	tomb := cache.DeletedFinalStateUnknown{Key: "ns1/web-0", Obj: fullPod()}
+	for _, tc := range []struct {
+		name string
+		in   any
+		want any
+	}{
+		{"full pod keeps only what the index reads", fullPod(), strippedFullPod()},
+		{"stripping twice changes nothing", strippedFullPod(), strippedFullPod()},
+		{"pod without IPs", testPod("ns1", "pending", 0), testPod("ns1", "pending", 0)},
+		{"not a pod passes through", tomb, tomb},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := stripPod(tc.in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Fatalf("got %#v\nwant %#v", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestPodSourceCachesStrippedPods: the transform is the informer's, so its
+// cache holds the stripped pod.
+func TestPodSourceCachesStrippedPods(t *testing.T) {
+	_, p := startPods(t, newFakePods(t, fullPod()))
+	objs := p.informers[0].GetStore().List()
+	if len(objs) != 1 {
+		t.Fatalf("%d objects cached, want 1", len(objs))
+	}
+	if !reflect.DeepEqual(objs[0], strippedFullPod()) {
+		t.Fatalf("cached %#v\nwant %#v", objs[0], strippedFullPod())
+	}
+}
+
+// podStep changes one pod through the API and states the index's answer for
+// every IP the case uses.
+type podStep struct {
+	op   string // create, update or delete
+	pod  *corev1.Pod
+	want map[string]string // IP -> namespace ("" for none)
+}
+
+func TestPodSourceClaims(t *testing.T) {
+	const x, y, v6 = "10.1.0.5", "10.1.0.6", "fd00::5"
+	for _, tc := range []struct {
+		name  string
+		steps []podStep
+	}{
+		{"reused IP: newest wins, next takes over, ended claims nothing", []podStep{
+			{"create", testPod("ns1", "a", 1, x), map[string]string{x: "ns1"}},
+			{"create", testPod("ns2", "b", 2, x), map[string]string{x: "ns2"}},
+			{"delete", testPod("ns2", "b", 2, x), map[string]string{x: "ns1"}},
+			{"update", withPhase(testPod("ns1", "a", 1, x), corev1.PodSucceeded), map[string]string{x: ""}},
+		}},
+		{"an older pod seen later does not win", []podStep{
+			{"create", testPod("ns2", "b", 2, x), map[string]string{x: "ns2"}},
+			{"create", testPod("ns1", "a", 1, x), map[string]string{x: "ns2"}},
+			{"update", withPhase(testPod("ns2", "b", 2, x), corev1.PodFailed), map[string]string{x: "ns1"}},
+		}},
+		{"same creation time: the name decides, whatever the order", []podStep{
+			{"create", testPod("ns2", "b", 1, x), map[string]string{x: "ns2"}},
+			{"create", testPod("ns1", "a", 1, x), map[string]string{x: "ns2"}},
+			{"delete", testPod("ns2", "b", 1, x), map[string]string{x: "ns1"}},
+			{"create", testPod("ns2", "b", 1, x), map[string]string{x: "ns2"}},
+		}},
+		{"host-network pod claims nothing", []podStep{
+			{"create", hostNetwork(testPod("ns1", "node-agent", 1, x)), map[string]string{x: ""}},
+			{"create", testPod("ns2", "b", 0, x), map[string]string{x: "ns2"}},
+		}},
+		{"ended pods claim nothing", []podStep{
+			{"create", withPhase(testPod("ns1", "job", 2, x), corev1.PodSucceeded), map[string]string{x: ""}},
+			{"create", withPhase(testPod("ns1", "crash", 3, y), corev1.PodFailed), map[string]string{y: ""}},
+		}},
+		{"pending pod claims once it has an IP", []podStep{
+			{"create", withPhase(testPod("ns1", "a", 1), corev1.PodPending), map[string]string{x: ""}},
+			{"update", testPod("ns1", "a", 1, x), map[string]string{x: "ns1"}},
+		}},
+		{"dual-stack pod claims every IP", []podStep{
+			{"create", testPod("ns1", "a", 1, x, v6), map[string]string{x: "ns1", v6: "ns1"}},
+			{"delete", testPod("ns1", "a", 1, x, v6), map[string]string{x: "", v6: ""}},
+		}},
+		{"an update that changes the IP moves the claim", []podStep{
+			{"create", testPod("ns1", "a", 1, x), map[string]string{x: "ns1", y: ""}},
+			{"update", testPod("ns1", "a", 1, y), map[string]string{x: "", y: "ns1"}},
+		}},
+		{"a moved claim hands the old IP to the next claimant", []podStep{
+			{"create", testPod("ns1", "a", 1, x), map[string]string{x: "ns1"}},
+			{"create", testPod("ns2", "b", 2, x), map[string]string{x: "ns2"}},
+			{"update", testPod("ns2", "b", 2, y), map[string]string{x: "ns1", y: "ns2"}},
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			client := newFakePods(t)
+			idx, _ := startPods(t, client)
+			ctx := context.Background()
+			for i, s := range tc.steps {
+				pods := client.CoreV1().Pods(s.pod.Namespace)
+				var err error
+				switch s.op {
+				case "create":
+					_, err = pods.Create(ctx, s.pod, metav1.CreateOptions{})
+				case "update":
+					_, err = pods.Update(ctx, s.pod, metav1.UpdateOptions{})
+				case "delete":
+					err = pods.Delete(ctx, s.pod.Name, metav1.DeleteOptions{})
+				default:
+					t.Fatalf("step %d: unknown op %q", i, s.op)
+				}
+				if err != nil {
+					t.Fatalf("step %d: %s %s/%s: %v", i, s.op, s.pod.Namespace, s.pod.Name, err)
+				}
+				podBarrier(t, client, idx, i)
+				for ip, want := range s.want {
+					if got := idx.namespaceOf(netip.MustParseAddr(ip)); got != want {
+						t.Errorf("step %d (%s %s/%s): %s -> %q, want %q", i, s.op, s.pod.Namespace, s.pod.Name, ip, got, want)
+					}
+				}
+			}
+		})
+	}
+}
+
+// podBarrier returns once the index has applied every pod change made
+// before it: it moves a pod of its own to a fresh IP and waits for the index
+// to see it there, and one informer delivers its events in order.
+func podBarrier(t *testing.T, client *fake.Clientset, idx *clientIndex, step int) {
+	t.Helper()
+	ip := fmt.Sprintf("198.51.100.%d", step+1)
+	pod := testPod("barrier", "barrier", 0, ip)
+	pods := client.CoreV1().Pods("barrier")
+	var err error
+	if step == 0 {
+		_, err = pods.Create(context.Background(), pod, metav1.CreateOptions{})
+	} else {
+		_, err = pods.Update(context.Background(), pod, metav1.UpdateOptions{})
+	}
+	if err != nil {
+		t.Fatalf("moving the barrier pod: %v", err)
+	}
+	eventually(t, "barrier at "+ip, func() bool { return idx.namespaceOf(netip.MustParseAddr(ip)) == "barrier" })
+}
+
+// TestPodSourceDeleteForms: a deletion removes the claim whether the
+// informer gives the pod or a tombstone, even one whose last known state is
+// stale or missing.
+func TestPodSourceDeleteForms(t *testing.T) {
+	const x = "10.1.0.5"
+	for _, tc := range []struct {
+		name string
+		obj  any
+	}{
+		{"pod", testPod("ns2", "b", 2, x)},
+		{"tombstone", cache.DeletedFinalStateUnknown{Key: "ns2/b", Obj: testPod("ns2", "b", 2, x)}},
+		{"tombstone with a stale IP", cache.DeletedFinalStateUnknown{Key: "ns2/b", Obj: testPod("ns2", "b", 2, "10.9.9.9")}},
+		{"tombstone without an object", cache.DeletedFinalStateUnknown{Key: "ns2/b"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, b := testPod("ns1", "a", 1, x), testPod("ns2", "b", 2, x)
+			idx, p := startPods(t, newFakePods(t, a, b))
+			addr := netip.MustParseAddr(x)
+			if got := idx.namespaceOf(addr); got != "ns2" {
+				t.Fatalf("before the deletion: %q, want ns2", got)
+			}
+			p.remove(tc.obj)
+			if got := idx.namespaceOf(addr); got != "ns1" {
+				t.Fatalf("after the deletion: %q, want ns1", got)
+			}
+			// A stale update after the deletion would be a new pod of that
+			// name; a repeated deletion changes nothing.
+			p.remove(tc.obj)
+			if got := idx.namespaceOf(addr); got != "ns1" {
+				t.Fatalf("after a repeated deletion: %q, want ns1", got)
+			}
+		})
+	}
+}
+
+func TestPodSourceNamespaces(t *testing.T) {
+	pods := []k8sruntime.Object{
+		testPod("ns1", "a", 0, "10.1.0.1"),
+		testPod("ns2", "b", 0, "10.1.0.2"),
+		testPod("ns3", "c", 0, "10.1.0.3"),
+	}
+	for _, tc := range []struct {
+		name       string
+		namespaces []string
+		want       []string // namespaces of 10.1.0.1, .2, .3
+	}{
+		{"all", nil, []string{"ns1", "ns2", "ns3"}},
+		{"one", []string{"ns2"}, []string{"", "ns2", ""}},
+		{"two", []string{"ns1", "ns3"}, []string{"ns1", "", "ns3"}},
+		{"repeated", []string{"ns1", "ns1"}, []string{"ns1", "", ""}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			idx, p := startPods(t, newFakePods(t, pods...), tc.namespaces...)
+			for i, want := range tc.want {
+				ip := netip.AddrFrom4([4]byte{10, 1, 0, byte(i + 1)})
+				if got := idx.namespaceOf(ip); got != want {
+					t.Errorf("%s -> %q, want %q", ip, got, want)
+				}
+			}
+			if tc.name == "repeated" && len(p.informers) != 1 {
+				t.Errorf("%d informers for one namespace", len(p.informers))
+			}
+		})
+	}
+}
+
+// TestPodSourceSyncedAfterFirstList: until the first list has been handled
+// the index answers for no namespace, even for pods it already holds.
+func TestPodSourceSyncedAfterFirstList(t *testing.T) {
+	client := newFakePods(t, testPod("ns1", "a", 0, "10.1.0.1"))
+	release := make(chan struct{})
+	var once sync.Once
+	client.PrependReactor("list", "pods", func(k8stesting.Action) (bool, k8sruntime.Object, error) {
+		<-release
+		return false, nil, nil // the tracker answers
+	})
+	idx := newClientIndex()
+	p := newPodSource(client, nil, idx)
+	p.start()
+	defer p.stop()
+	defer once.Do(func() { close(release) })
+
+	ip := netip.MustParseAddr("10.1.0.1")
+	idx.set("ns1/early", &podClaim{namespace: "ns1", name: "early", ips: []netip.Addr{netip.MustParseAddr("10.1.0.9")}})
+	time.Sleep(50 * time.Millisecond)
+	if idx.synced() {
+		t.Fatal("synced before the list returned")
+	}
+	if got := idx.namespaceOf(netip.MustParseAddr("10.1.0.9")); got != "" {
+		t.Fatalf("before the sync: %q, want none", got)
+	}
+	once.Do(func() { close(release) })
+	eventually(t, "synced", idx.synced)
+	if got := idx.namespaceOf(ip); got != "ns1" {
+		t.Fatalf("after the sync: %q, want ns1", got)
+	}
+}
+
+// filledIndex is a synced index of n pods, spread over namespaces, at
+// 10.x.y.z and at fd00::x:y:z.
+func filledIndex(n int) (*clientIndex, []netip.Addr) {
+	idx := newClientIndex()
+	ips := make([]netip.Addr, 0, 2*n)
+	for i := range n {
+		v4 := netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
+		v6 := netip.AddrFrom16([16]byte{0: 0xfd, 13: byte(i >> 16), 14: byte(i >> 8), 15: byte(i)})
+		ns := fmt.Sprintf("ns%d", i%50)
+		name := fmt.Sprintf("pod%d", i)
+		idx.set(ns+"/"+name, &podClaim{namespace: ns, name: name, ips: []netip.Addr{v4, v6}})
+		ips = append(ips, v4, v6)
+	}
+	idx.markSynced()
+	return idx, ips
+}
+
+// TestClientIndexNamespaceOfAllocs: the lookup is on the query path.
+func TestClientIndexNamespaceOfAllocs(t *testing.T) {
+	idx, _ := filledIndex(1000)
+	unsynced := newClientIndex()
+	for _, tc := range []struct {
+		name string
+		idx  *clientIndex
+		ip   netip.Addr
+		want string
+	}{
+		{"IPv4 hit", idx, netip.MustParseAddr("10.0.0.7"), "ns7"},
+		{"IPv4-mapped hit", idx, netip.MustParseAddr("::ffff:10.0.0.7"), "ns7"},
+		{"IPv6 hit", idx, netip.MustParseAddr("fd00::7"), "ns7"},
+		{"miss", idx, netip.MustParseAddr("192.0.2.1"), ""},
+		{"zero address", idx, netip.Addr{}, ""},
+		{"not synced", unsynced, netip.MustParseAddr("10.0.0.7"), ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := tc.idx.namespaceOf(tc.ip); got != tc.want {
+				t.Fatalf("%s -> %q, want %q", tc.ip, got, tc.want)
+			}
+			if n := testing.AllocsPerRun(1000, func() { tc.idx.namespaceOf(tc.ip) }); n != 0 {
+				t.Fatalf("%v allocations per lookup, want 0", n)
+			}
+		})
+	}
+}
+
+// TestClientIndexCopiesOnlyTouchedShards: an event replaces the shards of the
+// IPs it touched and leaves every other shard, and any map a reader holds,
+// as it was.
+func TestClientIndexCopiesOnlyTouchedShards(t *testing.T) {
+	idx, _ := filledIndex(1000)
+	var before [clientShards]*map[netip.Addr]string
+	for i := range idx.shards {
+		before[i] = idx.shards[i].Load()
+	}
+	moved := netip.MustParseAddr("10.0.0.7")
+	fresh := netip.MustParseAddr("10.200.0.1")
+	idx.set("ns7/pod7", &podClaim{namespace: "ns7", name: "pod7", ips: []netip.Addr{fresh}})
+
+	touched := map[int]bool{shardOf(moved): true, shardOf(fresh): true,
+		shardOf(netip.MustParseAddr("fd00::7")): true}
+	for i := range idx.shards {
+		if changed := idx.shards[i].Load() != before[i]; changed != touched[i] {
+			t.Errorf("shard %d: replaced %v, touched %v", i, changed, touched[i])
+		}
+	}
+	if got := (*before[shardOf(moved)])[moved]; got != "ns7" {
+		t.Errorf("a reader's old shard changed under it: %q", got)
+	}
+	if got := idx.namespaceOf(moved); got != "" {
+		t.Errorf("old IP: %q, want none", got)
+	}
+	if got := idx.namespaceOf(fresh); got != "ns7" {
+		t.Errorf("new IP: %q, want ns7", got)
+	}
+}
+
+// TestClientIndexShardSpread: pod IPs of one small CIDR, as a cluster gives
+// them, reach every shard, so no shard grows to hold most of the index.
+func TestClientIndexShardSpread(t *testing.T) {
+	counts := make([]int, clientShards)
+	const n = 4096
+	for i := range n {
+		counts[shardOf(netip.AddrFrom4([4]byte{10, 244, byte(i >> 8), byte(i)}))]++
+	}
+	for s, c := range counts {
+		if c == 0 || c > 3*n/clientShards {
+			t.Errorf("shard %d holds %d of %d addresses", s, c, n)
+		}
+	}
+}
+
+// TestClientIndexConcurrentReaders runs lookups while pods come and go, for
+// the race detector.
+func TestClientIndexConcurrentReaders(t *testing.T) {
+	idx, ips := filledIndex(256)
+	var stop atomic.Bool
+	var readers sync.WaitGroup
+	for r := range 4 {
+		readers.Go(func() {
+			for i := r; !stop.Load(); i++ {
+				idx.namespaceOf(ips[i%len(ips)])
+			}
+		})
+	}
+	for i := range 2000 {
+		ns, name := fmt.Sprintf("ns%d", i%7), fmt.Sprintf("churn%d", i%100)
+		ip := netip.AddrFrom4([4]byte{10, 0, 0, byte(i)})
+		if i%3 == 0 {
+			idx.set(ns+"/"+name, nil)
+		} else {
+			idx.set(ns+"/"+name, &podClaim{namespace: ns, name: name, created: clientEpoch.Add(time.Duration(i)), ips: []netip.Addr{ip}})
+		}
+	}
+	stop.Store(true)
+	readers.Wait()
+}
+
+// TestPodSourceStopLeavesNoGoroutine: stop returns after the informers and
+// the sync wait have ended, whether or not the first list completed.
+func TestPodSourceStopLeavesNoGoroutine(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		namespaces []string
+		waitSync   bool
+	}{
+		{"all namespaces, synced", nil, true},
+		{"two namespaces, synced", []string{"ns1", "ns2"}, true},
+		{"stopped at once", []string{"ns1"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			client := newFakePods(t, testPod("ns1", "a", 0, "10.1.0.1"))
+			defer verifyNoLeaks(t, goleak.IgnoreCurrent())
+			before := goroutineIDs()
+			idx := newClientIndex()
+			p := newPodSource(client, tc.namespaces, idx)
+			p.start()
+			if tc.waitSync {
+				eventually(t, "synced", idx.synced)
+				if _, err := client.CoreV1().Pods("ns1").Create(context.Background(), testPod("ns1", "b", 1, "10.1.0.2"), metav1.CreateOptions{}); err != nil {
+					t.Fatal(err)
+				}
+				eventually(t, "new pod", func() bool { return idx.namespaceOf(netip.MustParseAddr("10.1.0.2")) == "ns1" })
+			}
+			p.stop()
+			// goleak waits for goroutines to end, while stop promises they
+			// have ended when it returns: look once, at once, for any left
+			// waiting. One that is runnable is past its last wait (the
+			// goroutine that signalled stop, say) and goleak sees it end.
+			for id, stack := range goroutineStacks() {
+				if !before[id] && !finishing(stack) &&
+					(strings.Contains(stack, "k8s.io/client-go/") || strings.Contains(stack, "serviceentry.(*podSource)")) {
+					t.Errorf("running after stop returned:\n%s", stack)
+				}
+			}
+			p.stop() // a second stop is harmless
+		})
+	}
+}
+
+// goroutineStacks returns the stack of every goroutine, by ID.
+func goroutineStacks() map[string]string {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	stacks := make(map[string]string)
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		id, _, _ := strings.Cut(strings.TrimPrefix(g, "goroutine "), " ")
+		stacks[id] = g
+	}
+	return stacks
+}
+
+// finishing reports whether a goroutine's stack shows it running rather
+// than waiting.
+func finishing(stack string) bool {
+	header, _, _ := strings.Cut(stack, "\n")
+	return strings.Contains(header, "[runnable") || strings.Contains(header, "[running")
+}
+
+func goroutineIDs() map[string]bool {
+	ids := make(map[string]bool)
+	for id := range goroutineStacks() {
+		ids[id] = true
+	}
+	return ids
+}
+
+func BenchmarkNamespaceOf(b *testing.B) {
+	idx, ips := filledIndex(10000)
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		idx.namespaceOf(ips[i%len(ips)])
+		i++
+	}
+}
+
+// TestPodSourceStopWaitsForList: client-go leaves a list in progress behind
+// when its informer stops; stop waits for it.
+func TestPodSourceStopWaitsForList(t *testing.T) {
+	client := newFakePods(t)
+	entered, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	client.PrependReactor("list", "pods", func(k8stesting.Action) (bool, k8sruntime.Object, error) {
+		once.Do(func() { close(entered) })
+		<-release
+		return false, nil, nil
+	})
+	p := newPodSource(client, nil, newClientIndex())
+	p.start()
+	<-entered
+	stopped := make(chan struct{})
+	go func() {
+		p.stop()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+		t.Fatal("stop returned while a list was in progress")
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(release)
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("stop did not return once the list had")
+	}
+}
