@@ -74,7 +74,7 @@ func newClientIndex() *clientIndex {
 }
 
 // shardOf spreads addresses over the shards. Pod IPs of one cluster share
-// their high bits (the pod CIDR), so the hash mixes all sixteen bytes with a
+// their high bits (the pod CIDR), so the hash mixes every byte of the address with a
 // multiplicative hash and takes the top bits, which depend on every input bit.
 func shardOf(ip netip.Addr) int {
 	b := ip.As16()
@@ -287,7 +287,7 @@ func podInformer(client kubernetes.Interface, namespace string, lists *listCalls
 
 // stripPod is the informers' transform. The cache holds every pod of the
 // cluster, and a decoded pod (containers, volumes, managed fields,
-// conditions) is tens of times what the index reads, so only that is kept.
+// conditions) is many times what the index reads, so only that is kept.
 // The informer may hand an object to it twice; stripping again is harmless.
 func stripPod(obj any) (any, error) {
 	pod, ok := obj.(*corev1.Pod)
