@@ -74,8 +74,9 @@ func newClientIndex() *clientIndex {
 }
 
 // shardOf spreads addresses over the shards. Pod IPs of one cluster share
-// their high bits (the pod CIDR), so the hash mixes every byte of the address with a
-// multiplicative hash and takes the top bits, which depend on every input bit.
+// their high bits (the pod CIDR), so the hash mixes every byte of the address
+// with a multiplicative hash and takes the top bits, which depend on every
+// input bit.
 func shardOf(ip netip.Addr) int {
 	b := ip.As16()
 	h := binary.LittleEndian.Uint64(b[:8])*0x9e3779b97f4a7c15 ^ binary.LittleEndian.Uint64(b[8:])
