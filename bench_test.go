@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"runtime"
 	"syscall"
 	"testing"
 	"time"
@@ -164,4 +165,112 @@ func processCPU(b *testing.B) time.Duration {
 		b.Fatal(err)
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// exportToBench is benchEntries(10,000) with every tenth entry exported to
+// one of 1,000 namespaces instead of to all, and 10,000 client pods spread
+// over those namespaces: each namespace has an overlay of one host.
+func exportToBench() (map[string]*entry, map[string]string) {
+	entries := benchEntries(10_000)
+	for i := 0; i < 10_000; i += 10 {
+		entries[fmt.Sprintf("ns/e%d", i)].exportedTo = []string{fmt.Sprintf("team-%d", i/10)}
+	}
+	pods := make(map[string]string, 10_000)
+	for i := range 10_000 {
+		pods[fmt.Sprintf("10.1.%d.%d", i>>8, i&0xff)] = fmt.Sprintf("team-%d", i%1000)
+	}
+	return entries, pods
+}
+
+// BenchmarkExportTo: a query with "exportto client" against the same query
+// with "exportto public", from a pod whose namespace sees one private host.
+func BenchmarkExportTo(b *testing.B) {
+	entries, pods := exportToBench()
+	public := newStore(false)
+	publicEntries := make(map[string]*entry, len(entries))
+	for key, e := range entries {
+		if e.exportedTo == nil {
+			publicEntries[key] = e
+		}
+	}
+	public.replaceAll(publicEntries)
+	public.markSynced()
+	client := newStore(false)
+	client.replaceAll(entries)
+	client.markSynced()
+	client.clients = clientsOf(b, pods)
+	// Pod 42 is in team-42, which sees svc-420's private entry.
+	for _, c := range []struct {
+		name, qname, from string
+		st                *store
+	}{
+		{"public/hit-A", "svc-41.ns-41.internal.", "10.1.0.42", public},
+		{"client/hit-A", "svc-41.ns-41.internal.", "10.1.0.42", client},
+		{"client/private-hit-A", "svc-420.ns-20.internal.", "10.1.0.42", client},
+		{"client/unknown-client-hit-A", "svc-41.ns-41.internal.", "10.9.9.9", client},
+		{"public/nxdomain", "absent.ns-1.internal.", "10.1.0.42", public},
+		{"client/nxdomain", "absent.ns-1.internal.", "10.1.0.42", client},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			se := (&ServiceEntry{Zones: []string{"internal."}, TTL: 30}).attach(c.st)
+			m := new(dns.Msg).SetQuestion(c.qname, dns.TypeA)
+			w := &test.ResponseWriter{RemoteIP: c.from}
+			b.ReportAllocs()
+			for b.Loop() {
+				rec := dnstest.NewRecorder(w)
+				_, _ = se.ServeDNS(context.Background(), rec, m)
+			}
+		})
+	}
+}
+
+// BenchmarkExportToMemory reports the live heap of the stores (entries
+// excluded) at 10,000 entries, 10 % of them exported to one of 1,000
+// namespaces each: "exportto public" serving the 9,000 public ones, and
+// "exportto client" serving all with 1,000 overlays; and of the index of
+// 10,000 client pods. The timed loop is one overlay rebuild (a private entry
+// replaced).
+func BenchmarkExportToMemory(b *testing.B) {
+	entries, pods := exportToBench()
+	publicEntries := make(map[string]*entry, len(entries))
+	for key, e := range entries {
+		if e.exportedTo == nil {
+			publicEntries[key] = e
+		}
+	}
+	heap := func() uint64 {
+		var m runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	}
+	base := heap()
+	public := newStore(false)
+	public.replaceAll(publicEntries)
+	public.markSynced()
+	withPublic := heap()
+	st := newStore(false)
+	st.replaceAll(entries)
+	st.markSynced()
+	withClient := heap()
+	st.clients = clientsOf(b, pods)
+	withIndex := heap()
+	b.ReportMetric(float64(withPublic-base), "public-store-B")
+	b.ReportMetric(float64(withClient-withPublic), "client-store-B")
+	b.ReportMetric(float64(withIndex-withClient), "pod-index-B")
+	if len(st.table().overlays) != 1000 {
+		b.Fatalf("%d overlays, want 1000", len(st.table().overlays))
+	}
+	e := entries["ns/e420"]
+	changed := *e
+	changed.hosts = []hostAddrs{{name: e.hosts[0].name, addrs: []netip.Addr{netip.MustParseAddr("192.0.2.1")}}}
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		if i%2 == 0 {
+			st.upsert(e.key, &changed)
+		} else {
+			st.upsert(e.key, e)
+		}
+	}
+	runtime.KeepAlive(public)
 }

@@ -3,8 +3,6 @@ package serviceentry
 import (
 	"fmt"
 	"maps"
-	"net"
-	"slices"
 	"strings"
 	"testing"
 
@@ -178,12 +176,3 @@ func tableNames(t *table) map[string]*answer {
 	return out
 }
 
-func sameAnswer(a, b *answer) bool {
-	if a == nil || b == nil {
-		return a == b
-	}
-	eq := func(x, y []net.IP) bool {
-		return slices.EqualFunc(x, y, func(p, q net.IP) bool { return p.Equal(q) })
-	}
-	return eq(a.a, b.a) && eq(a.aaaa, b.aaaa)
-}

@@ -32,6 +32,12 @@ type entry struct {
 	hosts []hostAddrs
 	ports []srvPort // spec.ports that are valid, for SRV answers
 
+	// exportedTo is nil for a public entry, visible to every client
+	// namespace (exportTo empty, the mesh default, or holding "*"; every
+	// entry with "exportto all"). With "exportto client" an entry that is
+	// not public lists the namespaces it is visible to ("." is its own).
+	exportedTo []string
+
 	// legacyHosts are the hosts the v1 allocator counts ("autoallocate
 	// legacy"): every eligible host, even of an entry not exported to us,
 	// because istiod allocates mesh-wide and positions depend on all of them.
@@ -56,10 +62,19 @@ const (
 	autoAllocateOff                            // declared addresses only
 )
 
+// exportMode says which ServiceEntries a client sees ("exportto").
+type exportMode int
+
+const (
+	exportPublic exportMode = iota // public entries only, to every client
+	exportAll                      // every entry, exportTo ignored
+	exportClient                   // per the client's namespace, as Istio's proxy does per pod
+)
+
 // convertOptions are the Corefile options that decide which addresses count.
 type convertOptions struct {
 	autoAllocate autoAllocateMode
-	exportAll    bool // exportto all: ignore exportTo
+	exportTo     exportMode
 	// dualStack serves auto-allocated IPv6 addresses too ("autoallocate MODE
 	// dualstack"). Istio's agent gives a pod the auto-allocated addresses of
 	// its first IP family only, unless ISTIO_DUAL_STACK is on and the pod is
@@ -103,13 +118,17 @@ func identity(meta *metav1.ObjectMeta) (namespace, key string) {
 // part in the legacy allocation; skips lists what was left out so the caller
 // can log it and count it, once per change.
 func convert(meta *metav1.ObjectMeta, spec *networking.ServiceEntry, status *networking.ServiceEntryStatus, opts convertOptions) (*entry, []skip) {
-	exported := opts.exportAll || exportedToAll(spec.GetExportTo())
 	namespace, key := identity(meta)
 	e := &entry{
 		key:       key,
 		namespace: namespace,
 		name:      meta.Name,
 		created:   meta.CreationTimestamp.Time,
+	}
+	exported := opts.exportTo == exportAll || exportedToAll(spec.GetExportTo())
+	if !exported && opts.exportTo == exportClient {
+		e.exportedTo = exportedNamespaces(namespace, spec.GetExportTo())
+		exported = len(e.exportedTo) > 0
 	}
 	var skips []skip
 
@@ -184,6 +203,31 @@ func convert(meta *metav1.ObjectMeta, spec *networking.ServiceEntry, status *net
 // empty (the mesh default) or containing "*".
 func exportedToAll(exportTo []string) bool {
 	return len(exportTo) == 0 || slices.Contains(exportTo, "*")
+}
+
+// exportedNamespaces lists the namespaces an entry that is not public is
+// visible to, as Istio's service index reads exportTo: "~" hides it from
+// every namespace, "." is its own namespace, any other value names one.
+func exportedNamespaces(own string, exportTo []string) []string {
+	if slices.Contains(exportTo, "~") {
+		return nil
+	}
+	var out []string
+	for _, ns := range exportTo {
+		if ns == "." {
+			ns = own
+		}
+		if !slices.Contains(out, ns) {
+			out = append(out, ns)
+		}
+	}
+	return out
+}
+
+// visibleTo reports whether clients of namespace ns ("" for a client of no
+// known namespace) see e.
+func (e *entry) visibleTo(ns string) bool {
+	return e.exportedTo == nil || (ns != "" && slices.Contains(e.exportedTo, ns))
 }
 
 // statusQualifies applies istiod's rules for when status.addresses, written by

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"math/rand/v2"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
@@ -261,4 +262,31 @@ func legacyParsed(t testing.TB, n int, opts convertOptions) []*entry {
 		out[i] = e
 	}
 	return out
+}
+
+// kubeconfigFor writes a kubeconfig for the API server at url and returns its
+// path.
+func kubeconfigFor(t *testing.T, url string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "kubeconfig")
+	writeFile(t, path, fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: %q}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: c, context: {cluster: c, user: u}}]
+current-context: c
+`, url))
+	return path
+}
+
+// clientsOf is a synced client index holding one pod per address (key) in
+// the namespace it maps to.
+func clientsOf(t testing.TB, byIP map[string]string) *clientIndex {
+	t.Helper()
+	idx := newClientIndex()
+	for ip, ns := range byIP {
+		idx.set(ns+"/"+ip, &podClaim{namespace: ns, name: ip, ips: []netip.Addr{netip.MustParseAddr(ip)}})
+	}
+	idx.markSynced()
+	return idx
 }

@@ -20,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
@@ -46,6 +47,9 @@ type kubeSource struct {
 	opts       convertOptions
 	store      entrySink
 	backoff    wait.Backoff // between discovery attempts
+	// pods places clients in their namespaces with "exportto client"; nil
+	// otherwise.
+	pods *podSource
 
 	cancel context.CancelFunc
 	done   chan struct{} // closed when run has returned
@@ -73,8 +77,17 @@ func newKubeSource(cfg *config, st *store) (*kubeSource, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating Istio client: %w", err)
 	}
-	return &kubeSource{client: client, resources: discoveryLister(client.Discovery().RESTClient()),
-		namespaces: cfg.namespaces, labels: cfg.labels, opts: cfg.convert, store: st, backoff: discoveryBackoff}, nil
+	k := &kubeSource{client: client, resources: discoveryLister(client.Discovery().RESTClient()),
+		namespaces: cfg.namespaces, labels: cfg.labels, opts: cfg.convert, store: st, backoff: discoveryBackoff}
+	if cfg.convert.exportTo == exportClient {
+		pods, err := kubernetes.NewForConfig(restCfg)
+		if err != nil {
+			return nil, fmt.Errorf("creating Kubernetes client: %w", err)
+		}
+		st.clients = newClientIndex()
+		k.pods = newPodSource(pods, cfg.namespaces, st.clients)
+	}
+	return k, nil
 }
 
 // discoveryLister asks the API server's discovery endpoint with the caller's
@@ -117,6 +130,9 @@ func (k *kubeSource) start() error {
 	k.cancel = cancel
 	k.done = make(chan struct{})
 	go k.run(ctx)
+	if k.pods != nil {
+		k.pods.start()
+	}
 	return nil
 }
 
@@ -127,6 +143,9 @@ func (k *kubeSource) stop() {
 	k.cancel()
 	<-k.done
 	k.cancel = nil
+	if k.pods != nil {
+		k.pods.stop()
+	}
 }
 
 func (k *kubeSource) run(ctx context.Context) {

@@ -6,7 +6,6 @@ import (
 	"math"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -201,15 +200,7 @@ func TestKubeSourceStopIsPrompt(t *testing.T) {
 			}))
 			defer server.Close()
 			defer server.CloseClientConnections()
-			kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
-			writeFile(t, kubeconfig, fmt.Sprintf(`apiVersion: v1
-kind: Config
-clusters: [{name: c, cluster: {server: %q}}]
-users: [{name: u, user: {token: t}}]
-contexts: [{name: c, context: {cluster: c, user: u}}]
-current-context: c
-`, server.URL))
-			src, st, err := newSource(&config{kubeconfig: kubeconfig})
+			src, st, err := newSource(&config{kubeconfig: kubeconfigFor(t, server.URL)})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -428,4 +419,40 @@ func TestKubeSourceReportsSkipsOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, "the new problem counted", func() bool { return invalid()-before == 3 })
+}
+
+// TestKubeSourceExportToClient: with "exportto client" the source places
+// clients through a pod informer of its own, started and stopped with it.
+func TestKubeSourceExportToClient(t *testing.T) {
+	defer verifyNoLeaks(t, goleak.IgnoreCurrent())
+	asked := make(chan string, 100)
+	server := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case asked <- r.URL.Path:
+		default:
+		}
+		http.NotFound(w, r)
+	}))
+	defer server.Close()
+	src, st, err := newSource(&config{kubeconfig: kubeconfigFor(t, server.URL), convert: convertOptions{exportTo: exportClient}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.clients == nil {
+		t.Fatal("no client index with exportto client")
+	}
+	if err := src.start(); err != nil {
+		t.Fatal(err)
+	}
+	timeout := time.After(10 * time.Second)
+	for listed := false; !listed; {
+		select {
+		case path := <-asked:
+			listed = path == "/api/v1/pods"
+		case <-timeout:
+			t.Fatal("the pods were never listed")
+		}
+	}
+	src.stop()
+	st.close()
 }

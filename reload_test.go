@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 	"weak"
@@ -13,6 +14,7 @@ import (
 	"github.com/coredns/caddy"
 	"github.com/coredns/coredns/core/dnsserver"
 	_ "github.com/coredns/coredns/plugin/bind"
+	_ "github.com/coredns/coredns/plugin/cache"
 	_ "github.com/coredns/coredns/plugin/file"
 	_ "github.com/coredns/coredns/plugin/root"
 	_ "github.com/coredns/coredns/plugin/whoami"
@@ -309,5 +311,26 @@ func TestClusterDomainReachesHandler(t *testing.T) {
 	defer stopCaddy(t, inst)
 	if got := askA(t, port, "svc.custom.test."); got != "203.0.113.1" {
 		t.Fatalf("a name the chain answers inside cluster_domain: got %s, want the chain's 203.0.113.1", got)
+	}
+}
+
+// TestExportToClientRefusesCache: cache keys replies by name and type only,
+// so in front of per-client answers it would serve one namespace's answers to
+// another; such a block does not start, and leaves nothing running.
+func TestExportToClientRefusesCache(t *testing.T) {
+	defer verifyNoLeaks(t, goleak.IgnoreCurrent())
+	kubeconfig := kubeconfigFor(t, "https://127.0.0.1:1")
+	input := caddy.CaddyfileInput{ServerTypeName: "dns", Filepath: "Corefile", Contents: []byte(fmt.Sprintf(
+		"internal.:%d {\n bind 127.0.0.1\n cache\n serviceentry {\n kubeconfig %s\n exportto client\n }\n}\n", freeUDPPort(t), kubeconfig))}
+	inst, err := caddy.Start(input)
+	if err == nil {
+		stopCaddy(t, inst)
+		t.Fatal("exportto client started behind cache")
+	}
+	if !strings.Contains(err.Error(), "exportto client cannot be served with cache") {
+		t.Errorf("error %q does not say why", err)
+	}
+	if n := len(sharedSources()); n != 0 {
+		t.Errorf("%d sources running after the refused start", n)
 	}
 }

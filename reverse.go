@@ -164,7 +164,7 @@ func nibble(c byte) (byte, bool) {
 // ptrHosts returns the hosts, in the zones, answering with addr. Only hosts
 // the plugin answers for are named: one outside the zones is never served, so
 // it does not answer with the address either.
-func (se *ServiceEntry) ptrHosts(tbl *table, addr netip.Addr) ([]string, int) {
+func (se *ServiceEntry) ptrHosts(tbl view, addr netip.Addr) ([]string, int) {
 	all := tbl.ptr(addr)
 	n := 0
 	for _, h := range all {
@@ -178,7 +178,7 @@ func (se *ServiceEntry) ptrHosts(tbl *table, addr netip.Addr) ([]string, int) {
 // ptr answers the reverse name of an address n of hosts (some outside the
 // zones, skipped) answer with: a PTR record to each, or NODATA for another
 // type.
-func (se *ServiceEntry) ptr(w dns.ResponseWriter, r *dns.Msg, tbl *table, zone, qname string, hosts []string, n int) (int, error) {
+func (se *ServiceEntry) ptr(w dns.ResponseWriter, r *dns.Msg, tbl view, zone, qname string, hosts []string, n int) (int, error) {
 	if r.Question[0].Qtype != dns.TypePTR {
 		return se.negative(w, r, tbl, zone, qname, dns.RcodeSuccess)
 	}

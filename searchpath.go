@@ -13,7 +13,7 @@ import "github.com/miekg/dns"
 // one) and that lies in the plugin's zones wins. Nothing is stored per host
 // and namespace: the suffix is matched, stripped, and the host looked up.
 // asked is the question's name: the alias and the host keep its case.
-func (se *ServiceEntry) expansion(tbl *table, qname, asked string) (reply, bool) {
+func (se *ServiceEntry) expansion(tbl view, qname, asked string) (reply, bool) {
 	for _, d := range se.SearchDomains {
 		i, start := dns.PrevLabel(qname, dns.CountLabel(d))
 		if start || i == 0 || qname[i:] != d {

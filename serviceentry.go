@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/netip"
 	"sync/atomic"
 
 	"github.com/coredns/coredns/plugin"
@@ -58,6 +59,31 @@ func (se *ServiceEntry) table() *table {
 	return nil
 }
 
+// viewOf returns the table as the client of w sees it, and false before the
+// first full read. With "exportto client" the client's namespace comes from
+// the address it asks from.
+func (se *ServiceEntry) viewOf(w dns.ResponseWriter) (view, bool) {
+	st := se.store.Load()
+	if st == nil {
+		return view{}, false
+	}
+	t := st.table()
+	if t == nil {
+		return view{}, false
+	}
+	if st.clients == nil {
+		return view{table: t}, true
+	}
+	var ip netip.Addr
+	switch a := w.RemoteAddr().(type) {
+	case *net.UDPAddr:
+		ip = a.AddrPort().Addr()
+	case *net.TCPAddr:
+		ip = a.AddrPort().Addr()
+	}
+	return t.viewFor(st.clients.namespaceOf(ip)), true
+}
+
 // defaultClusterDomains is where Kubernetes names live unless cluster_domain
 // says otherwise.
 var defaultClusterDomains = []string{"cluster.local."}
@@ -86,8 +112,8 @@ func (se *ServiceEntry) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *d
 		return plugin.NextOrFailure(se.Name(), se.Next, ctx, w, r)
 	}
 
-	tbl := se.table()
-	if tbl == nil {
+	tbl, ok := se.viewOf(w)
+	if !ok {
 		// Not synced. Cluster DNS must not go down with us: a name that
 		// fallthrough covers goes on exactly as an unknown name would (a
 		// ServiceEntry host may get the next plugin's answer until then).
@@ -153,7 +179,7 @@ type reply struct {
 }
 
 // answer writes the records of x for the question, or NODATA.
-func (se *ServiceEntry) answer(w dns.ResponseWriter, r *dns.Msg, tbl *table, x reply) (int, error) {
+func (se *ServiceEntry) answer(w dns.ResponseWriter, r *dns.Msg, tbl view, x reply) (int, error) {
 	qtype := r.Question[0].Qtype
 	var rrs, extra []dns.RR
 	switch {
@@ -202,7 +228,7 @@ func (se *ServiceEntry) inClusterDomain(qname string) bool {
 // says the name does not exist: a namespace that can write ServiceEntries
 // must not take over a real Service's name, nor a pod's under a headless
 // Service. Any other reply of the chain is written as it is.
-func (se *ServiceEntry) afterKubernetes(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, tbl *table, x reply) (int, error) {
+func (se *ServiceEntry) afterKubernetes(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, tbl view, x reply) (int, error) {
 	nw := nonwriter.New(w)
 	rcode, err := plugin.NextOrFailure(se.Name(), se.Next, ctx, nw, r)
 	if nw.Msg == nil {
@@ -225,7 +251,7 @@ func (se *ServiceEntry) afterKubernetes(ctx context.Context, w dns.ResponseWrite
 // apex answers SOA or NS at a zone's apex. The NS name is ns.dns.<zone>, as
 // the kubernetes plugin's; its addresses go along as glue only when the table
 // answers for that name, since we know no other address of ours.
-func (se *ServiceEntry) apex(w dns.ResponseWriter, r *dns.Msg, tbl *table, zone string, qtype uint16) (int, error) {
+func (se *ServiceEntry) apex(w dns.ResponseWriter, r *dns.Msg, tbl view, zone string, qtype uint16) (int, error) {
 	m := new(dns.Msg)
 	m.SetReply(r)
 	m.Authoritative = true
@@ -245,7 +271,7 @@ func (se *ServiceEntry) apex(w dns.ResponseWriter, r *dns.Msg, tbl *table, zone 
 // negative writes NXDOMAIN or NODATA (rcode success, no answer) with an SOA in
 // the authority section, so that resolvers cache it for the plugin's TTL
 // (RFC 2308).
-func (se *ServiceEntry) negative(w dns.ResponseWriter, r *dns.Msg, tbl *table, zone, qname string, rcode int) (int, error) {
+func (se *ServiceEntry) negative(w dns.ResponseWriter, r *dns.Msg, tbl view, zone, qname string, rcode int) (int, error) {
 	m := new(dns.Msg)
 	m.SetRcode(r, rcode)
 	m.Authoritative = true
@@ -260,7 +286,7 @@ func (se *ServiceEntry) negative(w dns.ResponseWriter, r *dns.Msg, tbl *table, z
 // table serves (a served name or an empty non-terminal), else of the name's
 // parent, else, for a top-level name, of the name itself, so that what is
 // cached stays scoped to the name asked.
-func negativeOwner(tbl *table, zone, qname string) string {
+func negativeOwner(tbl view, zone, qname string) string {
 	if zone != "." {
 		return zone
 	}

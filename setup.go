@@ -1,6 +1,7 @@
 package serviceentry
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"path/filepath"
@@ -65,6 +66,12 @@ func setup(c *caddy.Controller) error {
 	// instance's shutdown, or the failure of the reload that created it,
 	// releases it.
 	c.OnStartup(func() error {
+		// cache keys its replies by name and type alone: in front of
+		// per-client answers it would hand one namespace's private answers
+		// to another. Its handlers are all known once the servers are made.
+		if cfg.convert.exportTo == exportClient && server.Handler("cache") != nil {
+			return plugin.Error(pluginName, errors.New("exportto client cannot be served with cache in the same server block: cache would give one namespace's answers to another; serve the plugin's zones from a block without cache"))
+		}
 		u := &user{inst: inst, handler: se, servers: serverLabels(server), zones: strings.Join(cfg.zones, ",")}
 		st, err := running.acquire(u, cfg.sourceKey(), func() (source, *store, error) { return newSource(cfg) })
 		if err != nil {
@@ -156,6 +163,11 @@ func parse(c *caddy.Controller) (*config, error) {
 	}
 	if len(cfg.manifests) > 0 && (cfg.kubeconfig != "" || len(cfg.namespaces) > 0 || cfg.labels != "") {
 		return nil, fmt.Errorf("manifests cannot be combined with kubeconfig, namespaces or labels: they select the Kubernetes source")
+	}
+	// A client's namespace is that of the pod holding its address, which
+	// only the API server knows.
+	if len(cfg.manifests) > 0 && cfg.convert.exportTo == exportClient {
+		return nil, fmt.Errorf("exportto client needs the Kubernetes source: a client's namespace is found from the pods' addresses, which manifests do not give")
 	}
 	// Legacy addresses are positions among every eligible entry of the mesh:
 	// computed over fewer entries they differ from those istiod hands out.
@@ -265,10 +277,12 @@ func parseOption(c *caddy.Controller, cfg *config) error {
 		}
 	case "exportto":
 		args := c.RemainingArgs()
-		if len(args) != 1 || (args[0] != "public" && args[0] != "all") {
-			return c.Errf("exportto must be public or all, got %q", args)
+		modes := map[string]exportMode{"public": exportPublic, "all": exportAll, "client": exportClient}
+		mode, ok := modes[strings.Join(args, " ")]
+		if !ok {
+			return c.Errf("exportto must be public, all or client, got %q", args)
 		}
-		cfg.convert.exportAll = args[0] == "all"
+		cfg.convert.exportTo = mode
 	default:
 		return c.Errf("unknown property '%s'", c.Val())
 	}

@@ -19,7 +19,7 @@ func TestParse(t *testing.T) {
 		check   func(t *testing.T, c *config)
 	}{
 		{"defaults", `serviceentry`, "", func(t *testing.T, c *config) {
-			if c.ttl != 30 || c.startupTimeout != 5*time.Second || c.convert.autoAllocate != autoAllocateStatus || c.convert.exportAll {
+			if c.ttl != 30 || c.startupTimeout != 5*time.Second || c.convert.autoAllocate != autoAllocateStatus || c.convert.exportTo != exportPublic {
 				t.Errorf("defaults: %+v", c)
 			}
 			if len(c.zones) != 1 || c.zones[0] != "." {
@@ -68,7 +68,7 @@ func TestParse(t *testing.T) {
 			if strings.Join(c.namespaces, ",") != "a,b,c" || c.labels != "app in (x, y),tier=db" {
 				t.Errorf("scope: %v %q", c.namespaces, c.labels)
 			}
-			if c.ttl != 0 || c.convert.autoAllocate != autoAllocateOff || !c.convert.exportAll {
+			if c.ttl != 0 || c.convert.autoAllocate != autoAllocateOff || c.convert.exportTo != exportAll {
 				t.Errorf("answer options: %+v", c)
 			}
 			if !c.fall.Through("x.a.global.") || c.fall.Through("b.global.") {
@@ -112,7 +112,7 @@ func TestParse(t *testing.T) {
 		{"autoallocate off dualstack", "serviceentry {\nautoallocate off dualstack\n}", "dualstack needs auto-allocated addresses", nil},
 		{"autoallocate bad family", "serviceentry {\nautoallocate status ipv6\n}", "autoallocate status takes only dualstack", nil},
 		{"bad autoallocate", "serviceentry {\nautoallocate v2\n}", "autoallocate must be status, legacy or off", nil},
-		{"bad exportto", "serviceentry {\nexportto some\n}", "exportto must be public or all", nil},
+		{"bad exportto", "serviceentry {\nexportto some\n}", "exportto must be public, all or client", nil},
 		{"bad labels", "serviceentry {\nlabels a=(\n}", "labels: invalid selector", nil},
 		{"unknown property", "serviceentry {\nendpoint http://x\n}", "unknown property 'endpoint'", nil},
 		{"manifests without path", "serviceentry {\nmanifests\n}", "Wrong argument count", nil},
@@ -120,6 +120,12 @@ func TestParse(t *testing.T) {
 		{"legacy with namespaces", "serviceentry {\nautoallocate legacy\nnamespaces a\n}", "autoallocate legacy cannot be combined with namespaces or labels: istiod allocates over every namespace", nil},
 		{"legacy with labels", "serviceentry {\nlabels app=x\nautoallocate legacy\n}", "autoallocate legacy cannot be combined with namespaces or labels", nil},
 		{"cluster_domain without a domain", "serviceentry {\ncluster_domain\n}", "Wrong argument count", nil},
+		{"exportto client with manifests", "serviceentry {\nmanifests x\nexportto client\n}", "exportto client needs the Kubernetes source", nil},
+		{"exportto client", "serviceentry {\nexportto client\n}", "", func(t *testing.T, c *config) {
+			if c.convert.exportTo != exportClient {
+				t.Errorf("exportto %v, want client", c.convert.exportTo)
+			}
+		}},
 		{"manifests with kubeconfig", "serviceentry {\nmanifests x\nkubeconfig y\n}", "manifests cannot be combined", nil},
 		{"twice in a block", "serviceentry\nserviceentry", "plugin", nil},
 		{"error names the line", "serviceentry {\n\n\nttl x\n}", "Testfile:4", nil},

@@ -14,11 +14,12 @@ type srvPort struct {
 	number uint16
 }
 
-// portsFor gathers the ports of host from the entries whose addresses it
-// answers with (store.contributors: the winning namespace's), merged, oldest
-// first. A host of one entry shares that entry's slice.
-func (s *store) portsFor(host string) []srvPort {
-	from := s.contributors(host)
+// portsFor gathers the ports of host for the clients of namespace ns from the
+// entries whose addresses it answers with (store.contributors: the winning
+// namespace's), merged, oldest first. A host of one entry shares that entry's
+// slice.
+func (s *store) portsFor(host, ns string) []srvPort {
+	from := s.contributors(host, ns)
 	if len(from) == 1 {
 		return from[0].ports
 	}
@@ -47,7 +48,7 @@ func (t *table) portsOf(h hit) []srvPort {
 // the host itself, each with priority 0 and weight 100. The target is the
 // host, or, for a wildcard, the name asked without the service labels; its
 // addresses go in the additional section.
-func (se *ServiceEntry) srvRecords(tbl *table, h hit, owner string) ([]dns.RR, []dns.RR) {
+func (se *ServiceEntry) srvRecords(tbl view, h hit, owner string) ([]dns.RR, []dns.RR) {
 	if h.service && h.port == "" {
 		return nil, nil // _<proto>.<host> holds no record of its own
 	}

@@ -3,6 +3,7 @@ package serviceentry
 import (
 	"cmp"
 	"hash/maphash"
+	"maps"
 	"net"
 	"net/netip"
 	"runtime/debug"
@@ -47,6 +48,13 @@ type store struct {
 	reallocTimer  clock.Timer // a deferred recomputation, nil if none
 	clock         storeClock
 	closed        bool
+
+	// clients maps a query's source address to its namespace with
+	// "exportto client"; nil otherwise. overlaid lists, by host, the
+	// namespaces whose overlay holds it (see overlaysLocked); only entries
+	// read with "exportto client" make overlays.
+	clients  *clientIndex
+	overlaid map[string][]string
 
 	published   atomic.Pointer[table] // nil until the first full read of the source
 	firstSynced chan struct{}         // closed when the first table is published
@@ -223,13 +231,14 @@ func (s *store) publishLocked() {
 	ports := make(map[string][]srvPort, len(s.dirty))
 	shared := make(map[addrsKey]*answer)
 	for host := range s.dirty {
-		changes[host] = s.answerFor(host, shared)
-		ports[host] = s.portsFor(host)
+		changes[host] = s.answerFor(host, "", shared)
+		ports[host] = s.portsFor(host, "")
 	}
+	s.building = s.building.with(changes, ports)
+	s.building.overlays = s.overlaysLocked(changes, ports)
 	// A fresh map, not clear: a cleared map keeps the capacity of the
 	// initial sync and ranging over it would cost O(all hosts) per change.
 	s.dirty = make(map[string]bool)
-	s.building = s.building.with(changes, ports)
 	s.building.entries = len(s.entries)
 	s.building.published = start
 	if s.legacy != nil {
@@ -254,6 +263,80 @@ func (s *store) deferReallocLocked(wait time.Duration) {
 	})
 }
 
+// overlaysLocked returns the overlays of s.building after the public answers
+// of the dirty hosts changed to changes and ports. A dirty host is looked at
+// again for every namespace an entry declaring it is exported to, and every
+// namespace whose overlay held it: it stays in (or enters) the overlay of
+// those where its answer or ports differ from the public ones. Only the
+// overlays of namespaces with such a host are rebuilt; the others are shared.
+func (s *store) overlaysLocked(changes map[string]*answer, ports map[string][]srvPort) map[string]*overlay {
+	touched := make(map[string]map[string]*overlayHost) // namespace -> host -> its answer there, nil: as public
+	shared := make(map[addrsKey]*answer)
+	for host, public := range changes {
+		namespaces := slices.Clone(s.overlaid[host])
+		for _, e := range s.byHost[host] {
+			for _, ns := range e.exportedTo {
+				if !slices.Contains(namespaces, ns) {
+					namespaces = append(namespaces, ns)
+				}
+			}
+		}
+		var kept []string
+		for _, ns := range namespaces {
+			if touched[ns] == nil {
+				touched[ns] = make(map[string]*overlayHost)
+			}
+			ans, p := s.answerFor(host, ns, shared), s.portsFor(host, ns)
+			if sameAnswer(ans, public) && slices.Equal(p, ports[host]) {
+				touched[ns][host] = nil
+				continue
+			}
+			touched[ns][host] = &overlayHost{ans: ans, ports: p}
+			kept = append(kept, ns)
+		}
+		if len(kept) > 0 {
+			if s.overlaid == nil {
+				s.overlaid = make(map[string][]string)
+			}
+			s.overlaid[host] = kept
+		} else {
+			delete(s.overlaid, host)
+		}
+	}
+	if len(touched) == 0 {
+		return s.building.overlays
+	}
+	out := maps.Clone(s.building.overlays)
+	if out == nil {
+		out = make(map[string]*overlay, len(touched))
+	}
+	for ns, hosts := range touched {
+		all := out[ns].hosts()
+		for host, oh := range hosts {
+			if oh == nil {
+				delete(all, host)
+			} else {
+				all[host] = *oh
+			}
+		}
+		if len(all) == 0 {
+			delete(out, ns)
+		} else {
+			out[ns] = newOverlay(all, s.building)
+		}
+	}
+	return out
+}
+
+// sameAnswer reports whether a and b answer with the same addresses in the
+// same order.
+func sameAnswer(a, b *answer) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return slices.EqualFunc(a.a, b.a, net.IP.Equal) && slices.EqualFunc(a.aaaa, b.aaaa, net.IP.Equal)
+}
+
 // addrsKey identifies an address slice by its backing array: all hosts of an
 // entry share the slice of its spec.addresses.
 type addrsKey struct {
@@ -274,8 +357,8 @@ type addrsKey struct {
 // slice, shared through shared with every other host built from the same
 // slice in this publish: an entry with 256 hosts and 256 addresses costs one
 // answer, not 256 (memory follows what the entries say, not its product).
-func (s *store) answerFor(host string, shared map[addrsKey]*answer) *answer {
-	contributors := s.contributors(host)
+func (s *store) answerFor(host, ns string, shared map[addrsKey]*answer) *answer {
+	contributors := s.contributors(host, ns)
 	switch len(contributors) {
 	case 0:
 		return nil
@@ -300,16 +383,32 @@ func (s *store) answerFor(host string, shared map[addrsKey]*answer) *answer {
 	return newAnswer(merged)
 }
 
-// contributors are the entries whose addresses host answers with: those of
-// the namespace of the oldest entry declaring host (creationTimestamp, then
-// namespace, then name), with or without addresses, that give it addresses,
-// oldest first. None when that namespace gives it no address.
-func (s *store) contributors(host string) []*entry {
+// contributors are the entries whose addresses host answers with for the
+// clients of namespace ns ("" for the public table): among the entries they
+// see declaring host, with or without addresses, those exported to ns by name
+// (or as their own with ".") come before public ones, as in Istio's sidecar
+// scope; the first by creationTimestamp, then namespace, then name, chooses
+// the namespace; its entries that give host addresses contribute, oldest
+// first. None when that namespace gives it no address.
+func (s *store) contributors(host, ns string) []*entry {
 	claimants := s.byHost[host]
+	if !slices.ContainsFunc(claimants, func(e *entry) bool { return !e.visibleTo(ns) }) {
+		if len(claimants) > 1 {
+			claimants = slices.Clone(claimants)
+		}
+	} else {
+		claimants = slices.DeleteFunc(slices.Clone(claimants), func(e *entry) bool { return !e.visibleTo(ns) })
+	}
 	if len(claimants) > 1 {
-		claimants = slices.Clone(claimants)
+		explicit := func(e *entry) int {
+			if e.exportedTo == nil {
+				return 1
+			}
+			return 0
+		}
 		slices.SortFunc(claimants, func(a, b *entry) int {
-			return cmp.Or(a.created.Compare(b.created), cmp.Compare(a.namespace, b.namespace), cmp.Compare(a.name, b.name))
+			return cmp.Or(cmp.Compare(explicit(a), explicit(b)), a.created.Compare(b.created),
+				cmp.Compare(a.namespace, b.namespace), cmp.Compare(a.name, b.name))
 		})
 	}
 	var out []*entry

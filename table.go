@@ -58,6 +58,10 @@ type table struct {
 	// fully qualified, sorted: the PTR answer, built with the table.
 	reverse [shardCount]map[netip.Addr][]string
 
+	// overlays are, by client namespace, what that namespace sees
+	// differently with "exportto client"; nil otherwise.
+	overlays map[string]*overlay
+
 	// What the table's metrics report.
 	hosts             int
 	entries           int       // ServiceEntries that take part
@@ -77,8 +81,7 @@ func (t *table) shardOf(name string) int {
 // presentation format. An exact name beats any wildcard; among wildcards the
 // most specific wins; a wildcard never covers its own apex.
 func (t *table) lookup(name string) *answer {
-	h, _ := t.host(name, true)
-	return h.ans
+	return view{table: t}.lookup(name)
 }
 
 // hit is what serves a name: a host, or one of its service names,
@@ -93,28 +96,9 @@ type hit struct {
 	hostOff int // where the host starts in the name
 }
 
-// find returns what serves name (same form as lookup's): a service name of a
-// host before the host itself, since underscore labels never belong to a
-// valid host; with wild false, exact hosts only.
+// find returns what serves name (same form as lookup's) in the public view.
 func (t *table) find(name string, wild bool) (hit, bool) {
-	if name != "" && name[0] == '_' {
-		if off, end := dns.NextLabel(name, 0); !end {
-			if name[off] == '_' {
-				if off2, end := dns.NextLabel(name, off); !end {
-					if h, ok := t.host(name[off2:], wild); ok {
-						h.service, h.hostOff = true, off2
-						h.port, h.proto = name[1:off-1], name[off+1:off2-1]
-						return h, true
-					}
-				}
-			}
-			if h, ok := t.host(name[off:], wild); ok {
-				h.service, h.hostOff = true, off
-				return h, true
-			}
-		}
-	}
-	return t.host(name, wild)
+	return view{table: t}.find(name, wild)
 }
 
 // host finds the host that serves name: the exact one, else (with wild) the
@@ -133,25 +117,6 @@ func (t *table) host(name string, wild bool) (hit, bool) {
 		}
 	}
 	return hit{}, false
-}
-
-// hasBelow reports whether served names lie below name (same form as
-// lookup's): an empty non-terminal when lookup finds nothing for it.
-func (t *table) hasBelow(name string) bool {
-	return t.below[t.shardOf(name)][name] > 0
-}
-
-// closestServed returns the closest proper ancestor of name (same form as
-// lookup's) that exists in the table, as a served exact name or with served
-// names below it, or "" if none does.
-func (t *table) closestServed(name string) string {
-	for off, end := dns.NextLabel(name, 0); !end; off, end = dns.NextLabel(name, off) {
-		anc := name[off:]
-		if t.exact[t.shardOf(anc)][anc] != nil || t.hasBelow(anc) {
-			return anc
-		}
-	}
-	return ""
 }
 
 // with returns a copy of t with the given names set (a nil answer deletes the

@@ -1,0 +1,228 @@
+package serviceentry
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/miekg/dns"
+)
+
+// overlay is what one client namespace sees differently from the public
+// table with "exportto client": only the hosts whose answer differs for it,
+// because an entry is exported to it without being public. It is immutable
+// once published, like the table that holds it.
+type overlay struct {
+	// exact and wild (keyed by the wildcard's suffix, as in table) hold the
+	// namespace's own answer and ports for a host; a nil answer means the
+	// host is not served to this namespace although it is public (a private
+	// claimant won it and gives it no address).
+	exact map[string]overlayHost
+	wild  map[string]overlayHost
+	// below is added to the table's counts of served names under a name.
+	below map[string]int32
+	// reverse lists, by address, the exact hosts of the overlay answering
+	// with it, fully qualified, sorted.
+	reverse map[netip.Addr][]string
+}
+
+type overlayHost struct {
+	ans   *answer
+	ports []srvPort
+}
+
+// view is the table as one client sees it: the public table, through the
+// overlay of the client's namespace when it has one. Clients of a namespace
+// without overlay, and clients of no known namespace, read the table alone.
+type view struct {
+	*table
+	o *overlay
+}
+
+// viewFor returns the view of the clients of namespace ns ("" for unknown).
+func (t *table) viewFor(ns string) view {
+	if ns == "" || t.overlays == nil {
+		return view{table: t}
+	}
+	return view{table: t, o: t.overlays[ns]}
+}
+
+// lookup, find, host, hasBelow, closestServed, portsOf and ptr answer as the
+// table's methods do, through the overlay.
+func (v view) lookup(name string) *answer {
+	h, _ := v.host(name, true)
+	return h.ans
+}
+
+// find returns what serves name (same form as lookup's): a service name of a
+// host before the host itself, since underscore labels never belong to a
+// valid host; with wild false, exact hosts only.
+func (v view) find(name string, wild bool) (hit, bool) {
+	if name != "" && name[0] == '_' {
+		if off, end := dns.NextLabel(name, 0); !end {
+			if name[off] == '_' {
+				if off2, end := dns.NextLabel(name, off); !end {
+					if h, ok := v.host(name[off2:], wild); ok {
+						h.service, h.hostOff = true, off2
+						h.port, h.proto = name[1:off-1], name[off+1:off2-1]
+						return h, true
+					}
+				}
+			}
+			if h, ok := v.host(name[off:], wild); ok {
+				h.service, h.hostOff = true, off
+				return h, true
+			}
+		}
+	}
+	return v.host(name, wild)
+}
+
+// host is table.host through the overlay: the overlay's word on an exact
+// name or a wildcard suffix replaces the table's.
+func (v view) host(name string, wild bool) (hit, bool) {
+	if v.o == nil {
+		return v.table.host(name, wild)
+	}
+	if oh, ok := v.o.exact[name]; ok {
+		if oh.ans != nil {
+			return hit{ans: oh.ans, key: name}, true
+		}
+	} else if ans := v.exact[v.shardOf(name)][name]; ans != nil {
+		return hit{ans: ans, key: name}, true
+	}
+	if !wild {
+		return hit{}, false
+	}
+	for off, end := dns.NextLabel(name, 0); !end; off, end = dns.NextLabel(name, off) {
+		suffix := name[off:]
+		if oh, ok := v.o.wild[suffix]; ok {
+			if oh.ans != nil {
+				return hit{ans: oh.ans, key: suffix, wild: true}, true
+			}
+			continue
+		}
+		if ans := v.wild[v.shardOf(suffix)][suffix]; ans != nil {
+			return hit{ans: ans, key: suffix, wild: true}, true
+		}
+	}
+	return hit{}, false
+}
+
+// hasBelow reports whether served names lie below name (same form as
+// lookup's): an empty non-terminal when lookup finds nothing for it.
+func (v view) hasBelow(name string) bool {
+	n := v.below[v.shardOf(name)][name]
+	if v.o != nil {
+		n += v.o.below[name]
+	}
+	return n > 0
+}
+
+// closestServed returns the closest proper ancestor of name (same form as
+// lookup's) that exists, as a served exact name or with served names below
+// it, or "" if none does.
+func (v view) closestServed(name string) string {
+	for off, end := dns.NextLabel(name, 0); !end; off, end = dns.NextLabel(name, off) {
+		anc := name[off:]
+		if _, ok := v.host(anc, false); ok || v.hasBelow(anc) {
+			return anc
+		}
+	}
+	return ""
+}
+
+func (v view) portsOf(h hit) []srvPort {
+	if v.o != nil {
+		if oh, ok := v.overlayHost(h); ok {
+			return oh.ports
+		}
+	}
+	return v.table.portsOf(h)
+}
+
+func (v view) overlayHost(h hit) (overlayHost, bool) {
+	if h.wild {
+		oh, ok := v.o.wild[h.key]
+		return oh, ok
+	}
+	oh, ok := v.o.exact[h.key]
+	return oh, ok
+}
+
+// ptr returns the hosts answering with addr for this view, sorted: the
+// table's, less those the overlay answers otherwise, plus the overlay's.
+func (v view) ptr(addr netip.Addr) []string {
+	all := v.table.ptr(addr)
+	if v.o == nil {
+		return all
+	}
+	own := v.o.reverse[addr]
+	var out []string
+	for _, h := range all {
+		if _, replaced := v.o.exact[h[:len(h)-1]]; !replaced {
+			out = append(out, h)
+		}
+	}
+	if len(out) == len(all) && len(own) == 0 {
+		return all
+	}
+	out = append(out, own...)
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// hosts returns a fresh map of the overlay's hosts by owner name ("*.a.com"
+// for a wildcard); empty for a nil overlay.
+func (o *overlay) hosts() map[string]overlayHost {
+	out := make(map[string]overlayHost)
+	if o == nil {
+		return out
+	}
+	for name, oh := range o.exact {
+		out[name] = oh
+	}
+	for suffix, oh := range o.wild {
+		out["*."+suffix] = oh
+	}
+	return out
+}
+
+// newOverlay builds the overlay of namespace-specific hosts (owner names,
+// "*.a.com" for a wildcard) against the public table t. The counts and the
+// reverse index are derived from the hosts, which are few.
+func newOverlay(hosts map[string]overlayHost, t *table) *overlay {
+	o := &overlay{exact: map[string]overlayHost{}, wild: map[string]overlayHost{},
+		below: map[string]int32{}, reverse: map[netip.Addr][]string{}}
+	for host, oh := range hosts {
+		suffix, wild := strings.CutPrefix(host, "*.")
+		var public bool
+		if wild {
+			o.wild[suffix] = oh
+			public = t.wild[t.shardOf(suffix)][suffix] != nil
+		} else {
+			o.exact[host] = oh
+			public = t.exact[t.shardOf(host)][host] != nil
+			for _, ip := range addressesOf(oh.ans) {
+				addr, _ := netip.AddrFromSlice(ip)
+				o.reverse[addr] = append(o.reverse[addr], host+".")
+			}
+		}
+		var delta int32
+		switch {
+		case oh.ans != nil && !public:
+			delta = 1
+		case oh.ans == nil && public:
+			delta = -1
+		}
+		if delta != 0 {
+			for off, end := dns.NextLabel(host, 0); !end; off, end = dns.NextLabel(host, off) {
+				o.below[host[off:]] += delta
+			}
+		}
+	}
+	for addr := range o.reverse {
+		slices.Sort(o.reverse[addr])
+	}
+	return o
+}
