@@ -175,4 +175,3 @@ func tableNames(t *table) map[string]*answer {
 	}
 	return out
 }
-
