@@ -5,6 +5,7 @@ package integration
 import (
 	"bytes"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -121,7 +122,19 @@ func (c *coredns) isReady() bool {
 }
 
 func (c *coredns) exchange(name string, qtype uint16, network string) (*dns.Msg, error) {
+	return c.exchangeFrom(name, qtype, network, "")
+}
+
+// exchangeFrom asks from a given loopback source address ("" for any), as a
+// pod with that IP would.
+func (c *coredns) exchangeFrom(name string, qtype uint16, network, from string) (*dns.Msg, error) {
 	client := &dns.Client{Net: network, Timeout: 2 * time.Second}
+	if from != "" {
+		client.Dialer = &net.Dialer{Timeout: 2 * time.Second, LocalAddr: &net.UDPAddr{IP: net.ParseIP(from)}}
+		if network == "tcp" {
+			client.Dialer.LocalAddr = &net.TCPAddr{IP: net.ParseIP(from)}
+		}
+	}
 	m := new(dns.Msg).SetQuestion(dns.Fqdn(name), qtype)
 	r, _, err := client.Exchange(m, c.dnsAddr)
 	return r, err
@@ -130,7 +143,13 @@ func (c *coredns) exchange(name string, qtype uint16, network string) (*dns.Msg,
 // answer is "RCODE ip ip ..." (IPs sorted), for compact comparisons.
 func (c *coredns) answer(t testing.TB, name string, qtype uint16, network string) string {
 	t.Helper()
-	r, err := c.exchange(name, qtype, network)
+	return c.answerFrom(t, name, qtype, network, "")
+}
+
+// answerFrom is answer asked from a given source address.
+func (c *coredns) answerFrom(t testing.TB, name string, qtype uint16, network, from string) string {
+	t.Helper()
+	r, err := c.exchangeFrom(name, qtype, network, from)
 	if err != nil {
 		return "error: " + err.Error()
 	}

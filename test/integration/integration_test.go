@@ -221,7 +221,34 @@ func TestAPIServerOutage(t *testing.T) {
 func TestRBAC(t *testing.T) {
 	c := startCluster(t, "RBAC")
 	c.installCRDs(t, istioCRDs(t))
-	rbac, err := os.ReadFile("../../deploy/rbac.yaml")
+	token := corednsServiceAccount(t, c, "rbac.yaml")
+	ctx := context.Background()
+	if _, err := c.istio(t).NetworkingV1().ServiceEntries("default").Create(ctx,
+		serviceEntry("default", "rbac", []string{"ok.rbac.internal"}, "192.0.2.30"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	allowed := startCoreDNS(t, "rbac.internal", "kubeconfig "+c.kubeconfig(t, token), "startup_timeout 10s")
+	allowed.waitListening(t, 20*time.Second)
+	allowed.waitAnswer(t, 10*time.Second, "ok.rbac.internal", dns.TypeA, "NOERROR 192.0.2.30")
+
+	denied := startCoreDNS(t, "rbac.internal", "kubeconfig "+c.kubeconfig(t, nobodyToken), "startup_timeout 1s")
+	denied.waitListening(t, 20*time.Second)
+	denied.waitLog(t, 15*time.Second, "reading ServiceEntries is forbidden")
+	if denied.isReady() {
+		t.Error("ready without permission")
+	}
+	if got := denied.answer(t, "ok.rbac.internal", dns.TypeA, "udp"); got != "SERVFAIL" {
+		t.Errorf("without permission: got %q, want SERVFAIL", got)
+	}
+}
+
+// corednsServiceAccount applies deploy/<rbacFile>, creates CoreDNS's
+// ServiceAccount kube-system/coredns and returns a real token of it from the
+// TokenRequest API.
+func corednsServiceAccount(t *testing.T, c *cluster, rbacFile string) string {
+	t.Helper()
+	rbac, err := os.ReadFile("../../deploy/" + rbacFile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -239,24 +266,7 @@ func TestRBAC(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.istio(t).NetworkingV1().ServiceEntries("default").Create(ctx,
-		serviceEntry("default", "rbac", []string{"ok.rbac.internal"}, "192.0.2.30"), metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-
-	allowed := startCoreDNS(t, "rbac.internal", "kubeconfig "+c.kubeconfig(t, tok.Status.Token), "startup_timeout 10s")
-	allowed.waitListening(t, 20*time.Second)
-	allowed.waitAnswer(t, 10*time.Second, "ok.rbac.internal", dns.TypeA, "NOERROR 192.0.2.30")
-
-	denied := startCoreDNS(t, "rbac.internal", "kubeconfig "+c.kubeconfig(t, nobodyToken), "startup_timeout 1s")
-	denied.waitListening(t, 20*time.Second)
-	denied.waitLog(t, 15*time.Second, "reading ServiceEntries is forbidden")
-	if denied.isReady() {
-		t.Error("ready without permission")
-	}
-	if got := denied.answer(t, "ok.rbac.internal", dns.TypeA, "udp"); got != "SERVFAIL" {
-		t.Errorf("without permission: got %q, want SERVFAIL", got)
-	}
+	return tok.Status.Token
 }
 
 // TestNoCRDThenInstall: without Istio's CRD the plugin says so once, is
