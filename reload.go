@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"weak"
 )
 
 // A Corefile reload builds a new caddy instance, runs its OnStartup hooks, and
@@ -44,6 +45,14 @@ type sourceRegistry struct {
 	// registered are the plugin blocks answering from a shared source, in
 	// the order they started; the metrics read them.
 	registered []*user
+	// retired are the handlers of instances that shut down normally since
+	// the last acquire or release. Should CoreDNS keep an old instance's
+	// handlers reachable, as it did those of failed reloads (see
+	// releaseAllBut), they would keep their store, and a replaced source's
+	// table, with them; those still reachable let go at the next acquire or
+	// release, when no packet can reach them any more. Weak pointers: the
+	// list itself keeps nothing alive.
+	retired []weak.Pointer[ServiceEntry]
 }
 
 // sharedSource is one running source and the instances holding it.
@@ -66,6 +75,7 @@ type user struct {
 func (r *sourceRegistry) acquire(u *user, key string, build func() (source, *store, error)) (*store, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.detachRetiredLocked()
 	shared := r.byKey[key]
 	if shared == nil {
 		src, st, err := build()
@@ -90,6 +100,7 @@ func (r *sourceRegistry) acquire(u *user, key string, build func() (source, *sto
 func (r *sourceRegistry) release(inst *instance) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.detachRetiredLocked()
 	r.releaseLocked(func(i *instance) bool { return i == inst }, false)
 }
 
@@ -101,12 +112,14 @@ func (r *sourceRegistry) release(inst *instance) {
 func (r *sourceRegistry) releaseAllBut(inst *instance) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.detachRetiredLocked()
 	r.releaseLocked(func(i *instance) bool { return i != inst }, true)
 }
 
 // releaseLocked drops the holdings of the instances gone reports. Handlers of
-// an instance that stopped normally keep their store: CoreDNS's old servers
-// may still answer a packet or two after the reload has returned.
+// an instance that stopped normally keep their store until the next acquire
+// or release (see retired): CoreDNS's old servers may still answer a packet
+// or two after the reload has returned.
 func (r *sourceRegistry) releaseLocked(gone func(*instance) bool, detach bool) {
 	r.registered = slices.DeleteFunc(r.registered, func(u *user) bool {
 		if !gone(u.inst) {
@@ -114,6 +127,8 @@ func (r *sourceRegistry) releaseLocked(gone func(*instance) bool, detach bool) {
 		}
 		if detach {
 			u.handler.store.Store(nil)
+		} else {
+			r.retired = append(r.retired, weak.Make(u.handler))
 		}
 		return true
 	})
@@ -129,6 +144,15 @@ func (r *sourceRegistry) releaseLocked(gone func(*instance) bool, detach bool) {
 			delete(r.byKey, key)
 		}
 	}
+}
+
+func (r *sourceRegistry) detachRetiredLocked() {
+	for _, w := range r.retired {
+		if se := w.Value(); se != nil {
+			se.store.Store(nil)
+		}
+	}
+	r.retired = nil
 }
 
 // users returns the running plugin blocks, one per server and zones: while a

@@ -227,6 +227,57 @@ func TestFailedReloadReleases(t *testing.T) {
 	}
 }
 
+// waitServing waits until the servers on port answer over UDP and TCP.
+// CoreDNS stops only the servers whose serving goroutines have begun: an
+// instance replaced sooner goes on serving beside its successor.
+func waitServing(t *testing.T, port int) {
+	t.Helper()
+	eventually(t, "serving over UDP and TCP", func() bool {
+		for _, network := range []string{"udp", "tcp"} {
+			c := &dns.Client{Net: network, Timeout: time.Second}
+			if _, _, err := c.Exchange(new(dns.Msg).SetQuestion("probe.internal.", dns.TypeA), fmt.Sprintf("127.0.0.1:%d", port)); err != nil {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// TestRetiredHandlersLetGo: the handlers of an instance replaced by a reload
+// keep their store while its servers may still answer a late packet, and let
+// go of it at the next reload, so that nothing CoreDNS keeps of an old
+// instance holds a table.
+func TestRetiredHandlersLetGo(t *testing.T) {
+	defer verifyNoLeaks(t, goleak.IgnoreCurrent())
+	dir := manifestDir(t, "a.internal", "192.0.2.1")
+	port := freeUDPPort(t)
+	first := startCaddy(t, corefileInput(port, "manifests "+dir))
+	waitServing(t, port)
+	running.mu.Lock()
+	old := running.registered[0].handler
+	running.mu.Unlock()
+
+	second, err := first.Restart(corefileInput(port, "manifests "+dir+"\n ttl 10"))
+	if err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	if old.store.Load() == nil {
+		t.Error("the replaced instance's handler let go of its store during the reload that replaced it")
+	}
+	waitServing(t, port)
+	third, err := second.Restart(corefileInput(port, "manifests "+dir+"\n ttl 20"))
+	if err != nil {
+		t.Fatalf("second reload: %v", err)
+	}
+	if old.store.Load() != nil {
+		t.Error("the replaced instance's handler still holds its store after the next reload")
+	}
+	if got := askA(t, port, "a.internal."); got != "192.0.2.1" {
+		t.Errorf("after the reloads: %s", got)
+	}
+	stopCaddy(t, third)
+}
+
 // TestManifestsFollowRoot: relative manifest paths are read from CoreDNS's
 // root directive, as the hosts and file plugins do.
 func TestManifestsFollowRoot(t *testing.T) {

@@ -192,20 +192,21 @@ func (o *overlay) hosts() map[string]overlayHost {
 // "*.a.com" for a wildcard) against the public table t. The counts and the
 // reverse index are derived from the hosts, which are few.
 func newOverlay(hosts map[string]overlayHost, t *table) *overlay {
-	o := &overlay{exact: map[string]overlayHost{}, wild: map[string]overlayHost{},
-		below: map[string]int32{}, reverse: map[netip.Addr][]string{}}
+	// Most overlays hold a host or two: maps are made only when used (a nil
+	// map reads as empty), which keeps a thousand of them small.
+	o := &overlay{}
 	for host, oh := range hosts {
 		suffix, wild := strings.CutPrefix(host, "*.")
 		var public bool
 		if wild {
-			o.wild[suffix] = oh
+			setIn(&o.wild, suffix, oh)
 			public = t.wild[t.shardOf(suffix)][suffix] != nil
 		} else {
-			o.exact[host] = oh
+			setIn(&o.exact, host, oh)
 			public = t.exact[t.shardOf(host)][host] != nil
 			for _, ip := range addressesOf(oh.ans) {
 				addr, _ := netip.AddrFromSlice(ip)
-				o.reverse[addr] = append(o.reverse[addr], host+".")
+				setIn(&o.reverse, addr, append(o.reverse[addr], host+"."))
 			}
 		}
 		var delta int32
@@ -217,7 +218,7 @@ func newOverlay(hosts map[string]overlayHost, t *table) *overlay {
 		}
 		if delta != 0 {
 			for off, end := dns.NextLabel(host, 0); !end; off, end = dns.NextLabel(host, off) {
-				o.below[host[off:]] += delta
+				setIn(&o.below, host[off:], o.below[host[off:]]+delta)
 			}
 		}
 	}
@@ -225,4 +226,12 @@ func newOverlay(hosts map[string]overlayHost, t *table) *overlay {
 		slices.Sort(o.reverse[addr])
 	}
 	return o
+}
+
+// setIn sets m[k] = v, making *m first if it is nil.
+func setIn[M ~map[K]V, K comparable, V any](m *M, k K, v V) {
+	if *m == nil {
+		*m = make(M, 1)
+	}
+	(*m)[k] = v
 }
