@@ -19,6 +19,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	k8sruntime "k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/features"
 	clientfeaturestesting "k8s.io/client-go/features/testing"
 	"k8s.io/client-go/kubernetes/fake"
@@ -112,30 +113,59 @@ func fullPod() *corev1.Pod {
 	}
 }
 
-// strippedFullPod is what the cache keeps of fullPod.
-func strippedFullPod() *corev1.Pod {
-	return &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Namespace: "ns1", Name: "web-0", UID: "uid-1",
-			CreationTimestamp: metav1.NewTime(clientEpoch)},
-		Spec: corev1.PodSpec{HostNetwork: true},
-		Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "10.1.0.5",
-			PodIPs: []corev1.PodIP{{IP: "10.1.0.5"}, {IP: "fd00::5"}}},
+// strippedFullPod is what the cache keeps of fullPod: a host-network pod,
+// so it claims no IP.
+func strippedFullPod() *clientPod {
+	return &clientPod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns1", Name: "web-0",
+		ResourceVersion: "42", CreationTimestamp: metav1.NewTime(clientEpoch)}}
+}
+
+// podNetworkFullPod is fullPod on the pod network.
+func podNetworkFullPod() *corev1.Pod {
+	pod := fullPod()
+	pod.Spec.HostNetwork = false
+	return pod
+}
+
+// strippedPodNetworkFullPod is what the cache keeps of podNetworkFullPod.
+func strippedPodNetworkFullPod() *clientPod {
+	pod := strippedFullPod()
+	pod.ips = []netip.Addr{netip.MustParseAddr("10.1.0.5"), netip.MustParseAddr("fd00::5")}
+	return pod
+}
+
+// clientPodOf is the clientPod of a testPod that claims ips.
+func clientPodOf(ns, name string, created int, ips ...string) *clientPod {
+	pod := &clientPod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name,
+		CreationTimestamp: metav1.NewTime(clientEpoch.Add(time.Duration(created) * time.Second))}}
+	for _, ip := range ips {
+		pod.ips = append(pod.ips, netip.MustParseAddr(ip))
 	}
+	return pod
 }
 
 func TestPodTransform(t *testing.T) {
-	tomb := cache.DeletedFinalStateUnknown{Key: "ns1/web-0", Obj: fullPod()}
+	tomb := cache.DeletedFinalStateUnknown{Key: "ns1/web-0", Obj: strippedFullPod()}
 	for _, tc := range []struct {
 		name string
 		in   any
 		want any
 	}{
-		{"full pod keeps only what the index reads", fullPod(), strippedFullPod()},
-		{"stripping twice changes nothing", strippedFullPod(), strippedFullPod()},
-		{"pod without IPs", testPod("ns1", "pending", 0), testPod("ns1", "pending", 0)},
+		{"full host-network pod keeps only its name, version and age", fullPod(), strippedFullPod()},
+		{"full pod keeps only what the index and the informer read", podNetworkFullPod(), strippedPodNetworkFullPod()},
+		{"transforming twice changes nothing", strippedPodNetworkFullPod(), strippedPodNetworkFullPod()},
+		{"pod without IPs", withPhase(testPod("ns1", "pending", 0), corev1.PodPending), clientPodOf("ns1", "pending", 0)},
+		{"succeeded pod claims nothing", withPhase(testPod("ns1", "job", 0, "10.1.0.5"), corev1.PodSucceeded), clientPodOf("ns1", "job", 0)},
+		{"failed pod claims nothing", withPhase(testPod("ns1", "crash", 0, "10.1.0.5"), corev1.PodFailed), clientPodOf("ns1", "crash", 0)},
+		{"IPv4-mapped and repeated IPs, once each", testPod("ns1", "a", 0, "::ffff:10.1.0.5", "10.1.0.5", "fd00::5"),
+			clientPodOf("ns1", "a", 0, "10.1.0.5", "fd00::5")},
 		{"not a pod passes through", tomb, tomb},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			var before *corev1.Pod
+			if pod, ok := tc.in.(*corev1.Pod); ok {
+				before = pod.DeepCopy()
+			}
 			got, err := stripPod(tc.in)
 			if err != nil {
 				t.Fatal(err)
@@ -143,21 +173,99 @@ func TestPodTransform(t *testing.T) {
 			if !reflect.DeepEqual(got, tc.want) {
 				t.Fatalf("got %#v\nwant %#v", got, tc.want)
 			}
+			if before != nil && !reflect.DeepEqual(tc.in, before) {
+				t.Fatalf("the decoded pod changed:\n%#v\nwas %#v", tc.in, before)
+			}
+			if pod, ok := tc.in.(*clientPod); ok && got != any(pod) {
+				t.Fatal("a clientPod was copied")
+			}
 		})
 	}
 }
 
+// TestClientPodDeepCopy: client-go's cache mutation detector compares a
+// cached object with its deep copy, so the copy must be equal and share
+// nothing mutable.
+func TestClientPodDeepCopy(t *testing.T) {
+	pod := strippedPodNetworkFullPod()
+	pod.Labels = map[string]string{"app": "web"} // never kept; here to see ObjectMeta copied deeply
+	cp, ok := pod.DeepCopyObject().(*clientPod)
+	if !ok || !reflect.DeepEqual(cp, pod) {
+		t.Fatalf("copy %#v\nof %#v", cp, pod)
+	}
+	cp.ips[0] = netip.MustParseAddr("192.0.2.1")
+	cp.Labels["app"] = "changed"
+	if want := strippedPodNetworkFullPod(); pod.ips[0] != want.ips[0] || pod.Labels["app"] != "web" {
+		t.Fatalf("changing the copy changed the original: %#v", pod)
+	}
+	if (&clientPod{}).DeepCopyObject().(*clientPod).ips != nil {
+		t.Fatal("no IPs copied as an empty slice")
+	}
+	if kind := pod.GetObjectKind().GroupVersionKind(); !kind.Empty() {
+		t.Fatalf("kind %v, want none", kind)
+	}
+}
+
 // TestPodSourceCachesStrippedPods: the transform is the informer's, so its
-// cache holds the stripped pod.
+// cache holds clientPods, keyed as the pods are.
 func TestPodSourceCachesStrippedPods(t *testing.T) {
 	_, p := startPods(t, newFakePods(t, fullPod()))
-	objs := p.informers[0].GetStore().List()
+	store := p.informers[0].GetStore()
+	objs := store.List()
 	if len(objs) != 1 {
 		t.Fatalf("%d objects cached, want 1", len(objs))
 	}
 	if !reflect.DeepEqual(objs[0], strippedFullPod()) {
 		t.Fatalf("cached %#v\nwant %#v", objs[0], strippedFullPod())
 	}
+	if _, ok, _ := store.GetByKey("ns1/web-0"); !ok {
+		t.Fatalf("not cached under its namespace/name: %v", store.ListKeys())
+	}
+}
+
+// TestPodSourceTombstoneCarriesClientPod: a pod found gone at a relist (its
+// deletion missed while the watch was down) is handed to the handlers as a
+// tombstone holding the cached clientPod, and loses its claim.
+func TestPodSourceTombstoneCarriesClientPod(t *testing.T) {
+	client := newFakePods(t)
+	var lists atomic.Int32
+	client.PrependReactor("list", "pods", func(k8stesting.Action) (bool, k8sruntime.Object, error) {
+		if lists.Add(1) == 1 {
+			return true, &corev1.PodList{Items: []corev1.Pod{*podNetworkFullPod()}}, nil
+		}
+		return true, &corev1.PodList{}, nil
+	})
+	first := watch.NewRaceFreeFake()
+	var watches atomic.Int32
+	client.PrependWatchReactor("pods", func(k8stesting.Action) (bool, watch.Interface, error) {
+		if watches.Add(1) == 1 {
+			return true, first, nil
+		}
+		return true, watch.NewRaceFreeFake(), nil
+	})
+	idx, p := startPods(t, client)
+	ip := netip.MustParseAddr("10.1.0.5")
+	if got := idx.namespaceOf(ip); got != "ns1" {
+		t.Fatalf("before the relist: %q, want ns1", got)
+	}
+	deleted := make(chan any, 1)
+	if _, err := p.informers[0].AddEventHandler(cache.ResourceEventHandlerFuncs{
+		DeleteFunc: func(obj any) { deleted <- obj },
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// An expired watch makes the reflector list again.
+	first.Error(&metav1.Status{Status: metav1.StatusFailure, Code: 410, Reason: metav1.StatusReasonExpired})
+	select {
+	case obj := <-deleted:
+		tomb, ok := obj.(cache.DeletedFinalStateUnknown)
+		if !ok || tomb.Key != "ns1/web-0" || !reflect.DeepEqual(tomb.Obj, strippedPodNetworkFullPod()) {
+			t.Fatalf("deleted %#v, want a tombstone of the cached clientPod", obj)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no deletion after the relist")
+	}
+	eventually(t, "claim dropped", func() bool { return idx.namespaceOf(ip) == "" })
 }
 
 // podStep changes one pod through the API and states the index's answer for
@@ -277,9 +385,9 @@ func TestPodSourceDeleteForms(t *testing.T) {
 		name string
 		obj  any
 	}{
-		{"pod", testPod("ns2", "b", 2, x)},
-		{"tombstone", cache.DeletedFinalStateUnknown{Key: "ns2/b", Obj: testPod("ns2", "b", 2, x)}},
-		{"tombstone with a stale IP", cache.DeletedFinalStateUnknown{Key: "ns2/b", Obj: testPod("ns2", "b", 2, "10.9.9.9")}},
+		{"pod", clientPodOf("ns2", "b", 2, x)},
+		{"tombstone", cache.DeletedFinalStateUnknown{Key: "ns2/b", Obj: clientPodOf("ns2", "b", 2, x)}},
+		{"tombstone with a stale IP", cache.DeletedFinalStateUnknown{Key: "ns2/b", Obj: clientPodOf("ns2", "b", 2, "10.9.9.9")}},
 		{"tombstone without an object", cache.DeletedFinalStateUnknown{Key: "ns2/b"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
