@@ -15,6 +15,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
@@ -170,35 +171,51 @@ func (c *clientIndex) winner(ip netip.Addr) (string, bool) {
 	return best.namespace, true
 }
 
-// claimOf is what pod claims: none for a host-network pod (its IP is the
-// node's, shared by every host-network pod and the node itself) or a pod that
-// has ended (its IP may already be another pod's).
-func claimOf(pod *corev1.Pod) *podClaim {
-	if pod.Spec.HostNetwork || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+// claimOf is what pod claims. The claim shares the pod's IPs: neither the
+// cache nor the index changes them.
+func claimOf(pod *clientPod) *podClaim {
+	if len(pod.ips) == 0 {
 		return nil
 	}
-	claim := &podClaim{namespace: pod.Namespace, name: pod.Name, created: pod.CreationTimestamp.Time}
-	add := func(s string) {
-		ip, err := netip.ParseAddr(s)
-		if err != nil {
-			return // empty before the pod is scheduled; never malformed from an API server
-		}
-		ip = ip.Unmap()
-		if !slices.Contains(claim.ips, ip) {
-			claim.ips = append(claim.ips, ip)
-		}
-	}
-	add(pod.Status.PodIP)
-	for _, p := range pod.Status.PodIPs {
-		add(p.IP)
-	}
-	if len(claim.ips) == 0 {
-		return nil
-	}
-	return claim
+	return &podClaim{namespace: pod.Namespace, name: pod.Name, created: pod.CreationTimestamp.Time, ips: pod.ips}
 }
 
-func podKey(pod *corev1.Pod) string { return pod.Namespace + "/" + pod.Name }
+func podKey(pod *clientPod) string { return pod.Namespace + "/" + pod.Name }
+
+// clientPod is what the pod informers keep of a pod. Their cache holds every
+// pod of the cluster, and a corev1.Pod is large even when all but a few of its
+// fields are empty, so the cache holds this instead.
+type clientPod struct {
+	// ObjectMeta holds the name, namespace and creation time, and the
+	// resource version, which the informer compares to tell a change from a
+	// resync (it hands resyncs only to handlers that asked for them);
+	// nothing else. The informer's key function needs a metav1.Object,
+	// which embedding ObjectMeta provides.
+	metav1.ObjectMeta
+
+	// ips are the addresses the pod claims, unmapped and each once: none for
+	// a host-network pod (its IP is the node's, shared by every host-network
+	// pod and the node itself) or a pod that has ended (its IP may already be
+	// another pod's).
+	ips []netip.Addr
+}
+
+var (
+	_ runtime.Object = (*clientPod)(nil)
+	_ metav1.Object  = (*clientPod)(nil)
+)
+
+// GetObjectKind is runtime.Object's: a clientPod is never encoded, so it
+// carries no kind.
+func (*clientPod) GetObjectKind() schema.ObjectKind { return schema.EmptyObjectKind }
+
+// DeepCopyObject is runtime.Object's (client-go's cache mutation detector
+// copies what the cache holds).
+func (p *clientPod) DeepCopyObject() runtime.Object {
+	c := &clientPod{ips: slices.Clone(p.ips)}
+	p.ObjectMeta.DeepCopyInto(&c.ObjectMeta)
+	return c
+}
 
 // podSource runs a Pod informer feeding the index.
 type podSource struct {
@@ -286,29 +303,40 @@ func podInformer(client kubernetes.Interface, namespace string, lists *listCalls
 	return inf
 }
 
-// stripPod is the informers' transform. The cache holds every pod of the
-// cluster, and a decoded pod (containers, volumes, managed fields,
-// conditions) is many times what the index reads, so only that is kept.
-// The informer may hand an object to it twice; stripping again is harmless.
+// stripPod is the informers' transform: it turns a decoded pod into the
+// clientPod the cache keeps. The reflector has checked the decoded object's
+// type (a *corev1.Pod) before; the cache, the event handlers and the
+// tombstones of deleted pods see only clientPods. The informer may hand an
+// object to it twice; a clientPod is returned as it is.
 func stripPod(obj any) (any, error) {
 	pod, ok := obj.(*corev1.Pod)
 	if !ok {
 		return obj, nil
 	}
-	return &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{
-			Name:              pod.Name,
-			Namespace:         pod.Namespace,
-			UID:               pod.UID,
-			CreationTimestamp: pod.CreationTimestamp,
-		},
-		Spec: corev1.PodSpec{HostNetwork: pod.Spec.HostNetwork},
-		Status: corev1.PodStatus{
-			Phase:  pod.Status.Phase,
-			PodIP:  pod.Status.PodIP,
-			PodIPs: slices.Clone(pod.Status.PodIPs),
-		},
-	}, nil
+	c := &clientPod{ObjectMeta: metav1.ObjectMeta{
+		Name:              pod.Name,
+		Namespace:         pod.Namespace,
+		ResourceVersion:   pod.ResourceVersion,
+		CreationTimestamp: pod.CreationTimestamp,
+	}}
+	if pod.Spec.HostNetwork || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+		return c, nil
+	}
+	add := func(s string) {
+		ip, err := netip.ParseAddr(s)
+		if err != nil {
+			return // empty before the pod is scheduled; never malformed from an API server
+		}
+		ip = ip.Unmap()
+		if !slices.Contains(c.ips, ip) {
+			c.ips = append(c.ips, ip)
+		}
+	}
+	add(pod.Status.PodIP)
+	for _, p := range pod.Status.PodIPs {
+		add(p.IP)
+	}
+	return c, nil
 }
 
 // podWatchError makes list and watch failures (RBAC above all) visible in
@@ -371,7 +399,7 @@ func (p *podSource) run(ctx context.Context) {
 // apply sets the pod's claim from its latest state. An update needs nothing
 // of the old object: the index remembers what the pod claimed before.
 func (p *podSource) apply(obj any) {
-	if pod, ok := obj.(*corev1.Pod); ok {
+	if pod, ok := obj.(*clientPod); ok {
 		p.idx.set(podKey(pod), claimOf(pod))
 	}
 }
@@ -380,7 +408,7 @@ func (p *podSource) apply(obj any) {
 // the pod, whatever the final state it carries.
 func (p *podSource) remove(obj any) {
 	switch o := obj.(type) {
-	case *corev1.Pod:
+	case *clientPod:
 		p.idx.set(podKey(o), nil)
 	case cache.DeletedFinalStateUnknown:
 		p.idx.set(o.Key, nil)

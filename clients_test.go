@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"reflect"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,8 +15,11 @@ import (
 
 	"go.uber.org/goleak"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	k8sruntime "k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/features"
 	clientfeaturestesting "k8s.io/client-go/features/testing"
 	"k8s.io/client-go/kubernetes/fake"
@@ -109,30 +113,59 @@ func fullPod() *corev1.Pod {
 	}
 }
 
-// strippedFullPod is what the cache keeps of fullPod.
-func strippedFullPod() *corev1.Pod {
-	return &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Namespace: "ns1", Name: "web-0", UID: "uid-1",
-			CreationTimestamp: metav1.NewTime(clientEpoch)},
-		Spec: corev1.PodSpec{HostNetwork: true},
-		Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "10.1.0.5",
-			PodIPs: []corev1.PodIP{{IP: "10.1.0.5"}, {IP: "fd00::5"}}},
+// strippedFullPod is what the cache keeps of fullPod: a host-network pod,
+// so it claims no IP.
+func strippedFullPod() *clientPod {
+	return &clientPod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns1", Name: "web-0",
+		ResourceVersion: "42", CreationTimestamp: metav1.NewTime(clientEpoch)}}
+}
+
+// podNetworkFullPod is fullPod on the pod network.
+func podNetworkFullPod() *corev1.Pod {
+	pod := fullPod()
+	pod.Spec.HostNetwork = false
+	return pod
+}
+
+// strippedPodNetworkFullPod is what the cache keeps of podNetworkFullPod.
+func strippedPodNetworkFullPod() *clientPod {
+	pod := strippedFullPod()
+	pod.ips = []netip.Addr{netip.MustParseAddr("10.1.0.5"), netip.MustParseAddr("fd00::5")}
+	return pod
+}
+
+// clientPodOf is the clientPod of a testPod that claims ips.
+func clientPodOf(ns, name string, created int, ips ...string) *clientPod {
+	pod := &clientPod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name,
+		CreationTimestamp: metav1.NewTime(clientEpoch.Add(time.Duration(created) * time.Second))}}
+	for _, ip := range ips {
+		pod.ips = append(pod.ips, netip.MustParseAddr(ip))
 	}
+	return pod
 }
 
 func TestPodTransform(t *testing.T) {
-	tomb := cache.DeletedFinalStateUnknown{Key: "ns1/web-0", Obj: fullPod()}
+	tomb := cache.DeletedFinalStateUnknown{Key: "ns1/web-0", Obj: strippedFullPod()}
 	for _, tc := range []struct {
 		name string
 		in   any
 		want any
 	}{
-		{"full pod keeps only what the index reads", fullPod(), strippedFullPod()},
-		{"stripping twice changes nothing", strippedFullPod(), strippedFullPod()},
-		{"pod without IPs", testPod("ns1", "pending", 0), testPod("ns1", "pending", 0)},
+		{"full host-network pod keeps only its name, version and age", fullPod(), strippedFullPod()},
+		{"full pod keeps only what the index and the informer read", podNetworkFullPod(), strippedPodNetworkFullPod()},
+		{"transforming twice changes nothing", strippedPodNetworkFullPod(), strippedPodNetworkFullPod()},
+		{"pod without IPs", withPhase(testPod("ns1", "pending", 0), corev1.PodPending), clientPodOf("ns1", "pending", 0)},
+		{"succeeded pod claims nothing", withPhase(testPod("ns1", "job", 0, "10.1.0.5"), corev1.PodSucceeded), clientPodOf("ns1", "job", 0)},
+		{"failed pod claims nothing", withPhase(testPod("ns1", "crash", 0, "10.1.0.5"), corev1.PodFailed), clientPodOf("ns1", "crash", 0)},
+		{"IPv4-mapped and repeated IPs, once each", testPod("ns1", "a", 0, "::ffff:10.1.0.5", "10.1.0.5", "fd00::5"),
+			clientPodOf("ns1", "a", 0, "10.1.0.5", "fd00::5")},
 		{"not a pod passes through", tomb, tomb},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			var before *corev1.Pod
+			if pod, ok := tc.in.(*corev1.Pod); ok {
+				before = pod.DeepCopy()
+			}
 			got, err := stripPod(tc.in)
 			if err != nil {
 				t.Fatal(err)
@@ -140,21 +173,99 @@ func TestPodTransform(t *testing.T) {
 			if !reflect.DeepEqual(got, tc.want) {
 				t.Fatalf("got %#v\nwant %#v", got, tc.want)
 			}
+			if before != nil && !reflect.DeepEqual(tc.in, before) {
+				t.Fatalf("the decoded pod changed:\n%#v\nwas %#v", tc.in, before)
+			}
+			if pod, ok := tc.in.(*clientPod); ok && got != any(pod) {
+				t.Fatal("a clientPod was copied")
+			}
 		})
 	}
 }
 
+// TestClientPodDeepCopy: client-go's cache mutation detector compares a
+// cached object with its deep copy, so the copy must be equal and share
+// nothing mutable.
+func TestClientPodDeepCopy(t *testing.T) {
+	pod := strippedPodNetworkFullPod()
+	pod.Labels = map[string]string{"app": "web"} // never kept; here to see ObjectMeta copied deeply
+	cp, ok := pod.DeepCopyObject().(*clientPod)
+	if !ok || !reflect.DeepEqual(cp, pod) {
+		t.Fatalf("copy %#v\nof %#v", cp, pod)
+	}
+	cp.ips[0] = netip.MustParseAddr("192.0.2.1")
+	cp.Labels["app"] = "changed"
+	if want := strippedPodNetworkFullPod(); pod.ips[0] != want.ips[0] || pod.Labels["app"] != "web" {
+		t.Fatalf("changing the copy changed the original: %#v", pod)
+	}
+	if (&clientPod{}).DeepCopyObject().(*clientPod).ips != nil {
+		t.Fatal("no IPs copied as an empty slice")
+	}
+	if kind := pod.GetObjectKind().GroupVersionKind(); !kind.Empty() {
+		t.Fatalf("kind %v, want none", kind)
+	}
+}
+
 // TestPodSourceCachesStrippedPods: the transform is the informer's, so its
-// cache holds the stripped pod.
+// cache holds clientPods, keyed as the pods are.
 func TestPodSourceCachesStrippedPods(t *testing.T) {
 	_, p := startPods(t, newFakePods(t, fullPod()))
-	objs := p.informers[0].GetStore().List()
+	store := p.informers[0].GetStore()
+	objs := store.List()
 	if len(objs) != 1 {
 		t.Fatalf("%d objects cached, want 1", len(objs))
 	}
 	if !reflect.DeepEqual(objs[0], strippedFullPod()) {
 		t.Fatalf("cached %#v\nwant %#v", objs[0], strippedFullPod())
 	}
+	if _, ok, _ := store.GetByKey("ns1/web-0"); !ok {
+		t.Fatalf("not cached under its namespace/name: %v", store.ListKeys())
+	}
+}
+
+// TestPodSourceTombstoneCarriesClientPod: a pod found gone at a relist (its
+// deletion missed while the watch was down) is handed to the handlers as a
+// tombstone holding the cached clientPod, and loses its claim.
+func TestPodSourceTombstoneCarriesClientPod(t *testing.T) {
+	client := newFakePods(t)
+	var lists atomic.Int32
+	client.PrependReactor("list", "pods", func(k8stesting.Action) (bool, k8sruntime.Object, error) {
+		if lists.Add(1) == 1 {
+			return true, &corev1.PodList{Items: []corev1.Pod{*podNetworkFullPod()}}, nil
+		}
+		return true, &corev1.PodList{}, nil
+	})
+	first := watch.NewRaceFreeFake()
+	var watches atomic.Int32
+	client.PrependWatchReactor("pods", func(k8stesting.Action) (bool, watch.Interface, error) {
+		if watches.Add(1) == 1 {
+			return true, first, nil
+		}
+		return true, watch.NewRaceFreeFake(), nil
+	})
+	idx, p := startPods(t, client)
+	ip := netip.MustParseAddr("10.1.0.5")
+	if got := idx.namespaceOf(ip); got != "ns1" {
+		t.Fatalf("before the relist: %q, want ns1", got)
+	}
+	deleted := make(chan any, 1)
+	if _, err := p.informers[0].AddEventHandler(cache.ResourceEventHandlerFuncs{
+		DeleteFunc: func(obj any) { deleted <- obj },
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// An expired watch makes the reflector list again.
+	first.Error(&metav1.Status{Status: metav1.StatusFailure, Code: 410, Reason: metav1.StatusReasonExpired})
+	select {
+	case obj := <-deleted:
+		tomb, ok := obj.(cache.DeletedFinalStateUnknown)
+		if !ok || tomb.Key != "ns1/web-0" || !reflect.DeepEqual(tomb.Obj, strippedPodNetworkFullPod()) {
+			t.Fatalf("deleted %#v, want a tombstone of the cached clientPod", obj)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no deletion after the relist")
+	}
+	eventually(t, "claim dropped", func() bool { return idx.namespaceOf(ip) == "" })
 }
 
 // podStep changes one pod through the API and states the index's answer for
@@ -274,9 +385,9 @@ func TestPodSourceDeleteForms(t *testing.T) {
 		name string
 		obj  any
 	}{
-		{"pod", testPod("ns2", "b", 2, x)},
-		{"tombstone", cache.DeletedFinalStateUnknown{Key: "ns2/b", Obj: testPod("ns2", "b", 2, x)}},
-		{"tombstone with a stale IP", cache.DeletedFinalStateUnknown{Key: "ns2/b", Obj: testPod("ns2", "b", 2, "10.9.9.9")}},
+		{"pod", clientPodOf("ns2", "b", 2, x)},
+		{"tombstone", cache.DeletedFinalStateUnknown{Key: "ns2/b", Obj: clientPodOf("ns2", "b", 2, x)}},
+		{"tombstone with a stale IP", cache.DeletedFinalStateUnknown{Key: "ns2/b", Obj: clientPodOf("ns2", "b", 2, "10.9.9.9")}},
 		{"tombstone without an object", cache.DeletedFinalStateUnknown{Key: "ns2/b"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -595,5 +706,145 @@ func TestPodSourceStopWaitsForList(t *testing.T) {
 	case <-stopped:
 	case <-time.After(10 * time.Second):
 		t.Fatal("stop did not return once the list had")
+	}
+}
+
+// BenchmarkPodCacheMemory reports the live heap that 10,000 running pods
+// (one IP each, over 1,000 namespaces) cost once the pod source has synced:
+// "B/pod" is everything it holds (the informer's cache and machinery and the
+// index), "cache-B/pod" what letting go of the stopped informers frees (the
+// cached objects, and the strings that only they hold). The fake clientset's
+// list answers with pods built afresh for each call, as an API server's are
+// decoded afresh, and its tracker holds none: so no string the cache keeps is
+// shared with, and hidden in, the fake's own objects. Run with -benchtime 1x:
+// an iteration is a whole list.
+func BenchmarkPodCacheMemory(b *testing.B) {
+	const pods, namespaces = 10000, 1000
+	clientfeaturestesting.SetFeatureDuringTest(b, features.WatchListClient, false)
+	var total, cache float64
+	n := 0
+	for b.Loop() {
+		t, c := podCacheMemory(b, pods, namespaces)
+		total += t
+		cache += c
+		n++
+	}
+	b.ReportMetric(total/float64(n)/pods, "B/pod")
+	b.ReportMetric(cache/float64(n)/pods, "cache-B/pod")
+}
+
+// podCacheMemory runs a pod source over pods pods and returns the live heap
+// it holds once synced, and the part of it that the informers held.
+func podCacheMemory(b *testing.B, pods, namespaces int) (total, informers float64) {
+	client := fake.NewClientset()
+	client.PrependReactor("list", "pods", func(k8stesting.Action) (bool, k8sruntime.Object, error) {
+		list := &corev1.PodList{Items: make([]corev1.Pod, pods)}
+		for i := range list.Items {
+			list.Items[i] = *benchPod(i, namespaces)
+		}
+		return true, list, nil
+	})
+	idx := newClientIndex()
+	p := newPodSource(client, nil, idx)
+	base := liveHeap()
+	p.start()
+	for deadline := time.Now().Add(time.Minute); !idx.synced(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			b.Fatal("pod informer not synced")
+		}
+	}
+	if got := idx.namespaceOf(benchPodIP(pods - 1)); got != benchPodNamespace(pods-1, namespaces) {
+		b.Fatalf("last pod's namespace %q", got)
+	}
+	synced := liveHeap()
+	p.stop() // and p is not used after it, so its informers are garbage
+	withoutInformers := liveHeap()
+	runtime.KeepAlive(idx)
+	return float64(synced) - float64(base), float64(synced) - float64(withoutInformers)
+}
+
+func liveHeap() uint64 {
+	var m runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc
+}
+
+func benchPodIP(i int) netip.Addr {
+	return netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
+}
+
+func benchPodNamespace(i, namespaces int) string { return fmt.Sprintf("team-%d", i%namespaces) }
+
+// benchPod is pod i as an API server returns it: two containers with
+// environment, resources and volume mounts, labels, annotations, managed
+// fields, conditions. Every string is allocated for it, as decoding does.
+func benchPod(i, namespaces int) *corev1.Pod {
+	ns := benchPodNamespace(i, namespaces)
+	name := fmt.Sprintf("web-%d-7f9c8d6b5-%05d", i/10, i)
+	ip := benchPodIP(i).String()
+	res := corev1.ResourceRequirements{
+		Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("100m"), corev1.ResourceMemory: resource.MustParse("128Mi")},
+		Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("256Mi")},
+	}
+	container := func(c string) corev1.Container {
+		return corev1.Container{
+			Name:  c,
+			Image: fmt.Sprintf("registry.example.com/%s/%s:1.2.%d", ns, c, i%7),
+			Env: []corev1.EnvVar{
+				{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
+				{Name: "LOG_LEVEL", Value: "info"},
+				{Name: "UPSTREAM", Value: fmt.Sprintf("http://backend.%s.svc.cluster.local:8080", ns)},
+			},
+			Resources: res,
+			VolumeMounts: []corev1.VolumeMount{
+				{Name: "config", MountPath: "/etc/app"},
+				{Name: "kube-api-access", MountPath: "/var/run/secrets/kubernetes.io/serviceaccount", ReadOnly: true},
+			},
+		}
+	}
+	now := metav1.NewTime(clientEpoch.Add(time.Duration(i) * time.Second))
+	return &corev1.Pod{
+		TypeMeta: metav1.TypeMeta{Kind: "Pod", APIVersion: "v1"},
+		ObjectMeta: metav1.ObjectMeta{
+			Namespace: ns, Name: name,
+			GenerateName:      name[:len(name)-5],
+			UID:               types.UID(fmt.Sprintf("0b6c2f1e-%04x-4d2a-9c3b-%012x", i%65536, i)),
+			ResourceVersion:   strconv.Itoa(1000000 + i),
+			CreationTimestamp: now,
+			Labels:            map[string]string{"app": "web", "pod-template-hash": "7f9c8d6b5", "team": ns},
+			Annotations:       map[string]string{"kubectl.kubernetes.io/restartedAt": now.Format(time.RFC3339)},
+			OwnerReferences:   []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: name[:len(name)-6], UID: types.UID(fmt.Sprintf("rs-%d", i/10))}},
+			ManagedFields: []metav1.ManagedFieldsEntry{
+				{Manager: "kube-controller-manager", Operation: metav1.ManagedFieldsOperationUpdate, APIVersion: "v1", Time: &now,
+					FieldsType: "FieldsV1", FieldsV1: &metav1.FieldsV1{Raw: []byte(`{"f:metadata":{"f:generateName":{},"f:labels":{}},"f:spec":{"f:containers":{}}}`)}},
+				{Manager: "kubelet", Operation: metav1.ManagedFieldsOperationUpdate, APIVersion: "v1", Time: &now, Subresource: "status",
+					FieldsType: "FieldsV1", FieldsV1: &metav1.FieldsV1{Raw: []byte(`{"f:status":{"f:conditions":{},"f:podIP":{},"f:podIPs":{}}}`)}},
+			},
+		},
+		Spec: corev1.PodSpec{
+			NodeName:           fmt.Sprintf("node-%d", i%100),
+			ServiceAccountName: "default",
+			Containers:         []corev1.Container{container("app"), container("sidecar")},
+			Volumes: []corev1.Volume{
+				{Name: "config", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{LocalObjectReference: corev1.LocalObjectReference{Name: "web-config"}}}},
+				{Name: "kube-api-access", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{}}},
+			},
+		},
+		Status: corev1.PodStatus{
+			Phase:  corev1.PodPhase(strings.Clone(string(corev1.PodRunning))),
+			HostIP: fmt.Sprintf("192.168.%d.%d", i%100/256, i%100),
+			PodIP:  ip,
+			PodIPs: []corev1.PodIP{{IP: ip}},
+			Conditions: []corev1.PodCondition{
+				{Type: corev1.PodReady, Status: corev1.ConditionTrue, LastTransitionTime: now},
+				{Type: corev1.ContainersReady, Status: corev1.ConditionTrue, LastTransitionTime: now},
+				{Type: corev1.PodScheduled, Status: corev1.ConditionTrue, LastTransitionTime: now},
+			},
+			ContainerStatuses: []corev1.ContainerStatus{
+				{Name: "app", Ready: true, Image: "app", ImageID: fmt.Sprintf("sha256:%064x", i)},
+				{Name: "sidecar", Ready: true, Image: "sidecar", ImageID: fmt.Sprintf("sha256:%064x", i+1)},
+			},
+		},
 	}
 }
