@@ -99,18 +99,23 @@ func BenchmarkTableUpdate(b *testing.B) {
 			st := newStore(false)
 			st.replaceAll(entries)
 			st.markSynced()
-			e := entries["ns/e7"]
-			changed := *e
-			changed.hosts = []hostAddrs{{name: e.hosts[0].name, addrs: []netip.Addr{netip.MustParseAddr("192.0.2.1")}}}
-			b.ReportAllocs()
-			for i := 0; b.Loop(); i++ {
-				if i%2 == 0 {
-					st.upsert(e.key, &changed)
-				} else {
-					st.upsert(e.key, e)
-				}
-			}
+			alternateUpdates(b, st, entries["ns/e7"])
 		})
+	}
+}
+
+// alternateUpdates times one change per iteration: e's address replaced,
+// then e again.
+func alternateUpdates(b *testing.B, st *store, e *entry) {
+	changed := *e
+	changed.hosts = []hostAddrs{{name: e.hosts[0].name, addrs: []netip.Addr{netip.MustParseAddr("192.0.2.1")}}}
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		if i%2 == 0 {
+			st.upsert(e.key, &changed)
+		} else {
+			st.upsert(e.key, e)
+		}
 	}
 }
 
@@ -269,17 +274,7 @@ func BenchmarkExportToMemory(b *testing.B) {
 	if len(st.table().overlays) != 1000 {
 		b.Fatalf("%d overlays, want 1000", len(st.table().overlays))
 	}
-	e := entries["ns/e420"]
-	changed := *e
-	changed.hosts = []hostAddrs{{name: e.hosts[0].name, addrs: []netip.Addr{netip.MustParseAddr("192.0.2.1")}}}
-	b.ReportAllocs()
-	for i := 0; b.Loop(); i++ {
-		if i%2 == 0 {
-			st.upsert(e.key, &changed)
-		} else {
-			st.upsert(e.key, e)
-		}
-	}
+	alternateUpdates(b, st, entries["ns/e420"])
 	b.ReportMetric(float64(withPublic-base), "public-store-B")
 	b.ReportMetric(float64(withClient-withPublic), "client-store-B")
 	b.ReportMetric(float64(withIndex-withClient), "pod-index-B")
