@@ -145,7 +145,7 @@ func (n *portNumber) UnmarshalJSON(b []byte) error {
 // the conversion to Istio's type rejects it as jsonpb would.
 type slimResolution struct {
 	value   networking.ServiceEntry_Resolution
-	unknown string
+	unknown *string // the name, when it is not one of value's
 }
 
 func (r *slimResolution) UnmarshalJSON(b []byte) error {
@@ -155,7 +155,7 @@ func (r *slimResolution) UnmarshalJSON(b []byte) error {
 		v, ok := networking.ServiceEntry_Resolution_value[name]
 		*r = slimResolution{value: networking.ServiceEntry_Resolution(v)}
 		if !ok {
-			r.unknown = name
+			r.unknown = &name
 		}
 		return nil
 	}
@@ -210,8 +210,8 @@ func (e errUnknownResolution) Error() string {
 // istio fills Istio's structs from the slim object, so that convert stays the
 // one conversion path whichever decoder read the object.
 func (se *slimServiceEntry) istio() (*networking.ServiceEntry, *networking.ServiceEntryStatus, error) {
-	if se.Spec.Resolution.unknown != "" {
-		return nil, nil, errUnknownResolution(se.Spec.Resolution.unknown)
+	if name := se.Spec.Resolution.unknown; name != nil {
+		return nil, nil, errUnknownResolution(*name)
 	}
 	spec := &networking.ServiceEntry{
 		Hosts:      se.Spec.Hosts,

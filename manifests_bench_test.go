@@ -1,0 +1,70 @@
+package serviceentry
+
+import (
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// benchManifestYAML is one ServiceEntry as a mesh has them: a few hosts,
+// ports, a resolution, kubectl's annotation and the labels tools add.
+func benchManifestYAML(i int) string {
+	return fmt.Sprintf(`apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: se-%[1]d
+  namespace: ns-%[2]d
+  labels:
+    app: svc-%[1]d
+    team: t%[2]d
+spec:
+  hosts:
+  - svc-%[1]d.example.internal
+  - svc-%[1]d-alt.example.internal
+  addresses:
+  - 10.%[3]d.%[4]d.%[5]d
+  ports:
+  - number: 443
+    name: https
+    protocol: TLS
+  - number: 80
+    name: http
+    protocol: HTTP
+  location: MESH_EXTERNAL
+  resolution: DNS
+`, i, i%50, i>>16&255, i>>8&255, i&255)
+}
+
+// writeBenchManifests writes n entries into files of perFile entries each,
+// as YAML documents, or as one JSON document per entry when json is set.
+func writeBenchManifests(b *testing.B, dir string, n, perFile int) {
+	b.Helper()
+	for f := 0; f*perFile < n; f++ {
+		var sb strings.Builder
+		for i := f * perFile; i < min(n, (f+1)*perFile); i++ {
+			sb.WriteString("---\n")
+			sb.WriteString(benchManifestYAML(i))
+		}
+		writeFile(b, filepath.Join(dir, fmt.Sprintf("entries-%03d.yaml", f)), sb.String())
+	}
+}
+
+// BenchmarkManifests100k: reading a folder of 100,000 ServiceEntries (ten
+// files of 10,000) into the store's first set, as start does.
+func BenchmarkManifests100k(b *testing.B) {
+	const n = 100_000
+	dir := b.TempDir()
+	writeBenchManifests(b, dir, n, 10_000)
+	b.ResetTimer()
+	for b.Loop() {
+		m := newManifestSource([]string{dir}, convertOptions{}, newStore(false))
+		var got int
+		m.publish = func(entries map[string]*entry) { got = len(entries) }
+		m.check(time.Now(), true)
+		if got != n {
+			b.Fatalf("read %d entries, want %d", got, n)
+		}
+	}
+}
