@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"sigs.k8s.io/yaml"
 )
 
 // benchManifestYAML is one ServiceEntry as a mesh has them: a few hosts,
@@ -38,25 +40,44 @@ spec:
 }
 
 // writeBenchManifests writes n entries into files of perFile entries each,
-// as YAML documents, or as one JSON document per entry when json is set.
-func writeBenchManifests(b *testing.B, dir string, n, perFile int) {
+// as YAML documents, or as JSON documents (one per line) when asJSON is set.
+func writeBenchManifests(b *testing.B, dir string, n, perFile int, asJSON bool) {
 	b.Helper()
 	for f := 0; f*perFile < n; f++ {
 		var sb strings.Builder
 		for i := f * perFile; i < min(n, (f+1)*perFile); i++ {
-			sb.WriteString("---\n")
-			sb.WriteString(benchManifestYAML(i))
+			if !asJSON {
+				sb.WriteString("---\n")
+				sb.WriteString(benchManifestYAML(i))
+				continue
+			}
+			j, err := yaml.YAMLToJSON([]byte(benchManifestYAML(i)))
+			if err != nil {
+				b.Fatal(err)
+			}
+			sb.Write(j)
+			sb.WriteString("\n")
 		}
-		writeFile(b, filepath.Join(dir, fmt.Sprintf("entries-%03d.yaml", f)), sb.String())
+		ext := ".yaml"
+		if asJSON {
+			ext = ".json"
+		}
+		writeFile(b, filepath.Join(dir, fmt.Sprintf("entries-%03d%s", f, ext)), sb.String())
 	}
 }
 
 // BenchmarkManifests100k: reading a folder of 100,000 ServiceEntries (ten
-// files of 10,000) into the store's first set, as start does.
+// files of 10,000) into the store's first set, as start does, from YAML and
+// from JSON files.
 func BenchmarkManifests100k(b *testing.B) {
+	b.Run("yaml", func(b *testing.B) { benchManifests(b, false) })
+	b.Run("json", func(b *testing.B) { benchManifests(b, true) })
+}
+
+func benchManifests(b *testing.B, asJSON bool) {
 	const n = 100_000
 	dir := b.TempDir()
-	writeBenchManifests(b, dir, n, 10_000)
+	writeBenchManifests(b, dir, n, 10_000, asJSON)
 	b.ResetTimer()
 	for b.Loop() {
 		m := newManifestSource([]string{dir}, convertOptions{}, newStore(false))
