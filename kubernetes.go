@@ -14,23 +14,25 @@ import (
 	clientv1 "istio.io/client-go/pkg/apis/networking/v1"
 	clientv1alpha3 "istio.io/client-go/pkg/apis/networking/v1alpha3"
 	clientv1beta1 "istio.io/client-go/pkg/apis/networking/v1beta1"
-	"istio.io/client-go/pkg/clientset/versioned"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
 )
 
-const istioGroup = "networking.istio.io"
+// istioGroup is the API group of ServiceEntries, as Istio's client names it.
+var istioGroup = clientv1.SchemeGroupVersion.Group
 
 // servedVersions are the ServiceEntry API versions we can read, newest first:
 // v1 from Istio 1.22, v1beta1 and v1alpha3 before. All share one schema.
-var servedVersions = []string{"v1", "v1beta1", "v1alpha3"}
+var servedVersions = []string{clientv1.SchemeGroupVersion.Version, clientv1beta1.SchemeGroupVersion.Version, clientv1alpha3.SchemeGroupVersion.Version}
 
 // discoveryBackoff spaces the attempts to find the ServiceEntry API: the API
 // server down, or no Istio CRD yet (then at most every 30 s, as promised).
@@ -40,7 +42,9 @@ var discoveryBackoff = wait.Backoff{Duration: time.Second, Factor: 2, Cap: 30 * 
 // version the cluster serves, then applies every add, update and delete to the
 // store as it arrives.
 type kubeSource struct {
-	client     versioned.Interface
+	// lister lists and watches ServiceEntries of one namespace (all when
+	// empty) through one version.
+	lister     func(namespace, version string) (listWatchFuncs, error)
 	resources  resourceLister
 	namespaces []string // empty: all
 	labels     string
@@ -73,11 +77,11 @@ func newKubeSource(cfg *config, st *store) (*kubeSource, error) {
 		return nil, err
 	}
 	restCfg.UserAgent = "coredns-serviceentry"
-	client, err := versioned.NewForConfig(restCfg)
+	disco, err := discovery.NewDiscoveryClientForConfig(restCfg)
 	if err != nil {
-		return nil, fmt.Errorf("creating Istio client: %w", err)
+		return nil, fmt.Errorf("creating the discovery client: %w", err)
 	}
-	k := &kubeSource{client: client, resources: discoveryLister(client.Discovery().RESTClient()),
+	k := &kubeSource{lister: slimLister(restCfg), resources: discoveryLister(disco.RESTClient()),
 		namespaces: cfg.namespaces, labels: cfg.labels, opts: cfg.convert, store: st, backoff: discoveryBackoff}
 	if cfg.convert.exportTo == exportClient {
 		pods, err := kubernetes.NewForConfig(restCfg)
@@ -169,7 +173,11 @@ func (k *kubeSource) run(ctx context.Context) {
 	defer running.Wait()
 	var handled []cache.InformerSynced
 	for _, ns := range namespaces {
-		inf := k.informer(ns, version)
+		inf, err := k.informer(ns, version)
+		if err != nil {
+			log.Errorf("%v", err)
+			continue
+		}
 		reg, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 			AddFunc:    func(obj any) { k.apply(nil, obj) },
 			UpdateFunc: k.apply,
@@ -191,43 +199,72 @@ func (k *kubeSource) run(ctx context.Context) {
 	<-ctx.Done()
 }
 
-// informer reads one namespace (or all) through version. Istio's generated
-// informers call the API with context.TODO(), so a request hanging at the
-// API server would hold up stop; these list and watch with the informer's
-// own context.
-func (k *kubeSource) informer(namespace, version string) cache.SharedIndexInformer {
-	var list func(context.Context, metav1.ListOptions) (runtime.Object, error)
-	var watchFn func(context.Context, metav1.ListOptions) (watch.Interface, error)
-	var example runtime.Object
-	switch version {
-	case "v1beta1":
-		c := k.client.NetworkingV1beta1().ServiceEntries(namespace)
-		list = func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) { return c.List(ctx, o) }
-		watchFn, example = c.Watch, &clientv1beta1.ServiceEntry{}
-	case "v1alpha3":
-		c := k.client.NetworkingV1alpha3().ServiceEntries(namespace)
-		list = func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) { return c.List(ctx, o) }
-		watchFn, example = c.Watch, &clientv1alpha3.ServiceEntry{}
-	default:
-		c := k.client.NetworkingV1().ServiceEntries(namespace)
-		list = func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) { return c.List(ctx, o) }
-		watchFn, example = c.Watch, &clientv1.ServiceEntry{}
+// informer reads one namespace (or all) through version, with the
+// informer's own context (a request hanging at the API server must not hold
+// up stop).
+func (k *kubeSource) informer(namespace, version string) (cache.SharedIndexInformer, error) {
+	lw, err := k.lister(namespace, version)
+	if err != nil {
+		return nil, err
 	}
-	lw := &cache.ListWatch{
+	inf := cache.NewSharedIndexInformerWithOptions(&cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			o.LabelSelector = k.labels
-			return list(ctx, o)
+			return lw.list(ctx, o)
 		},
 		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 			o.LabelSelector = k.labels
-			return watchFn(ctx, o)
+			return lw.watch(ctx, o)
 		},
-	}
-	inf := cache.NewSharedIndexInformerWithOptions(lw, example, cache.SharedIndexInformerOptions{})
+	}, &slimServiceEntry{}, cache.SharedIndexInformerOptions{})
 	// Neither fails before the informer runs.
 	_ = inf.SetTransform(k.toCached)
 	_ = inf.SetWatchErrorHandler(k.watchError)
-	return inf
+	return inf, nil
+}
+
+// listWatchFuncs list and watch ServiceEntries, giving *slimServiceEntry
+// objects.
+type listWatchFuncs struct {
+	list  func(context.Context, metav1.ListOptions) (runtime.Object, error)
+	watch func(context.Context, metav1.ListOptions) (watch.Interface, error)
+}
+
+// slimLister reads ServiceEntries with a REST client of our own scheme, so
+// that they decode into slimServiceEntry, not Istio's generated types.
+func slimLister(cfg *rest.Config) func(namespace, version string) (listWatchFuncs, error) {
+	return func(namespace, version string) (listWatchFuncs, error) {
+		c := rest.CopyConfig(cfg)
+		c.GroupVersion = &schema.GroupVersion{Group: istioGroup, Version: version}
+		c.APIPath = "/apis"
+		c.ContentType = runtime.ContentTypeJSON
+		c.AcceptContentTypes = runtime.ContentTypeJSON
+		c.NegotiatedSerializer = slimCodecs.WithoutConversion()
+		rc, err := rest.RESTClientFor(c)
+		if err != nil {
+			return listWatchFuncs{}, fmt.Errorf("creating the ServiceEntry client for %s: %w", version, err)
+		}
+		request := func(o *metav1.ListOptions) *rest.Request {
+			var timeout time.Duration
+			if o.TimeoutSeconds != nil {
+				timeout = time.Duration(*o.TimeoutSeconds) * time.Second
+			}
+			return rc.Get().Namespace(namespace).Resource("serviceentries").VersionedParams(o, slimParams).Timeout(timeout)
+		}
+		return listWatchFuncs{
+			list: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+				out := &slimServiceEntryList{}
+				if err := request(&o).Do(ctx).Into(out); err != nil {
+					return nil, err
+				}
+				return out, nil
+			},
+			watch: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+				o.Watch = true
+				return request(&o).Watch(ctx)
+			},
+		}, nil
+	}
 }
 
 // discover finds the newest ServiceEntry version the API server serves,
@@ -309,7 +346,13 @@ func (k *kubeSource) remove(obj any) {
 	}
 }
 
-// serviceEntryParts opens a ServiceEntry of any served version.
+// reasonInvalidObject: a ServiceEntry from the API server that Istio's own
+// decoder would refuse whole (a resolution this build does not know), a value
+// of the "reason" label of coredns_serviceentry_skipped_items_total.
+const reasonInvalidObject = "invalid_object"
+
+// serviceEntryParts opens a ServiceEntry of any served version in Istio's
+// generated types.
 func serviceEntryParts(obj any) (*metav1.ObjectMeta, *networking.ServiceEntry, *networking.ServiceEntryStatus, bool) {
 	switch se := obj.(type) {
 	case *clientv1.ServiceEntry:

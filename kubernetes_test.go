@@ -2,10 +2,13 @@ package serviceentry
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,8 +23,10 @@ import (
 	"istio.io/client-go/pkg/clientset/versioned/fake"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/apimachinery/pkg/watch"
 	fakediscovery "k8s.io/client-go/discovery/fake"
 	"k8s.io/client-go/features"
 	clientfeaturestesting "k8s.io/client-go/features/testing"
@@ -50,11 +55,69 @@ func newFakeKube(t *testing.T, versions ...string) *fake.Clientset {
 // fakeSource is a Kubernetes source on a fake clientset, reading discovery
 // from it and retrying discovery every few milliseconds.
 func fakeSource(client *fake.Clientset, sink entrySink, opts convertOptions, namespaces ...string) *kubeSource {
-	return &kubeSource{client: client, store: sink, opts: opts, namespaces: namespaces,
+	return &kubeSource{lister: fakeLister(client), store: sink, opts: opts, namespaces: namespaces,
 		resources: func(_ context.Context, gv string) (*metav1.APIResourceList, error) {
 			return client.Discovery().ServerResourcesForGroupVersion(gv)
 		},
 		backoff: wait.Backoff{Duration: 5 * time.Millisecond, Factor: 1, Steps: math.MaxInt32}}
+}
+
+// fakeLister lists and watches the fake clientset's typed objects and hands
+// the source each one re-encoded as the API server sends it and decoded by
+// the slim decoder, as the source's own REST client does.
+func fakeLister(client *fake.Clientset) func(namespace, version string) (listWatchFuncs, error) {
+	return func(namespace, version string) (listWatchFuncs, error) {
+		var list func(context.Context, metav1.ListOptions) (runtime.Object, error)
+		var watchFn func(context.Context, metav1.ListOptions) (watch.Interface, error)
+		switch version {
+		case "v1":
+			c := client.NetworkingV1().ServiceEntries(namespace)
+			list = func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) { return c.List(ctx, o) }
+			watchFn = c.Watch
+		case "v1beta1":
+			c := client.NetworkingV1beta1().ServiceEntries(namespace)
+			list = func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) { return c.List(ctx, o) }
+			watchFn = c.Watch
+		default:
+			return listWatchFuncs{}, fmt.Errorf("no fake for %s", version)
+		}
+		gv := istioGroup + "/" + version
+		reencode := func(obj runtime.Object) (runtime.Object, error) {
+			raw, err := json.Marshal(obj)
+			if err != nil {
+				return nil, err
+			}
+			// The fake's objects carry no kind; the API server's do.
+			raw = append([]byte(`{"apiVersion":"`+gv+`","kind":"`+reflect.TypeOf(obj).Elem().Name()+`",`), raw[1:]...)
+			return runtime.Decode(slimCodecs.UniversalDeserializer(), raw)
+		}
+		return listWatchFuncs{
+			list: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+				typed, err := list(ctx, o)
+				if err != nil {
+					return nil, err
+				}
+				return reencode(typed)
+			},
+			watch: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+				w, err := watchFn(ctx, o)
+				if err != nil {
+					return nil, err
+				}
+				return watch.Filter(w, func(ev watch.Event) (watch.Event, bool) {
+					if ev.Type == watch.Error {
+						return ev, true
+					}
+					obj, err := reencode(ev.Object)
+					if err != nil {
+						panic(err)
+					}
+					ev.Object = obj
+					return ev, true
+				}), nil
+			},
+		}, nil
+	}
 }
 
 // startKube runs a source on client and waits for its first table.
@@ -455,4 +518,121 @@ func TestKubeSourceExportToClient(t *testing.T) {
 	}
 	src.stop()
 	st.close()
+}
+
+// fakeAPIServer serves ServiceEntries in v1 as the API server does: a list,
+// a watch, and a WatchList (initial events ending with the annotated
+// bookmark). Objects carry managedFields and kubectl's annotation, which the
+// slim decoder skips. It records the request URLs.
+type fakeAPIServer struct {
+	objects []string // JSON objects, each with its namespace in metadata
+	mu      sync.Mutex
+	queries []string
+}
+
+func (f *fakeAPIServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	const discovery = `{"kind":"APIResourceList","apiVersion":"v1","groupVersion":"networking.istio.io/v1",` +
+		`"resources":[{"name":"serviceentries","namespaced":true,"kind":"ServiceEntry","verbs":["get","list","watch"]}]}`
+	w.Header().Set("Content-Type", "application/json")
+	if r.URL.Path == "/apis/networking.istio.io/v1" {
+		fmt.Fprint(w, discovery)
+		return
+	}
+	f.mu.Lock()
+	f.queries = append(f.queries, r.URL.String())
+	f.mu.Unlock()
+	ns := ""
+	if rest, ok := strings.CutPrefix(r.URL.Path, "/apis/networking.istio.io/v1/namespaces/"); ok {
+		ns, _, _ = strings.Cut(rest, "/")
+	}
+	var items []string
+	for _, o := range f.objects {
+		if ns == "" || strings.Contains(o, `"namespace":"`+ns+`"`) {
+			items = append(items, o)
+		}
+	}
+	q := r.URL.Query()
+	switch {
+	case q.Get("watch") != "true":
+		fmt.Fprintf(w, `{"kind":"ServiceEntryList","apiVersion":"networking.istio.io/v1","metadata":{"resourceVersion":"10"},"items":[%s]}`, strings.Join(items, ","))
+	case q.Get("sendInitialEvents") == "true":
+		for _, o := range items {
+			fmt.Fprintf(w, `{"type":"ADDED","object":%s}`+"\n", o)
+		}
+		fmt.Fprintf(w, `{"type":"BOOKMARK","object":{"kind":"ServiceEntry","apiVersion":"networking.istio.io/v1",`+
+			`"metadata":{"resourceVersion":"10","creationTimestamp":null,"annotations":{"%s":"true"}},"spec":{}}}`+"\n", metav1.InitialEventsAnnotationKey)
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+	default:
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+	}
+}
+
+func (f *fakeAPIServer) seen() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.queries)
+}
+
+func apiObject(ns, name, host, addr string) string {
+	return fmt.Sprintf(`{"apiVersion":"networking.istio.io/v1","kind":"ServiceEntry","metadata":{"name":%q,"namespace":%q,`+
+		`"resourceVersion":"5","labels":{"app":"x"},"annotations":{"kubectl.kubernetes.io/last-applied-configuration":"{\"big\":true}"},`+
+		`"managedFields":[{"manager":"kubectl","operation":"Apply","fieldsType":"FieldsV1","fieldsV1":{"f:spec":{"f:hosts":{}}}}]},`+
+		`"spec":{"hosts":[%q],"addresses":[%q],"ports":[{"number":53,"name":"dns","protocol":"UDP"}],"resolution":"STATIC","location":"MESH_INTERNAL"},`+
+		`"status":{"conditions":[{"type":"Reconciled","status":"True"}]}}`, name, ns, host, addr)
+}
+
+// TestKubeSourceSlimREST: the source's own REST client reads ServiceEntries
+// from an API server, with WatchList (the reflector's default, which needs the
+// bookmark's annotation to end its sync) and with a list then a watch, for
+// all namespaces or some, with the label selector in every request.
+func TestKubeSourceSlimREST(t *testing.T) {
+	for _, c := range []struct {
+		name       string
+		watchList  bool
+		namespaces []string
+		want       map[string]string
+	}{
+		{"watchlist, all namespaces", true, nil, map[string]string{"a.internal": "192.0.2.1", "b.internal": "192.0.2.2"}},
+		{"watchlist, one namespace", true, []string{"ns1"}, map[string]string{"a.internal": "192.0.2.1", "b.internal": ""}},
+		{"list and watch, all namespaces", false, nil, map[string]string{"a.internal": "192.0.2.1", "b.internal": "192.0.2.2"}},
+		{"list and watch, two namespaces", false, []string{"ns1", "ns2"}, map[string]string{"a.internal": "192.0.2.1", "b.internal": "192.0.2.2"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			defer verifyNoLeaks(t, goleak.IgnoreCurrent())
+			clientfeaturestesting.SetFeatureDuringTest(t, features.WatchListClient, c.watchList)
+			api := &fakeAPIServer{objects: []string{apiObject("ns1", "a", "a.internal", "192.0.2.1"), apiObject("ns2", "b", "b.internal", "192.0.2.2")}}
+			server := httptest.NewServer(api)
+			defer server.Close()
+			defer server.CloseClientConnections()
+			src, st, err := newSource(&config{kubeconfig: kubeconfigFor(t, server.URL), namespaces: c.namespaces, labels: "app=x"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := src.start(); err != nil {
+				t.Fatal(err)
+			}
+			defer src.stop()
+			if !st.waitSynced(10 * time.Second) {
+				t.Fatalf("not synced within 10s; requests: %q", api.seen())
+			}
+			for host, want := range c.want {
+				if got := lookupA(st, host); got != want {
+					t.Errorf("%s: got %q, want %q", host, got, want)
+				}
+			}
+			for _, q := range api.seen() {
+				if !strings.Contains(q, "labelSelector=app%3Dx") {
+					t.Errorf("request without the label selector: %s", q)
+				}
+				if watchList := strings.Contains(q, "sendInitialEvents=true"); watchList != c.watchList {
+					t.Errorf("WatchList %v, request %s", c.watchList, q)
+				}
+				if len(c.namespaces) > 0 && !strings.Contains(q, "/namespaces/ns") {
+					t.Errorf("request for all namespaces: %s", q)
+				}
+			}
+		})
+	}
 }

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/fsnotify/fsnotify"
-	clientnetworking "istio.io/client-go/pkg/apis/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/yaml"
@@ -487,27 +486,43 @@ func listItems(raw json.RawMessage) (items []runtime.RawExtension, isList bool, 
 // decodeServiceEntry converts one JSON document. Documents of other kinds give
 // nil and no error. All three served versions share one schema.
 func decodeServiceEntry(raw json.RawMessage, opts convertOptions) (*entry, error) {
+	e, key, skips, err := convertDocument(raw, opts)
+	if err != nil {
+		return nil, err
+	}
+	reportSkips(key, skips)
+	return e, nil
+}
+
+// convertDocument decodes one JSON document into the slim struct (as the
+// informers do) and converts it; key is the entry's store key. It reads the
+// document as encoding/json reads it into Istio's types: the object's keys
+// regardless of case, the spec's as jsonpb does.
+func convertDocument(raw json.RawMessage, opts convertOptions) (e *entry, key string, skips []skip, err error) {
 	if len(raw) == 0 || string(raw) == "null" {
-		return nil, nil
+		return nil, "", nil, nil
 	}
 	var tm metav1.TypeMeta
 	if err := json.Unmarshal(raw, &tm); err != nil {
-		return nil, err
+		return nil, "", nil, err
 	}
 	if tm.Kind != "ServiceEntry" || !isServiceEntryVersion(tm.APIVersion) {
-		return nil, nil
+		return nil, "", nil, nil
 	}
-	var se clientnetworking.ServiceEntry
+	var se slimServiceEntry
 	if err := json.Unmarshal(raw, &se); err != nil {
-		return nil, fmt.Errorf("ServiceEntry: %w", err)
+		return nil, "", nil, fmt.Errorf("ServiceEntry: %w", err)
 	}
 	if se.Name == "" {
-		return nil, errors.New("ServiceEntry without metadata.name")
+		return nil, "", nil, errors.New("ServiceEntry without metadata.name")
 	}
-	e, skips := convert(&se.ObjectMeta, &se.Spec, &se.Status, opts)
-	_, key := identity(&se.ObjectMeta)
-	reportSkips(key, skips)
-	return e, nil
+	spec, status, err := se.istio()
+	if err != nil {
+		return nil, "", nil, fmt.Errorf("ServiceEntry: %w", err)
+	}
+	e, skips = convert(&se.ObjectMeta, spec, status, opts)
+	_, key = identity(&se.ObjectMeta)
+	return e, key, skips, nil
 }
 
 func isServiceEntryVersion(apiVersion string) bool {
