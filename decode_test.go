@@ -20,7 +20,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	networking "istio.io/api/networking/v1alpha3"
 	clientv1 "istio.io/client-go/pkg/apis/networking/v1"
+	clientv1alpha3 "istio.io/client-go/pkg/apis/networking/v1alpha3"
+	clientv1beta1 "istio.io/client-go/pkg/apis/networking/v1beta1"
 	istioscheme "istio.io/client-go/pkg/clientset/versioned/scheme"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -78,6 +81,26 @@ var (
 	slimSerializer  = serjson.NewSerializerWithOptions(serjson.DefaultMetaFactory, slimScheme, slimScheme, serjson.SerializerOptions{})
 )
 
+// transform is the informers' transform for the slim objects, and what it
+// was for Istio's typed ones: convert on the typed spec and status.
+func transform(obj runtime.Object, opts convertOptions) (any, error) {
+	var meta *metav1.ObjectMeta
+	var spec *networking.ServiceEntry
+	var status *networking.ServiceEntryStatus
+	switch se := obj.(type) {
+	case *clientv1.ServiceEntry:
+		meta, spec, status = &se.ObjectMeta, &se.Spec, &se.Status
+	case *clientv1beta1.ServiceEntry:
+		meta, spec, status = &se.ObjectMeta, &se.Spec, &se.Status
+	case *clientv1alpha3.ServiceEntry:
+		meta, spec, status = &se.ObjectMeta, &se.Spec, &se.Status
+	default:
+		return (&kubeSource{opts: opts}).toCached(obj)
+	}
+	e, skips := convert(meta, spec, status, opts)
+	return &cachedEntry{namespace: meta.Namespace, name: meta.Name, entry: e, skips: skips}, nil
+}
+
 // informerDocument decodes raw as a watch event's object and passes it through
 // the informers' transform.
 func informerDocument(s runtime.Decoder, raw []byte, opts convertOptions) decoded {
@@ -85,7 +108,7 @@ func informerDocument(s runtime.Decoder, raw []byte, opts convertOptions) decode
 	if err != nil {
 		return decoded{failed: true}
 	}
-	out, err := (&kubeSource{opts: opts}).toCached(obj)
+	out, err := transform(obj, opts)
 	c, ok := out.(*cachedEntry)
 	if err != nil || !ok {
 		return decoded{failed: true}
@@ -414,7 +437,6 @@ func TestUnknownResolutionSkipsObject(t *testing.T) {
 // slim struct (apimachinery's serializer, then the informers' transform).
 func BenchmarkDecodeConvert(b *testing.B) {
 	raw := []byte(apiObject("ns1", "a", "a.internal", "192.0.2.1"))
-	k := &kubeSource{}
 	for _, c := range []struct {
 		name string
 		s    runtime.Decoder
@@ -426,7 +448,7 @@ func BenchmarkDecodeConvert(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				if out, _ := k.toCached(obj); out.(*cachedEntry).entry == nil {
+				if out, _ := transform(obj, convertOptions{}); out.(*cachedEntry).entry == nil {
 					b.Fatal("no entry")
 				}
 			}

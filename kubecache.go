@@ -57,10 +57,5 @@ func (k *kubeSource) toCached(obj any) (any, error) {
 		e, skips := convert(&se.ObjectMeta, spec, status, k.opts)
 		return &cachedEntry{namespace: se.Namespace, name: se.Name, entry: e, skips: skips}, nil
 	}
-	meta, spec, status, ok := serviceEntryParts(obj)
-	if !ok {
-		return obj, nil
-	}
-	e, skips := convert(meta, spec, status, k.opts)
-	return &cachedEntry{namespace: meta.Namespace, name: meta.Name, entry: e, skips: skips}, nil
+	return obj, nil
 }

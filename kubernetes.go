@@ -10,7 +10,6 @@ import (
 	"sync"
 	"time"
 
-	networking "istio.io/api/networking/v1alpha3"
 	clientv1 "istio.io/client-go/pkg/apis/networking/v1"
 	clientv1alpha3 "istio.io/client-go/pkg/apis/networking/v1alpha3"
 	clientv1beta1 "istio.io/client-go/pkg/apis/networking/v1beta1"
@@ -351,16 +350,3 @@ func (k *kubeSource) remove(obj any) {
 // of the "reason" label of coredns_serviceentry_skipped_items_total.
 const reasonInvalidObject = "invalid_object"
 
-// serviceEntryParts opens a ServiceEntry of any served version in Istio's
-// generated types.
-func serviceEntryParts(obj any) (*metav1.ObjectMeta, *networking.ServiceEntry, *networking.ServiceEntryStatus, bool) {
-	switch se := obj.(type) {
-	case *clientv1.ServiceEntry:
-		return &se.ObjectMeta, &se.Spec, &se.Status, true
-	case *clientv1beta1.ServiceEntry:
-		return &se.ObjectMeta, &se.Spec, &se.Status, true
-	case *clientv1alpha3.ServiceEntry:
-		return &se.ObjectMeta, &se.Spec, &se.Status, true
-	}
-	return nil, nil, nil, false
-}

@@ -381,8 +381,11 @@ func TestKubeSourceNamespaces(t *testing.T) {
 // key only; the transform is idempotent and deep copies keep the entry.
 func TestToCached(t *testing.T) {
 	k := &kubeSource{opts: convertOptions{autoAllocate: autoAllocateStatus}}
-	se := v1Entry("ns", "a", "a.internal", "192.0.2.1")
-	se.Spec.Hosts = append(se.Spec.Hosts, "bad_host!")
+	se, _, err := slimSerializer.Decode([]byte(strings.Replace(apiObject("ns", "a", "a.internal", "192.0.2.1"),
+		`"hosts":["a.internal"]`, `"hosts":["a.internal","bad_host!"]`, 1)), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	out, err := k.toCached(se)
 	if err != nil {
 		t.Fatal(err)

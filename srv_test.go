@@ -95,27 +95,23 @@ func TestConvertPorts(t *testing.T) {
 				{Number: 65535, Name: "max", Protocol: "GRPC"},
 			}},
 	}
-	out, err := (&kubeSource{}).toCached(obj)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := out.(*cachedEntry)
-	if c.entry == nil || len(c.entry.hosts) != 1 {
-		t.Fatalf("entry %+v: the host must stay", c.entry)
+	e, skips := convert(&obj.ObjectMeta, &obj.Spec, &obj.Status, convertOptions{})
+	if e == nil || len(e.hosts) != 1 {
+		t.Fatalf("entry %+v: the host must stay", e)
 	}
 	want := []srvPort{{name: "dns", proto: "udp", number: 53}, {name: "max", proto: "tcp", number: 65535}}
-	if len(c.entry.ports) != len(want) {
-		t.Fatalf("ports %+v, want %+v", c.entry.ports, want)
+	if len(e.ports) != len(want) {
+		t.Fatalf("ports %+v, want %+v", e.ports, want)
 	}
 	for i := range want {
-		if c.entry.ports[i] != want[i] {
-			t.Errorf("port %d: %+v, want %+v", i, c.entry.ports[i], want[i])
+		if e.ports[i] != want[i] {
+			t.Errorf("port %d: %+v, want %+v", i, e.ports[i], want[i])
 		}
 	}
-	if len(c.skips) != 4 {
-		t.Fatalf("skips %+v, want 4", c.skips)
+	if len(skips) != 4 {
+		t.Fatalf("skips %+v, want 4", skips)
 	}
-	for _, s := range c.skips {
+	for _, s := range skips {
 		if s.reason != reasonInvalidPort {
 			t.Errorf("skip %+v, want reason %s", s, reasonInvalidPort)
 		}
