@@ -5,8 +5,6 @@ import (
 	"maps"
 	"strings"
 	"testing"
-
-	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // badEntry is one ServiceEntry of the catalogue, in namespace "bad".
@@ -37,21 +35,21 @@ func TestBadInputCatalogue(t *testing.T) {
 	for _, c := range []struct {
 		name  string
 		docs  string
-		serve map[string]int     // name -> number of A+AAAA records served
-		skips map[string]float64 // metric reason -> increase
+		serve map[string]int    // name -> number of A+AAAA records served
+		skips map[string]uint64 // metric reason -> increase
 		opts  convertOptions
 	}{
 		{name: "empty hosts", docs: badEntry("e", "  hosts: []\n  addresses: [192.0.2.50]\n")},
 		{name: "star alone", docs: badEntry("e", "  hosts: ['*', ok.bad.internal]\n  addresses: [192.0.2.50]\n"),
-			serve: map[string]int{"ok.bad.internal": 1}, skips: map[string]float64{reasonInvalidHost: 1}},
+			serve: map[string]int{"ok.bad.internal": 1}, skips: map[string]uint64{reasonInvalidHost: 1}},
 		{name: "partial wildcard", docs: badEntry("e", "  hosts: ['*x.bad.internal', '*-x.bad.internal']\n  addresses: [192.0.2.50]\n"),
-			skips: map[string]float64{reasonPartialWildcard: 2}},
+			skips: map[string]uint64{reasonPartialWildcard: 2}},
 		{name: "254-char name", docs: badEntry("e", "  hosts: ["+name254+"]\n  addresses: [192.0.2.50]\n"),
-			skips: map[string]float64{reasonInvalidHost: 1}},
+			skips: map[string]uint64{reasonInvalidHost: 1}},
 		{name: "64-char label", docs: badEntry("e", "  hosts: ["+label64+".bad.internal]\n  addresses: [192.0.2.50]\n"),
-			skips: map[string]float64{reasonInvalidHost: 1}},
+			skips: map[string]uint64{reasonInvalidHost: 1}},
 		{name: "non-ASCII host", docs: badEntry("e", "  hosts: [bücher.bad.internal]\n  addresses: [192.0.2.50]\n"),
-			skips: map[string]float64{reasonInvalidHost: 1}},
+			skips: map[string]uint64{reasonInvalidHost: 1}},
 		{name: "punycode host", docs: badEntry("e", "  hosts: [xn--bcher-kva.bad.internal]\n  addresses: [192.0.2.50]\n"),
 			serve: map[string]int{"xn--bcher-kva.bad.internal": 1}},
 		{name: "upper case", docs: badEntry("e", "  hosts: [UP.Bad.Internal]\n  addresses: [192.0.2.50]\n"),
@@ -67,40 +65,37 @@ func TestBadInputCatalogue(t *testing.T) {
 		{name: "IPv4-mapped IPv6", docs: badEntry("e", "  hosts: [mapped.bad.internal]\n  addresses: ['::ffff:192.0.2.9']\n"),
 			serve: map[string]int{"mapped.bad.internal": 1}},
 		{name: "zoned IPv6", docs: badEntry("e", "  hosts: [zoned.bad.internal]\n  addresses: ['fe80::1%eth0', 192.0.2.50]\n"),
-			serve: map[string]int{"zoned.bad.internal": 1}, skips: map[string]float64{reasonInvalidAddress: 1}},
+			serve: map[string]int{"zoned.bad.internal": 1}, skips: map[string]uint64{reasonInvalidAddress: 1}},
 		{name: "CIDRs of every size", docs: badEntry("e", "  hosts: [cidr.bad.internal]\n  addresses: ["+strings.Join(cidrs, ", ")+"]\n"),
-			serve: map[string]int{"cidr.bad.internal": 2}, skips: map[string]float64{reasonWideCIDR: 33 + 129 - 2}},
+			serve: map[string]int{"cidr.bad.internal": 2}, skips: map[string]uint64{reasonWideCIDR: 33 + 129 - 2}},
 		{name: "addresses with spaces", docs: badEntry("e", "  hosts: [space.bad.internal]\n  addresses: [' 192.0.2.50', '192.0.2.51 ', '192.0.2.52']\n"),
-			serve: map[string]int{"space.bad.internal": 1}, skips: map[string]float64{reasonInvalidAddress: 2}},
+			serve: map[string]int{"space.bad.internal": 1}, skips: map[string]uint64{reasonInvalidAddress: 2}},
 		{name: "unknown resolution name", docs: badEntry("e", "  hosts: [res.bad.internal]\n  addresses: [192.0.2.50]\n  resolution: BOGUS\n"),
-			skips: map[string]float64{reasonInvalidManifest: 1}},
+			skips: map[string]uint64{reasonInvalidManifest: 1}},
 		{name: "unknown resolution number", docs: badEntry("e", "  hosts: [resnum.bad.internal]\n  addresses: [192.0.2.50]\n  resolution: 99\n"),
 			serve: map[string]int{"resnum.bad.internal": 1}},
 		{name: "missing name", docs: "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {namespace: bad}\nspec: {hosts: [noname.bad.internal], addresses: [192.0.2.50]}\n",
-			skips: map[string]float64{reasonInvalidManifest: 1}},
+			skips: map[string]uint64{reasonInvalidManifest: 1}},
 		{name: "missing namespace", docs: "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: nons}\nspec: {hosts: [nons.bad.internal], addresses: [192.0.2.50]}\n",
 			serve: map[string]int{"nons.bad.internal": 1}},
 		{name: "missing creationTimestamp, legacy", opts: convertOptions{autoAllocate: autoAllocateLegacy, dualStack: true},
 			docs:  badEntry("e", "  hosts: [notime.bad.internal]\n  resolution: DNS\n"),
 			serve: map[string]int{"notime.bad.internal": 2}},
 		{name: "status for a host not in the spec", docs: badEntry("e", "  hosts: [st.bad.internal]\n  resolution: DNS\nstatus:\n  addresses: [{host: other.bad.internal, value: 240.240.0.9}, {host: st.bad.internal, value: 240.240.0.8}]\n"),
-			serve: map[string]int{"st.bad.internal": 1}, skips: map[string]float64{reasonStatusUnknownHost: 1}},
+			serve: map[string]int{"st.bad.internal": 1}, skips: map[string]uint64{reasonStatusUnknownHost: 1}},
 		{name: "status values that are not IPs", docs: badEntry("e", "  hosts: [stbad.bad.internal]\n  resolution: DNS\nstatus:\n  addresses: [{host: stbad.bad.internal, value: nope}, {host: stbad.bad.internal, value: 240.240.0.0/16}]\n"),
-			skips: map[string]float64{reasonStatusInvalidAddress: 2}},
+			skips: map[string]uint64{reasonStatusInvalidAddress: 2}},
 		{name: "opt-out label in odd case", docs: "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: optout, namespace: bad, labels: {networking.istio.io/enable-autoallocate-ip: 'FaLsE'}}\n" +
 			"spec: {hosts: [optout.bad.internal], resolution: DNS}\nstatus: {addresses: [{host: optout.bad.internal, value: 240.240.0.7}]}\n"},
-		{name: "not YAML at all", docs: "{{{ not yaml", skips: map[string]float64{}},
+		{name: "not YAML at all", docs: "{{{ not yaml", skips: map[string]uint64{}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			// The handler entries have bad items of their own: what they
 			// skip is subtracted from what the whole input skips.
-			start := skipCounts()
-			base := storeFrom(t, c.opts, handlerEntries).table()
-			before := skipCounts()
-			for reason, n := range start {
-				before[reason] += before[reason] - n
-			}
-			entries, err := parseManifests([]byte(handlerEntries+"\n---\n"+c.docs), c.opts)
+			baseStore := storeFrom(t, c.opts, handlerEntries)
+			base, before := baseStore.table(), baseStore.skipped.counts()
+			skipped := new(skipTally)
+			entries, err := parseManifests([]byte(handlerEntries+"\n---\n"+c.docs), c.opts, skipped)
 			if c.name == "not YAML at all" {
 				// The stream itself is broken after the good documents: they
 				// are returned with the error (the file keeps its last good
@@ -120,12 +115,13 @@ func TestBadInputCatalogue(t *testing.T) {
 			st.markSynced()
 			got := st.table()
 
+			after := skipped.counts()
 			for reason, want := range c.skips {
-				if d := skipCounts()[reason] - before[reason]; d != want {
+				if d := after[reason] - before[reason]; d != want {
 					t.Errorf("skipped %s: +%v, want +%v", reason, d, want)
 				}
 			}
-			for reason, n := range skipCounts() {
+			for reason, n := range after {
 				if _, expected := c.skips[reason]; !expected && n != before[reason] {
 					t.Errorf("unexpected skip %s: +%v", reason, n-before[reason])
 				}
@@ -152,15 +148,6 @@ func TestBadInputCatalogue(t *testing.T) {
 			}
 		})
 	}
-}
-
-func skipCounts() map[string]float64 {
-	out := make(map[string]float64)
-	for _, r := range []string{reasonInvalidHost, reasonPartialWildcard, reasonInvalidAddress, reasonWideCIDR,
-		reasonStatusInvalidAddress, reasonStatusUnknownHost, reasonInvalidManifest, reasonManifestTooLarge} {
-		out[r] = testutil.ToFloat64(skippedItems.WithLabelValues(r))
-	}
-	return out
 }
 
 // tableNames lists every name of a table with its answer ("*." kept for

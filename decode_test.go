@@ -18,8 +18,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/prometheus/client_golang/prometheus/testutil"
-
 	networking "istio.io/api/networking/v1alpha3"
 	clientv1 "istio.io/client-go/pkg/apis/networking/v1"
 	clientv1alpha3 "istio.io/client-go/pkg/apis/networking/v1alpha3"
@@ -410,9 +408,7 @@ func TestUnknownResolutionSkipsObject(t *testing.T) {
 		t.Fatal(err)
 	}
 	st := newStore(false)
-	k := &kubeSource{store: st}
-	invalid := func() float64 { return testutil.ToFloat64(skippedItems.WithLabelValues(reasonInvalidObject)) }
-	before := invalid()
+	k := &kubeSource{store: st, skips: &st.skipped}
 	for i := range obj.(*slimServiceEntryList).Items {
 		c, err := k.toCached(&obj.(*slimServiceEntryList).Items[i])
 		if err != nil {
@@ -421,7 +417,7 @@ func TestUnknownResolutionSkipsObject(t *testing.T) {
 		k.apply(nil, c)
 	}
 	st.markSynced()
-	if got := invalid() - before; got != 1 {
+	if got := st.skipped.counts()[reasonInvalidObject]; got != 1 {
 		t.Errorf("%v objects counted under %s, want 1", got, reasonInvalidObject)
 	}
 	if got := lookupA(st, "new.internal"); got != "" {

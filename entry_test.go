@@ -84,7 +84,7 @@ metadata: {name: mixed, namespace: ns}
 spec:
   hosts: [good.internal, "bad_host.internal", "*bad.internal", Good.Internal]
   addresses: [192.0.2.1, not-an-ip, 10.0.0.0/8]
-`), convertOptions{})
+`), convertOptions{}, new(skipTally))
 	if err != nil || len(entries) != 1 {
 		t.Fatalf("%v, %d entries", err, len(entries))
 	}

@@ -67,11 +67,11 @@ func lookupA(st *store, name string) string {
 // manifests source would.
 func storeFrom(t testing.TB, opts convertOptions, yamlDocs string) *store {
 	t.Helper()
-	entries, err := parseManifests([]byte(yamlDocs), opts)
+	st := newStore(opts.autoAllocate == autoAllocateLegacy)
+	entries, err := parseManifests([]byte(yamlDocs), opts, &st.skipped)
 	if err != nil {
 		t.Fatalf("parsing test manifests: %v", err)
 	}
-	st := newStore(opts.autoAllocate == autoAllocateLegacy)
 	all := make(map[string]*entry, len(entries))
 	for _, e := range entries {
 		all[e.key] = e
@@ -218,7 +218,7 @@ func churnAgainstFresh(t *testing.T, entries []*entry, seed uint64, ops int, che
 // parseOne parses a manifest holding exactly one valid ServiceEntry.
 func parseOne(t testing.TB, doc string, opts convertOptions) *entry {
 	t.Helper()
-	entries, err := parseManifests([]byte(doc), opts)
+	entries, err := parseManifests([]byte(doc), opts, new(skipTally))
 	if err != nil || len(entries) != 1 {
 		t.Fatalf("parsing %q: %v, %d entries", doc, err, len(entries))
 	}

@@ -49,6 +49,7 @@ type kubeSource struct {
 	labels     string
 	opts       convertOptions
 	store      entrySink
+	skips      *skipTally   // the store's
 	backoff    wait.Backoff // between discovery attempts
 	// pods places clients in their namespaces with "exportto client"; nil
 	// otherwise.
@@ -81,7 +82,7 @@ func newKubeSource(cfg *config, st *store) (*kubeSource, error) {
 		return nil, fmt.Errorf("creating the discovery client: %w", err)
 	}
 	k := &kubeSource{lister: slimLister(restCfg), resources: discoveryLister(disco.RESTClient()),
-		namespaces: cfg.namespaces, labels: cfg.labels, opts: cfg.convert, store: st, backoff: discoveryBackoff}
+		namespaces: cfg.namespaces, labels: cfg.labels, opts: cfg.convert, store: st, skips: &st.skipped, backoff: discoveryBackoff}
 	if cfg.convert.exportTo == exportClient {
 		pods, err := kubernetes.NewForConfig(restCfg)
 		if err != nil {
@@ -331,7 +332,7 @@ func (k *kubeSource) apply(old, obj any) {
 		return
 	}
 	if prev, ok := old.(*cachedEntry); !ok || !slices.Equal(prev.skips, c.skips) {
-		reportSkips(c.key(), c.skips)
+		k.skips.report(c.key(), c.skips)
 	}
 	k.store.upsert(c.key(), c.entry)
 }
@@ -349,4 +350,3 @@ func (k *kubeSource) remove(obj any) {
 // decoder would refuse whole (a resolution this build does not know), a value
 // of the "reason" label of coredns_serviceentry_skipped_items_total.
 const reasonInvalidObject = "invalid_object"
-

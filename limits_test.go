@@ -8,8 +8,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // TestManifestTooLarge: a file over the limit is refused whole, counted and
@@ -38,12 +36,13 @@ func TestManifestTooLarge(t *testing.T) {
 	}
 
 	// Over the limit: refused, the last good content stays.
-	before := testutil.ToFloat64(skippedItems.WithLabelValues(reasonManifestTooLarge))
+	tooLarge := func() uint64 { return st.skipped.counts()[reasonManifestTooLarge] }
+	before := tooLarge()
 	doc.WriteString(strings.Repeat("#", maxManifestBytes-doc.Len()+1))
 	doc.WriteString("\n---\n" + seYAML("big", "big.internal", "192.0.2.99"))
 	writeFile(t, big, doc.String())
 	eventuallyWithin(t, time.Minute, "the refusal counted", func() bool {
-		return testutil.ToFloat64(skippedItems.WithLabelValues(reasonManifestTooLarge)) == before+1
+		return tooLarge() == before+1
 	})
 	if got := lookupA(st, "big.internal"); got != "192.0.2.50" {
 		t.Errorf("big.internal: %q, want its last good 192.0.2.50", got)
@@ -58,7 +57,7 @@ func TestManifestTooLarge(t *testing.T) {
 		writeFile(t, other, seYAML("other", "other.internal", addr))
 		eventually(t, fmt.Sprintf("later change %d read", i+1), func() bool { return lookupA(st, "other.internal") == addr })
 	}
-	if got := testutil.ToFloat64(skippedItems.WithLabelValues(reasonManifestTooLarge)); got != before+1 {
+	if got := tooLarge(); got != before+1 {
 		t.Errorf("refusal counted %v times", got-before)
 	}
 	if got := lookupA(st, "big.internal"); got != "192.0.2.50" {

@@ -293,7 +293,7 @@ func (m *manifestSource) check(now time.Time, first bool) (pending bool) {
 			if errors.Is(err, errManifestTooLarge) {
 				reason = reasonManifestTooLarge
 			}
-			skippedItems.WithLabelValues(reason).Inc()
+			m.store.skipped.add(reason)
 			if f.stamp.info != nil { // read before
 				log.Errorf("manifests: %v; keeping its last good content", err)
 				f.stamp, f.emptyAt = stamp, time.Time{} // report once per change, not on every check
@@ -419,7 +419,7 @@ func (m *manifestSource) readFile(path string) ([]*entry, fileStamp, error) {
 	if len(data) > maxManifestBytes {
 		return nil, read, fmt.Errorf("%s: %w", path, errManifestTooLarge)
 	}
-	entries, err := parseManifests(data, m.opts)
+	entries, err := parseManifests(data, m.opts, &m.store.skipped)
 	if err != nil {
 		return entries, read, fmt.Errorf("%s: %w", path, err)
 	}
@@ -430,7 +430,7 @@ func (m *manifestSource) readFile(path string) ([]*entry, fileStamp, error) {
 // ServiceEntries among them, also those among the items of a List. A document that is not a valid ServiceEntry is
 // skipped (logged and counted) and the rest are kept; an error that stops the
 // stream itself is returned with the entries read before it.
-func parseManifests(data []byte, opts convertOptions) ([]*entry, error) {
+func parseManifests(data []byte, opts convertOptions, skips *skipTally) ([]*entry, error) {
 	dec := yaml.NewYAMLOrJSONDecoder(bytes.NewReader(data), 4096)
 	var entries []*entry
 	for doc := 1; ; doc++ {
@@ -443,7 +443,7 @@ func parseManifests(data []byte, opts convertOptions) ([]*entry, error) {
 		}
 		items, isList, err := listItems(raw)
 		if err != nil {
-			skippedItems.WithLabelValues(reasonInvalidManifest).Inc()
+			skips.add(reasonInvalidManifest)
 			log.Errorf("manifests: document %d: %v", doc, err)
 			continue
 		}
@@ -451,9 +451,9 @@ func parseManifests(data []byte, opts convertOptions) ([]*entry, error) {
 			items = []runtime.RawExtension{{Raw: raw}}
 		}
 		for i, item := range items {
-			e, err := decodeServiceEntry(item.Raw, opts)
+			e, err := decodeServiceEntry(item.Raw, opts, skips)
 			if err != nil {
-				skippedItems.WithLabelValues(reasonInvalidManifest).Inc()
+				skips.add(reasonInvalidManifest)
 				if isList {
 					log.Errorf("manifests: document %d, item %d: %v", doc, i+1, err)
 				} else {
@@ -485,12 +485,12 @@ func listItems(raw json.RawMessage) (items []runtime.RawExtension, isList bool, 
 
 // decodeServiceEntry converts one JSON document. Documents of other kinds give
 // nil and no error. All three served versions share one schema.
-func decodeServiceEntry(raw json.RawMessage, opts convertOptions) (*entry, error) {
+func decodeServiceEntry(raw json.RawMessage, opts convertOptions, tally *skipTally) (*entry, error) {
 	e, key, skips, err := convertDocument(raw, opts)
 	if err != nil {
 		return nil, err
 	}
-	reportSkips(key, skips)
+	tally.report(key, skips)
 	return e, nil
 }
 

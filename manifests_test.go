@@ -64,7 +64,7 @@ func TestManifestBadDocumentKeepsOthers(t *testing.T) {
 		"apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: bad}\nspec: {hosts: [bad.internal], resolution: BOGUS}\n" + "---\n" +
 		"apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {namespace: x}\nspec: {hosts: [noname.internal], addresses: [192.0.2.3]}\n" + "---\n" +
 		seYAML("good2", "good2.internal", "192.0.2.2")
-	entries, err := parseManifests([]byte(doc), convertOptions{})
+	entries, err := parseManifests([]byte(doc), convertOptions{}, new(skipTally))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -356,7 +356,7 @@ metadata:
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			entries, err := parseManifests([]byte(tc.doc), convertOptions{})
+			entries, err := parseManifests([]byte(tc.doc), convertOptions{}, new(skipTally))
 			if err != nil {
 				t.Fatal(err)
 			}

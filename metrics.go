@@ -1,6 +1,9 @@
 package serviceentry
 
 import (
+	"maps"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/coredns/coredns/plugin"
@@ -8,15 +11,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promauto"
 )
 
-// Counters are process-wide, as CoreDNS's own are: they only ever grow, so a
-// reload does not make them wrong.
+// The table counters are process-wide, as CoreDNS's own are: they only ever
+// grow, so a reload does not make them wrong. What a source skipped is
+// counted by the source (skipTally) and reported with its instances' labels.
 var (
-	skippedItems = promauto.NewCounterVec(prometheus.CounterOpts{
-		Namespace: plugin.Namespace,
-		Subsystem: pluginName,
-		Name:      "skipped_items_total",
-		Help:      "Hosts, addresses and manifests left out because they are invalid, by reason.",
-	}, []string{"reason"})
 	tableUpdates = promauto.NewCounter(prometheus.CounterOpts{
 		Namespace: plugin.Namespace,
 		Subsystem: pluginName,
@@ -32,14 +30,40 @@ var (
 	})
 )
 
-// reportSkips logs and counts what the conversion of one ServiceEntry left
-// out. Sources call it when a problem first appears in an entry (an add, or
-// a change that brings a new problem), never per query or per relist.
-func reportSkips(key string, skips []skip) {
+// skipTally counts, by reason, the items one source left out. A source's
+// count is reported with the server and zones of the instances answering from
+// it (a reload that keeps the source keeps counting; a new source starts from
+// zero, which Prometheus reads as a counter reset).
+type skipTally struct {
+	mu sync.Mutex
+	n  map[string]uint64
+}
+
+// report logs and counts what the conversion of one ServiceEntry left out.
+// Sources call it when a problem first appears in an entry (an add, or a
+// change that brings a new problem), never per query or per relist.
+func (t *skipTally) report(key string, skips []skip) {
 	for _, s := range skips {
-		skippedItems.WithLabelValues(s.reason).Inc()
+		t.add(s.reason)
 		log.Warningf("ServiceEntry %s: skipped %q: %s", key, s.item, s.reason)
 	}
+}
+
+// add counts one item left out for reason; the caller logs it.
+func (t *skipTally) add(reason string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.n == nil {
+		t.n = make(map[string]uint64)
+	}
+	t.n[reason]++
+}
+
+// counts returns a copy of the counts by reason.
+func (t *skipTally) counts() map[string]uint64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return maps.Clone(t.n)
 }
 
 func observeTableUpdate(start time.Time) {
@@ -61,6 +85,9 @@ var (
 		"Names (exact and wildcard) the plugin answers for.", instanceLabels, nil)
 	lastUpdateDesc = prometheus.NewDesc(prometheus.BuildFQName(plugin.Namespace, pluginName, "last_update_timestamp_seconds"),
 		"Unix time of the last table update.", instanceLabels, nil)
+	skippedDesc = prometheus.NewDesc(prometheus.BuildFQName(plugin.Namespace, pluginName, "skipped_items_total"),
+		"Hosts, addresses, ports, objects and manifests the source left out because they are invalid, by reason.",
+		append(slices.Clone(instanceLabels), "reason"), nil)
 	legacyUnallocatedDesc = prometheus.NewDesc(prometheus.BuildFQName(plugin.Namespace, pluginName, "legacy_unallocated_hosts"),
 		"Hosts eligible for legacy auto-allocation left without an address (Istio's range is full).", instanceLabels, nil)
 )
@@ -71,7 +98,7 @@ func init() { prometheus.MustRegister(instanceCollector{running}) }
 type instanceCollector struct{ sources *sourceRegistry }
 
 func (c instanceCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{syncedDesc, entriesDesc, hostsDesc, lastUpdateDesc, legacyUnallocatedDesc} {
+	for _, d := range []*prometheus.Desc{syncedDesc, entriesDesc, hostsDesc, lastUpdateDesc, legacyUnallocatedDesc, skippedDesc} {
 		ch <- d
 	}
 }
@@ -80,6 +107,11 @@ func (c instanceCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, u := range c.sources.users() {
 		for _, server := range u.servers {
 			labels := []string{server, u.zones}
+			if st := u.handler.store.Load(); st != nil {
+				for reason, n := range st.skipped.counts() {
+					ch <- prometheus.MustNewConstMetric(skippedDesc, prometheus.CounterValue, float64(n), server, u.zones, reason)
+				}
+			}
 			tbl := u.handler.table()
 			if tbl == nil {
 				ch <- prometheus.MustNewConstMetric(syncedDesc, prometheus.GaugeValue, 0, labels...)

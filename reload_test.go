@@ -293,8 +293,8 @@ func TestManifestsFollowRoot(t *testing.T) {
 	}
 }
 
-// gauge returns the value of an instance gauge for server and zones, and
-// whether such a series exists.
+// gauge returns the value of an instance gauge (or counter) for server and
+// zones, and whether such a series exists.
 func gauge(t *testing.T, name, server, zones string) (float64, bool) {
 	t.Helper()
 	families, err := prometheus.DefaultGatherer.Gather()
@@ -311,6 +311,9 @@ func gauge(t *testing.T, name, server, zones string) (float64, bool) {
 				labels[l.GetName()] = l.GetValue()
 			}
 			if labels["server"] == server && labels["zones"] == zones {
+				if c := m.GetCounter(); c != nil {
+					return c.GetValue(), true
+				}
 				return m.GetGauge().GetValue(), true
 			}
 		}
@@ -318,17 +321,20 @@ func gauge(t *testing.T, name, server, zones string) (float64, bool) {
 	return 0, false
 }
 
-// TestInstanceGauges: the gauges carry CoreDNS's server and zones labels,
+// TestInstanceGauges: the gauges and the skipped-items counter carry
+// CoreDNS's server and zones labels,
 // follow the instance across a reload without a duplicate series, and are gone
 // once it stops.
 func TestInstanceGauges(t *testing.T) {
 	dir := manifestDir(t, "a.internal", "192.0.2.1")
+	writeFile(t, filepath.Join(dir, "bad.yaml"), seYAML("bad", "bad_host!", "192.0.2.2"))
 	port := freeUDPPort(t)
 	server := fmt.Sprintf("dns://127.0.0.1:%d", port)
 
 	inst := startCaddy(t, corefileInput(port, "manifests "+dir))
 	for name, want := range map[string]float64{
 		"coredns_serviceentry_synced": 1, "coredns_serviceentry_hosts": 1, "coredns_serviceentry_entries": 1,
+		"coredns_serviceentry_skipped_items_total": 1, // bad_host!, with the source's instance labels
 	} {
 		if got, ok := gauge(t, name, server, "internal."); !ok || got != want {
 			t.Errorf("%s = %v (present: %v), want %v", name, got, ok, want)

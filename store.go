@@ -56,6 +56,9 @@ type store struct {
 	clients  *clientIndex
 	overlaid map[string][]string
 
+	// skipped counts what the source left out (see skipTally).
+	skipped skipTally
+
 	published   atomic.Pointer[table] // nil until the first full read of the source
 	firstSynced chan struct{}         // closed when the first table is published
 }
