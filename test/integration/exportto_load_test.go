@@ -116,7 +116,7 @@ func BenchmarkExportToLoad(b *testing.B) {
 		{"client+private", "client", mixFile},
 	}
 	for _, v := range variants { // warm up: first lookups, buffers, the Go heap
-		loadDNSPerf(b, servers[v.server], v.queries, "2")
+		_, _ = loadDNSPerf(b, servers[v.server], v.queries, "2")
 	}
 	qps := map[string][]float64{}
 	for rep := range loadReps {
@@ -125,8 +125,14 @@ func BenchmarkExportToLoad(b *testing.B) {
 			slices.Reverse(order) // neither variant always runs first
 		}
 		for _, v := range order {
-			q := loadDNSPerf(b, servers[v.server], v.queries, strconv.Itoa(loadLength))
-			b.Logf("rep %d %-15s %8.0f QPS", rep+1, v.name, q)
+			// The server's CPU per query and its share of its core show
+			// whether the server, not dnsperf, is what saturates.
+			p := servers[v.server].process
+			cpu0, wall0 := processCPU(b, p), time.Now()
+			q, completed := loadDNSPerf(b, servers[v.server], v.queries, strconv.Itoa(loadLength))
+			cpu, wall := processCPU(b, p)-cpu0, time.Since(wall0)
+			b.Logf("rep %d %-15s %8.0f QPS, server CPU %.1f µs/query, %.0f %% of its core",
+				rep+1, v.name, q, float64(cpu.Microseconds())/completed, 100*cpu.Seconds()/wall.Seconds())
 			qps[v.name] = append(qps[v.name], q)
 		}
 	}
@@ -229,14 +235,16 @@ func writeLoadQueries(b testing.TB, path, private string) {
 }
 
 var (
-	loadQPS   = regexp.MustCompile(`Queries per second:\s+([0-9.]+)`)
-	loadCodes = regexp.MustCompile(`Response codes:\s+(.*)`)
+	loadQPS       = regexp.MustCompile(`Queries per second:\s+([0-9.]+)`)
+	loadCompleted = regexp.MustCompile(`Queries completed:\s+([0-9]+)`)
+	loadCodes     = regexp.MustCompile(`Response codes:\s+(.*)`)
 )
 
 // loadDNSPerf runs dnsperf from loadClient for seconds against s, pinned to
-// the core CoreDNS is not on, and returns its queries per second. Any answer
-// but NOERROR fails: it would mean the client was not placed in its namespace.
-func loadDNSPerf(b testing.TB, s *coredns, queries, seconds string) float64 {
+// the core CoreDNS is not on, and returns its queries per second and the
+// number of queries answered. Any answer but NOERROR fails: it would mean the
+// client was not placed in its namespace.
+func loadDNSPerf(b testing.TB, s *coredns, queries, seconds string) (qps, completed float64) {
 	host, port, _ := strings.Cut(s.dnsAddr, ":")
 	args := []string{"-c", "1", "dnsperf", "-a", loadClient, "-s", host, "-p", port, "-d", queries, "-l", seconds, "-c", "4"}
 	out, err := exec.Command("taskset", args...).CombinedOutput()
@@ -247,15 +255,18 @@ func loadDNSPerf(b testing.TB, s *coredns, queries, seconds string) float64 {
 	if codes == nil || !strings.HasPrefix(codes[1], "NOERROR") || strings.Contains(codes[1], ",") {
 		b.Fatalf("dnsperf: want NOERROR answers only:\n%s", out)
 	}
-	m := loadQPS.FindStringSubmatch(string(out))
-	if m == nil {
-		b.Fatalf("no queries per second in dnsperf's output:\n%s", out)
+	figure := func(re *regexp.Regexp) float64 {
+		m := re.FindStringSubmatch(string(out))
+		if m == nil {
+			b.Fatalf("no %s in dnsperf's output:\n%s", re, out)
+		}
+		v, err := strconv.ParseFloat(m[1], 64)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return v
 	}
-	q, err := strconv.ParseFloat(m[1], 64)
-	if err != nil {
-		b.Fatal(err)
-	}
-	return q
+	return figure(loadQPS), figure(loadCompleted)
 }
 
 // pinLoad moves every thread of a running process to the given CPUs.
