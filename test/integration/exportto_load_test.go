@@ -118,7 +118,7 @@ func BenchmarkExportToLoad(b *testing.B) {
 	for _, v := range variants { // warm up: first lookups, buffers, the Go heap
 		_, _ = loadDNSPerf(b, servers[v.server], v.queries, "2")
 	}
-	qps := map[string][]float64{}
+	qps, cpuPerQuery := map[string][]float64{}, map[string][]float64{}
 	for rep := range loadReps {
 		order := slices.Clone(variants)
 		if rep%2 == 1 {
@@ -134,6 +134,7 @@ func BenchmarkExportToLoad(b *testing.B) {
 			b.Logf("rep %d %-15s %8.0f QPS, server CPU %.1f µs/query, %.0f %% of its core",
 				rep+1, v.name, q, float64(cpu.Microseconds())/completed, 100*cpu.Seconds()/wall.Seconds())
 			qps[v.name] = append(qps[v.name], q)
+			cpuPerQuery[v.name] = append(cpuPerQuery[v.name], float64(cpu.Microseconds())/completed)
 		}
 	}
 	median := func(v []float64) float64 {
@@ -163,6 +164,14 @@ func BenchmarkExportToLoad(b *testing.B) {
 	b.ReportMetric(mix/clientQPS, "mix/client")
 	b.ReportMetric(median(ratios("client", "public")), "client/public-paired")
 	b.ReportMetric(median(ratios("client+private", "client")), "mix/client-paired")
+	// CPU per query moves less than QPS when other work takes the server's
+	// core away: the inverse ratio is the QPS ratio of an unshared core.
+	cpuPublic, cpuClient, cpuMix := median(cpuPerQuery["public"]), median(cpuPerQuery["client"]), median(cpuPerQuery["client+private"])
+	b.Logf("server CPU per query, medians: exportto public %.2f µs, exportto client %.2f µs (public ÷ client %.3f), "+
+		"with the private host mixed in %.2f µs (client ÷ mix %.3f)", cpuPublic, cpuClient, cpuPublic/cpuClient, cpuMix, cpuClient/cpuMix)
+	b.ReportMetric(cpuPublic, "public-cpu-us/q")
+	b.ReportMetric(cpuClient, "client-cpu-us/q")
+	b.ReportMetric(cpuMix, "client-mix-cpu-us/q")
 }
 
 // createLoadEntries is createScaleEntries with the exportTo of loadPrivate,
