@@ -19,8 +19,6 @@ import (
 
 	"github.com/miekg/dns"
 	"istio.io/client-go/pkg/clientset/versioned"
-	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 )
@@ -74,7 +72,7 @@ func BenchmarkExportToLoad(b *testing.B) {
 	began := time.Now()
 	createLoadEntries(b, client)
 	b.Logf("created %d ServiceEntries in %v", loadEntries, time.Since(began).Round(time.Millisecond))
-	createLoadPod(b, kube, team, "client", loadClient)
+	createPodAt(b, kube, team, "client", loadClient)
 
 	// One core for CoreDNS and the other for dnsperf, as bench/load does, so
 	// that the two do not take turns on the same core. Without SCHED_RR: the
@@ -197,26 +195,6 @@ func createLoadEntries(b testing.TB, client versioned.Interface) {
 	wg.Wait()
 	close(errs)
 	for err := range errs {
-		b.Fatal(err)
-	}
-}
-
-// createLoadPod is createPodAt for a benchmark (createPodAt takes a *testing.T).
-func createLoadPod(b testing.TB, kube kubernetes.Interface, ns, name, ip string) {
-	ctx := context.Background()
-	if _, err := kube.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}},
-		metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		b.Fatal(err)
-	}
-	pod, err := kube.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
-		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "app"}}},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	pod.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip, PodIPs: []corev1.PodIP{{IP: ip}}}
-	if _, err := kube.CoreV1().Pods(ns).UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
 		b.Fatal(err)
 	}
 }

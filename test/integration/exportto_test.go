@@ -17,7 +17,7 @@ import (
 // through the status subresource (no kubelet runs here). The namespace's
 // default ServiceAccount, which admission requires, is made as the
 // controller manager would.
-func createPodAt(t *testing.T, kube kubernetes.Interface, ns, name, ip string) {
+func createPodAt(t testing.TB, kube kubernetes.Interface, ns, name, ip string) {
 	t.Helper()
 	ctx := context.Background()
 	if _, err := kube.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}},
