@@ -1,6 +1,9 @@
 package serviceentry
 
 import (
+	"net/netip"
+	"reflect"
+	"slices"
 	"strconv"
 	"testing"
 
@@ -115,5 +118,35 @@ func TestConvertPorts(t *testing.T) {
 		if s.reason != reasonInvalidPort {
 			t.Errorf("skip %+v, want reason %s", s, reasonInvalidPort)
 		}
+	}
+}
+
+// TestAddressChangeSharesPorts: a change of a host's addresses that leaves its
+// ports as they were (an update brings a new, equal slice) copies no ports
+// shard; a change of the ports does.
+func TestAddressChangeSharesPorts(t *testing.T) {
+	ports := []srvPort{{name: "http", proto: "tcp", number: 80}}
+	e := &entry{key: "ns/a", namespace: "ns", name: "a", ports: ports,
+		hosts: []hostAddrs{{name: "a.internal", addrs: []netip.Addr{netip.MustParseAddr("192.0.2.1")}}}}
+	st := newStore(false)
+	st.markSynced()
+	st.upsert(e.key, e)
+	before := st.table()
+	shard := before.shardOf("a.internal")
+
+	moved := *e
+	moved.ports = slices.Clone(ports)
+	moved.hosts = []hostAddrs{{name: "a.internal", addrs: []netip.Addr{netip.MustParseAddr("192.0.2.2")}}}
+	st.upsert(e.key, &moved)
+	after := st.table()
+	if reflect.ValueOf(after.ports[shard]).UnsafePointer() != reflect.ValueOf(before.ports[shard]).UnsafePointer() {
+		t.Error("an address change copied the ports shard")
+	}
+
+	renumbered := moved
+	renumbered.ports = []srvPort{{name: "http", proto: "tcp", number: 8080}}
+	st.upsert(e.key, &renumbered)
+	if got := st.table().ports[shard]["a.internal"]; !slices.Equal(got, renumbered.ports) {
+		t.Errorf("ports after a change of them: %v", got)
 	}
 }

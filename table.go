@@ -5,6 +5,7 @@ import (
 	"maps"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -153,7 +154,9 @@ func (t *table) with(changes map[string]*answer, ports map[string][]srvPort) *ta
 	}
 	for host, p := range ports {
 		s := &next.ports[next.shardOf(host)]
-		if _, had := (*s)[host]; !had && len(p) == 0 {
+		// An address change leaves the ports as they were: the shard is
+		// then shared, not copied.
+		if old, had := (*s)[host]; had == (len(p) > 0) && slices.Equal(old, p) {
 			continue
 		}
 		own(s, copied)
