@@ -154,11 +154,9 @@ func TestBadInputCatalogue(t *testing.T) {
 // wildcards' lookups through a name under them).
 func tableNames(t *table) map[string]*answer {
 	out := make(map[string]*answer)
-	for i := range t.exact {
-		maps.Copy(out, t.exact[i])
-		for suffix, ans := range t.wild[i] {
-			out["*."+suffix] = ans
-		}
+	maps.Insert(out, t.exact.all())
+	for suffix, ans := range t.wild.all() {
+		out["*."+suffix] = ans
 	}
 	return out
 }

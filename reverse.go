@@ -56,10 +56,9 @@ func (rc reverseChanges) at(ip net.IP) *reverseChange {
 // changed + hosts sharing an address with them), never O(all hosts).
 func (t *table) applyReverse(rc reverseChanges, copied map[any]bool) {
 	for addr, c := range rc {
-		s := &t.reverse[t.addrShardOf(addr)]
-		own(s, copied)
+		h := t.addrHash(addr)
 		slices.Sort(c.del)
-		cur := (*s)[addr]
+		cur := t.reverse.at(h, addr)
 		targets := make([]string, 0, len(cur)+len(c.add))
 		for _, h := range cur {
 			if _, gone := slices.BinarySearch(c.del, h); !gone {
@@ -70,20 +69,21 @@ func (t *table) applyReverse(rc reverseChanges, copied map[any]bool) {
 		slices.Sort(targets)
 		targets = slices.Compact(targets)
 		if len(targets) == 0 {
-			delete(*s, addr)
+			t.reverse.del(h, addr, copied)
 		} else {
-			(*s)[addr] = targets
+			t.reverse.set(h, addr, targets, copied)
 		}
 	}
 }
 
-func (t *table) addrShardOf(addr netip.Addr) int {
-	return int(maphash.Comparable(t.seed, addr) % shardCount)
+// addrHash is the hash of an address that picks its shard.
+func (t *table) addrHash(addr netip.Addr) uint64 {
+	return maphash.Comparable(t.seed, addr)
 }
 
 // ptr returns the hosts answering with addr, sorted, or nil.
 func (t *table) ptr(addr netip.Addr) []string {
-	return t.reverse[t.addrShardOf(addr)][addr]
+	return t.reverse.at(t.addrHash(addr), addr)
 }
 
 // addressesOf lists the addresses of ans, both families.

@@ -171,8 +171,6 @@ func TestReverseFollowsChanges(t *testing.T) {
 
 func reverseOf(t *table) map[netip.Addr][]string {
 	out := make(map[netip.Addr][]string)
-	for i := range t.reverse {
-		maps.Copy(out, t.reverse[i])
-	}
+	maps.Insert(out, t.reverse.all())
 	return out
 }

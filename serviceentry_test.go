@@ -902,9 +902,7 @@ func TestEmptyNonTerminalsFollowChanges(t *testing.T) {
 
 func belowCounts(t *table) map[string]int32 {
 	out := make(map[string]int32)
-	for i := range t.below {
-		maps.Copy(out, t.below[i])
-	}
+	maps.Insert(out, t.below.all())
 	return out
 }
 

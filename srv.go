@@ -40,7 +40,7 @@ func (t *table) portsOf(h hit) []srvPort {
 	if h.wild {
 		key = "*." + key
 	}
-	return t.ports[t.shardOf(key)][key]
+	return t.ports.at(t.hash(key), key)
 }
 
 // srvRecords answers SRV at a name h serves, owner as asked: the ports of a

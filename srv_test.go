@@ -132,21 +132,22 @@ func TestAddressChangeSharesPorts(t *testing.T) {
 	st.markSynced()
 	st.upsert(e.key, e)
 	before := st.table()
-	shard := before.shardOf("a.internal")
+	h := before.hash("a.internal")
+	shardOf := func(t *table) map[string][]srvPort { return t.ports.groups[groupOf(h)].shards[shardIn(h)] }
 
 	moved := *e
 	moved.ports = slices.Clone(ports)
 	moved.hosts = []hostAddrs{{name: "a.internal", addrs: []netip.Addr{netip.MustParseAddr("192.0.2.2")}}}
 	st.upsert(e.key, &moved)
 	after := st.table()
-	if reflect.ValueOf(after.ports[shard]).UnsafePointer() != reflect.ValueOf(before.ports[shard]).UnsafePointer() {
+	if reflect.ValueOf(shardOf(after)).UnsafePointer() != reflect.ValueOf(shardOf(before)).UnsafePointer() {
 		t.Error("an address change copied the ports shard")
 	}
 
 	renumbered := moved
 	renumbered.ports = []srvPort{{name: "http", proto: "tcp", number: 8080}}
 	st.upsert(e.key, &renumbered)
-	if got := st.table().ports[shard]["a.internal"]; !slices.Equal(got, renumbered.ports) {
+	if got := st.table().ports.at(h, "a.internal"); !slices.Equal(got, renumbered.ports) {
 		t.Errorf("ports after a change of them: %v", got)
 	}
 }

@@ -2,6 +2,7 @@ package serviceentry
 
 import (
 	"hash/maphash"
+	"iter"
 	"maps"
 	"net"
 	"net/netip"
@@ -12,10 +13,108 @@ import (
 	"github.com/miekg/dns"
 )
 
-// shardCount splits the table so that one change copies one small map instead
-// of the whole table. More shards make the table header itself (copied on
-// every change) the cost; BENCHMARKS.md has the counts measured.
-const shardCount = 256
+// A sharded map is split in two levels so that one change copies little: the
+// table header (copied on every change) holds groupCount pointers per
+// structure, and a change copies one group of groupSize pointers and one
+// shard map, which holds a groupCount*groupSize-th of the names. More groups
+// make the header copy the cost; more shards in all, the many small maps a
+// table of a few thousand names is then split into (each has a fixed size).
+// BENCHMARKS.md has the counts measured.
+const (
+	groupBits  = 7
+	shardBits  = 4
+	groupCount = 1 << groupBits
+	groupSize  = 1 << shardBits
+)
+
+// sharded is a map split by the key's hash, the caller's (the table already
+// hashes every name it looks up once): the top bits pick the group, the next
+// ones the shard. A nil group or shard reads as empty. Groups and shards are
+// shared between tables and never written once published: a writer owns them
+// first, once per table built.
+type sharded[K comparable, V any] struct {
+	groups [groupCount]*shardGroup[K, V]
+}
+
+type shardGroup[K comparable, V any] struct {
+	shards [groupSize]map[K]V
+}
+
+func groupOf(h uint64) uint64 { return h >> (64 - groupBits) }
+func shardIn(h uint64) uint64 { return h >> (64 - groupBits - shardBits) & (groupSize - 1) }
+
+// get returns the value of k, whose hash is h.
+func (s *sharded[K, V]) get(h uint64, k K) (V, bool) {
+	g := s.groups[groupOf(h)]
+	if g == nil {
+		var zero V
+		return zero, false
+	}
+	v, ok := g.shards[shardIn(h)][k]
+	return v, ok
+}
+
+// at is get without the presence.
+func (s *sharded[K, V]) at(h uint64, k K) V {
+	v, _ := s.get(h, k)
+	return v
+}
+
+// writable returns the shard of hash h, owned (see own) by the table s
+// belongs to, made if it was nil.
+func (s *sharded[K, V]) writable(h uint64, copied map[any]bool) map[K]V {
+	slot := &s.groups[groupOf(h)]
+	if !copied[slot] {
+		g := new(shardGroup[K, V])
+		if *slot != nil {
+			*g = **slot
+		}
+		*slot = g
+		copied[slot] = true
+	}
+	m := &(*slot).shards[shardIn(h)]
+	own(m, copied)
+	if *m == nil { // emptied by del in this build
+		*m = make(map[K]V, 1)
+	}
+	return *m
+}
+
+// set sets k (hash h) to v in a table being built.
+func (s *sharded[K, V]) set(h uint64, k K, v V, copied map[any]bool) {
+	s.writable(h, copied)[k] = v
+}
+
+// del deletes k (hash h) from a table being built; the shard it empties is
+// dropped, so that names gone leave no map behind.
+func (s *sharded[K, V]) del(h uint64, k K, copied map[any]bool) {
+	if _, ok := s.get(h, k); !ok {
+		return
+	}
+	m := s.writable(h, copied)
+	delete(m, k)
+	if len(m) == 0 {
+		s.groups[groupOf(h)].shards[shardIn(h)] = nil
+	}
+}
+
+// all yields every key and value, in no order.
+func (s *sharded[K, V]) all() iter.Seq2[K, V] {
+	return func(yield func(K, V) bool) {
+		for _, g := range s.groups {
+			if g == nil {
+				continue
+			}
+			for _, m := range g.shards {
+				for k, v := range m {
+					if !yield(k, v) {
+						return
+					}
+				}
+			}
+		}
+	}
+}
 
 // answer is what one name resolves to. Its slices are never modified after the
 // table that holds it is published.
@@ -23,12 +122,6 @@ type answer struct {
 	a    []net.IP // IPv4, 4-byte form
 	aaaa []net.IP // IPv6, 16-byte form
 }
-
-// shard maps lower-case names (no trailing dot) to their answers.
-type shard map[string]*answer
-
-// counts maps a name to how many served names lie below it.
-type counts map[string]int32
 
 // table is an immutable snapshot of every name the plugin answers. Exact names
 // and wildcards ("*.a.com" is stored as "a.com" in wild) are kept apart so that
@@ -40,8 +133,8 @@ type counts map[string]int32
 // functions, so an escaped dot ("a\.b") stays inside its label.
 type table struct {
 	seed  maphash.Seed
-	exact [shardCount]shard
-	wild  [shardCount]shard
+	exact sharded[string, *answer]
+	wild  sharded[string, *answer]
 
 	// below counts, for every proper ancestor of a served owner name (an
 	// exact host, or "*.a.com" for a wildcard), the served names under it.
@@ -49,15 +142,15 @@ type table struct {
 	// itself it is an empty non-terminal, NODATA and never NXDOMAIN. Counts
 	// rather than a set keep a change O(hosts changed): removing a name
 	// decrements its ancestors and drops those that reach zero.
-	below [shardCount]counts
+	below sharded[string, int32]
 
 	// ports holds the SRV ports of the hosts that have some, by host as
 	// declared ("*.a.com" for a wildcard).
-	ports [shardCount]map[string][]srvPort
+	ports sharded[string, []srvPort]
 
 	// reverse maps every address an exact host answers with to those hosts,
 	// fully qualified, sorted: the PTR answer, built with the table.
-	reverse [shardCount]map[netip.Addr][]string
+	reverse sharded[netip.Addr, []string]
 
 	// overlays are, by client namespace, what that namespace sees
 	// differently with "exportto client"; nil otherwise.
@@ -74,8 +167,9 @@ func newTable(seed maphash.Seed) *table {
 	return &table{seed: seed}
 }
 
-func (t *table) shardOf(name string) int {
-	return int(maphash.String(t.seed, name) % shardCount)
+// hash is the hash of a name that picks its shard.
+func (t *table) hash(name string) uint64 {
+	return maphash.String(t.seed, name)
 }
 
 // lookup finds the answer for a lower-case name without a trailing dot, in
@@ -105,7 +199,7 @@ func (t *table) find(name string, wild bool) (hit, bool) {
 // host finds the host that serves name: the exact one, else (with wild) the
 // most specific wildcard.
 func (t *table) host(name string, wild bool) (hit, bool) {
-	if ans := t.exact[t.shardOf(name)][name]; ans != nil {
+	if ans := t.exact.at(t.hash(name), name); ans != nil {
 		return hit{ans: ans, key: name}, true
 	}
 	if !wild {
@@ -113,7 +207,7 @@ func (t *table) host(name string, wild bool) (hit, bool) {
 	}
 	for off, end := dns.NextLabel(name, 0); !end; off, end = dns.NextLabel(name, off) {
 		suffix := name[off:]
-		if ans := t.wild[t.shardOf(suffix)][suffix]; ans != nil {
+		if ans := t.wild.at(t.hash(suffix), suffix); ans != nil {
 			return hit{ans: ans, key: suffix, wild: true}, true
 		}
 	}
@@ -121,8 +215,9 @@ func (t *table) host(name string, wild bool) (hit, bool) {
 }
 
 // with returns a copy of t with the given names set (a nil answer deletes the
-// name) and their ports (nil: none). Only the shards that the changes touch
-// are copied; the reverse entries of the addresses they touch are rebuilt.
+// name) and their ports (nil: none). Only the groups and shards that the
+// changes touch are copied; the reverse entries of the addresses they touch
+// are rebuilt.
 func (t *table) with(changes map[string]*answer, ports map[string][]srvPort) *table {
 	next := *t
 	copied := make(map[any]bool)
@@ -133,19 +228,21 @@ func (t *table) with(changes map[string]*answer, ports map[string][]srvPort) *ta
 		if wild {
 			shards, key = &next.wild, suffix
 		}
-		s := &shards[next.shardOf(key)]
-		own(s, copied)
-		old, had := (*s)[key]
+		h := next.hash(key)
+		old, had := shards.get(h, key)
 		if !wild {
 			rev.add(host, old, ans)
 		}
 		switch {
 		case ans == nil && had:
-			delete(*s, key)
+			shards.del(h, key, copied)
 			next.hosts--
 			next.countAncestors(host, -1, copied)
 		case ans != nil:
-			(*s)[key] = ans
+			// Setting the answer a name already has copies nothing.
+			if !had || old != ans {
+				shards.set(h, key, ans, copied)
+			}
 			if !had {
 				next.hosts++
 				next.countAncestors(host, 1, copied)
@@ -153,17 +250,16 @@ func (t *table) with(changes map[string]*answer, ports map[string][]srvPort) *ta
 		}
 	}
 	for host, p := range ports {
-		s := &next.ports[next.shardOf(host)]
+		h := next.hash(host)
 		// An address change leaves the ports as they were: the shard is
 		// then shared, not copied.
-		if old, had := (*s)[host]; had == (len(p) > 0) && slices.Equal(old, p) {
+		if old, had := next.ports.get(h, host); had == (len(p) > 0) && slices.Equal(old, p) {
 			continue
 		}
-		own(s, copied)
 		if len(p) == 0 {
-			delete(*s, host)
+			next.ports.del(h, host, copied)
 		} else {
-			(*s)[host] = p
+			next.ports.set(h, host, p, copied)
 		}
 	}
 	next.applyReverse(rev, copied)
@@ -175,12 +271,11 @@ func (t *table) with(changes map[string]*answer, ports map[string][]srvPort) *ta
 func (t *table) countAncestors(host string, delta int32, copied map[any]bool) {
 	for off, end := dns.NextLabel(host, 0); !end; off, end = dns.NextLabel(host, off) {
 		anc := host[off:]
-		c := &t.below[t.shardOf(anc)]
-		own(c, copied)
-		if n := (*c)[anc] + delta; n > 0 {
-			(*c)[anc] = n
+		h := t.hash(anc)
+		if n := t.below.at(h, anc) + delta; n > 0 {
+			t.below.set(h, anc, n, copied)
 		} else {
-			delete(*c, anc)
+			t.below.del(h, anc, copied)
 		}
 	}
 }

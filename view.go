@@ -88,7 +88,7 @@ func (v view) host(name string, wild bool) (hit, bool) {
 		if oh.ans != nil {
 			return hit{ans: oh.ans, key: name}, true
 		}
-	} else if ans := v.exact[v.shardOf(name)][name]; ans != nil {
+	} else if ans := v.exact.at(v.hash(name), name); ans != nil {
 		return hit{ans: ans, key: name}, true
 	}
 	if !wild {
@@ -102,7 +102,7 @@ func (v view) host(name string, wild bool) (hit, bool) {
 			}
 			continue
 		}
-		if ans := v.wild[v.shardOf(suffix)][suffix]; ans != nil {
+		if ans := v.wild.at(v.hash(suffix), suffix); ans != nil {
 			return hit{ans: ans, key: suffix, wild: true}, true
 		}
 	}
@@ -112,7 +112,7 @@ func (v view) host(name string, wild bool) (hit, bool) {
 // hasBelow reports whether served names lie below name (same form as
 // lookup's): an empty non-terminal when lookup finds nothing for it.
 func (v view) hasBelow(name string) bool {
-	n := v.below[v.shardOf(name)][name]
+	n := v.below.at(v.hash(name), name)
 	if v.o != nil {
 		n += v.o.below[name]
 	}
@@ -200,10 +200,10 @@ func newOverlay(hosts map[string]overlayHost, t *table) *overlay {
 		var public bool
 		if wild {
 			setIn(&o.wild, suffix, oh)
-			public = t.wild[t.shardOf(suffix)][suffix] != nil
+			public = t.wild.at(t.hash(suffix), suffix) != nil
 		} else {
 			setIn(&o.exact, host, oh)
-			public = t.exact[t.shardOf(host)][host] != nil
+			public = t.exact.at(t.hash(host), host) != nil
 			for _, ip := range addressesOf(oh.ans) {
 				addr, _ := netip.AddrFromSlice(ip)
 				setIn(&o.reverse, addr, append(o.reverse[addr], host+"."))
