@@ -17,12 +17,14 @@ import (
 // table header (copied on every change) holds groupCount pointers per
 // structure, and a change copies one group of groupSize pointers and one
 // shard map, which holds a groupCount*groupSize-th of the names. More groups
-// make the header copy the cost; more shards in all, the many small maps a
-// table of a few thousand names is then split into (each has a fixed size).
-// BENCHMARKS.md has the counts measured.
+// make the header copy the cost. More shards in all make lookups in a large
+// table slower (more map headers, colder in cache) and a table of a few
+// thousand names bigger (each small map has a fixed size): the count is the
+// most that keeps lookups as fast as with one level. BENCHMARKS.md has the
+// counts measured.
 const (
-	groupBits  = 7
-	shardBits  = 4
+	groupBits  = 8
+	shardBits  = 2
 	groupCount = 1 << groupBits
 	groupSize  = 1 << shardBits
 )
