@@ -133,14 +133,14 @@ func TestAddressChangeSharesPorts(t *testing.T) {
 	st.upsert(e.key, e)
 	before := st.table()
 	h := before.hash("a.internal")
-	shardOf := func(t *table) map[string][]srvPort { return t.ports.groups[groupOf(h)].shards[shardIn(h)] }
+	portsShard := func(t *table) map[string][]srvPort { return t.ports.groups[groupOf(h)].shards[shardIn(h)] }
 
 	moved := *e
 	moved.ports = slices.Clone(ports)
 	moved.hosts = []hostAddrs{{name: "a.internal", addrs: []netip.Addr{netip.MustParseAddr("192.0.2.2")}}}
 	st.upsert(e.key, &moved)
 	after := st.table()
-	if reflect.ValueOf(shardOf(after)).UnsafePointer() != reflect.ValueOf(shardOf(before)).UnsafePointer() {
+	if reflect.ValueOf(portsShard(after)).UnsafePointer() != reflect.ValueOf(portsShard(before)).UnsafePointer() {
 		t.Error("an address change copied the ports shard")
 	}
 
