@@ -2,7 +2,6 @@ package integration
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -12,14 +11,12 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
+	clientv1 "istio.io/client-go/pkg/apis/networking/v1"
 	"istio.io/client-go/pkg/clientset/versioned"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 )
 
@@ -172,31 +169,16 @@ func BenchmarkExportToLoad(b *testing.B) {
 	b.ReportMetric(cpuMix, "client-mix-cpu-us/q")
 }
 
-// createLoadEntries is createScaleEntries with the exportTo of loadPrivate,
-// all in namespace scale, named and addressed as scaleHost and scaleAddr.
+// createLoadEntries creates the entries of createScaleEntries' names and
+// addresses, with the exportTo of loadPrivate.
 func createLoadEntries(b testing.TB, client versioned.Interface) {
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	errs := make(chan error, 16)
-	for range 16 {
-		wg.Go(func() {
-			for i := int(next.Add(1) - 1); i < loadEntries; i = int(next.Add(1) - 1) {
-				se := serviceEntry("scale", fmt.Sprintf("svc-%d", i), []string{scaleHost(i)}, scaleAddr(i, 0))
-				if team, private := loadPrivate(i); private {
-					se.Spec.ExportTo = []string{fmt.Sprintf("team-%d", team)}
-				}
-				if _, err := client.NetworkingV1().ServiceEntries("scale").Create(context.Background(), se, metav1.CreateOptions{}); err != nil {
-					errs <- fmt.Errorf("creating %s: %w", se.Name, err)
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		b.Fatal(err)
-	}
+	createEntries(b, client, loadEntries, func(i int) *clientv1.ServiceEntry {
+		se := serviceEntry("scale", fmt.Sprintf("svc-%d", i), []string{scaleHost(i)}, scaleAddr(i, 0))
+		if team, private := loadPrivate(i); private {
+			se.Spec.ExportTo = []string{fmt.Sprintf("team-%d", team)}
+		}
+		return se
+	})
 }
 
 // writeLoadQueries writes A queries for public hosts drawn over all entries

@@ -17,6 +17,7 @@ import (
 
 	"github.com/miekg/dns"
 	networking "istio.io/api/networking/v1alpha3"
+	clientv1 "istio.io/client-go/pkg/apis/networking/v1"
 	"istio.io/client-go/pkg/clientset/versioned"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -126,17 +127,26 @@ func scaleAddr(i, gen int) string {
 // createScaleEntries creates n entries as a mesh would have them (ports and
 // all, which the plugin's transform drops), IPv6 on every other one.
 func createScaleEntries(b testing.TB, client versioned.Interface, n int) {
+	createEntries(b, client, n, func(i int) *clientv1.ServiceEntry {
+		se := serviceEntry("scale", fmt.Sprintf("svc-%d", i), []string{scaleHost(i)}, scaleAddr(i, 0))
+		if i%2 == 0 {
+			se.Spec.Addresses = append(se.Spec.Addresses, fmt.Sprintf("2001:db8::%x", i))
+		}
+		se.Spec.Ports = append(se.Spec.Ports, &networking.ServicePort{Number: 443, Name: "https", Protocol: "TLS"})
+		return se
+	})
+}
+
+// createEntries creates the n entries that entry makes, in namespace scale,
+// 16 at a time.
+func createEntries(b testing.TB, client versioned.Interface, n int, entry func(i int) *clientv1.ServiceEntry) {
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	errs := make(chan error, 16)
 	for range 16 {
 		wg.Go(func() {
 			for i := int(next.Add(1) - 1); i < n; i = int(next.Add(1) - 1) {
-				se := serviceEntry("scale", fmt.Sprintf("svc-%d", i), []string{scaleHost(i)}, scaleAddr(i, 0))
-				if i%2 == 0 {
-					se.Spec.Addresses = append(se.Spec.Addresses, fmt.Sprintf("2001:db8::%x", i))
-				}
-				se.Spec.Ports = append(se.Spec.Ports, &networking.ServicePort{Number: 443, Name: "https", Protocol: "TLS"})
+				se := entry(i)
 				if _, err := client.NetworkingV1().ServiceEntries("scale").Create(context.Background(), se, metav1.CreateOptions{}); err != nil {
 					errs <- fmt.Errorf("creating %s: %w", se.Name, err)
 					return
