@@ -100,9 +100,6 @@ func (c *clientIndex) namespaceOf(ip netip.Addr) string {
 	return (*c.shards[shardOf(ip)].Load())[ip]
 }
 
-// synced reports whether the pod informer has completed its first list.
-func (c *clientIndex) synced() bool { return c.ready.Load() }
-
 func (c *clientIndex) markSynced() { c.ready.Store(true) }
 
 // set replaces what the pod with key claims by claim (nil: nothing, as for a

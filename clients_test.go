@@ -50,7 +50,7 @@ func startPods(t *testing.T, client *fake.Clientset, namespaces ...string) (*cli
 	p := newPodSource(client, namespaces, idx)
 	p.start()
 	t.Cleanup(p.stop)
-	eventually(t, "pod informer synced", idx.synced)
+	eventually(t, "pod informer synced", idx.ready.Load)
 	return idx, p
 }
 
@@ -461,14 +461,14 @@ func TestPodSourceSyncedAfterFirstList(t *testing.T) {
 	ip := netip.MustParseAddr("10.1.0.1")
 	idx.set("ns1/early", &podClaim{namespace: "ns1", name: "early", ips: []netip.Addr{netip.MustParseAddr("10.1.0.9")}})
 	time.Sleep(50 * time.Millisecond)
-	if idx.synced() {
+	if idx.ready.Load() {
 		t.Fatal("synced before the list returned")
 	}
 	if got := idx.namespaceOf(netip.MustParseAddr("10.1.0.9")); got != "" {
 		t.Fatalf("before the sync: %q, want none", got)
 	}
 	once.Do(func() { close(release) })
-	eventually(t, "synced", idx.synced)
+	eventually(t, "synced", idx.ready.Load)
 	if got := idx.namespaceOf(ip); got != "ns1" {
 		t.Fatalf("after the sync: %q, want ns1", got)
 	}
@@ -611,7 +611,7 @@ func TestPodSourceStopLeavesNoGoroutine(t *testing.T) {
 			p := newPodSource(client, tc.namespaces, idx)
 			p.start()
 			if tc.waitSync {
-				eventually(t, "synced", idx.synced)
+				eventually(t, "synced", idx.ready.Load)
 				if _, err := client.CoreV1().Pods("ns1").Create(context.Background(), testPod("ns1", "b", 1, "10.1.0.2"), metav1.CreateOptions{}); err != nil {
 					t.Fatal(err)
 				}
@@ -748,7 +748,7 @@ func podCacheMemory(b *testing.B, pods, namespaces int) (total, informers float6
 	p := newPodSource(client, nil, idx)
 	base := liveHeap()
 	p.start()
-	for deadline := time.Now().Add(time.Minute); !idx.synced(); time.Sleep(10 * time.Millisecond) {
+	for deadline := time.Now().Add(time.Minute); !idx.ready.Load(); time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			b.Fatal("pod informer not synced")
 		}

@@ -3,6 +3,7 @@ package serviceentry
 import (
 	"context"
 	"fmt"
+	"iter"
 	"maps"
 	"math/rand/v2"
 	"net/netip"
@@ -289,4 +290,28 @@ func clientsOf(t testing.TB, byIP map[string]string) *clientIndex {
 	}
 	idx.markSynced()
 	return idx
+}
+
+// lookup is the public view's lookup, for tests that read a table.
+func (t *table) lookup(name string) *answer {
+	return view{table: t}.lookup(name)
+}
+
+// all yields every key and value of a sharded map, in no order, for tests
+// that list a table.
+func (s *sharded[K, V]) all() iter.Seq2[K, V] {
+	return func(yield func(K, V) bool) {
+		for _, g := range s.groups {
+			if g == nil {
+				continue
+			}
+			for _, m := range g.shards {
+				for k, v := range m {
+					if !yield(k, v) {
+						return
+					}
+				}
+			}
+		}
+	}
 }

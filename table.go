@@ -2,7 +2,6 @@ package serviceentry
 
 import (
 	"hash/maphash"
-	"iter"
 	"maps"
 	"net"
 	"net/netip"
@@ -100,24 +99,6 @@ func (s *sharded[K, V]) del(h uint64, k K, copied map[any]bool) {
 	}
 }
 
-// all yields every key and value, in no order.
-func (s *sharded[K, V]) all() iter.Seq2[K, V] {
-	return func(yield func(K, V) bool) {
-		for _, g := range s.groups {
-			if g == nil {
-				continue
-			}
-			for _, m := range g.shards {
-				for k, v := range m {
-					if !yield(k, v) {
-						return
-					}
-				}
-			}
-		}
-	}
-}
-
 // answer is what one name resolves to. Its slices are never modified after the
 // table that holds it is published.
 type answer struct {
@@ -174,13 +155,6 @@ func (t *table) hash(name string) uint64 {
 	return maphash.String(t.seed, name)
 }
 
-// lookup finds the answer for a lower-case name without a trailing dot, in
-// presentation format. An exact name beats any wildcard; among wildcards the
-// most specific wins; a wildcard never covers its own apex.
-func (t *table) lookup(name string) *answer {
-	return view{table: t}.lookup(name)
-}
-
 // hit is what serves a name: a host, or one of its service names,
 // "_<port>._<proto>.<host>" or "_<proto>.<host>", which hold its SRV records.
 type hit struct {
@@ -191,29 +165,6 @@ type hit struct {
 	port    string // of "_<port>._<proto>.<host>", lower case; "" for "_<proto>.<host>"
 	proto   string
 	hostOff int // where the host starts in the name
-}
-
-// find returns what serves name (same form as lookup's) in the public view.
-func (t *table) find(name string, wild bool) (hit, bool) {
-	return view{table: t}.find(name, wild)
-}
-
-// host finds the host that serves name: the exact one, else (with wild) the
-// most specific wildcard.
-func (t *table) host(name string, wild bool) (hit, bool) {
-	if ans := t.exact.at(t.hash(name), name); ans != nil {
-		return hit{ans: ans, key: name}, true
-	}
-	if !wild {
-		return hit{}, false
-	}
-	for off, end := dns.NextLabel(name, 0); !end; off, end = dns.NextLabel(name, off) {
-		suffix := name[off:]
-		if ans := t.wild.at(t.hash(suffix), suffix); ans != nil {
-			return hit{ans: ans, key: suffix, wild: true}, true
-		}
-	}
-	return hit{}, false
 }
 
 // with returns a copy of t with the given names set (a nil answer deletes the

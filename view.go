@@ -47,8 +47,9 @@ func (t *table) viewFor(ns string) view {
 	return view{table: t, o: t.overlays[ns]}
 }
 
-// lookup, find, host, hasBelow, closestServed, portsOf and ptr answer as the
-// table's methods do, through the overlay.
+// lookup finds the answer for a lower-case name without a trailing dot, in
+// presentation format. An exact name beats any wildcard; among wildcards the
+// most specific wins; a wildcard never covers its own apex.
 func (v view) lookup(name string) *answer {
 	h, _ := v.host(name, true)
 	return h.ans
@@ -78,13 +79,11 @@ func (v view) find(name string, wild bool) (hit, bool) {
 	return v.host(name, wild)
 }
 
-// host is table.host through the overlay: the overlay's word on an exact
-// name or a wildcard suffix replaces the table's.
+// host finds the host that serves name: the exact one, else (with wild) the
+// most specific wildcard. The overlay's word on an exact name or a wildcard
+// suffix replaces the table's.
 func (v view) host(name string, wild bool) (hit, bool) {
-	if v.o == nil {
-		return v.table.host(name, wild)
-	}
-	if oh, ok := v.o.exact[name]; ok {
+	if oh, ok := v.o.exactHost(name); ok {
 		if oh.ans != nil {
 			return hit{ans: oh.ans, key: name}, true
 		}
@@ -96,7 +95,7 @@ func (v view) host(name string, wild bool) (hit, bool) {
 	}
 	for off, end := dns.NextLabel(name, 0); !end; off, end = dns.NextLabel(name, off) {
 		suffix := name[off:]
-		if oh, ok := v.o.wild[suffix]; ok {
+		if oh, ok := v.o.wildHost(suffix); ok {
 			if oh.ans != nil {
 				return hit{ans: oh.ans, key: suffix, wild: true}, true
 			}
@@ -133,20 +132,31 @@ func (v view) closestServed(name string) string {
 }
 
 func (v view) portsOf(h hit) []srvPort {
-	if v.o != nil {
-		if oh, ok := v.overlayHost(h); ok {
-			return oh.ports
-		}
+	oh, ok := v.o.exactHost(h.key)
+	if h.wild {
+		oh, ok = v.o.wildHost(h.key)
+	}
+	if ok {
+		return oh.ports
 	}
 	return v.table.portsOf(h)
 }
 
-func (v view) overlayHost(h hit) (overlayHost, bool) {
-	if h.wild {
-		oh, ok := v.o.wild[h.key]
-		return oh, ok
+// exactHost and wildHost (by the wildcard's suffix) return the overlay's word
+// on a name, if it has one; a nil overlay (the public view) has none.
+func (o *overlay) exactHost(name string) (overlayHost, bool) {
+	if o == nil {
+		return overlayHost{}, false
 	}
-	oh, ok := v.o.exact[h.key]
+	oh, ok := o.exact[name]
+	return oh, ok
+}
+
+func (o *overlay) wildHost(suffix string) (overlayHost, bool) {
+	if o == nil {
+		return overlayHost{}, false
+	}
+	oh, ok := o.wild[suffix]
 	return oh, ok
 }
 
