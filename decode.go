@@ -239,6 +239,17 @@ func (se *slimServiceEntry) istio() (*networking.ServiceEntry, *networking.Servi
 	return spec, status, nil
 }
 
+// entry converts the slim object as convert converts Istio's; err is what
+// jsonpb would have refused the object for.
+func (se *slimServiceEntry) entry(opts convertOptions) (*entry, []skip, error) {
+	spec, status, err := se.istio()
+	if err != nil {
+		return nil, nil, err
+	}
+	e, skips := convert(&se.ObjectMeta, spec, status, opts)
+	return e, skips, nil
+}
+
 // slimServiceEntryList is a list response of any served version.
 type slimServiceEntryList struct {
 	metav1.TypeMeta `json:",inline"`

@@ -47,14 +47,13 @@ func (k *kubeSource) toCached(obj any) (any, error) {
 		return obj, nil
 	}
 	if se, ok := obj.(*slimServiceEntry); ok {
-		spec, status, err := se.istio()
+		e, skips, err := se.entry(k.opts)
 		if err != nil {
 			// The typed decoder fails the whole object (and the list
 			// holding it): serve nothing of it, and say why.
 			return &cachedEntry{namespace: se.Namespace, name: se.Name,
 				skips: []skip{{reason: reasonInvalidObject, item: err.Error()}}}, nil
 		}
-		e, skips := convert(&se.ObjectMeta, spec, status, k.opts)
 		return &cachedEntry{namespace: se.Namespace, name: se.Name, entry: e, skips: skips}, nil
 	}
 	return obj, nil

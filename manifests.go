@@ -516,11 +516,10 @@ func convertDocument(raw json.RawMessage, opts convertOptions) (e *entry, key st
 	if se.Name == "" {
 		return nil, "", nil, errors.New("ServiceEntry without metadata.name")
 	}
-	spec, status, err := se.istio()
+	e, skips, err = se.entry(opts)
 	if err != nil {
 		return nil, "", nil, fmt.Errorf("ServiceEntry: %w", err)
 	}
-	e, skips = convert(&se.ObjectMeta, spec, status, opts)
 	_, key = identity(&se.ObjectMeta)
 	return e, key, skips, nil
 }
