@@ -173,10 +173,12 @@ func (k *kubeSource) run(ctx context.Context) {
 	defer running.Wait()
 	var handled []cache.InformerSynced
 	for _, ns := range namespaces {
+		// A namespace that cannot be read makes the read incomplete: the
+		// others are not published as if they were all there.
 		inf, err := k.informer(ns, version)
 		if err != nil {
-			log.Errorf("%v", err)
-			continue
+			log.Errorf("%v; ServiceEntries are not served", err)
+			return
 		}
 		reg, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 			AddFunc:    func(obj any) { k.apply(nil, obj) },
@@ -184,8 +186,8 @@ func (k *kubeSource) run(ctx context.Context) {
 			DeleteFunc: k.remove,
 		})
 		if err != nil {
-			log.Errorf("adding the event handler: %v", err)
-			continue
+			log.Errorf("adding the event handler: %v; ServiceEntries are not served", err)
+			return
 		}
 		running.Go(func() { inf.RunWithContext(ctx) })
 		// The registration has synced once our handler has been given the

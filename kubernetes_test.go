@@ -3,6 +3,7 @@ package serviceentry
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"net/http"
@@ -639,5 +640,32 @@ func TestKubeSourceSlimREST(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestKubeSourceNoPartialRead: when the reader of one of the namespaces
+// cannot be made, the read is not complete: nothing is published (the other
+// namespace's entries are not served as if they were all there).
+func TestKubeSourceNoPartialRead(t *testing.T) {
+	client := newFakeKube(t, "v1")
+	if _, err := client.NetworkingV1().ServiceEntries("a").Create(context.Background(),
+		v1Entry("a", "e", "a.internal", "192.0.2.1"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	st := newStore(false)
+	k := fakeSource(client, st, convertOptions{}, "a", "b")
+	lister := k.lister
+	k.lister = func(namespace, version string) (listWatchFuncs, error) {
+		if namespace == "b" {
+			return listWatchFuncs{}, errors.New("no reader for b")
+		}
+		return lister(namespace, version)
+	}
+	if err := k.start(); err != nil {
+		t.Fatal(err)
+	}
+	defer k.stop()
+	if st.waitSynced(time.Second) {
+		t.Fatalf("published a read of namespace a alone: a.internal = %q", lookupA(st, "a.internal"))
 	}
 }
