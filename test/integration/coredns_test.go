@@ -69,22 +69,35 @@ func startCoreDNS(t testing.TB, zone string, pluginLines ...string) *coredns {
 // startCoreDNSWith is startCoreDNS with more lines in the server block.
 func startCoreDNSWith(t testing.TB, serverLines []string, zone string, pluginLines ...string) *coredns {
 	t.Helper()
+	return startCoreDNSEnv(t, nil, serverLines, zone, pluginLines...)
+}
+
+// startCoreDNSEnv is startCoreDNSWith with variables added to CoreDNS's
+// environment.
+func startCoreDNSEnv(t testing.TB, env, serverLines []string, zone string, pluginLines ...string) *coredns {
+	t.Helper()
 	dnsPort, readyPort := freePort(t), freePort(t)
 	corefile := fmt.Sprintf(".:%d {\n    bind 127.0.0.1\n    serviceentry %s {\n        %s\n    }\n    ready 127.0.0.1:%d\n    %s\n}\n",
 		dnsPort, zone, strings.Join(pluginLines, "\n        "), readyPort, strings.Join(serverLines, "\n    "))
-	return runCorefile(t, corefile, dnsPort, readyPort)
+	return runCorefileEnv(t, env, corefile, dnsPort, readyPort)
 }
 
 // runCorefile runs the binary with a whole Corefile that serves DNS on
 // 127.0.0.1:dnsPort and ready on 127.0.0.1:readyPort.
 func runCorefile(t testing.TB, corefile string, dnsPort, readyPort int) *coredns {
 	t.Helper()
+	return runCorefileEnv(t, nil, corefile, dnsPort, readyPort)
+}
+
+// runCorefileEnv is runCorefile with variables added to CoreDNS's environment.
+func runCorefileEnv(t testing.TB, env []string, corefile string, dnsPort, readyPort int) *coredns {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "Corefile")
 	if err := os.WriteFile(path, []byte(corefile), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	c := &coredns{
-		process:   startProcess(t, corednsBinary(t), "-conf", path),
+		process:   startProcessEnv(t, env, corednsBinary(t), "-conf", path),
 		corefile:  path,
 		dnsAddr:   fmt.Sprintf("127.0.0.1:%d", dnsPort),
 		readyAddr: fmt.Sprintf("127.0.0.1:%d", readyPort),

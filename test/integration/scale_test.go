@@ -64,16 +64,46 @@ func BenchmarkScale(b *testing.B) {
 	created := time.Since(began)
 	b.Logf("created %d ServiceEntries in %v (%.0f/s)", n, created.Round(time.Millisecond), float64(n)/created.Seconds())
 
-	pprofAddr := fmt.Sprintf("127.0.0.1:%d", freePort(b))
-	began = time.Now()
-	dnsServer := startCoreDNSWith(b, []string{"pprof " + pprofAddr}, "scale.internal",
-		"kubeconfig "+kubeconfig, "namespaces scale", "startup_timeout 1s")
-	waitFor(b, 10*time.Minute, "CoreDNS ready", dnsServer.isReady)
-	ready := time.Since(began)
-	for _, i := range []int{0, n / 2, n - 1} {
-		dnsServer.waitAnswer(b, 5*time.Second, scaleHost(i), dns.TypeA, "NOERROR "+scaleAddr(i, 0))
+	floor := listFloor(b, client)
+
+	// The same binary reads the entries with client-go's paginated LIST,
+	// then with WatchList (client-go's default, streamed initial events);
+	// the second one stays for the rest of the benchmark.
+	modes := []struct {
+		name string
+		env  []string
+	}{
+		{"paginated LIST", []string{"KUBE_FEATURE_WatchListClient=false"}},
+		{"WatchList", nil},
 	}
-	rss := settledRSS(b, dnsServer.process)
+	var (
+		dnsServer       *coredns
+		pprofAddr       string
+		ready           time.Duration
+		peak, rss       int64
+		listReady       time.Duration
+		listPeak, lsRSS int64
+	)
+	for m, mode := range modes {
+		pprofAddr = fmt.Sprintf("127.0.0.1:%d", freePort(b))
+		began = time.Now()
+		dnsServer = startCoreDNSEnv(b, mode.env, []string{"pprof " + pprofAddr}, "scale.internal",
+			"kubeconfig "+kubeconfig, "namespaces scale", "startup_timeout 1s")
+		waitFor(b, 10*time.Minute, "CoreDNS ready", dnsServer.isReady)
+		ready = time.Since(began)
+		for _, i := range []int{0, n / 2, n - 1} {
+			dnsServer.waitAnswer(b, 5*time.Second, scaleHost(i), dns.TypeA, "NOERROR "+scaleAddr(i, 0))
+		}
+		peak = procStatus(b, dnsServer.process, "VmHWM") // the initial sync's high-water mark
+		rss = settledRSS(b, dnsServer.process)
+		b.Logf("%s: start -> ready %v (%.2f× a bare LIST of %v); peak RSS %.1f MiB, settled %.1f MiB (peak %.2f× settled)",
+			mode.name, ready.Round(time.Millisecond), ready.Seconds()/floor.Seconds(), floor.Round(time.Millisecond),
+			float64(peak)/(1<<20), float64(rss)/(1<<20), float64(peak)/float64(rss))
+		if m < len(modes)-1 {
+			listReady, listPeak, lsRSS = ready, peak, rss
+			dnsServer.stop()
+		}
+	}
 	heapInuse := heapStat(b, pprofAddr, "HeapInuse")
 	saveProfile(b, pprofAddr, "heap?gc=1", fmt.Sprintf("heap-%d.pb.gz", n))
 
@@ -108,6 +138,10 @@ func BenchmarkScale(b *testing.B) {
 		afterCall[len(afterCall)/2].Round(100*time.Microsecond), afterCall[len(afterCall)*99/100].Round(100*time.Microsecond),
 		cpuPerUpdate.Round(time.Microsecond))
 	b.ReportMetric(ready.Seconds(), "ready-s")
+	b.ReportMetric(ready.Seconds()/floor.Seconds(), "ready/bare-list")
+	b.ReportMetric(float64(peak)/float64(rss), "peak/settled-rss")
+	b.ReportMetric(listReady.Seconds(), "list-ready-s")
+	b.ReportMetric(float64(listPeak)/float64(lsRSS), "list-peak/settled-rss")
 	b.ReportMetric(float64(rss)/(1<<20), "rss-MiB")
 	b.ReportMetric(perEntry, "KiB/entry")
 	b.ReportMetric(float64(heapInuse)/(1<<20), "heap-MiB")
@@ -214,21 +248,47 @@ func scaleUpdates(b *testing.B, client versioned.Interface, dnsServer *coredns, 
 // that the garbage of the initial read has been collected.
 func settledRSS(b testing.TB, p *process) int64 {
 	time.Sleep(5 * time.Second)
+	return procStatus(b, p, "VmRSS")
+}
+
+// procStatus is a memory figure (in kB there) of /proc/<pid>/status, in bytes.
+func procStatus(b testing.TB, p *process, field string) int64 {
 	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
 	if err != nil {
 		b.Fatal(err)
 	}
 	for line := range strings.Lines(string(status)) {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+		if rest, ok := strings.CutPrefix(line, field+":"); ok {
 			kib, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
 			if err != nil {
-				b.Fatalf("VmRSS %q: %v", rest, err)
+				b.Fatalf("%s %q: %v", field, rest, err)
 			}
 			return kib << 10
 		}
 	}
-	b.Fatal("no VmRSS in /proc status")
+	b.Fatalf("no %s in /proc status", field)
 	return 0
+}
+
+// listFloor is what the API server itself takes to serve the entries: the
+// median of three unpaginated LISTs read into io.Discard, undecoded.
+func listFloor(b *testing.B, client versioned.Interface) time.Duration {
+	var times []time.Duration
+	for range 3 {
+		began := time.Now()
+		body, err := client.NetworkingV1().RESTClient().Get().Namespace("scale").Resource("serviceentries").Stream(context.Background())
+		if err != nil {
+			b.Fatal(err)
+		}
+		_, err = io.Copy(io.Discard, body)
+		body.Close()
+		if err != nil {
+			b.Fatal(err)
+		}
+		times = append(times, time.Since(began))
+	}
+	slices.Sort(times)
+	return times[1]
 }
 
 // processCPU is the user+system CPU time the process has used so far.
