@@ -186,7 +186,7 @@ func sameDecoding(t *testing.T, raw []byte) {
 			typed, slim func([]byte) decoded
 		}{
 			{"manifests", func(b []byte) decoded { return typedDocument(b, opts) }, func(b []byte) decoded { return slimDocument(b, opts) }},
-			{"informer", func(b []byte) decoded { return informerDocument(typedSerializer, b, opts) }, func(b []byte) decoded { return informerDocument(slimSerializer, b, opts) }},
+			{"informer", func(b []byte) decoded { return informerDocument(typedSerializer, b, opts) }, func(b []byte) decoded { return informerDocument(slimJSON{slimSerializer}, b, opts) }},
 		} {
 			want, got := path.typed(raw), path.slim(raw)
 			if want.failed && !got.failed {
@@ -447,6 +447,44 @@ func BenchmarkDecodeConvert(b *testing.B) {
 				if out, _ := transform(obj, convertOptions{}); out.(*cachedEntry).entry == nil {
 					b.Fatal("no entry")
 				}
+			}
+		})
+	}
+}
+
+// TestSlimJSONMatchesSerializer: the REST client's decoder gives what
+// apimachinery's serializer gives for every kind of document a list or a
+// watch brings, ServiceEntries through its own path, anything else through
+// the serializer's.
+func TestSlimJSONMatchesSerializer(t *testing.T) {
+	entry := apiObject("ns1", "a", "a.internal", "192.0.2.1")
+	status := `{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"too old resource version: 1 (5)","reason":"Expired","code":410}`
+	for _, c := range []struct {
+		name string
+		doc  string
+		into func() runtime.Object // nil: decode as a watch event's object
+	}{
+		{"ServiceEntry", entry, nil},
+		{"ServiceEntry v1alpha3", strings.Replace(entry, "networking.istio.io/v1", "networking.istio.io/v1alpha3", 1), nil},
+		{"Status of an error event", status, nil},
+		{"another kind", strings.Replace(entry, `"kind":"ServiceEntry"`, `"kind":"Gateway"`, 1), nil},
+		{"no kind", `{"metadata":{"name":"a"}}`, nil},
+		{"malformed", `{"apiVersion":"networking.istio.io/v1","kind":"ServiceEntry","spec":{"hosts":"a"}}`, nil},
+		{"watch event", `{"type":"MODIFIED","object":` + entry + `}`, func() runtime.Object { return &metav1.WatchEvent{} }},
+		{"error event", `{"type":"ERROR","object":` + status + `}`, func() runtime.Object { return &metav1.WatchEvent{} }},
+		{"list", `{"apiVersion":"networking.istio.io/v1","kind":"ServiceEntryList","metadata":{"resourceVersion":"7","continue":"x"},"items":[` + entry + `]}`,
+			func() runtime.Object { return &slimServiceEntryList{} }},
+		{"list of another kind", `{"apiVersion":"v1","kind":"Status","status":"Failure","code":500}`, func() runtime.Object { return &slimServiceEntryList{} }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var wantInto, gotInto runtime.Object
+			if c.into != nil {
+				wantInto, gotInto = c.into(), c.into()
+			}
+			want, wantGVK, wantErr := slimSerializer.Decode([]byte(c.doc), nil, wantInto)
+			got, gotGVK, gotErr := slimJSON{slimSerializer}.Decode([]byte(c.doc), nil, gotInto)
+			if (wantErr != nil) != (gotErr != nil) || !reflect.DeepEqual(want, got) || !reflect.DeepEqual(wantGVK, gotGVK) {
+				t.Errorf("serializer %T %v %v\n%#v\nslimJSON %T %v %v\n%#v", want, wantGVK, wantErr, want, got, gotGVK, gotErr, got)
 			}
 		})
 	}

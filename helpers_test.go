@@ -267,7 +267,7 @@ func legacyParsed(t testing.TB, n int, opts convertOptions) []*entry {
 
 // kubeconfigFor writes a kubeconfig for the API server at url and returns its
 // path.
-func kubeconfigFor(t *testing.T, url string) string {
+func kubeconfigFor(t testing.TB, url string) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "kubeconfig")
 	writeFile(t, path, fmt.Sprintf(`apiVersion: v1

@@ -241,7 +241,7 @@ func slimLister(cfg *rest.Config) func(namespace, version string) (listWatchFunc
 		c.APIPath = "/apis"
 		c.ContentType = runtime.ContentTypeJSON
 		c.AcceptContentTypes = runtime.ContentTypeJSON
-		c.NegotiatedSerializer = slimCodecs.WithoutConversion()
+		c.NegotiatedSerializer = slimNegotiator{slimCodecs.WithoutConversion()}
 		rc, err := rest.RESTClientFor(c)
 		if err != nil {
 			return listWatchFuncs{}, fmt.Errorf("creating the ServiceEntry client for %s: %w", version, err)
