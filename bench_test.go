@@ -31,7 +31,7 @@ func benchEntries(n int) map[string]*entry {
 	}
 	w := &entry{key: "ns/wild", namespace: "ns", name: "wild",
 		hosts: []hostAddrs{{name: "*.wild.internal", addrs: []netip.Addr{netip.MustParseAddr("203.0.113.1")}}},
-		ports: []srvPort{{name: "https", proto: "tcp", number: 443}}}
+		ports: []srvPort{{name: "https", number: 443}}}
 	out[w.key] = w
 	return out
 }

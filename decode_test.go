@@ -96,7 +96,7 @@ func transform(obj runtime.Object, opts convertOptions) (any, error) {
 		return (&kubeSource{opts: opts}).toCached(obj)
 	}
 	e, skips := convert(meta, spec, status, opts)
-	return &cachedEntry{namespace: meta.Namespace, name: meta.Name, entry: e, skips: skips}, nil
+	return &cachedEntry{key: cacheKey(meta.Namespace, meta.Name), entry: e, skips: skips}, nil
 }
 
 // informerDocument decodes raw as a watch event's object and passes it through

@@ -119,10 +119,12 @@ func identity(meta *metav1.ObjectMeta) (namespace, key string) {
 // can log it and count it, once per change.
 func convert(meta *metav1.ObjectMeta, spec *networking.ServiceEntry, status *networking.ServiceEntryStatus, opts convertOptions) (*entry, []skip) {
 	namespace, key := identity(meta)
+	// The namespace and name are the key's own bytes: one string per
+	// entry instead of three.
 	e := &entry{
 		key:       key,
-		namespace: namespace,
-		name:      meta.Name,
+		namespace: key[:len(namespace)],
+		name:      key[len(namespace)+1:],
 		created:   meta.CreationTimestamp.Time,
 	}
 	exported := opts.exportTo == exportAll || exportedToAll(spec.GetExportTo())
@@ -322,10 +324,7 @@ func parsePorts(raw []*networking.ServicePort) ([]srvPort, []skip) {
 			skips = append(skips, skip{reason: reasonInvalidPort, item: p.GetName() + "/" + strconv.FormatUint(uint64(p.GetNumber()), 10)})
 			continue
 		}
-		port := srvPort{name: p.GetName(), proto: "tcp", number: uint16(p.GetNumber())}
-		if strings.EqualFold(p.GetProtocol(), "UDP") {
-			port.proto = "udp"
-		}
+		port := srvPort{name: p.GetName(), number: uint16(p.GetNumber()), udp: strings.EqualFold(p.GetProtocol(), "UDP")}
 		if !slices.Contains(out, port) {
 			out = append(out, port)
 		}

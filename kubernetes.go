@@ -334,9 +334,9 @@ func (k *kubeSource) apply(old, obj any) {
 		return
 	}
 	if prev, ok := old.(*cachedEntry); !ok || !slices.Equal(prev.skips, c.skips) {
-		k.skips.report(c.key(), c.skips)
+		k.skips.report(c.key, c.skips)
 	}
-	k.store.upsert(c.key(), c.entry)
+	k.store.upsert(c.key, c.entry)
 }
 
 func (k *kubeSource) remove(obj any) {
@@ -344,7 +344,7 @@ func (k *kubeSource) remove(obj any) {
 		obj = tomb.Obj
 	}
 	if c, ok := obj.(*cachedEntry); ok {
-		k.store.upsert(c.key(), nil)
+		k.store.upsert(c.key, nil)
 	}
 }
 

@@ -10,8 +10,16 @@ import (
 // _<name>._<proto>.<host>.
 type srvPort struct {
 	name   string // an RFC 1123 label, lower case as Istio requires
-	proto  string // "udp" for protocol UDP, "tcp" for every other
 	number uint16
+	udp    bool // protocol UDP; every other is served as _tcp
+}
+
+// proto is the port's protocol label in SRV names.
+func (p srvPort) proto() string {
+	if p.udp {
+		return "udp"
+	}
+	return "tcp"
 }
 
 // portsFor gathers the ports of host for the clients of namespace ns from the
@@ -58,7 +66,7 @@ func (se *ServiceEntry) srvRecords(tbl view, h hit, owner string) ([]dns.RR, []d
 	}
 	var rrs []dns.RR
 	for _, p := range tbl.portsOf(h) {
-		if h.service && (p.name != h.port || p.proto != h.proto) {
+		if h.service && (p.name != h.port || p.proto() != h.proto) {
 			continue
 		}
 		rrs = append(rrs, &dns.SRV{Hdr: dns.RR_Header{Name: owner, Rrtype: dns.TypeSRV, Class: dns.ClassINET, Ttl: se.TTL},

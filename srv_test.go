@@ -102,7 +102,7 @@ func TestConvertPorts(t *testing.T) {
 	if e == nil || len(e.hosts) != 1 {
 		t.Fatalf("entry %+v: the host must stay", e)
 	}
-	want := []srvPort{{name: "dns", proto: "udp", number: 53}, {name: "max", proto: "tcp", number: 65535}}
+	want := []srvPort{{name: "dns", number: 53, udp: true}, {name: "max", number: 65535}}
 	if len(e.ports) != len(want) {
 		t.Fatalf("ports %+v, want %+v", e.ports, want)
 	}
@@ -125,7 +125,7 @@ func TestConvertPorts(t *testing.T) {
 // ports as they were (an update brings a new, equal slice) copies no ports
 // shard; a change of the ports does.
 func TestAddressChangeSharesPorts(t *testing.T) {
-	ports := []srvPort{{name: "http", proto: "tcp", number: 80}}
+	ports := []srvPort{{name: "http", number: 80}}
 	e := &entry{key: "ns/a", namespace: "ns", name: "a", ports: ports,
 		hosts: []hostAddrs{{name: "a.internal", addrs: []netip.Addr{netip.MustParseAddr("192.0.2.1")}}}}
 	st := newStore(false)
@@ -145,7 +145,7 @@ func TestAddressChangeSharesPorts(t *testing.T) {
 	}
 
 	renumbered := moved
-	renumbered.ports = []srvPort{{name: "http", proto: "tcp", number: 8080}}
+	renumbered.ports = []srvPort{{name: "http", number: 8080}}
 	st.upsert(e.key, &renumbered)
 	if got := st.table().ports.at(h, "a.internal"); !slices.Equal(got, renumbered.ports) {
 		t.Errorf("ports after a change of them: %v", got)
