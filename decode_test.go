@@ -408,13 +408,13 @@ func TestUnknownResolutionSkipsObject(t *testing.T) {
 		t.Fatal(err)
 	}
 	st := newStore(false)
-	k := &kubeSource{store: st, skips: &st.skipped}
-	for i := range obj.(*slimServiceEntryList).Items {
-		c, err := k.toCached(&obj.(*slimServiceEntryList).Items[i])
-		if err != nil {
-			t.Fatal(err)
-		}
-		k.apply(nil, c)
+	items := obj.(*slimServiceEntryList).Items
+	objects := make([]any, len(items))
+	for i := range items {
+		objects[i] = &items[i]
+	}
+	if err := newReaderStore(&kubeSource{store: st, skips: &st.skipped}).Replace(objects, "3"); err != nil {
+		t.Fatal(err)
 	}
 	st.markSynced()
 	if got := st.skipped.counts()[reasonInvalidObject]; got != 1 {

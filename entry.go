@@ -18,9 +18,9 @@ import (
 const autoAllocateLabel = "networking.istio.io/enable-autoallocate-ip"
 
 // entry is what the table needs of one ServiceEntry: validated, lower-cased
-// hosts with the addresses each should answer with. Both sources (informers and
-// manifest files) convert to it once per change, so the table builder and the
-// query path never see Istio's types.
+// hosts with the addresses each should answer with. Both sources (the
+// Kubernetes reader and manifest files) convert to it once per change, so the
+// table builder and the query path never see Istio's types.
 type entry struct {
 	key       string // namespace/name: the identity used by the store
 	namespace string

@@ -1,20 +1,23 @@
 package serviceentry
 
 import (
+	"fmt"
+	"slices"
 	"strings"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/cache"
 )
 
-// cachedEntry is all the informer cache keeps of a ServiceEntry: its
+// cachedEntry is a ServiceEntry as the reflector hands it on: its
 // namespace/name, which is also the store's key, and the entry already
-// converted for the table. A decoded
-// object (metadata, spec and status) weighs several times the entry and the
-// table never reads anything else, so the conversion happens in the
-// informer's transform, before the object is stored.
+// converted for the table. A decoded object (metadata, spec and status)
+// weighs several times the entry and the table never reads anything else, so
+// the conversion happens in the reflector's transform, before WatchList's
+// initial events are held until their end.
 type cachedEntry struct {
 	key string // namespace/name; the entry's own key when there is an entry
 
@@ -22,7 +25,7 @@ type cachedEntry struct {
 	skips []skip // what the conversion left out, reported when it is applied
 }
 
-// GetObjectMeta lets the cache key the object (meta.Accessor accepts it); it
+// GetObjectMeta lets a cache key the object (meta.Accessor accepts it); it
 // runs once per event, not per query, so building the metadata is cheap.
 func (c *cachedEntry) GetObjectMeta() metav1.Object {
 	namespace, name, _ := strings.Cut(c.key, "/")
@@ -38,8 +41,9 @@ func (c *cachedEntry) DeepCopyObject() runtime.Object {
 	return &out
 }
 
-// toCached is the informers' transform. The informer may hand an object to it
-// twice, so an already converted one passes through unchanged.
+// toCached is the reflectors' transform. An object may reach it twice (the
+// initial events of a WatchList, then their Replace), so an already converted
+// one passes through unchanged.
 func (k *kubeSource) toCached(obj any) (any, error) {
 	if _, done := obj.(*cachedEntry); done {
 		return obj, nil
@@ -64,4 +68,99 @@ func (k *kubeSource) toCached(obj any) (any, error) {
 // always names its namespace.
 func cacheKey(namespace, name string) string {
 	return types.NamespacedName{Namespace: namespace, Name: name}.String()
+}
+
+// readerStore is the store of one namespace's reflector. It takes what the
+// reflector reads straight to the source's store, without the queue, cache
+// and handler goroutines of an informer between them, and keeps of each
+// object only what its next version is compared with: its skips, by key, the
+// set a relist is compared with too. The reflector calls it from one
+// goroutine.
+type readerStore struct {
+	k      *kubeSource
+	skips  map[string][]skip
+	synced chan struct{} // closed by the first Replace: the namespace is read whole
+}
+
+func newReaderStore(k *kubeSource) *readerStore {
+	return &readerStore{k: k, skips: make(map[string][]skip), synced: make(chan struct{})}
+}
+
+// Transformer converts WatchList's initial events as they arrive (the
+// reflector holds them until the last one); other objects are converted by
+// the methods below.
+func (r *readerStore) Transformer() cache.TransformFunc { return r.k.toCached }
+
+func (r *readerStore) Add(obj any) error { return r.Update(obj) }
+
+func (r *readerStore) Update(obj any) error {
+	c, err := r.cached(obj)
+	if err != nil {
+		return err
+	}
+	r.note(r.skips, c)
+	r.k.store.upsert(c.key, c.entry)
+	return nil
+}
+
+func (r *readerStore) Delete(obj any) error {
+	c, err := r.cached(obj)
+	if err != nil {
+		return err
+	}
+	delete(r.skips, c.key)
+	r.k.store.upsert(c.key, nil)
+	return nil
+}
+
+// Replace is a full read of the namespace, the first one or a relist:
+// applied as one change, what it no longer holds removed.
+func (r *readerStore) Replace(list []any, _ string) error {
+	read := make(map[string][]skip, len(list))
+	changes := make(map[string]*entry, len(list))
+	for _, obj := range list {
+		c, err := r.cached(obj)
+		if err != nil {
+			return err
+		}
+		r.note(read, c)
+		changes[c.key] = c.entry
+	}
+	for key := range r.skips {
+		if _, ok := read[key]; !ok {
+			changes[key] = nil
+		}
+	}
+	r.skips = read
+	r.k.store.upsertAll(changes)
+	select {
+	case <-r.synced:
+	default:
+		close(r.synced)
+	}
+	return nil
+}
+
+func (r *readerStore) Resync() error { return nil }
+
+func (r *readerStore) cached(obj any) (*cachedEntry, error) {
+	out, err := r.k.toCached(obj)
+	if err != nil {
+		return nil, err
+	}
+	c, ok := out.(*cachedEntry)
+	if !ok {
+		return nil, fmt.Errorf("unexpected object %T from the ServiceEntry reader", out)
+	}
+	return c, nil
+}
+
+// note records c's skips in into, logging and counting them when they are
+// new for its key: problems are reported when they first appear, not again
+// on every update or relist.
+func (r *readerStore) note(into map[string][]skip, c *cachedEntry) {
+	if prev, seen := r.skips[c.key]; !seen || !slices.Equal(prev, c.skips) {
+		r.k.skips.report(c.key, c.skips)
+	}
+	into[c.key] = c.skips
 }

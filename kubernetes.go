@@ -37,9 +37,12 @@ var servedVersions = []string{clientv1.SchemeGroupVersion.Version, clientv1beta1
 // server down, or no Istio CRD yet (then at most every 30 s, as promised).
 var discoveryBackoff = wait.Backoff{Duration: time.Second, Factor: 2, Cap: 30 * time.Second, Steps: math.MaxInt32}
 
-// kubeSource reads ServiceEntries through shared informers. It finds which API
-// version the cluster serves, then applies every add, update and delete to the
-// store as it arrives.
+// kubeSource reads ServiceEntries with one client-go reflector per namespace
+// read (all, or those configured). It finds which API version the cluster
+// serves, then applies every add, update and delete to the store as it
+// arrives. A reflector rather than an informer: the store is the only cache
+// the table needs, and each event then reaches it on the goroutine that
+// decoded it, without an informer's queue, cache and handler goroutines.
 type kubeSource struct {
 	// lister lists and watches ServiceEntries of one namespace (all when
 	// empty) through one version.
@@ -62,6 +65,7 @@ type kubeSource struct {
 // entrySink is what the source needs of the store.
 type entrySink interface {
 	upsert(key string, e *entry)
+	upsertAll(changes map[string]*entry)
 	beginFullRead()
 	markSynced()
 	table() *table
@@ -171,58 +175,53 @@ func (k *kubeSource) run(ctx context.Context) {
 	}
 	var running sync.WaitGroup
 	defer running.Wait()
-	var handled []cache.InformerSynced
+	var synced []chan struct{}
 	for _, ns := range namespaces {
 		// A namespace that cannot be read makes the read incomplete: the
 		// others are not published as if they were all there.
-		inf, err := k.informer(ns, version)
+		r, rs, err := k.reader(ns, version)
 		if err != nil {
 			log.Errorf("%v; ServiceEntries are not served", err)
 			return
 		}
-		reg, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-			AddFunc:    func(obj any) { k.apply(nil, obj) },
-			UpdateFunc: k.apply,
-			DeleteFunc: k.remove,
-		})
-		if err != nil {
-			log.Errorf("adding the event handler: %v; ServiceEntries are not served", err)
+		running.Go(func() { r.RunWithContext(ctx) })
+		synced = append(synced, rs.synced)
+	}
+	for _, s := range synced {
+		select {
+		case <-s:
+		case <-ctx.Done():
 			return
 		}
-		running.Go(func() { inf.RunWithContext(ctx) })
-		// The registration has synced once our handler has been given the
-		// whole initial list; the informer's own HasSynced only says its
-		// cache holds it, while the handler may still be far behind.
-		handled = append(handled, reg.HasSynced)
 	}
-	if cache.WaitForCacheSync(ctx.Done(), handled...) {
-		k.store.markSynced()
-	}
+	k.store.markSynced()
 	<-ctx.Done()
 }
 
-// informer reads one namespace (or all) through version, with the
-// informer's own context (a request hanging at the API server must not hold
-// up stop).
-func (k *kubeSource) informer(namespace, version string) (cache.SharedIndexInformer, error) {
+// reader reads one namespace (or all) through version into a readerStore,
+// with the reflector's own context (a request hanging at the API server must
+// not hold up stop).
+func (k *kubeSource) reader(namespace, version string) (*cache.Reflector, *readerStore, error) {
 	lw, err := k.lister(namespace, version)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	inf := cache.NewSharedIndexInformerWithOptions(&cache.ListWatch{
+	rs := newReaderStore(k)
+	r := cache.NewReflectorWithOptions(&cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			o.LabelSelector = k.labels
-			return lw.list(ctx, o)
+			obj, err := lw.list(ctx, o)
+			k.readError(err)
+			return obj, err
 		},
 		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 			o.LabelSelector = k.labels
-			return lw.watch(ctx, o)
+			w, err := lw.watch(ctx, o)
+			k.readError(err)
+			return w, err
 		},
-	}, &slimServiceEntry{}, cache.SharedIndexInformerOptions{})
-	// Neither fails before the informer runs.
-	_ = inf.SetTransform(k.toCached)
-	_ = inf.SetWatchErrorHandler(k.watchError)
-	return inf, nil
+	}, &slimServiceEntry{}, rs, cache.ReflectorOptions{Name: "serviceentry " + namespace, TypeDescription: "ServiceEntry"})
+	return r, rs, nil
 }
 
 // listWatchFuncs list and watch ServiceEntries, giving *slimServiceEntry
@@ -315,36 +314,15 @@ func (k *kubeSource) servedVersion(ctx context.Context) (string, error) {
 	return "", errNoServiceEntryAPI
 }
 
-// watchError makes list and watch failures (RBAC above all) visible in
-// CoreDNS's log instead of only client-go's.
-func (k *kubeSource) watchError(_ *cache.Reflector, err error) {
-	if apierrors.IsForbidden(err) {
+// readError makes list and watch failures (RBAC above all) visible in
+// CoreDNS's log instead of only client-go's; the reflector retries them.
+func (k *kubeSource) readError(err error) {
+	switch {
+	case err == nil || errors.Is(err, context.Canceled):
+	case apierrors.IsForbidden(err):
 		log.Errorf("reading ServiceEntries is forbidden: %v (the plugin needs get, list and watch on serviceentries.%s)", err, istioGroup)
-		return
-	}
-	log.Warningf("watching ServiceEntries: %v", err)
-}
-
-// apply stores an added or updated entry. What its conversion skipped is
-// logged and counted when it first appears in the entry, not again on every
-// update (relists and status writes repeat the same problems).
-func (k *kubeSource) apply(old, obj any) {
-	c, ok := obj.(*cachedEntry)
-	if !ok {
-		return
-	}
-	if prev, ok := old.(*cachedEntry); !ok || !slices.Equal(prev.skips, c.skips) {
-		k.skips.report(c.key, c.skips)
-	}
-	k.store.upsert(c.key, c.entry)
-}
-
-func (k *kubeSource) remove(obj any) {
-	if tomb, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-		obj = tomb.Obj
-	}
-	if c, ok := obj.(*cachedEntry); ok {
-		k.store.upsert(c.key, nil)
+	default:
+		log.Warningf("watching ServiceEntries: %v", err)
 	}
 }
 

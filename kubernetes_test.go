@@ -293,9 +293,9 @@ func TestKubeSourceStopIsPrompt(t *testing.T) {
 	}
 }
 
-// TestKubeSourceSyncedMeansHandled: with a handler slower than the informer,
-// the table is published only once the handler has applied the whole initial
-// list. The informer's own HasSynced turns true long before that.
+// TestKubeSourceSyncedMeansHandled: with a store slower than the reader,
+// the table is published only once the store has applied the whole initial
+// list, not when the reader has merely received it.
 func TestKubeSourceSyncedMeansHandled(t *testing.T) {
 	const n = 2000
 	client := newFakeKube(t, "v1")
@@ -344,6 +344,19 @@ func (r *recordingSink) upsert(key string, e *entry) {
 	r.applied[key] = e != nil
 	r.mu.Unlock()
 	r.store.upsert(key, e)
+}
+
+func (r *recordingSink) upsertAll(changes map[string]*entry) {
+	for key, e := range changes {
+		time.Sleep(r.delay)
+		r.mu.Lock()
+		if r.applied == nil {
+			r.applied = make(map[string]bool)
+		}
+		r.applied[key] = e != nil
+		r.mu.Unlock()
+	}
+	r.store.upsertAll(changes)
 }
 
 func (r *recordingSink) markSynced() {

@@ -12,8 +12,8 @@ import (
 // that fails after our OnStartup never runs the new instance's OnShutdown, only
 // the old instance's OnRestartFailed. Sources are therefore shared through
 // running: a reload whose source configuration is unchanged takes over the
-// running source and its table (no relist, no unsynced gap, no second informer
-// cache), a changed one starts a new source while the old instance keeps
+// running source and its table (no relist, no unsynced gap, no second copy of
+// the entries), a changed one starts a new source while the old instance keeps
 // answering, and a source stops when no live instance holds it. This is the
 // plugin's one piece of process state besides its metrics: nothing else
 // survives from one caddy instance to the next.

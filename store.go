@@ -117,6 +117,16 @@ func (s *store) upsert(key string, e *entry) {
 	s.publishLocked()
 }
 
+// upsertAll applies upsert to every key of changes, publishing once.
+func (s *store) upsertAll(changes map[string]*entry) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for key, e := range changes {
+		s.setLocked(key, e)
+	}
+	s.publishLocked()
+}
+
 // replaceAll makes the store hold exactly the given entries (keyed by their
 // namespace/name) and publishes once. The manifests source uses it after each
 // read of its files.
