@@ -175,12 +175,12 @@ func (se *ServiceEntry) ptrHosts(tbl view, addr netip.Addr) ([]string, int) {
 	return all, n
 }
 
-// ptr answers the reverse name of an address n of hosts (some outside the
-// zones, skipped) answer with: a PTR record to each, or NODATA for another
+// ptr is the reply at the reverse name of an address n of hosts (some outside
+// the zones, skipped) answer with: a PTR record to each, or NODATA for another
 // type.
-func (se *ServiceEntry) ptr(w dns.ResponseWriter, r *dns.Msg, tbl view, zone, qname string, hosts []string, n int) (int, error) {
+func (se *ServiceEntry) ptr(r *dns.Msg, tbl view, zone, qname string, hosts []string, n int) *dns.Msg {
 	if r.Question[0].Qtype != dns.TypePTR {
-		return se.negative(w, r, tbl, zone, qname, dns.RcodeSuccess)
+		return se.negative(r, tbl, zone, qname, dns.RcodeSuccess)
 	}
 	hdr := dns.RR_Header{Name: r.Question[0].Name, Rrtype: dns.TypePTR, Class: dns.ClassINET, Ttl: se.TTL}
 	recs := make([]dns.PTR, 0, n)
@@ -195,8 +195,7 @@ func (se *ServiceEntry) ptr(w dns.ResponseWriter, r *dns.Msg, tbl view, zone, qn
 	m.SetReply(r)
 	m.Authoritative = true
 	m.Answer = rrs
-	w.WriteMsg(m)
-	return dns.RcodeSuccess, nil
+	return m
 }
 
 // zoneOf returns the most specific of zones that name (lower case, fully

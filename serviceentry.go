@@ -96,20 +96,51 @@ var (
 	errChainFailed = errors.New("the next plugin failed for a ServiceEntry host in the cluster domain")
 )
 
-// ServeDNS implements plugin.Handler.
+// ServeDNS implements plugin.Handler. It writes the reply, or hands the query
+// on, from a small frame: resolve, whose frame is large, has returned by then.
+// The goroutine serving a query starts with a small stack, and one that is
+// deep when the reply is sent (or when the next plugin runs, for every name
+// passed on) makes the runtime copy it into a larger one for every query.
 func (se *ServiceEntry) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
+	out := se.resolve(w, r)
+	switch {
+	case out.msg != nil:
+		w.WriteMsg(out.msg)
+		return out.msg.Rcode, nil
+	case out.next:
+		return plugin.NextOrFailure(se.Name(), se.Next, ctx, w, r)
+	case out.afterKubernetes:
+		return se.afterKubernetes(ctx, w, r, out.tbl, out.x)
+	}
+	return dns.RcodeServerFailure, plugin.Error(se.Name(), errNotSynced)
+}
+
+// resolution is what resolve decided for a query: a reply to write, the next
+// plugin, the next plugin first (a served name in the cluster domain, or a
+// search-path expansion: see afterKubernetes), or, when none is set, SERVFAIL
+// before the first full read.
+type resolution struct {
+	msg             *dns.Msg
+	next            bool
+	afterKubernetes bool
+	tbl             view
+	x               reply
+}
+
+// resolve decides how to answer r.
+func (se *ServiceEntry) resolve(w dns.ResponseWriter, r *dns.Msg) resolution {
 	state := request.Request{W: w, Req: r}
 	// ServiceEntries are class IN data: CHAOS (version.bind) and the other
 	// classes belong to other plugins, whatever the name.
 	if state.QClass() != dns.ClassINET {
-		return plugin.NextOrFailure(se.Name(), se.Next, ctx, w, r)
+		return resolution{next: true}
 	}
 	qname := state.Name()
 	zone := plugin.Zones(se.Zones).Matches(qname)
 	// With zone ".", the root itself is not ours: no ServiceEntry declares it
 	// and a made-up root SOA or NS would be cached as the real root's.
 	if zone == "" || qname == "." {
-		return plugin.NextOrFailure(se.Name(), se.Next, ctx, w, r)
+		return resolution{next: true}
 	}
 
 	tbl, ok := se.viewOf(w)
@@ -118,10 +149,7 @@ func (se *ServiceEntry) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *d
 		// fallthrough covers goes on exactly as an unknown name would (a
 		// ServiceEntry host may get the next plugin's answer until then).
 		// Where we are the only authority, we cannot say anything true.
-		if se.Fall.Through(qname) {
-			return plugin.NextOrFailure(se.Name(), se.Next, ctx, w, r)
-		}
-		return dns.RcodeServerFailure, plugin.Error(se.Name(), errNotSynced)
+		return resolution{next: se.Fall.Through(qname)}
 	}
 
 	// Where fallthrough covers a name it may exist elsewhere: only the names
@@ -129,13 +157,13 @@ func (se *ServiceEntry) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *d
 	authoritative := !se.Fall.Through(qname)
 	qtype := state.QType()
 	if qname == zone && authoritative && (qtype == dns.TypeSOA || qtype == dns.TypeNS) {
-		return se.apex(w, r, tbl, zone, qtype)
+		return resolution{msg: se.apex(r, tbl, zone, qtype)}
 	}
 
 	name := trimDot(qname)
 	if addr, ok := reverseAddr(name); ok {
 		if hosts, n := se.ptrHosts(tbl, addr); n > 0 {
-			return se.ptr(w, r, tbl, zone, qname, hosts, n)
+			return resolution{msg: se.ptr(r, tbl, zone, qname, hosts, n)}
 		}
 	}
 	// An exact host beats an expansion, which beats a wildcard (as in
@@ -144,7 +172,7 @@ func (se *ServiceEntry) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *d
 	h, found := tbl.find(name, false)
 	if !found && se.SearchDomains != nil {
 		if x, ok := se.expansion(tbl, qname, r.Question[0].Name); ok {
-			return se.afterKubernetes(ctx, w, r, tbl, x)
+			return resolution{afterKubernetes: true, tbl: tbl, x: x}
 		}
 	}
 	if !found {
@@ -152,20 +180,20 @@ func (se *ServiceEntry) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *d
 	}
 	if !found {
 		if !authoritative {
-			return plugin.NextOrFailure(se.Name(), se.Next, ctx, w, r)
+			return resolution{next: true}
 		}
 		// The apex and a name with served names below it exist: NODATA,
 		// never NXDOMAIN, which would deny everything below (RFC 8020).
 		if qname == zone || tbl.hasBelow(name) {
-			return se.negative(w, r, tbl, zone, qname, dns.RcodeSuccess)
+			return resolution{msg: se.negative(r, tbl, zone, qname, dns.RcodeSuccess)}
 		}
-		return se.negative(w, r, tbl, zone, qname, dns.RcodeNameError)
+		return resolution{msg: se.negative(r, tbl, zone, qname, dns.RcodeNameError)}
 	}
 	x := reply{hit: h, owner: r.Question[0].Name, name: qname, zone: zone}
 	if se.inClusterDomain(qname) {
-		return se.afterKubernetes(ctx, w, r, tbl, x)
+		return resolution{afterKubernetes: true, tbl: tbl, x: x}
 	}
-	return se.answer(w, r, tbl, x)
+	return resolution{msg: se.answer(r, tbl, x)}
 }
 
 // reply is what a served name is answered with: the records of h for owner,
@@ -178,8 +206,8 @@ type reply struct {
 	alias string // the name asked when it is an expansion of owner, else ""
 }
 
-// answer writes the records of x for the question, or NODATA.
-func (se *ServiceEntry) answer(w dns.ResponseWriter, r *dns.Msg, tbl view, x reply) (int, error) {
+// answer is the reply with the records of x for the question, or NODATA.
+func (se *ServiceEntry) answer(r *dns.Msg, tbl view, x reply) *dns.Msg {
 	qtype := r.Question[0].Qtype
 	var rrs, extra []dns.RR
 	switch {
@@ -193,7 +221,7 @@ func (se *ServiceEntry) answer(w dns.ResponseWriter, r *dns.Msg, tbl view, x rep
 		rrs = addressRecords(x.owner, dns.TypeAAAA, se.TTL, x.ans.aaaa)
 	}
 	if x.alias == "" && len(rrs) == 0 {
-		return se.negative(w, r, tbl, x.zone, x.name, dns.RcodeSuccess)
+		return se.negative(r, tbl, x.zone, x.name, dns.RcodeSuccess)
 	}
 
 	m := new(dns.Msg)
@@ -210,8 +238,7 @@ func (se *ServiceEntry) answer(w dns.ResponseWriter, r *dns.Msg, tbl view, x rep
 			m.Ns = []dns.RR{soa(negativeOwner(tbl, x.zone, x.name), se.TTL)}
 		}
 	}
-	w.WriteMsg(m)
-	return dns.RcodeSuccess, nil
+	return m
 }
 
 // inClusterDomain reports whether qname (lower case) is in a cluster domain.
@@ -239,7 +266,9 @@ func (se *ServiceEntry) afterKubernetes(ctx context.Context, w dns.ResponseWrite
 		return rcode, err
 	}
 	if nw.Msg.Rcode == dns.RcodeNameError {
-		return se.answer(w, r, tbl, x)
+		m := se.answer(r, tbl, x)
+		w.WriteMsg(m)
+		return m.Rcode, nil
 	}
 	if nw.Msg.Rcode == dns.RcodeServerFailure && err == nil {
 		err = plugin.Error(se.Name(), errChainFailed)
@@ -248,10 +277,10 @@ func (se *ServiceEntry) afterKubernetes(ctx context.Context, w dns.ResponseWrite
 	return rcode, err
 }
 
-// apex answers SOA or NS at a zone's apex. The NS name is ns.dns.<zone>, as
+// apex is the reply to SOA or NS at a zone's apex. The NS name is ns.dns.<zone>, as
 // the kubernetes plugin's; its addresses go along as glue only when the table
 // answers for that name, since we know no other address of ours.
-func (se *ServiceEntry) apex(w dns.ResponseWriter, r *dns.Msg, tbl view, zone string, qtype uint16) (int, error) {
+func (se *ServiceEntry) apex(r *dns.Msg, tbl view, zone string, qtype uint16) *dns.Msg {
 	m := new(dns.Msg)
 	m.SetReply(r)
 	m.Authoritative = true
@@ -264,20 +293,18 @@ func (se *ServiceEntry) apex(w dns.ResponseWriter, r *dns.Msg, tbl view, zone st
 			m.Extra = append(addressRecords(ns, dns.TypeA, se.TTL, glue.a), addressRecords(ns, dns.TypeAAAA, se.TTL, glue.aaaa)...)
 		}
 	}
-	w.WriteMsg(m)
-	return dns.RcodeSuccess, nil
+	return m
 }
 
-// negative writes NXDOMAIN or NODATA (rcode success, no answer) with an SOA in
-// the authority section, so that resolvers cache it for the plugin's TTL
-// (RFC 2308).
-func (se *ServiceEntry) negative(w dns.ResponseWriter, r *dns.Msg, tbl view, zone, qname string, rcode int) (int, error) {
+// negative is NXDOMAIN or NODATA (rcode success, no answer) with an SOA in the
+// authority section, so that resolvers cache it for the plugin's TTL (RFC
+// 2308).
+func (se *ServiceEntry) negative(r *dns.Msg, tbl view, zone, qname string, rcode int) *dns.Msg {
 	m := new(dns.Msg)
 	m.SetRcode(r, rcode)
 	m.Authoritative = true
 	m.Ns = []dns.RR{soa(negativeOwner(tbl, zone, qname), se.TTL)}
-	w.WriteMsg(m)
-	return rcode, nil
+	return m
 }
 
 // negativeOwner is the name whose SOA a negative answer for qname carries: the
