@@ -1,18 +1,27 @@
 package serviceentry
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	clog "github.com/coredns/coredns/plugin/pkg/log"
 	"github.com/fsnotify/fsnotify"
 	"go.uber.org/goleak"
+	"k8s.io/apimachinery/pkg/runtime"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	sigsyaml "sigs.k8s.io/yaml"
 )
 
 func TestManifestSource(t *testing.T) {
@@ -461,4 +470,245 @@ func TestManifestEmptied(t *testing.T) {
 			look("written again: read", "192.0.2.3")
 		})
 	}
+}
+
+// parseManifestsSequential is parseManifests as it was before documents were
+// converted on several goroutines: the reference for what parseManifests
+// must return, count and log.
+func parseManifestsSequential(data []byte, opts convertOptions, tally *skipTally) ([]*entry, error) {
+	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(data), 4096)
+	var entries []*entry
+	for doc := 1; ; doc++ {
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			if errors.Is(err, io.EOF) {
+				return entries, nil
+			}
+			return entries, fmt.Errorf("document %d: %w", doc, err)
+		}
+		items, isList, err := listItems(raw)
+		if err != nil {
+			tally.add(reasonInvalidManifest)
+			log.Errorf("manifests: document %d: %v", doc, err)
+			continue
+		}
+		if !isList {
+			items = []runtime.RawExtension{{Raw: raw}}
+		}
+		for i, item := range items {
+			e, key, skips, err := convertDocument(item.Raw, opts)
+			if err != nil {
+				tally.add(reasonInvalidManifest)
+				if isList {
+					log.Errorf("manifests: document %d, item %d: %v", doc, i+1, err)
+				} else {
+					log.Errorf("manifests: document %d: %v", doc, err)
+				}
+				continue
+			}
+			tally.report(key, skips)
+			if e != nil {
+				entries = append(entries, e)
+			}
+		}
+	}
+}
+
+// parsed is what one parse of a stream gave: entries, error, counts and log.
+type parsed struct {
+	entries []*entry
+	err     string
+	counts  map[string]uint64
+	log     []string // without the timestamps
+}
+
+// parseLogged runs parse on data and records what it logged. The log is the
+// process's: the test that calls it must not run in parallel.
+func parseLogged(parse func([]byte, convertOptions, *skipTally) ([]*entry, error), data []byte, opts convertOptions) parsed {
+	var buf bytes.Buffer
+	clog.SetOutput(&buf)
+	defer clog.Discard()
+	var tally skipTally
+	entries, err := parse(data, opts, &tally)
+	p := parsed{entries: entries, counts: tally.counts()}
+	if err != nil {
+		p.err = err.Error()
+	}
+	for line := range strings.Lines(buf.String()) {
+		if i := strings.Index(line, "["); i >= 0 {
+			line = line[i:]
+		}
+		p.log = append(p.log, line)
+	}
+	return p
+}
+
+// sameAsSequential fails unless parseManifests returns, counts and logs for
+// data exactly what a sequential read does, in the same order.
+func sameAsSequential(t *testing.T, data []byte, opts convertOptions) {
+	t.Helper()
+	want := parseLogged(parseManifestsSequential, data, opts)
+	got := parseLogged(parseManifests, data, opts)
+	if got.err != want.err {
+		t.Errorf("error %q, want %q", got.err, want.err)
+	}
+	if !maps.Equal(got.counts, want.counts) {
+		t.Errorf("skip counts %v, want %v", got.counts, want.counts)
+	}
+	if !slices.Equal(got.log, want.log) {
+		t.Errorf("log differs from the sequential read's:\n%s", diffLines(got.log, want.log))
+	}
+	if len(got.entries) != len(want.entries) {
+		t.Fatalf("%d entries, want %d", len(got.entries), len(want.entries))
+	}
+	for i := range want.entries {
+		if !reflect.DeepEqual(got.entries[i], want.entries[i]) {
+			t.Fatalf("entry %d: %s %+v, want %s %+v", i, got.entries[i].key, got.entries[i], want.entries[i].key, want.entries[i])
+		}
+	}
+}
+
+// diffLines shows the first line where got and want differ.
+func diffLines(got, want []string) string {
+	for i := range max(len(got), len(want)) {
+		var g, w string
+		if i < len(got) {
+			g = got[i]
+		}
+		if i < len(want) {
+			w = want[i]
+		}
+		if g != w {
+			return fmt.Sprintf("line %d (of %d, want %d):\n got  %q\n want %q", i+1, len(got), len(want), g, w)
+		}
+	}
+	return ""
+}
+
+// orderedDocuments are n YAML documents whose order matters: each name is
+// defined twice, the later with another address (which must win); some
+// documents are invalid, some have a host convert leaves out, some are Lists
+// with a bad item and a ConfigMap, some hold only a comment, and some
+// separators stand alone (no document, no number). As JSON (one document a
+// line), the comments and lone separators are left out.
+func orderedDocuments(n int, asJSON bool) []string {
+	half := n / 2
+	var docs []string
+	for i := range n {
+		j := i % half
+		var doc string
+		switch {
+		case i%97 == 5:
+			doc = fmt.Sprintf("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: bad-%d, namespace: ns}\nspec: {hosts: [bad-%d.internal], resolution: BOGUS}\n", i, i)
+		case i%211 == 11:
+			doc = fmt.Sprintf("apiVersion: v1\nkind: List\nitems:\n- {apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: list-%d, namespace: ns}, spec: {hosts: [list-%d.internal], addresses: [192.0.2.1]}}\n"+
+				"- {apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {namespace: ns}, spec: {hosts: [noname.internal]}}\n- {apiVersion: v1, kind: ConfigMap, metadata: {name: cm}}\n", i, i)
+		case i%53 == 3 && !asJSON:
+			doc = "# nothing here yet\n"
+		default:
+			hosts := fmt.Sprintf("[h-%d.internal]", j)
+			if i%89 == 7 {
+				hosts = fmt.Sprintf("[h-%d.internal, 'not a host', '*.bad*.internal']", j)
+			}
+			doc = fmt.Sprintf("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: se-%d, namespace: ns}\nspec: {hosts: %s, addresses: [10.%d.%d.%d]}\n",
+				j, hosts, i/half, j>>8&255, j&255)
+		}
+		if asJSON {
+			j, err := sigsyaml.YAMLToJSON([]byte(doc))
+			if err != nil {
+				panic(err)
+			}
+			doc = string(j) + "\n"
+		} else if i%61 == 2 {
+			doc = "---\n" + doc
+		}
+		docs = append(docs, doc)
+	}
+	return docs
+}
+
+func yamlStream(docs []string) string { return "---\n" + strings.Join(docs, "---\n") }
+
+func jsonStream(docs []string) string { return strings.Join(docs, "") }
+
+// TestManifestParallelMatchesSequential: converting documents on several
+// goroutines changes nothing a sequential read shows: entries and their
+// order (of two definitions of a name, the later wins), the document numbers
+// in the log and in the error that stops a stream, and the skip counts, also
+// when the stream stops part-way.
+func TestManifestParallelMatchesSequential(t *testing.T) {
+	const n = 3000
+	yamlDocs, jsonDocs := orderedDocuments(n, false), orderedDocuments(n, true)
+	broken := func(docs []string, at int, bad string) []string {
+		return slices.Insert(slices.Clone(docs), at, bad)
+	}
+	streams := map[string]string{
+		"YAML":                      yamlStream(yamlDocs),
+		"YAML, syntax error":        yamlStream(broken(yamlDocs, 2*n/3, "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: a\n  broken: [\n")),
+		"YAML, bad separator":       yamlStream(broken(yamlDocs, n/2, "--- not a separator\n")),
+		"YAML, tabs":                yamlStream(broken(yamlDocs, n/3, "apiVersion: v1\n\tkind: List\n")),
+		"JSON":                      jsonStream(jsonDocs),
+		"JSON, syntax error":        jsonStream(broken(jsonDocs, 2*n/3, `{"apiVersion": "v1", "kind": }`+"\n")),
+		"JSON, then YAML":           jsonDocs[0] + yamlStream(yamlDocs[1:]),
+		"JSON, then a bad document": jsonDocs[0] + "kind: [\n" + jsonStream(jsonDocs[1:]),
+		"one document":              yamlDocs[0],
+		"only comments":             "# a\n---\n# b\n",
+		"empty":                     "",
+	}
+	for name, s := range streams {
+		t.Run(name, func(t *testing.T) {
+			for _, opts := range []convertOptions{{}, {autoAllocate: autoAllocateLegacy}} {
+				sameAsSequential(t, []byte(s), opts)
+			}
+		})
+	}
+
+	// Through the source: the later of two definitions is served.
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "ordered.yaml"), streams["YAML"])
+	st := newStore(false)
+	src := newManifestSource([]string{dir}, convertOptions{}, st)
+	src.check(time.Now(), true)
+	st.markSynced()
+	if got := lookupA(st, "h-1.internal"); got != "10.1.0.1" {
+		t.Errorf("h-1.internal: %q, want the later definition's 10.1.0.1", got)
+	}
+}
+
+// TestManifestFixturesMatchSequential: every manifest of the repository reads
+// as it does sequentially.
+func TestManifestFixturesMatchSequential(t *testing.T) {
+	var found int
+	for _, dir := range []string{"examples", "deploy", "test"} {
+		err := filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+			if err != nil || d.IsDir() || !isManifestName(path) {
+				return err
+			}
+			data, err := os.ReadFile(path)
+			if err != nil {
+				return err
+			}
+			found++
+			t.Run(path, func(t *testing.T) { sameAsSequential(t, data, convertOptions{}) })
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if found == 0 {
+		t.Fatal("no manifests found")
+	}
+}
+
+// FuzzManifestsMatchSequential: on any stream, parseManifests returns,
+// counts and logs what a sequential read does.
+func FuzzManifestsMatchSequential(f *testing.F) {
+	f.Add([]byte(handlerEntries))
+	f.Add([]byte(yamlStream(orderedDocuments(300, false))))
+	f.Add([]byte(jsonStream(orderedDocuments(300, true))))
+	f.Add([]byte("{\"kind\": \"List\"}\n---\nkind: List\napiVersion: v1\nitems: [null, {}]\n--- # comment\non: yes\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		sameAsSequential(t, data, convertOptions{})
+	})
 }
