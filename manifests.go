@@ -1,6 +1,7 @@
 package serviceentry
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
@@ -8,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	goruntime "runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -16,7 +18,8 @@ import (
 	"github.com/fsnotify/fsnotify"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/util/yaml"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/yaml"
 )
 
 // Timing of the manifests source. A changed file is read once it is stable:
@@ -430,50 +433,200 @@ func (m *manifestSource) readFile(path string) ([]*entry, fileStamp, error) {
 // ServiceEntries among them, also those among the items of a List. A document that is not a valid ServiceEntry is
 // skipped (logged and counted) and the rest are kept; an error that stops the
 // stream itself is returned with the entries read before it.
-func parseManifests(data []byte, opts convertOptions, skips *skipTally) ([]*entry, error) {
-	dec := yaml.NewYAMLOrJSONDecoder(bytes.NewReader(data), 4096)
+//
+// Documents are converted on several goroutines (see convertDocuments) but
+// reported here in stream order, so that the log, the counts and which of two
+// definitions of a name comes last are those of a sequential read.
+func parseManifests(data []byte, opts convertOptions, tally *skipTally) ([]*entry, error) {
 	var entries []*entry
+	for _, b := range convertDocuments(data, opts) {
+		entries = b.report(entries, tally)
+		if b.err != nil {
+			return entries, fmt.Errorf("document %d: %w", b.errDoc, b.err)
+		}
+	}
+	return entries, nil
+}
+
+// manifestGuessSize is how far into a stream YAMLOrJSONDecoder looks to tell
+// JSON from YAML.
+const manifestGuessSize = 4096
+
+// manifestBatchBytes is about how much of a stream one converting goroutine
+// takes at a time: enough documents that handing them over costs little
+// beside converting them, few enough that the goroutines finish together.
+const manifestBatchBytes = 32 << 10
+
+// manifestBatch is a run of consecutive documents of one stream and, once
+// converted, what they gave.
+type manifestBatch struct {
+	first int      // the number of its first document, from 1
+	docs  [][]byte // YAML documents, or JSON ones if json
+	json  bool
+
+	items  []manifestItem // what the documents gave, in order
+	err    error          // stops the stream at document errDoc, after items
+	errDoc int
+}
+
+// manifestItem is what one document, or one item of a List, gave: an entry
+// (or nothing, for other kinds) and what its conversion left out, or the
+// error that left it out whole.
+type manifestItem struct {
+	doc   int
+	item  int // its number in a List, from 1; 0 outside a List
+	entry *entry
+	key   string
+	skips []skip
+	err   error
+}
+
+// convertDocuments splits data into documents on the calling goroutine (this
+// is quick) and converts them, the bulk of the work, on GOMAXPROCS
+// goroutines, a batch at a time. It returns the batches in stream order, the
+// last one holding the error that stopped the stream, if any.
+func convertDocuments(data []byte, opts convertOptions) []*manifestBatch {
+	workers := goruntime.GOMAXPROCS(0)
+	work := make(chan *manifestBatch, workers)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for b := range work {
+				b.convert(opts)
+			}
+		})
+	}
+	next, isJSON := documentsOf(data)
+	var batches []*manifestBatch
+	b := &manifestBatch{first: 1, json: isJSON}
+	size := 0
 	for doc := 1; ; doc++ {
-		var raw json.RawMessage
-		if err := dec.Decode(&raw); err != nil {
-			if errors.Is(err, io.EOF) {
-				return entries, nil
-			}
-			return entries, fmt.Errorf("document %d: %w", doc, err)
-		}
-		items, isList, err := listItems(raw)
+		d, err := next()
 		if err != nil {
-			skips.add(reasonInvalidManifest)
-			log.Errorf("manifests: document %d: %v", doc, err)
-			continue
-		}
-		if !isList {
-			items = []runtime.RawExtension{{Raw: raw}}
-		}
-		for i, item := range items {
-			e, err := decodeServiceEntry(item.Raw, opts, skips)
-			if err != nil {
-				skips.add(reasonInvalidManifest)
-				if isList {
-					log.Errorf("manifests: document %d, item %d: %v", doc, i+1, err)
-				} else {
-					log.Errorf("manifests: document %d: %v", doc, err)
-				}
-				continue
+			if !errors.Is(err, io.EOF) {
+				b.err, b.errDoc = err, doc
 			}
-			if e != nil {
-				entries = append(entries, e)
+			break
+		}
+		b.docs = append(b.docs, d)
+		if size += len(d); size >= manifestBatchBytes {
+			batches = append(batches, b)
+			work <- b
+			b = &manifestBatch{first: doc + 1, json: isJSON}
+			size = 0
+		}
+	}
+	batches = append(batches, b)
+	work <- b
+	close(work)
+	wg.Wait()
+	return batches
+}
+
+// documentsOf returns a function that returns the documents of data one at
+// a time, as apimachinery's YAMLOrJSONDecoder splits them, and io.EOF after
+// the last. A YAML stream's documents come as they are, to be converted to
+// JSON by the converting goroutines; a stream that starts like JSON is read by
+// YAMLOrJSONDecoder itself, which finds where each document ends, and falls
+// back to YAML (converting on this goroutine) should the stream not be JSON
+// after all. isJSON tells which: the documents are JSON already.
+func documentsOf(data []byte) (next func() ([]byte, error), isJSON bool) {
+	if _, _, isJSON := utilyaml.GuessJSONStream(bytes.NewReader(data), manifestGuessSize); isJSON {
+		dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(data), manifestGuessSize)
+		return func() ([]byte, error) {
+			var raw json.RawMessage
+			err := dec.Decode(&raw)
+			return raw, err
+		}, true
+	}
+	// What YAMLOrJSONDecoder reads a YAML stream with.
+	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
+	return r.Read, false
+}
+
+// convert converts the batch's documents, up to one that is not YAML: that
+// one stops the stream, so the documents after it are not read.
+func (b *manifestBatch) convert(opts convertOptions) {
+	for i, doc := range b.docs {
+		if !b.json {
+			var raw json.RawMessage
+			// As YAMLOrJSONDecoder converts a YAML document.
+			if err := yaml.Unmarshal(doc, &raw); err != nil {
+				b.err, b.errDoc = err, b.first+i
+				break
+			}
+			doc = raw
+		}
+		b.items = appendItems(b.items, b.first+i, doc, opts)
+	}
+	b.docs = nil
+}
+
+// report logs and counts what the batch's documents left out, and appends
+// their entries.
+func (b *manifestBatch) report(entries []*entry, tally *skipTally) []*entry {
+	for _, it := range b.items {
+		switch {
+		case it.err != nil && it.item > 0:
+			tally.add(reasonInvalidManifest)
+			log.Errorf("manifests: document %d, item %d: %v", it.doc, it.item, it.err)
+		case it.err != nil:
+			tally.add(reasonInvalidManifest)
+			log.Errorf("manifests: document %d: %v", it.doc, it.err)
+		default:
+			tally.report(it.key, it.skips)
+			if it.entry != nil {
+				entries = append(entries, it.entry)
 			}
 		}
 	}
+	return entries
+}
+
+// appendItems converts one JSON document: a ServiceEntry, each item of a
+// List, or nothing (other kinds).
+func appendItems(items []manifestItem, doc int, raw []byte, opts convertOptions) []manifestItem {
+	tm := readTypeMeta(raw)
+	list, isList, err := listItemsOf(raw, tm)
+	switch {
+	case err != nil:
+		return append(items, manifestItem{doc: doc, err: err})
+	case !isList:
+		return append(items, convertItem(doc, 0, raw, tm, opts))
+	}
+	for i, it := range list {
+		items = append(items, convertItem(doc, i+1, it.Raw, readTypeMeta(it.Raw), opts))
+	}
+	return items
+}
+
+func convertItem(doc, item int, raw []byte, tm typeMeta, opts convertOptions) manifestItem {
+	e, key, skips, err := convertTyped(raw, tm, opts)
+	return manifestItem{doc: doc, item: item, entry: e, key: key, skips: skips, err: err}
+}
+
+// typeMeta is a document's apiVersion and kind, read once for both the List
+// and the ServiceEntry checks; err tells it is not a JSON object.
+type typeMeta struct {
+	metav1.TypeMeta
+	err error
+}
+
+func readTypeMeta(raw []byte) typeMeta {
+	var tm typeMeta
+	tm.err = json.Unmarshal(raw, &tm.TypeMeta)
+	return tm
 }
 
 // listItems returns the items of a kind List document, what kubectl get -o
 // yaml writes; isList is false for any other document. Each item is then
 // read as a document of its own (a List inside a List is not read).
 func listItems(raw json.RawMessage) (items []runtime.RawExtension, isList bool, err error) {
-	var tm metav1.TypeMeta
-	if json.Unmarshal(raw, &tm) != nil || tm.Kind != "List" || tm.APIVersion != "v1" {
+	return listItemsOf(raw, readTypeMeta(raw))
+}
+
+func listItemsOf(raw []byte, tm typeMeta) (items []runtime.RawExtension, isList bool, err error) {
+	if tm.err != nil || tm.Kind != "List" || tm.APIVersion != "v1" {
 		return nil, false, nil
 	}
 	var list metav1.List
@@ -483,28 +636,22 @@ func listItems(raw json.RawMessage) (items []runtime.RawExtension, isList bool, 
 	return list.Items, true, nil
 }
 
-// decodeServiceEntry converts one JSON document. Documents of other kinds give
-// nil and no error. All three served versions share one schema.
-func decodeServiceEntry(raw json.RawMessage, opts convertOptions, tally *skipTally) (*entry, error) {
-	e, key, skips, err := convertDocument(raw, opts)
-	if err != nil {
-		return nil, err
-	}
-	tally.report(key, skips)
-	return e, nil
+// convertDocument decodes one JSON document into the slim struct (as the
+// informers do) and converts it; key is the entry's store key. Documents of
+// other kinds give nil and no error. All three served versions share one
+// schema. It reads the document as encoding/json reads it into Istio's types:
+// the object's keys regardless of case, the spec's as jsonpb does.
+func convertDocument(raw json.RawMessage, opts convertOptions) (e *entry, key string, skips []skip, err error) {
+	return convertTyped(raw, readTypeMeta(raw), opts)
 }
 
-// convertDocument decodes one JSON document into the slim struct (as the
-// informers do) and converts it; key is the entry's store key. It reads the
-// document as encoding/json reads it into Istio's types: the object's keys
-// regardless of case, the spec's as jsonpb does.
-func convertDocument(raw json.RawMessage, opts convertOptions) (e *entry, key string, skips []skip, err error) {
+// convertTyped is convertDocument for a document whose type is read.
+func convertTyped(raw []byte, tm typeMeta, opts convertOptions) (e *entry, key string, skips []skip, err error) {
 	if len(raw) == 0 || string(raw) == "null" {
 		return nil, "", nil, nil
 	}
-	var tm metav1.TypeMeta
-	if err := json.Unmarshal(raw, &tm); err != nil {
-		return nil, "", nil, err
+	if tm.err != nil {
+		return nil, "", nil, tm.err
 	}
 	if tm.Kind != "ServiceEntry" || !isServiceEntryVersion(tm.APIVersion) {
 		return nil, "", nil, nil
