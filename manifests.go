@@ -549,17 +549,27 @@ func documentsOf(data []byte) (next func() ([]byte, error), isJSON bool) {
 func (b *manifestBatch) convert(opts convertOptions) {
 	for i, doc := range b.docs {
 		if !b.json {
-			var raw json.RawMessage
-			// As YAMLOrJSONDecoder converts a YAML document.
-			if err := yaml.Unmarshal(doc, &raw); err != nil {
+			var err error
+			if doc, err = yamlToJSON(doc); err != nil {
 				b.err, b.errDoc = err, b.first+i
 				break
 			}
-			doc = raw
 		}
 		b.items = appendItems(b.items, b.first+i, doc, opts)
 	}
 	b.docs = nil
+}
+
+// yamlToJSON converts one YAML document as YAMLOrJSONDecoder does, with
+// sigs.k8s.io/yaml's rules, and fails with the same message. It calls
+// YAMLToJSON rather than Unmarshal into a json.RawMessage, as the decoder
+// does, which gives the same bytes after decoding them once more.
+func yamlToJSON(doc []byte) ([]byte, error) {
+	raw, err := yaml.YAMLToJSON(doc)
+	if err != nil {
+		return nil, fmt.Errorf("error converting YAML to JSON: %w", err)
+	}
+	return raw, nil
 }
 
 // report logs and counts what the batch's documents left out, and appends

@@ -705,8 +705,8 @@ func TestManifestFixturesMatchSequential(t *testing.T) {
 // counts and logs what a sequential read does.
 func FuzzManifestsMatchSequential(f *testing.F) {
 	f.Add([]byte(handlerEntries))
-	f.Add([]byte(yamlStream(orderedDocuments(300, false))))
-	f.Add([]byte(jsonStream(orderedDocuments(300, true))))
+	f.Add([]byte(yamlStream(orderedDocuments(40, false))))
+	f.Add([]byte(jsonStream(orderedDocuments(40, true))))
 	f.Add([]byte("{\"kind\": \"List\"}\n---\nkind: List\napiVersion: v1\nitems: [null, {}]\n--- # comment\non: yes\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		sameAsSequential(t, data, convertOptions{})
