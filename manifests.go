@@ -596,54 +596,72 @@ func (b *manifestBatch) report(entries []*entry, tally *skipTally) []*entry {
 // appendItems converts one JSON document: a ServiceEntry, each item of a
 // List, or nothing (other kinds).
 func appendItems(items []manifestItem, doc int, raw []byte, opts convertOptions) []manifestItem {
-	tm := readTypeMeta(raw)
-	list, isList, err := listItemsOf(raw, tm)
-	switch {
-	case err != nil:
+	d := decodeJSONDocument(raw)
+	if !d.isList() {
+		return append(items, convertItem(doc, 0, d, opts))
+	}
+	list, err := decodeList(raw)
+	if err != nil {
 		return append(items, manifestItem{doc: doc, err: err})
-	case !isList:
-		return append(items, convertItem(doc, 0, raw, tm, opts))
 	}
 	for i, it := range list {
-		items = append(items, convertItem(doc, i+1, it.Raw, readTypeMeta(it.Raw), opts))
+		items = append(items, convertItem(doc, i+1, decodeJSONDocument(it.Raw), opts))
 	}
 	return items
 }
 
-func convertItem(doc, item int, raw []byte, tm typeMeta, opts convertOptions) manifestItem {
-	e, key, skips, err := convertTyped(raw, tm, opts)
+func convertItem(doc, item int, d *jsonDocument, opts convertOptions) manifestItem {
+	e, key, skips, err := d.convert(opts)
 	return manifestItem{doc: doc, item: item, entry: e, key: key, skips: skips, err: err}
 }
 
-// typeMeta is a document's apiVersion and kind, read once for both the List
-// and the ServiceEntry checks; err tells it is not a JSON object.
-type typeMeta struct {
-	metav1.TypeMeta
-	err error
+// jsonDocument is one JSON document decoded once: into the slim struct,
+// whose TypeMeta tells what the document is, or, should that fail (a
+// document of another kind, or no object at all), into its type alone. Either
+// way the type is what decoding the type alone gives: the slim struct holds
+// it in the same fields.
+type jsonDocument struct {
+	raw   []byte
+	tm    metav1.TypeMeta
+	tmErr error // not a JSON object
+	se    slimServiceEntry
+	seErr error
 }
 
-func readTypeMeta(raw []byte) typeMeta {
-	var tm typeMeta
-	tm.err = json.Unmarshal(raw, &tm.TypeMeta)
-	return tm
-}
-
-// listItems returns the items of a kind List document, what kubectl get -o
-// yaml writes; isList is false for any other document. Each item is then
-// read as a document of its own (a List inside a List is not read).
-func listItems(raw json.RawMessage) (items []runtime.RawExtension, isList bool, err error) {
-	return listItemsOf(raw, readTypeMeta(raw))
-}
-
-func listItemsOf(raw []byte, tm typeMeta) (items []runtime.RawExtension, isList bool, err error) {
-	if tm.err != nil || tm.Kind != "List" || tm.APIVersion != "v1" {
-		return nil, false, nil
+func decodeJSONDocument(raw []byte) *jsonDocument {
+	d := &jsonDocument{raw: raw}
+	if d.seErr = json.Unmarshal(raw, &d.se); d.seErr == nil {
+		d.tm = d.se.TypeMeta
+	} else {
+		d.tmErr = json.Unmarshal(raw, &d.tm)
 	}
+	return d
+}
+
+// isList tells a kind List document, what kubectl get -o yaml writes. Each
+// of its items is read as a document of its own (a List inside a List is not
+// read).
+func (d *jsonDocument) isList() bool { return d.tmErr == nil && isListType(d.tm) }
+
+func isListType(tm metav1.TypeMeta) bool { return tm.Kind == "List" && tm.APIVersion == "v1" }
+
+func decodeList(raw []byte) ([]runtime.RawExtension, error) {
 	var list metav1.List
 	if err := json.Unmarshal(raw, &list); err != nil {
-		return nil, true, fmt.Errorf("List: %w", err)
+		return nil, fmt.Errorf("List: %w", err)
 	}
-	return list.Items, true, nil
+	return list.Items, nil
+}
+
+// listItems returns the items of a kind List document; isList is false for
+// any other document.
+func listItems(raw json.RawMessage) (items []runtime.RawExtension, isList bool, err error) {
+	var tm metav1.TypeMeta
+	if json.Unmarshal(raw, &tm) != nil || !isListType(tm) {
+		return nil, false, nil
+	}
+	items, err = decodeList(raw)
+	return items, true, err
 }
 
 // convertDocument decodes one JSON document into the slim struct (as the
@@ -652,32 +670,30 @@ func listItemsOf(raw []byte, tm typeMeta) (items []runtime.RawExtension, isList 
 // schema. It reads the document as encoding/json reads it into Istio's types:
 // the object's keys regardless of case, the spec's as jsonpb does.
 func convertDocument(raw json.RawMessage, opts convertOptions) (e *entry, key string, skips []skip, err error) {
-	return convertTyped(raw, readTypeMeta(raw), opts)
+	return decodeJSONDocument(raw).convert(opts)
 }
 
-// convertTyped is convertDocument for a document whose type is read.
-func convertTyped(raw []byte, tm typeMeta, opts convertOptions) (e *entry, key string, skips []skip, err error) {
-	if len(raw) == 0 || string(raw) == "null" {
+func (d *jsonDocument) convert(opts convertOptions) (e *entry, key string, skips []skip, err error) {
+	if len(d.raw) == 0 || string(d.raw) == "null" {
 		return nil, "", nil, nil
 	}
-	if tm.err != nil {
-		return nil, "", nil, tm.err
+	if d.tmErr != nil {
+		return nil, "", nil, d.tmErr
 	}
-	if tm.Kind != "ServiceEntry" || !isServiceEntryVersion(tm.APIVersion) {
+	if d.tm.Kind != "ServiceEntry" || !isServiceEntryVersion(d.tm.APIVersion) {
 		return nil, "", nil, nil
 	}
-	var se slimServiceEntry
-	if err := json.Unmarshal(raw, &se); err != nil {
-		return nil, "", nil, fmt.Errorf("ServiceEntry: %w", err)
+	if d.seErr != nil {
+		return nil, "", nil, fmt.Errorf("ServiceEntry: %w", d.seErr)
 	}
-	if se.Name == "" {
+	if d.se.Name == "" {
 		return nil, "", nil, errors.New("ServiceEntry without metadata.name")
 	}
-	e, skips, err = se.entry(opts)
+	e, skips, err = d.se.entry(opts)
 	if err != nil {
 		return nil, "", nil, fmt.Errorf("ServiceEntry: %w", err)
 	}
-	_, key = identity(&se.ObjectMeta)
+	_, key = identity(&d.se.ObjectMeta)
 	return e, key, skips, nil
 }
 

@@ -19,6 +19,7 @@ import (
 	clog "github.com/coredns/coredns/plugin/pkg/log"
 	"github.com/fsnotify/fsnotify"
 	"go.uber.org/goleak"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	sigsyaml "sigs.k8s.io/yaml"
@@ -496,7 +497,7 @@ func parseManifestsSequential(data []byte, opts convertOptions, tally *skipTally
 			items = []runtime.RawExtension{{Raw: raw}}
 		}
 		for i, item := range items {
-			e, key, skips, err := convertDocument(item.Raw, opts)
+			e, key, skips, err := convertDocumentSequential(item.Raw, opts)
 			if err != nil {
 				tally.add(reasonInvalidManifest)
 				if isList {
@@ -512,6 +513,34 @@ func parseManifestsSequential(data []byte, opts convertOptions, tally *skipTally
 			}
 		}
 	}
+}
+
+// convertDocumentSequential is convertDocument as it was: the type read on
+// its own, then the slim struct.
+func convertDocumentSequential(raw json.RawMessage, opts convertOptions) (e *entry, key string, skips []skip, err error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil, "", nil, nil
+	}
+	var tm metav1.TypeMeta
+	if err := json.Unmarshal(raw, &tm); err != nil {
+		return nil, "", nil, err
+	}
+	if tm.Kind != "ServiceEntry" || !isServiceEntryVersion(tm.APIVersion) {
+		return nil, "", nil, nil
+	}
+	var se slimServiceEntry
+	if err := json.Unmarshal(raw, &se); err != nil {
+		return nil, "", nil, fmt.Errorf("ServiceEntry: %w", err)
+	}
+	if se.Name == "" {
+		return nil, "", nil, errors.New("ServiceEntry without metadata.name")
+	}
+	e, skips, err = se.entry(opts)
+	if err != nil {
+		return nil, "", nil, fmt.Errorf("ServiceEntry: %w", err)
+	}
+	_, key = identity(&se.ObjectMeta)
+	return e, key, skips, nil
 }
 
 // parsed is what one parse of a stream gave: entries, error, counts and log.
@@ -651,9 +680,22 @@ func TestManifestParallelMatchesSequential(t *testing.T) {
 		"JSON, syntax error":        jsonStream(broken(jsonDocs, 2*n/3, `{"apiVersion": "v1", "kind": }`+"\n")),
 		"JSON, then YAML":           jsonDocs[0] + yamlStream(yamlDocs[1:]),
 		"JSON, then a bad document": jsonDocs[0] + "kind: [\n" + jsonStream(jsonDocs[1:]),
-		"one document":              yamlDocs[0],
-		"only comments":             "# a\n---\n# b\n",
-		"empty":                     "",
+		"odd kinds and types": yamlStream([]string{
+			"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cm}\nspec: not an object\n",
+			"apiVersion: networking.istio.io/v1\nkind: 5\nmetadata: {name: k}\n",
+			"APIVERSION: networking.istio.io/v1\nKind: ServiceEntry\nmetadata: {name: upper, namespace: ns}\nspec: {hosts: [upper.internal], addresses: [192.0.2.9]}\n",
+			"apiVersion: v1\nkind: List\nspec: 5\nitems: [{apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: in-list}, spec: {hosts: [in.internal], addresses: [192.0.2.8]}}]\n",
+			"apiVersion: v1\nkind: List\nitems: {not: a list}\n",
+			"apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: typed}\nspec: {hosts: 5}\n",
+			"- a list\n- at the top\n",
+			"just a string\n",
+			"kind: ServiceEntry\napiVersion: networking.istio.io/v1\nmetadata: {name: dup}\nkind: ConfigMap\n",
+			`{"kind":"ServiceEntry","Kind":"ConfigMap","apiVersion":"networking.istio.io/v1","metadata":{"name":"fold"}}` + "\n",
+			`{"Kind":"ConfigMap","kind":"ServiceEntry","apiVersion":"networking.istio.io/v1","metadata":{"name":"fold2"},"spec":{"hosts":["f.internal"]}}` + "\n",
+		}),
+		"one document":  yamlDocs[0],
+		"only comments": "# a\n---\n# b\n",
+		"empty":         "",
 	}
 	for name, s := range streams {
 		t.Run(name, func(t *testing.T) {
