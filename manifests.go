@@ -233,8 +233,8 @@ func (m *manifestSource) rewatch() {
 	m.watched = watched
 }
 
-// check reads the files that changed and hands the store the union of every
-// file's entries, once per check. The first check reads every file as it is;
+// check reads the files that changed, several at a time, and hands the store
+// the union of every file's entries, once per check. The first check reads every file as it is;
 // later ones read a changed file only once it is stable (see manifestSettle),
 // and let a file that lost all its entries (emptied, or removed) go only when
 // a second look a settle interval later finds it so again, so that a file
@@ -262,6 +262,7 @@ func (m *manifestSource) check(now time.Time, first bool) (pending bool) {
 		delete(m.files, path)
 		changed = changed || len(f.entries) > 0
 	}
+	var toRead []string
 	for path, stamp := range present {
 		f := m.files[path]
 		if f == nil {
@@ -284,41 +285,79 @@ func (m *manifestSource) check(now time.Time, first bool) (pending bool) {
 			}
 		}
 		f.seenAt, f.touched = time.Time{}, false
-		entries, read, err := m.readFile(path)
-		if !first && read.info != nil && !read.equal(stamp) {
-			// Written while it was read: wait for it to settle again.
-			f.seen, f.seenAt = read, now
-			pending = true
-			continue
-		}
-		if err != nil {
-			reason := reasonInvalidManifest
-			if errors.Is(err, errManifestTooLarge) {
-				reason = reasonManifestTooLarge
-			}
-			m.store.skipped.add(reason)
-			if f.stamp.info != nil { // read before
-				log.Errorf("manifests: %v; keeping its last good content", err)
-				f.stamp, f.emptyAt = stamp, time.Time{} // report once per change, not on every check
-				continue
-			}
-			log.Errorf("manifests: %v", err)
-		}
-		if !first && len(entries) == 0 && len(f.entries) > 0 && f.emptyAt.IsZero() {
-			// No entries where there were some: perhaps truncated by
-			// a writer that has not written yet. Look again.
-			f.emptyAt = now
-			f.seen, f.seenAt = stamp, now
-			pending = true
-			continue
-		}
-		f.stamp, f.entries, f.emptyAt = stamp, entries, time.Time{}
-		changed = true
+		toRead = append(toRead, path)
+	}
+	for i, r := range m.readFiles(toRead) {
+		path := toRead[i]
+		took, wait := m.take(m.files[path], present[path], r, now, first)
+		changed = changed || took
+		pending = pending || wait
 	}
 	if changed {
 		m.publish(m.merge())
 	}
 	return pending
+}
+
+// fileRead is what reading one file gave, and the file's stamp as the read
+// found it (no info if that is unknown), which tells whether the file changed
+// during the read.
+type fileRead struct {
+	entries []*entry
+	stamp   fileStamp
+	err     error
+}
+
+// readFiles reads the files at paths, up to GOMAXPROCS at a time: a folder of
+// many small files (a ConfigMap volume with a key per ServiceEntry) is read
+// in parallel as a large file's documents are.
+func (m *manifestSource) readFiles(paths []string) []fileRead {
+	reads := make([]fileRead, len(paths))
+	slots := make(chan struct{}, goruntime.GOMAXPROCS(0))
+	var wg sync.WaitGroup
+	for i, path := range paths {
+		slots <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-slots }()
+			r := &reads[i]
+			r.entries, r.stamp, r.err = m.readFile(path)
+		})
+	}
+	wg.Wait()
+	return reads
+}
+
+// take applies the read of file f, which the listing before the read found
+// with stamp. It reports whether the file's entries changed, and whether a
+// change is pending: the caller checks again a settle interval later.
+func (m *manifestSource) take(f *manifestFile, stamp fileStamp, r fileRead, now time.Time, first bool) (changed, pending bool) {
+	if !first && r.stamp.info != nil && !r.stamp.equal(stamp) {
+		// Written while it was read: wait for it to settle again.
+		f.seen, f.seenAt = r.stamp, now
+		return false, true
+	}
+	if r.err != nil {
+		reason := reasonInvalidManifest
+		if errors.Is(r.err, errManifestTooLarge) {
+			reason = reasonManifestTooLarge
+		}
+		m.store.skipped.add(reason)
+		if f.stamp.info != nil { // read before
+			log.Errorf("manifests: %v; keeping its last good content", r.err)
+			f.stamp, f.emptyAt = stamp, time.Time{} // report once per change, not on every check
+			return false, false
+		}
+		log.Errorf("manifests: %v", r.err)
+	}
+	if !first && len(r.entries) == 0 && len(f.entries) > 0 && f.emptyAt.IsZero() {
+		// No entries where there were some: perhaps truncated by
+		// a writer that has not written yet. Look again.
+		f.emptyAt = now
+		f.seen, f.seenAt = stamp, now
+		return false, true
+	}
+	f.stamp, f.entries, f.emptyAt = stamp, r.entries, time.Time{}
+	return true, false
 }
 
 // merge combines the files' entries. Should two files define the same

@@ -717,6 +717,35 @@ func TestManifestParallelMatchesSequential(t *testing.T) {
 	}
 }
 
+// TestManifestManyFiles: files read at the same time give what one at a
+// time did: every file's entries, the one of a name defined in several files
+// from the path that sorts last, and one count for a file that does not parse.
+func TestManifestManyFiles(t *testing.T) {
+	dir := t.TempDir()
+	const n = 40
+	for i := range n {
+		writeFile(t, filepath.Join(dir, fmt.Sprintf("f-%02d.yaml", i)),
+			seYAML(fmt.Sprintf("own-%d", i), fmt.Sprintf("own-%d.internal", i), fmt.Sprintf("192.0.2.%d", i))+"---\n"+
+				seYAML("shared", "shared.internal", fmt.Sprintf("198.51.100.%d", i)))
+	}
+	writeFile(t, filepath.Join(dir, "g-bad.yaml"), "metadata: {name: a\n  broken: [\n")
+	st := newStore(false)
+	src := newManifestSource([]string{dir}, convertOptions{}, st)
+	src.check(time.Now(), true)
+	st.markSynced()
+	for i := range n {
+		if got, want := lookupA(st, fmt.Sprintf("own-%d.internal", i)), fmt.Sprintf("192.0.2.%d", i); got != want {
+			t.Errorf("own-%d.internal: %q, want %q", i, got, want)
+		}
+	}
+	if got, want := lookupA(st, "shared.internal"), fmt.Sprintf("198.51.100.%d", n-1); got != want {
+		t.Errorf("shared.internal: %q, want the last path's %q", got, want)
+	}
+	if got := st.skipped.counts(); !maps.Equal(got, map[string]uint64{reasonInvalidManifest: 1}) {
+		t.Errorf("skip counts %v, want one invalid manifest", got)
+	}
+}
+
 // TestManifestFixturesMatchSequential: every manifest of the repository reads
 // as it does sequentially.
 func TestManifestFixturesMatchSequential(t *testing.T) {
