@@ -234,14 +234,15 @@ func (m *manifestSource) rewatch() {
 }
 
 // check reads the files that changed, several at a time, and hands the store
-// the union of every file's entries, once per check. The first check reads every file as it is;
-// later ones read a changed file only once it is stable (see manifestSettle),
-// and let a file that lost all its entries (emptied, or removed) go only when
-// a second look a settle interval later finds it so again, so that a file
-// being rewritten in place is not served empty or half-written. A file that
-// cannot be read or parsed keeps its last good entries, so nothing already
-// served is lost to a bad edit. check reports whether a change is pending: the
-// caller checks again a settle interval later.
+// the union of every file's entries, once per check. The first check reads
+// every file as it is; later ones read a changed file only once it is stable
+// (see manifestSettle), and let a file that lost all its entries (emptied, or
+// removed) go only when a second look a settle interval later finds it so
+// again, so that a file being rewritten in place is not served empty or
+// half-written. A file that cannot be read or parsed keeps its last good
+// entries, so nothing already served is lost to a bad edit. check reports
+// whether a change is pending: the caller checks again a settle interval
+// later.
 func (m *manifestSource) check(now time.Time, first bool) (pending bool) {
 	present := m.listFiles()
 	changed := false
@@ -583,8 +584,8 @@ func documentsOf(data []byte) (next func() ([]byte, error), isJSON bool) {
 	return r.Read, false
 }
 
-// convert converts the batch's documents, up to one that is not YAML: that
-// one stops the stream, so the documents after it are not read.
+// convert converts the batch's documents, up to the first that is not valid
+// YAML: that one stops the stream, so the documents after it do not count.
 func (b *manifestBatch) convert(opts convertOptions) {
 	for i, doc := range b.docs {
 		if !b.json {
@@ -693,7 +694,8 @@ func decodeList(raw []byte) ([]runtime.RawExtension, error) {
 }
 
 // listItems returns the items of a kind List document; isList is false for
-// any other document.
+// any other document. The manifests source asks jsonDocument instead, which
+// has the type already; the tests split streams with this.
 func listItems(raw json.RawMessage) (items []runtime.RawExtension, isList bool, err error) {
 	var tm metav1.TypeMeta
 	if json.Unmarshal(raw, &tm) != nil || !isListType(tm) {
