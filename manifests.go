@@ -1,6 +1,7 @@
 package serviceentry
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
@@ -8,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	goruntime "runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -16,7 +18,8 @@ import (
 	"github.com/fsnotify/fsnotify"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/util/yaml"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/yaml"
 )
 
 // Timing of the manifests source. A changed file is read once it is stable:
@@ -230,15 +233,16 @@ func (m *manifestSource) rewatch() {
 	m.watched = watched
 }
 
-// check reads the files that changed and hands the store the union of every
-// file's entries, once per check. The first check reads every file as it is;
-// later ones read a changed file only once it is stable (see manifestSettle),
-// and let a file that lost all its entries (emptied, or removed) go only when
-// a second look a settle interval later finds it so again, so that a file
-// being rewritten in place is not served empty or half-written. A file that
-// cannot be read or parsed keeps its last good entries, so nothing already
-// served is lost to a bad edit. check reports whether a change is pending: the
-// caller checks again a settle interval later.
+// check reads the files that changed, several at a time, and hands the store
+// the union of every file's entries, once per check. The first check reads
+// every file as it is; later ones read a changed file only once it is stable
+// (see manifestSettle), and let a file that lost all its entries (emptied, or
+// removed) go only when a second look a settle interval later finds it so
+// again, so that a file being rewritten in place is not served empty or
+// half-written. A file that cannot be read or parsed keeps its last good
+// entries, so nothing already served is lost to a bad edit. check reports
+// whether a change is pending: the caller checks again a settle interval
+// later.
 func (m *manifestSource) check(now time.Time, first bool) (pending bool) {
 	present := m.listFiles()
 	changed := false
@@ -259,6 +263,7 @@ func (m *manifestSource) check(now time.Time, first bool) (pending bool) {
 		delete(m.files, path)
 		changed = changed || len(f.entries) > 0
 	}
+	var toRead []string
 	for path, stamp := range present {
 		f := m.files[path]
 		if f == nil {
@@ -281,41 +286,79 @@ func (m *manifestSource) check(now time.Time, first bool) (pending bool) {
 			}
 		}
 		f.seenAt, f.touched = time.Time{}, false
-		entries, read, err := m.readFile(path)
-		if !first && read.info != nil && !read.equal(stamp) {
-			// Written while it was read: wait for it to settle again.
-			f.seen, f.seenAt = read, now
-			pending = true
-			continue
-		}
-		if err != nil {
-			reason := reasonInvalidManifest
-			if errors.Is(err, errManifestTooLarge) {
-				reason = reasonManifestTooLarge
-			}
-			m.store.skipped.add(reason)
-			if f.stamp.info != nil { // read before
-				log.Errorf("manifests: %v; keeping its last good content", err)
-				f.stamp, f.emptyAt = stamp, time.Time{} // report once per change, not on every check
-				continue
-			}
-			log.Errorf("manifests: %v", err)
-		}
-		if !first && len(entries) == 0 && len(f.entries) > 0 && f.emptyAt.IsZero() {
-			// No entries where there were some: perhaps truncated by
-			// a writer that has not written yet. Look again.
-			f.emptyAt = now
-			f.seen, f.seenAt = stamp, now
-			pending = true
-			continue
-		}
-		f.stamp, f.entries, f.emptyAt = stamp, entries, time.Time{}
-		changed = true
+		toRead = append(toRead, path)
+	}
+	for i, r := range m.readFiles(toRead) {
+		path := toRead[i]
+		took, wait := m.take(m.files[path], present[path], r, now, first)
+		changed = changed || took
+		pending = pending || wait
 	}
 	if changed {
 		m.publish(m.merge())
 	}
 	return pending
+}
+
+// fileRead is what reading one file gave, and the file's stamp as the read
+// found it (no info if that is unknown), which tells whether the file changed
+// during the read.
+type fileRead struct {
+	entries []*entry
+	stamp   fileStamp
+	err     error
+}
+
+// readFiles reads the files at paths, up to GOMAXPROCS at a time: a folder of
+// many small files (a ConfigMap volume with a key per ServiceEntry) is read
+// in parallel as a large file's documents are.
+func (m *manifestSource) readFiles(paths []string) []fileRead {
+	reads := make([]fileRead, len(paths))
+	slots := make(chan struct{}, goruntime.GOMAXPROCS(0))
+	var wg sync.WaitGroup
+	for i, path := range paths {
+		slots <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-slots }()
+			r := &reads[i]
+			r.entries, r.stamp, r.err = m.readFile(path)
+		})
+	}
+	wg.Wait()
+	return reads
+}
+
+// take applies the read of file f, which the listing before the read found
+// with stamp. It reports whether the file's entries changed, and whether a
+// change is pending: the caller checks again a settle interval later.
+func (m *manifestSource) take(f *manifestFile, stamp fileStamp, r fileRead, now time.Time, first bool) (changed, pending bool) {
+	if !first && r.stamp.info != nil && !r.stamp.equal(stamp) {
+		// Written while it was read: wait for it to settle again.
+		f.seen, f.seenAt = r.stamp, now
+		return false, true
+	}
+	if r.err != nil {
+		reason := reasonInvalidManifest
+		if errors.Is(r.err, errManifestTooLarge) {
+			reason = reasonManifestTooLarge
+		}
+		m.store.skipped.add(reason)
+		if f.stamp.info != nil { // read before
+			log.Errorf("manifests: %v; keeping its last good content", r.err)
+			f.stamp, f.emptyAt = stamp, time.Time{} // report once per change, not on every check
+			return false, false
+		}
+		log.Errorf("manifests: %v", r.err)
+	}
+	if !first && len(r.entries) == 0 && len(f.entries) > 0 && f.emptyAt.IsZero() {
+		// No entries where there were some: perhaps truncated by
+		// a writer that has not written yet. Look again.
+		f.emptyAt = now
+		f.seen, f.seenAt = stamp, now
+		return false, true
+	}
+	f.stamp, f.entries, f.emptyAt = stamp, r.entries, time.Time{}
+	return true, false
 }
 
 // merge combines the files' entries. Should two files define the same
@@ -430,97 +473,268 @@ func (m *manifestSource) readFile(path string) ([]*entry, fileStamp, error) {
 // ServiceEntries among them, also those among the items of a List. A document that is not a valid ServiceEntry is
 // skipped (logged and counted) and the rest are kept; an error that stops the
 // stream itself is returned with the entries read before it.
-func parseManifests(data []byte, opts convertOptions, skips *skipTally) ([]*entry, error) {
-	dec := yaml.NewYAMLOrJSONDecoder(bytes.NewReader(data), 4096)
+//
+// Documents are converted on several goroutines (see convertDocuments) but
+// reported here in stream order, so that the log, the counts and which of two
+// definitions of a name comes last are those of a sequential read.
+func parseManifests(data []byte, opts convertOptions, tally *skipTally) ([]*entry, error) {
 	var entries []*entry
-	for doc := 1; ; doc++ {
-		var raw json.RawMessage
-		if err := dec.Decode(&raw); err != nil {
-			if errors.Is(err, io.EOF) {
-				return entries, nil
-			}
-			return entries, fmt.Errorf("document %d: %w", doc, err)
-		}
-		items, isList, err := listItems(raw)
-		if err != nil {
-			skips.add(reasonInvalidManifest)
-			log.Errorf("manifests: document %d: %v", doc, err)
-			continue
-		}
-		if !isList {
-			items = []runtime.RawExtension{{Raw: raw}}
-		}
-		for i, item := range items {
-			e, err := decodeServiceEntry(item.Raw, opts, skips)
-			if err != nil {
-				skips.add(reasonInvalidManifest)
-				if isList {
-					log.Errorf("manifests: document %d, item %d: %v", doc, i+1, err)
-				} else {
-					log.Errorf("manifests: document %d: %v", doc, err)
-				}
-				continue
-			}
-			if e != nil {
-				entries = append(entries, e)
-			}
+	for _, b := range convertDocuments(data, opts) {
+		entries = b.report(entries, tally)
+		if b.err != nil {
+			return entries, fmt.Errorf("document %d: %w", b.errDoc, b.err)
 		}
 	}
+	return entries, nil
 }
 
-// listItems returns the items of a kind List document, what kubectl get -o
-// yaml writes; isList is false for any other document. Each item is then
-// read as a document of its own (a List inside a List is not read).
-func listItems(raw json.RawMessage) (items []runtime.RawExtension, isList bool, err error) {
-	var tm metav1.TypeMeta
-	if json.Unmarshal(raw, &tm) != nil || tm.Kind != "List" || tm.APIVersion != "v1" {
-		return nil, false, nil
+// manifestGuessSize is how far into a stream YAMLOrJSONDecoder looks to tell
+// JSON from YAML.
+const manifestGuessSize = 4096
+
+// manifestBatchBytes is about how much of a stream one converting goroutine
+// takes at a time: enough documents that handing them over costs little
+// beside converting them, few enough that the goroutines finish together.
+const manifestBatchBytes = 32 << 10
+
+// manifestBatch is a run of consecutive documents of one stream and, once
+// converted, what they gave.
+type manifestBatch struct {
+	first int      // the number of its first document, from 1
+	docs  [][]byte // YAML documents, or JSON ones if json
+	json  bool
+
+	items  []manifestItem // what the documents gave, in order
+	err    error          // stops the stream at document errDoc, after items
+	errDoc int
+}
+
+// manifestItem is what one document, or one item of a List, gave: an entry
+// (or nothing, for other kinds) and what its conversion left out, or the
+// error that left it out whole.
+type manifestItem struct {
+	doc   int
+	item  int // its number in a List, from 1; 0 outside a List
+	entry *entry
+	key   string
+	skips []skip
+	err   error
+}
+
+// convertDocuments splits data into documents on the calling goroutine (this
+// is quick) and converts them, the bulk of the work, on GOMAXPROCS
+// goroutines, a batch at a time. It returns the batches in stream order, the
+// last one holding the error that stopped the stream, if any.
+func convertDocuments(data []byte, opts convertOptions) []*manifestBatch {
+	workers := goruntime.GOMAXPROCS(0)
+	work := make(chan *manifestBatch, workers)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for b := range work {
+				b.convert(opts)
+			}
+		})
 	}
+	next, isJSON := documentsOf(data)
+	var batches []*manifestBatch
+	b := &manifestBatch{first: 1, json: isJSON}
+	size := 0
+	for doc := 1; ; doc++ {
+		d, err := next()
+		if err != nil {
+			if !errors.Is(err, io.EOF) {
+				b.err, b.errDoc = err, doc
+			}
+			break
+		}
+		b.docs = append(b.docs, d)
+		if size += len(d); size >= manifestBatchBytes {
+			batches = append(batches, b)
+			work <- b
+			b = &manifestBatch{first: doc + 1, json: isJSON}
+			size = 0
+		}
+	}
+	batches = append(batches, b)
+	work <- b
+	close(work)
+	wg.Wait()
+	return batches
+}
+
+// documentsOf returns a function that returns the documents of data one at
+// a time, as apimachinery's YAMLOrJSONDecoder splits them, and io.EOF after
+// the last. A YAML stream's documents come as they are, to be converted to
+// JSON by the converting goroutines; a stream that starts like JSON is read by
+// YAMLOrJSONDecoder itself, which finds where each document ends, and falls
+// back to YAML (converting on this goroutine) should the stream not be JSON
+// after all. isJSON tells which: the documents are JSON already.
+func documentsOf(data []byte) (next func() ([]byte, error), isJSON bool) {
+	if _, _, isJSON := utilyaml.GuessJSONStream(bytes.NewReader(data), manifestGuessSize); isJSON {
+		dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(data), manifestGuessSize)
+		return func() ([]byte, error) {
+			var raw json.RawMessage
+			err := dec.Decode(&raw)
+			return raw, err
+		}, true
+	}
+	// What YAMLOrJSONDecoder reads a YAML stream with.
+	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
+	return r.Read, false
+}
+
+// convert converts the batch's documents, up to the first that is not valid
+// YAML: that one stops the stream, so the documents after it do not count.
+func (b *manifestBatch) convert(opts convertOptions) {
+	for i, doc := range b.docs {
+		if !b.json {
+			var err error
+			if doc, err = yamlToJSON(doc); err != nil {
+				b.err, b.errDoc = err, b.first+i
+				break
+			}
+		}
+		b.items = appendItems(b.items, b.first+i, doc, opts)
+	}
+	b.docs = nil
+}
+
+// yamlToJSON converts one YAML document as YAMLOrJSONDecoder does, with
+// sigs.k8s.io/yaml's rules, and fails with the same message. It calls
+// YAMLToJSON rather than Unmarshal into a json.RawMessage, as the decoder
+// does, which gives the same bytes after decoding them once more.
+func yamlToJSON(doc []byte) ([]byte, error) {
+	raw, err := yaml.YAMLToJSON(doc)
+	if err != nil {
+		return nil, fmt.Errorf("error converting YAML to JSON: %w", err)
+	}
+	return raw, nil
+}
+
+// report logs and counts what the batch's documents left out, and appends
+// their entries.
+func (b *manifestBatch) report(entries []*entry, tally *skipTally) []*entry {
+	for _, it := range b.items {
+		switch {
+		case it.err != nil && it.item > 0:
+			tally.add(reasonInvalidManifest)
+			log.Errorf("manifests: document %d, item %d: %v", it.doc, it.item, it.err)
+		case it.err != nil:
+			tally.add(reasonInvalidManifest)
+			log.Errorf("manifests: document %d: %v", it.doc, it.err)
+		default:
+			tally.report(it.key, it.skips)
+			if it.entry != nil {
+				entries = append(entries, it.entry)
+			}
+		}
+	}
+	return entries
+}
+
+// appendItems converts one JSON document: a ServiceEntry, each item of a
+// List, or nothing (other kinds).
+func appendItems(items []manifestItem, doc int, raw []byte, opts convertOptions) []manifestItem {
+	d := decodeJSONDocument(raw)
+	if !d.isList() {
+		return append(items, convertItem(doc, 0, d, opts))
+	}
+	list, err := decodeList(raw)
+	if err != nil {
+		return append(items, manifestItem{doc: doc, err: err})
+	}
+	for i, it := range list {
+		items = append(items, convertItem(doc, i+1, decodeJSONDocument(it.Raw), opts))
+	}
+	return items
+}
+
+func convertItem(doc, item int, d *jsonDocument, opts convertOptions) manifestItem {
+	e, key, skips, err := d.convert(opts)
+	return manifestItem{doc: doc, item: item, entry: e, key: key, skips: skips, err: err}
+}
+
+// jsonDocument is one JSON document decoded once: into the slim struct,
+// whose TypeMeta tells what the document is, or, should that fail (a
+// document of another kind, or no object at all), into its type alone. Either
+// way the type is what decoding the type alone gives: the slim struct holds
+// it in the same fields.
+type jsonDocument struct {
+	raw   []byte
+	tm    metav1.TypeMeta
+	tmErr error // not a JSON object
+	se    slimServiceEntry
+	seErr error
+}
+
+func decodeJSONDocument(raw []byte) *jsonDocument {
+	d := &jsonDocument{raw: raw}
+	if d.seErr = json.Unmarshal(raw, &d.se); d.seErr == nil {
+		d.tm = d.se.TypeMeta
+	} else {
+		d.tmErr = json.Unmarshal(raw, &d.tm)
+	}
+	return d
+}
+
+// isList tells a kind List document, what kubectl get -o yaml writes. Each
+// of its items is read as a document of its own (a List inside a List is not
+// read).
+func (d *jsonDocument) isList() bool { return d.tmErr == nil && isListType(d.tm) }
+
+func isListType(tm metav1.TypeMeta) bool { return tm.Kind == "List" && tm.APIVersion == "v1" }
+
+func decodeList(raw []byte) ([]runtime.RawExtension, error) {
 	var list metav1.List
 	if err := json.Unmarshal(raw, &list); err != nil {
-		return nil, true, fmt.Errorf("List: %w", err)
+		return nil, fmt.Errorf("List: %w", err)
 	}
-	return list.Items, true, nil
+	return list.Items, nil
 }
 
-// decodeServiceEntry converts one JSON document. Documents of other kinds give
-// nil and no error. All three served versions share one schema.
-func decodeServiceEntry(raw json.RawMessage, opts convertOptions, tally *skipTally) (*entry, error) {
-	e, key, skips, err := convertDocument(raw, opts)
-	if err != nil {
-		return nil, err
+// listItems returns the items of a kind List document; isList is false for
+// any other document. The manifests source asks jsonDocument instead, which
+// has the type already; the tests split streams with this.
+func listItems(raw json.RawMessage) (items []runtime.RawExtension, isList bool, err error) {
+	var tm metav1.TypeMeta
+	if json.Unmarshal(raw, &tm) != nil || !isListType(tm) {
+		return nil, false, nil
 	}
-	tally.report(key, skips)
-	return e, nil
+	items, err = decodeList(raw)
+	return items, true, err
 }
 
 // convertDocument decodes one JSON document into the slim struct (as the
-// informers do) and converts it; key is the entry's store key. It reads the
-// document as encoding/json reads it into Istio's types: the object's keys
-// regardless of case, the spec's as jsonpb does.
+// informers do) and converts it; key is the entry's store key. Documents of
+// other kinds give nil and no error. All three served versions share one
+// schema. It reads the document as encoding/json reads it into Istio's types:
+// the object's keys regardless of case, the spec's as jsonpb does.
 func convertDocument(raw json.RawMessage, opts convertOptions) (e *entry, key string, skips []skip, err error) {
-	if len(raw) == 0 || string(raw) == "null" {
+	return decodeJSONDocument(raw).convert(opts)
+}
+
+func (d *jsonDocument) convert(opts convertOptions) (e *entry, key string, skips []skip, err error) {
+	if len(d.raw) == 0 || string(d.raw) == "null" {
 		return nil, "", nil, nil
 	}
-	var tm metav1.TypeMeta
-	if err := json.Unmarshal(raw, &tm); err != nil {
-		return nil, "", nil, err
+	if d.tmErr != nil {
+		return nil, "", nil, d.tmErr
 	}
-	if tm.Kind != "ServiceEntry" || !isServiceEntryVersion(tm.APIVersion) {
+	if d.tm.Kind != "ServiceEntry" || !isServiceEntryVersion(d.tm.APIVersion) {
 		return nil, "", nil, nil
 	}
-	var se slimServiceEntry
-	if err := json.Unmarshal(raw, &se); err != nil {
-		return nil, "", nil, fmt.Errorf("ServiceEntry: %w", err)
+	if d.seErr != nil {
+		return nil, "", nil, fmt.Errorf("ServiceEntry: %w", d.seErr)
 	}
-	if se.Name == "" {
+	if d.se.Name == "" {
 		return nil, "", nil, errors.New("ServiceEntry without metadata.name")
 	}
-	e, skips, err = se.entry(opts)
+	e, skips, err = d.se.entry(opts)
 	if err != nil {
 		return nil, "", nil, fmt.Errorf("ServiceEntry: %w", err)
 	}
-	_, key = identity(&se.ObjectMeta)
+	_, key = identity(&d.se.ObjectMeta)
 	return e, key, skips, nil
 }
 

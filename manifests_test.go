@@ -1,18 +1,28 @@
 package serviceentry
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	clog "github.com/coredns/coredns/plugin/pkg/log"
 	"github.com/fsnotify/fsnotify"
 	"go.uber.org/goleak"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	sigsyaml "sigs.k8s.io/yaml"
 )
 
 func TestManifestSource(t *testing.T) {
@@ -461,4 +471,315 @@ func TestManifestEmptied(t *testing.T) {
 			look("written again: read", "192.0.2.3")
 		})
 	}
+}
+
+// parseManifestsSequential is parseManifests as it was before documents were
+// converted on several goroutines: the reference for what parseManifests
+// must return, count and log.
+func parseManifestsSequential(data []byte, opts convertOptions, tally *skipTally) ([]*entry, error) {
+	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(data), 4096)
+	var entries []*entry
+	for doc := 1; ; doc++ {
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			if errors.Is(err, io.EOF) {
+				return entries, nil
+			}
+			return entries, fmt.Errorf("document %d: %w", doc, err)
+		}
+		items, isList, err := listItems(raw)
+		if err != nil {
+			tally.add(reasonInvalidManifest)
+			log.Errorf("manifests: document %d: %v", doc, err)
+			continue
+		}
+		if !isList {
+			items = []runtime.RawExtension{{Raw: raw}}
+		}
+		for i, item := range items {
+			e, key, skips, err := convertDocumentSequential(item.Raw, opts)
+			if err != nil {
+				tally.add(reasonInvalidManifest)
+				if isList {
+					log.Errorf("manifests: document %d, item %d: %v", doc, i+1, err)
+				} else {
+					log.Errorf("manifests: document %d: %v", doc, err)
+				}
+				continue
+			}
+			tally.report(key, skips)
+			if e != nil {
+				entries = append(entries, e)
+			}
+		}
+	}
+}
+
+// convertDocumentSequential is convertDocument as it was: the type read on
+// its own, then the slim struct.
+func convertDocumentSequential(raw json.RawMessage, opts convertOptions) (e *entry, key string, skips []skip, err error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil, "", nil, nil
+	}
+	var tm metav1.TypeMeta
+	if err := json.Unmarshal(raw, &tm); err != nil {
+		return nil, "", nil, err
+	}
+	if tm.Kind != "ServiceEntry" || !isServiceEntryVersion(tm.APIVersion) {
+		return nil, "", nil, nil
+	}
+	var se slimServiceEntry
+	if err := json.Unmarshal(raw, &se); err != nil {
+		return nil, "", nil, fmt.Errorf("ServiceEntry: %w", err)
+	}
+	if se.Name == "" {
+		return nil, "", nil, errors.New("ServiceEntry without metadata.name")
+	}
+	e, skips, err = se.entry(opts)
+	if err != nil {
+		return nil, "", nil, fmt.Errorf("ServiceEntry: %w", err)
+	}
+	_, key = identity(&se.ObjectMeta)
+	return e, key, skips, nil
+}
+
+// parsed is what one parse of a stream gave: entries, error, counts and log.
+type parsed struct {
+	entries []*entry
+	err     string
+	counts  map[string]uint64
+	log     []string // without the timestamps
+}
+
+// parseLogged runs parse on data and records what it logged. The log is the
+// process's: the test that calls it must not run in parallel.
+func parseLogged(parse func([]byte, convertOptions, *skipTally) ([]*entry, error), data []byte, opts convertOptions) parsed {
+	var buf bytes.Buffer
+	clog.SetOutput(&buf)
+	defer clog.Discard()
+	var tally skipTally
+	entries, err := parse(data, opts, &tally)
+	p := parsed{entries: entries, counts: tally.counts()}
+	if err != nil {
+		p.err = err.Error()
+	}
+	for line := range strings.Lines(buf.String()) {
+		if i := strings.Index(line, "["); i >= 0 {
+			line = line[i:]
+		}
+		p.log = append(p.log, line)
+	}
+	return p
+}
+
+// sameAsSequential fails unless parseManifests returns, counts and logs for
+// data exactly what a sequential read does, in the same order.
+func sameAsSequential(t *testing.T, data []byte, opts convertOptions) {
+	t.Helper()
+	want := parseLogged(parseManifestsSequential, data, opts)
+	got := parseLogged(parseManifests, data, opts)
+	if got.err != want.err {
+		t.Errorf("error %q, want %q", got.err, want.err)
+	}
+	if !maps.Equal(got.counts, want.counts) {
+		t.Errorf("skip counts %v, want %v", got.counts, want.counts)
+	}
+	if !slices.Equal(got.log, want.log) {
+		t.Errorf("log differs from the sequential read's:\n%s", diffLines(got.log, want.log))
+	}
+	if len(got.entries) != len(want.entries) {
+		t.Fatalf("%d entries, want %d", len(got.entries), len(want.entries))
+	}
+	for i := range want.entries {
+		if !reflect.DeepEqual(got.entries[i], want.entries[i]) {
+			t.Fatalf("entry %d: %s %+v, want %s %+v", i, got.entries[i].key, got.entries[i], want.entries[i].key, want.entries[i])
+		}
+	}
+}
+
+// diffLines shows the first line where got and want differ.
+func diffLines(got, want []string) string {
+	for i := range max(len(got), len(want)) {
+		var g, w string
+		if i < len(got) {
+			g = got[i]
+		}
+		if i < len(want) {
+			w = want[i]
+		}
+		if g != w {
+			return fmt.Sprintf("line %d (of %d, want %d):\n got  %q\n want %q", i+1, len(got), len(want), g, w)
+		}
+	}
+	return ""
+}
+
+// orderedDocuments are n YAML documents whose order matters: each name is
+// defined twice, the later with another address (which must win); some
+// documents are invalid, some have a host convert leaves out, some are Lists
+// with a bad item and a ConfigMap, some hold only a comment, and some
+// separators stand alone (no document, no number). As JSON (one document a
+// line), the comments and lone separators are left out.
+func orderedDocuments(n int, asJSON bool) []string {
+	half := n / 2
+	var docs []string
+	for i := range n {
+		j := i % half
+		var doc string
+		switch {
+		case i%97 == 5:
+			doc = fmt.Sprintf("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: bad-%d, namespace: ns}\nspec: {hosts: [bad-%d.internal], resolution: BOGUS}\n", i, i)
+		case i%211 == 11:
+			doc = fmt.Sprintf("apiVersion: v1\nkind: List\nitems:\n- {apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: list-%d, namespace: ns}, spec: {hosts: [list-%d.internal], addresses: [192.0.2.1]}}\n"+
+				"- {apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {namespace: ns}, spec: {hosts: [noname.internal]}}\n- {apiVersion: v1, kind: ConfigMap, metadata: {name: cm}}\n", i, i)
+		case i%53 == 3 && !asJSON:
+			doc = "# nothing here yet\n"
+		default:
+			hosts := fmt.Sprintf("[h-%d.internal]", j)
+			if i%89 == 7 {
+				hosts = fmt.Sprintf("[h-%d.internal, 'not a host', '*.bad*.internal']", j)
+			}
+			doc = fmt.Sprintf("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: se-%d, namespace: ns}\nspec: {hosts: %s, addresses: [10.%d.%d.%d]}\n",
+				j, hosts, i/half, j>>8&255, j&255)
+		}
+		if asJSON {
+			j, err := sigsyaml.YAMLToJSON([]byte(doc))
+			if err != nil {
+				panic(err)
+			}
+			doc = string(j) + "\n"
+		} else if i%61 == 2 {
+			doc = "---\n" + doc
+		}
+		docs = append(docs, doc)
+	}
+	return docs
+}
+
+func yamlStream(docs []string) string { return "---\n" + strings.Join(docs, "---\n") }
+
+func jsonStream(docs []string) string { return strings.Join(docs, "") }
+
+// TestManifestParallelMatchesSequential: converting documents on several
+// goroutines changes nothing a sequential read shows: entries and their
+// order (of two definitions of a name, the later wins), the document numbers
+// in the log and in the error that stops a stream, and the skip counts, also
+// when the stream stops part-way.
+func TestManifestParallelMatchesSequential(t *testing.T) {
+	const n = 3000
+	yamlDocs, jsonDocs := orderedDocuments(n, false), orderedDocuments(n, true)
+	broken := func(docs []string, at int, bad string) []string {
+		return slices.Insert(slices.Clone(docs), at, bad)
+	}
+	streams := map[string]string{
+		"YAML":                      yamlStream(yamlDocs),
+		"YAML, syntax error":        yamlStream(broken(yamlDocs, 2*n/3, "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: a\n  broken: [\n")),
+		"YAML, bad separator":       yamlStream(broken(yamlDocs, n/2, "--- not a separator\n")),
+		"YAML, tabs":                yamlStream(broken(yamlDocs, n/3, "apiVersion: v1\n\tkind: List\n")),
+		"JSON":                      jsonStream(jsonDocs),
+		"JSON, syntax error":        jsonStream(broken(jsonDocs, 2*n/3, `{"apiVersion": "v1", "kind": }`+"\n")),
+		"JSON, then YAML":           jsonDocs[0] + yamlStream(yamlDocs[1:]),
+		"JSON, then a bad document": jsonDocs[0] + "kind: [\n" + jsonStream(jsonDocs[1:]),
+		"odd kinds and types": yamlStream([]string{
+			"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cm}\nspec: not an object\n",
+			"apiVersion: networking.istio.io/v1\nkind: 5\nmetadata: {name: k}\n",
+			"APIVERSION: networking.istio.io/v1\nKind: ServiceEntry\nmetadata: {name: upper, namespace: ns}\nspec: {hosts: [upper.internal], addresses: [192.0.2.9]}\n",
+			"apiVersion: v1\nkind: List\nspec: 5\nitems: [{apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: in-list}, spec: {hosts: [in.internal], addresses: [192.0.2.8]}}]\n",
+			"apiVersion: v1\nkind: List\nitems: {not: a list}\n",
+			"apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: typed}\nspec: {hosts: 5}\n",
+			"- a list\n- at the top\n",
+			"just a string\n",
+			"kind: ServiceEntry\napiVersion: networking.istio.io/v1\nmetadata: {name: dup}\nkind: ConfigMap\n",
+			`{"kind":"ServiceEntry","Kind":"ConfigMap","apiVersion":"networking.istio.io/v1","metadata":{"name":"fold"}}` + "\n",
+			`{"Kind":"ConfigMap","kind":"ServiceEntry","apiVersion":"networking.istio.io/v1","metadata":{"name":"fold2"},"spec":{"hosts":["f.internal"]}}` + "\n",
+		}),
+		"one document":  yamlDocs[0],
+		"only comments": "# a\n---\n# b\n",
+		"empty":         "",
+	}
+	for name, s := range streams {
+		t.Run(name, func(t *testing.T) {
+			for _, opts := range []convertOptions{{}, {autoAllocate: autoAllocateLegacy}} {
+				sameAsSequential(t, []byte(s), opts)
+			}
+		})
+	}
+
+	// Through the source: the later of two definitions is served.
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "ordered.yaml"), streams["YAML"])
+	st := newStore(false)
+	src := newManifestSource([]string{dir}, convertOptions{}, st)
+	src.check(time.Now(), true)
+	st.markSynced()
+	if got := lookupA(st, "h-1.internal"); got != "10.1.0.1" {
+		t.Errorf("h-1.internal: %q, want the later definition's 10.1.0.1", got)
+	}
+}
+
+// TestManifestManyFiles: files read at the same time give what one at a
+// time did: every file's entries, the one of a name defined in several files
+// from the path that sorts last, and one count for a file that does not parse.
+func TestManifestManyFiles(t *testing.T) {
+	dir := t.TempDir()
+	const n = 40
+	for i := range n {
+		writeFile(t, filepath.Join(dir, fmt.Sprintf("f-%02d.yaml", i)),
+			seYAML(fmt.Sprintf("own-%d", i), fmt.Sprintf("own-%d.internal", i), fmt.Sprintf("192.0.2.%d", i))+"---\n"+
+				seYAML("shared", "shared.internal", fmt.Sprintf("198.51.100.%d", i)))
+	}
+	writeFile(t, filepath.Join(dir, "g-bad.yaml"), "metadata: {name: a\n  broken: [\n")
+	st := newStore(false)
+	src := newManifestSource([]string{dir}, convertOptions{}, st)
+	src.check(time.Now(), true)
+	st.markSynced()
+	for i := range n {
+		if got, want := lookupA(st, fmt.Sprintf("own-%d.internal", i)), fmt.Sprintf("192.0.2.%d", i); got != want {
+			t.Errorf("own-%d.internal: %q, want %q", i, got, want)
+		}
+	}
+	if got, want := lookupA(st, "shared.internal"), fmt.Sprintf("198.51.100.%d", n-1); got != want {
+		t.Errorf("shared.internal: %q, want the last path's %q", got, want)
+	}
+	if got := st.skipped.counts(); !maps.Equal(got, map[string]uint64{reasonInvalidManifest: 1}) {
+		t.Errorf("skip counts %v, want one invalid manifest", got)
+	}
+}
+
+// TestManifestFixturesMatchSequential: every manifest of the repository reads
+// as it does sequentially.
+func TestManifestFixturesMatchSequential(t *testing.T) {
+	var found int
+	for _, dir := range []string{"examples", "deploy", "test"} {
+		err := filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+			if err != nil || d.IsDir() || !isManifestName(path) {
+				return err
+			}
+			data, err := os.ReadFile(path)
+			if err != nil {
+				return err
+			}
+			found++
+			t.Run(path, func(t *testing.T) { sameAsSequential(t, data, convertOptions{}) })
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if found == 0 {
+		t.Fatal("no manifests found")
+	}
+}
+
+// FuzzManifestsMatchSequential: on any stream, parseManifests returns,
+// counts and logs what a sequential read does.
+func FuzzManifestsMatchSequential(f *testing.F) {
+	f.Add([]byte(handlerEntries))
+	f.Add([]byte(yamlStream(orderedDocuments(40, false))))
+	f.Add([]byte(jsonStream(orderedDocuments(40, true))))
+	f.Add([]byte("{\"kind\": \"List\"}\n---\nkind: List\napiVersion: v1\nitems: [null, {}]\n--- # comment\non: yes\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		sameAsSequential(t, data, convertOptions{})
+	})
 }
