@@ -2,6 +2,7 @@ package serviceentry
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"iter"
 	"maps"
@@ -18,6 +19,7 @@ import (
 	"github.com/miekg/dns"
 	networking "istio.io/api/networking/v1alpha3"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 )
 
 // seYAML is a ServiceEntry in namespace ns declaring host with addr.
@@ -314,4 +316,25 @@ func (s *sharded[K, V]) all() iter.Seq2[K, V] {
 			}
 		}
 	}
+}
+
+// listItems returns the items of a kind List document; isList is false for
+// any other document (the manifests source reads the type once, in
+// jsonDocument; the tests split streams with this).
+func listItems(raw json.RawMessage) (items []runtime.RawExtension, isList bool, err error) {
+	var tm metav1.TypeMeta
+	if json.Unmarshal(raw, &tm) != nil || !isListType(tm) {
+		return nil, false, nil
+	}
+	items, err = decodeList(raw)
+	return items, true, err
+}
+
+// convertDocument decodes one JSON document into the slim struct (as the
+// Kubernetes reader does) and converts it, as the manifests source does; key is the entry's store key. Documents of
+// other kinds give nil and no error. All three served versions share one
+// schema. It reads the document as encoding/json reads it into Istio's types:
+// the object's keys regardless of case, the spec's as jsonpb does.
+func convertDocument(raw json.RawMessage, opts convertOptions) (e *entry, key string, skips []skip, err error) {
+	return decodeJSONDocument(raw).convert(opts)
 }

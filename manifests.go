@@ -693,27 +693,6 @@ func decodeList(raw []byte) ([]runtime.RawExtension, error) {
 	return list.Items, nil
 }
 
-// listItems returns the items of a kind List document; isList is false for
-// any other document. The manifests source asks jsonDocument instead, which
-// has the type already; the tests split streams with this.
-func listItems(raw json.RawMessage) (items []runtime.RawExtension, isList bool, err error) {
-	var tm metav1.TypeMeta
-	if json.Unmarshal(raw, &tm) != nil || !isListType(tm) {
-		return nil, false, nil
-	}
-	items, err = decodeList(raw)
-	return items, true, err
-}
-
-// convertDocument decodes one JSON document into the slim struct (as the
-// informers do) and converts it; key is the entry's store key. Documents of
-// other kinds give nil and no error. All three served versions share one
-// schema. It reads the document as encoding/json reads it into Istio's types:
-// the object's keys regardless of case, the spec's as jsonpb does.
-func convertDocument(raw json.RawMessage, opts convertOptions) (e *entry, key string, skips []skip, err error) {
-	return decodeJSONDocument(raw).convert(opts)
-}
-
 func (d *jsonDocument) convert(opts convertOptions) (e *entry, key string, skips []skip, err error) {
 	if len(d.raw) == 0 || string(d.raw) == "null" {
 		return nil, "", nil, nil
