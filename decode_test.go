@@ -72,14 +72,14 @@ func isServiceEntryDoc(raw []byte) bool {
 	return json.Unmarshal(raw, &tm) == nil && tm.Kind == "ServiceEntry" && isServiceEntryVersion(tm.APIVersion)
 }
 
-// The informers' decoders: apimachinery's JSON serializer (case-sensitive)
+// The Kubernetes reader's decoders: apimachinery's JSON serializer (case-sensitive)
 // over Istio's scheme, as Istio's clientset decoded, and over ours.
 var (
 	typedSerializer = serjson.NewSerializerWithOptions(serjson.DefaultMetaFactory, istioscheme.Scheme, istioscheme.Scheme, serjson.SerializerOptions{})
 	slimSerializer  = serjson.NewSerializerWithOptions(serjson.DefaultMetaFactory, slimScheme, slimScheme, serjson.SerializerOptions{})
 )
 
-// transform is the informers' transform for the slim objects, and what it
+// transform is the reader's transform for the slim objects, and what it
 // was for Istio's typed ones: convert on the typed spec and status.
 func transform(obj runtime.Object, opts convertOptions) (any, error) {
 	var meta *metav1.ObjectMeta
@@ -100,7 +100,7 @@ func transform(obj runtime.Object, opts convertOptions) (any, error) {
 }
 
 // informerDocument decodes raw as a watch event's object and passes it through
-// the informers' transform.
+// the reader's transform (the name is the path's, as informers read).
 func informerDocument(s runtime.Decoder, raw []byte, opts convertOptions) decoded {
 	obj, _, err := s.Decode(raw, nil, nil)
 	if err != nil {
@@ -170,7 +170,7 @@ func pruned(raw []byte) ([]byte, bool) {
 }
 
 // sameDecoding checks the slim decoder against the typed one on one JSON
-// document, for the manifests and the informers: the same entry and skips,
+// document, for the manifests and the Kubernetes reader: the same entry and skips,
 // or both refuse it. Where the typed decoder refuses a document for a field
 // the slim one does not read, the slim one must decode it as the typed one
 // decodes the document without those fields.
@@ -430,7 +430,7 @@ func TestUnknownResolutionSkipsObject(t *testing.T) {
 
 // BenchmarkDecodeConvert: one watch event's object from the API server's
 // JSON to the cached entry, through Istio's typed objects and through the
-// slim struct (apimachinery's serializer, then the informers' transform).
+// slim struct (apimachinery's serializer, then the reader's transform).
 func BenchmarkDecodeConvert(b *testing.B) {
 	raw := []byte(apiObject("ns1", "a", "a.internal", "192.0.2.1"))
 	for _, c := range []struct {
@@ -487,5 +487,29 @@ func TestSlimJSONMatchesSerializer(t *testing.T) {
 				t.Errorf("serializer %T %v %v\n%#v\nslimJSON %T %v %v\n%#v", want, wantGVK, wantErr, want, got, gotGVK, gotErr, got)
 			}
 		})
+	}
+}
+
+// TestSlimNegotiatorUsesSlimJSON: the source's REST client decodes JSON
+// objects and watch events with slimJSON.
+func TestSlimNegotiatorUsesSlimJSON(t *testing.T) {
+	var found bool
+	for _, info := range (slimNegotiator{slimCodecs.WithoutConversion()}).SupportedMediaTypes() {
+		if info.MediaType != runtime.ContentTypeJSON {
+			continue
+		}
+		found = true
+		if _, ok := info.Serializer.(slimJSON); !ok {
+			t.Errorf("JSON objects decoded by %T", info.Serializer)
+		}
+		if info.StreamSerializer == nil {
+			t.Fatal("no stream serializer for JSON")
+		}
+		if _, ok := info.StreamSerializer.Serializer.(slimJSON); !ok {
+			t.Errorf("watch events decoded by %T", info.StreamSerializer.Serializer)
+		}
+	}
+	if !found {
+		t.Error("no JSON serializer")
 	}
 }

@@ -41,8 +41,9 @@ var discoveryBackoff = wait.Backoff{Duration: time.Second, Factor: 2, Cap: 30 * 
 // read (all, or those configured). It finds which API version the cluster
 // serves, then applies every add, update and delete to the store as it
 // arrives. A reflector rather than an informer: the store is the only cache
-// the table needs, and each event then reaches it on the goroutine that
-// decoded it, without an informer's queue, cache and handler goroutines.
+// the table needs, and each event goes from the reflector's goroutine
+// straight into it, without an informer's queue, cache and handler
+// goroutines.
 type kubeSource struct {
 	// lister lists and watches ServiceEntries of one namespace (all when
 	// empty) through one version.
@@ -314,15 +315,13 @@ func (k *kubeSource) servedVersion(ctx context.Context) (string, error) {
 	return "", errNoServiceEntryAPI
 }
 
-// readError makes list and watch failures (RBAC above all) visible in
-// CoreDNS's log instead of only client-go's; the reflector retries them.
+// readError makes a refused list or watch (RBAC above all) visible in
+// CoreDNS's log with what the plugin needs. Other failures are the
+// reflector's to retry and client-go's to log (a bare reflector keeps its
+// own error handler): one more line per attempt would only add noise.
 func (k *kubeSource) readError(err error) {
-	switch {
-	case err == nil || errors.Is(err, context.Canceled):
-	case apierrors.IsForbidden(err):
+	if apierrors.IsForbidden(err) {
 		log.Errorf("reading ServiceEntries is forbidden: %v (the plugin needs get, list and watch on serviceentries.%s)", err, istioGroup)
-	default:
-		log.Warningf("watching ServiceEntries: %v", err)
 	}
 }
 

@@ -39,7 +39,7 @@ import (
 // ServiceEntries in the given versions.
 func newFakeKube(t *testing.T, versions ...string) *fake.Clientset {
 	t.Helper()
-	// With WatchListClient on (client-go >= 0.35 default) informers on the
+	// With WatchListClient on (client-go >= 0.35 default) reflectors on the
 	// fake clientset never sync; real API servers are unaffected.
 	clientfeaturestesting.SetFeatureDuringTest(t, features.WatchListClient, false)
 	client := fake.NewSimpleClientset()
@@ -243,7 +243,7 @@ func TestKubeSourceNoCRD(t *testing.T) {
 
 // TestKubeSourceStopIsPrompt: stop returns within a second and leaves no
 // goroutine while a request hangs at an API server that never answers it:
-// discovery, or the informer's list once discovery has succeeded.
+// discovery, or the reflector's list once discovery has succeeded.
 func TestKubeSourceStopIsPrompt(t *testing.T) {
 	discovery := `{"kind":"APIResourceList","apiVersion":"v1","groupVersion":"networking.istio.io/v1",` +
 		`"resources":[{"name":"serviceentries","namespaced":true,"kind":"ServiceEntry","verbs":["get","list","watch"]}]}`
@@ -395,7 +395,7 @@ func TestKubeSourceNamespaces(t *testing.T) {
 	}
 }
 
-// TestToCached: the informer cache keeps the converted entry and the object's
+// TestToCached: the reader keeps the converted entry and the object's
 // key only; the transform is idempotent and deep copies keep the entry.
 func TestToCached(t *testing.T) {
 	k := &kubeSource{opts: convertOptions{autoAllocate: autoAllocateStatus}}
@@ -416,7 +416,7 @@ func TestToCached(t *testing.T) {
 		t.Errorf("cached key %q, entry %+v", c.key, c.entry)
 	}
 	if key, err := cache.MetaNamespaceKeyFunc(c); err != nil || key != "ns/a" {
-		t.Errorf("informer cache key: %q, %v", key, err)
+		t.Errorf("cache key: %q, %v", key, err)
 	}
 	if c.entry == nil || len(c.entry.hosts) != 1 || c.entry.hosts[0].addrs[0].String() != "192.0.2.1" {
 		t.Errorf("cached entry: %+v", c.entry)
@@ -698,7 +698,7 @@ func watchedObject(i int) string {
 }
 
 // BenchmarkWatchEvents: the CPU of one watch event from the API server's
-// bytes to the informer's object, through the source's own REST client: a
+// bytes to the reflector's object, through the source's own REST client: a
 // server streams b.N MODIFIED events of distinct entries.
 func BenchmarkWatchEvents(b *testing.B) {
 	var events bytes.Buffer
@@ -740,7 +740,7 @@ func BenchmarkWatchEvents(b *testing.B) {
 
 // BenchmarkSourceMemory reports the live heap per entry of a kube source
 // that has read 20,000 ServiceEntries from an API server (WatchList, as by
-// default): the informer's cache, the store and the table, as CoreDNS holds
+// default): the reader's keys, the store and the table, as CoreDNS holds
 // them. The timed part is the whole read.
 func BenchmarkSourceMemory(b *testing.B) {
 	const n = 20_000
@@ -769,5 +769,55 @@ func BenchmarkSourceMemory(b *testing.B) {
 		}
 		b.ReportMetric(float64(liveHeap()-base)/n, "B/entry")
 		src.stop()
+	}
+}
+
+// TestReaderStore: what a reflector hands the source reaches the store. A
+// relist removes what it no longer holds, a delete removes its object, and a
+// problem in an object is counted once, not again at each relist.
+func TestReaderStore(t *testing.T) {
+	obj := func(name, host string) any {
+		o, _, err := slimSerializer.Decode([]byte(strings.Replace(apiObject("ns", name, host, "192.0.2.1"),
+			`"hosts":[`, `"hosts":["bad_host!",`, 1)), nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return o
+	}
+	st := newStore(false)
+	rs := newReaderStore(&kubeSource{store: st, skips: &st.skipped})
+	served := func() string {
+		return lookupA(st, "a.internal") + "," + lookupA(st, "b.internal")
+	}
+	steps := []struct {
+		name   string
+		do     func() error
+		served string
+		skips  uint64
+	}{
+		{"first read", func() error { return rs.Replace([]any{obj("a", "a.internal"), obj("b", "b.internal")}, "1") }, "192.0.2.1,192.0.2.1", 2},
+		{"relist without b", func() error { return rs.Replace([]any{obj("a", "a.internal")}, "2") }, "192.0.2.1,", 2},
+		{"b added", func() error { return rs.Add(obj("b", "b.internal")) }, "192.0.2.1,192.0.2.1", 3},
+		{"b updated alike", func() error { return rs.Update(obj("b", "b.internal")) }, "192.0.2.1,192.0.2.1", 3},
+		{"a deleted", func() error { return rs.Delete(obj("a", "a.internal")) }, ",192.0.2.1", 3},
+	}
+	for i, s := range steps {
+		if err := s.do(); err != nil {
+			t.Fatalf("%s: %v", s.name, err)
+		}
+		if i == 0 {
+			select {
+			case <-rs.synced:
+			default:
+				t.Fatal("the first Replace did not mark the namespace read")
+			}
+			st.markSynced()
+		}
+		if got := served(); got != s.served {
+			t.Errorf("%s: serves %q, want %q", s.name, got, s.served)
+		}
+		if got := st.skipped.counts()[reasonInvalidHost]; got != s.skips {
+			t.Errorf("%s: %d skips counted, want %d", s.name, got, s.skips)
+		}
 	}
 }

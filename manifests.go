@@ -3,6 +3,7 @@ package serviceentry
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/fsnotify/fsnotify"
+	"golang.org/x/sync/semaphore"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
@@ -288,7 +290,7 @@ func (m *manifestSource) check(now time.Time, first bool) (pending bool) {
 		f.seenAt, f.touched = time.Time{}, false
 		toRead = append(toRead, path)
 	}
-	for i, r := range m.readFiles(toRead) {
+	for i, r := range m.readFiles(toRead, present) {
 		path := toRead[i]
 		took, wait := m.take(m.files[path], present[path], r, now, first)
 		changed = changed || took
@@ -311,15 +313,20 @@ type fileRead struct {
 
 // readFiles reads the files at paths, up to GOMAXPROCS at a time: a folder of
 // many small files (a ConfigMap volume with a key per ServiceEntry) is read
-// in parallel as a large file's documents are.
-func (m *manifestSource) readFiles(paths []string) []fileRead {
+// in parallel as a large file's documents are. The files read at once hold
+// at most maxManifestBytes between them (by their listed sizes), so that
+// reading in parallel needs no more memory than the largest file alone.
+func (m *manifestSource) readFiles(paths []string, listed map[string]fileStamp) []fileRead {
 	reads := make([]fileRead, len(paths))
 	slots := make(chan struct{}, goruntime.GOMAXPROCS(0))
+	budget := semaphore.NewWeighted(maxManifestBytes)
 	var wg sync.WaitGroup
 	for i, path := range paths {
+		weight := min(max(listed[path].size, 1), maxManifestBytes)
 		slots <- struct{}{}
+		_ = budget.Acquire(context.Background(), weight) // never fails without a deadline
 		wg.Go(func() {
-			defer func() { <-slots }()
+			defer func() { budget.Release(weight); <-slots }()
 			r := &reads[i]
 			r.entries, r.stamp, r.err = m.readFile(path)
 		})

@@ -66,14 +66,14 @@ func BenchmarkScale(b *testing.B) {
 
 	floor := listFloor(b, client)
 
-	// The same binary reads the entries with client-go's paginated LIST,
+	// The same binary reads the entries with a LIST (WatchList off),
 	// then with WatchList (client-go's default, streamed initial events);
 	// the second one stays for the rest of the benchmark.
 	modes := []struct {
 		name string
 		env  []string
 	}{
-		{"paginated LIST", []string{"KUBE_FEATURE_WatchListClient=false"}},
+		{"LIST", []string{"KUBE_FEATURE_WatchListClient=false"}},
 		{"WatchList", nil},
 	}
 	var (
