@@ -336,27 +336,26 @@ type recordingSink struct {
 }
 
 func (r *recordingSink) upsert(key string, e *entry) {
-	time.Sleep(r.delay)
-	r.mu.Lock()
-	if r.applied == nil {
-		r.applied = make(map[string]bool)
-	}
-	r.applied[key] = e != nil
-	r.mu.Unlock()
+	r.record(key, e)
 	r.store.upsert(key, e)
 }
 
 func (r *recordingSink) upsertAll(changes map[string]*entry) {
 	for key, e := range changes {
-		time.Sleep(r.delay)
-		r.mu.Lock()
-		if r.applied == nil {
-			r.applied = make(map[string]bool)
-		}
-		r.applied[key] = e != nil
-		r.mu.Unlock()
+		r.record(key, e)
 	}
 	r.store.upsertAll(changes)
+}
+
+// record notes one entry applied, after the sink's delay.
+func (r *recordingSink) record(key string, e *entry) {
+	time.Sleep(r.delay)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.applied == nil {
+		r.applied = make(map[string]bool)
+	}
+	r.applied[key] = e != nil
 }
 
 func (r *recordingSink) markSynced() {
