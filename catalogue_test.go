@@ -95,7 +95,7 @@ func TestBadInputCatalogue(t *testing.T) {
 			baseStore := storeFrom(t, c.opts, handlerEntries)
 			base, before := baseStore.table(), baseStore.skipped.counts()
 			skipped := new(skipTally)
-			entries, err := parseManifests([]byte(handlerEntries+"\n---\n"+c.docs), c.opts, skipped)
+			entries, err := parseManifests("test.yaml", []byte(handlerEntries+"\n---\n"+c.docs), c.opts, skipped)
 			if c.name == "not YAML at all" {
 				// The stream itself is broken after the good documents: they
 				// are returned with the error (the file keeps its last good

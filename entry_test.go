@@ -77,7 +77,7 @@ func TestParseAddresses(t *testing.T) {
 // TestConvertSkipsOnlyTheBadItem: a bad host or address leaves the rest of the
 // entry served.
 func TestConvertSkipsOnlyTheBadItem(t *testing.T) {
-	entries, err := parseManifests([]byte(`
+	entries, err := parseManifests("test.yaml", []byte(`
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: mixed, namespace: ns}

@@ -66,7 +66,7 @@ func FuzzParseManifests(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		input := append(append([]byte(before), data...), after...)
 		for _, mode := range []autoAllocateMode{autoAllocateStatus, autoAllocateLegacy} {
-			entries, err := parseManifests(input, convertOptions{autoAllocate: mode}, new(skipTally))
+			entries, err := parseManifests("test.yaml", input, convertOptions{autoAllocate: mode}, new(skipTally))
 			keys := make(map[string]bool)
 			for _, e := range entries {
 				keys[e.key] = true

@@ -71,7 +71,7 @@ func lookupA(st *store, name string) string {
 func storeFrom(t testing.TB, opts convertOptions, yamlDocs string) *store {
 	t.Helper()
 	st := newStore(opts.autoAllocate == autoAllocateLegacy)
-	entries, err := parseManifests([]byte(yamlDocs), opts, &st.skipped)
+	entries, err := parseManifests("test.yaml", []byte(yamlDocs), opts, &st.skipped)
 	if err != nil {
 		t.Fatalf("parsing test manifests: %v", err)
 	}
@@ -221,7 +221,7 @@ func churnAgainstFresh(t *testing.T, entries []*entry, seed uint64, ops int, che
 // parseOne parses a manifest holding exactly one valid ServiceEntry.
 func parseOne(t testing.TB, doc string, opts convertOptions) *entry {
 	t.Helper()
-	entries, err := parseManifests([]byte(doc), opts, new(skipTally))
+	entries, err := parseManifests("test.yaml", []byte(doc), opts, new(skipTally))
 	if err != nil || len(entries) != 1 {
 		t.Fatalf("parsing %q: %v, %d entries", doc, err, len(entries))
 	}

@@ -469,25 +469,27 @@ func (m *manifestSource) readFile(path string) ([]*entry, fileStamp, error) {
 	if len(data) > maxManifestBytes {
 		return nil, read, fmt.Errorf("%s: %w", path, errManifestTooLarge)
 	}
-	entries, err := parseManifests(data, m.opts, &m.store.skipped)
+	entries, err := parseManifests(path, data, m.opts, &m.store.skipped)
 	if err != nil {
 		return entries, read, fmt.Errorf("%s: %w", path, err)
 	}
 	return entries, read, nil
 }
 
-// parseManifests decodes a stream of YAML or JSON documents and converts the
-// ServiceEntries among them, also those among the items of a List. A document that is not a valid ServiceEntry is
-// skipped (logged and counted) and the rest are kept; an error that stops the
-// stream itself is returned with the entries read before it.
+// parseManifests decodes a stream of YAML or JSON documents, read from source
+// (a file, which its log lines name), and converts the ServiceEntries among
+// them, also those among the items of a List. A document that is not a valid
+// ServiceEntry is skipped (logged and counted) and the rest are kept; an
+// error that stops the stream itself is returned with the entries read before
+// it.
 //
 // Documents are converted on several goroutines (see convertDocuments) but
 // reported here in stream order, so that the log, the counts and which of two
 // definitions of a name comes last are those of a sequential read.
-func parseManifests(data []byte, opts convertOptions, tally *skipTally) ([]*entry, error) {
+func parseManifests(source string, data []byte, opts convertOptions, tally *skipTally) ([]*entry, error) {
 	var entries []*entry
 	for _, b := range convertDocuments(data, opts) {
-		entries = b.report(entries, tally)
+		entries = b.report(source, entries, tally)
 		if b.err != nil {
 			return entries, fmt.Errorf("document %d: %w", b.errDoc, b.err)
 		}
@@ -619,17 +621,17 @@ func yamlToJSON(doc []byte) ([]byte, error) {
 	return raw, nil
 }
 
-// report logs and counts what the batch's documents left out, and appends
-// their entries.
-func (b *manifestBatch) report(entries []*entry, tally *skipTally) []*entry {
+// report logs (naming source, the file: files are read in parallel) and
+// counts what the batch's documents left out, and appends their entries.
+func (b *manifestBatch) report(source string, entries []*entry, tally *skipTally) []*entry {
 	for _, it := range b.items {
 		switch {
 		case it.err != nil && it.item > 0:
 			tally.add(reasonInvalidManifest)
-			log.Errorf("manifests: document %d, item %d: %v", it.doc, it.item, it.err)
+			log.Errorf("manifests: %s: document %d, item %d: %v", source, it.doc, it.item, it.err)
 		case it.err != nil:
 			tally.add(reasonInvalidManifest)
-			log.Errorf("manifests: document %d: %v", it.doc, it.err)
+			log.Errorf("manifests: %s: document %d: %v", source, it.doc, it.err)
 		default:
 			tally.report(it.key, it.skips)
 			if it.entry != nil {

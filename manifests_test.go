@@ -74,7 +74,7 @@ func TestManifestBadDocumentKeepsOthers(t *testing.T) {
 		"apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: bad}\nspec: {hosts: [bad.internal], resolution: BOGUS}\n" + "---\n" +
 		"apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {namespace: x}\nspec: {hosts: [noname.internal], addresses: [192.0.2.3]}\n" + "---\n" +
 		seYAML("good2", "good2.internal", "192.0.2.2")
-	entries, err := parseManifests([]byte(doc), convertOptions{}, new(skipTally))
+	entries, err := parseManifests("test.yaml", []byte(doc), convertOptions{}, new(skipTally))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -366,7 +366,7 @@ metadata:
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			entries, err := parseManifests([]byte(tc.doc), convertOptions{}, new(skipTally))
+			entries, err := parseManifests("test.yaml", []byte(tc.doc), convertOptions{}, new(skipTally))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -476,7 +476,7 @@ func TestManifestEmptied(t *testing.T) {
 // parseManifestsSequential is parseManifests as it was before documents were
 // converted on several goroutines: the reference for what parseManifests
 // must return, count and log.
-func parseManifestsSequential(data []byte, opts convertOptions, tally *skipTally) ([]*entry, error) {
+func parseManifestsSequential(source string, data []byte, opts convertOptions, tally *skipTally) ([]*entry, error) {
 	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(data), 4096)
 	var entries []*entry
 	for doc := 1; ; doc++ {
@@ -490,7 +490,7 @@ func parseManifestsSequential(data []byte, opts convertOptions, tally *skipTally
 		items, isList, err := listItems(raw)
 		if err != nil {
 			tally.add(reasonInvalidManifest)
-			log.Errorf("manifests: document %d: %v", doc, err)
+			log.Errorf("manifests: %s: document %d: %v", source, doc, err)
 			continue
 		}
 		if !isList {
@@ -501,9 +501,9 @@ func parseManifestsSequential(data []byte, opts convertOptions, tally *skipTally
 			if err != nil {
 				tally.add(reasonInvalidManifest)
 				if isList {
-					log.Errorf("manifests: document %d, item %d: %v", doc, i+1, err)
+					log.Errorf("manifests: %s: document %d, item %d: %v", source, doc, i+1, err)
 				} else {
-					log.Errorf("manifests: document %d: %v", doc, err)
+					log.Errorf("manifests: %s: document %d: %v", source, doc, err)
 				}
 				continue
 			}
@@ -553,12 +553,12 @@ type parsed struct {
 
 // parseLogged runs parse on data and records what it logged. The log is the
 // process's: the test that calls it must not run in parallel.
-func parseLogged(parse func([]byte, convertOptions, *skipTally) ([]*entry, error), data []byte, opts convertOptions) parsed {
+func parseLogged(parse func(string, []byte, convertOptions, *skipTally) ([]*entry, error), data []byte, opts convertOptions) parsed {
 	var buf bytes.Buffer
 	clog.SetOutput(&buf)
 	defer clog.Discard()
 	var tally skipTally
-	entries, err := parse(data, opts, &tally)
+	entries, err := parse("test.yaml", data, opts, &tally)
 	p := parsed{entries: entries, counts: tally.counts()}
 	if err != nil {
 		p.err = err.Error()
@@ -729,10 +729,18 @@ func TestManifestManyFiles(t *testing.T) {
 				seYAML("shared", "shared.internal", fmt.Sprintf("198.51.100.%d", i)))
 	}
 	writeFile(t, filepath.Join(dir, "g-bad.yaml"), "metadata: {name: a\n  broken: [\n")
+	badDoc := filepath.Join(dir, "h-bad-document.yaml")
+	writeFile(t, badDoc, seYAML("h", "h.internal", "192.0.2.200")+"---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: x}\nspec: x\n")
+	var logged bytes.Buffer
+	clog.SetOutput(&logged)
+	defer clog.Discard()
 	st := newStore(false)
 	src := newManifestSource([]string{dir}, convertOptions{}, st)
 	src.check(time.Now(), true)
 	st.markSynced()
+	if want := "manifests: " + badDoc + ": document 2: "; !strings.Contains(logged.String(), want) {
+		t.Errorf("no %q in the log (a document's problem names its file):\n%s", want, logged.String())
+	}
 	for i := range n {
 		if got, want := lookupA(st, fmt.Sprintf("own-%d.internal", i)), fmt.Sprintf("192.0.2.%d", i); got != want {
 			t.Errorf("own-%d.internal: %q, want %q", i, got, want)
@@ -741,8 +749,8 @@ func TestManifestManyFiles(t *testing.T) {
 	if got, want := lookupA(st, "shared.internal"), fmt.Sprintf("198.51.100.%d", n-1); got != want {
 		t.Errorf("shared.internal: %q, want the last path's %q", got, want)
 	}
-	if got := st.skipped.counts(); !maps.Equal(got, map[string]uint64{reasonInvalidManifest: 1}) {
-		t.Errorf("skip counts %v, want one invalid manifest", got)
+	if got := st.skipped.counts(); !maps.Equal(got, map[string]uint64{reasonInvalidManifest: 2}) {
+		t.Errorf("skip counts %v, want two invalid manifests (a file, a document)", got)
 	}
 }
 

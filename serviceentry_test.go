@@ -480,7 +480,7 @@ spec:
 // the entries in another order, half of them before the first publish and
 // half one change at a time.
 func TestAnswerOrder(t *testing.T) {
-	entries, err := parseManifests([]byte(handlerEntries), convertOptions{}, new(skipTally))
+	entries, err := parseManifests("test.yaml", []byte(handlerEntries), convertOptions{}, new(skipTally))
 	if err != nil {
 		t.Fatal(err)
 	}
