@@ -96,7 +96,8 @@ func transform(obj runtime.Object, opts convertOptions) (any, error) {
 		return (&kubeSource{opts: opts}).toCached(obj)
 	}
 	e, skips := convert(meta, spec, status, opts)
-	return &cachedEntry{key: cacheKey(meta.Namespace, meta.Name), entry: e, skips: skips}, nil
+	_, key := identity(meta)
+	return &cachedEntry{key: key, entry: e, skips: skips}, nil
 }
 
 // informerDocument decodes raw as a watch event's object and passes it through

@@ -8,7 +8,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/cache"
 )
 
@@ -50,24 +49,19 @@ func (k *kubeSource) toCached(obj any) (any, error) {
 	}
 	if se, ok := obj.(*slimServiceEntry); ok {
 		e, skips, err := se.entry(k.opts)
-		if err != nil {
+		switch {
+		case err != nil:
 			// The typed decoder fails the whole object (and the list
 			// holding it): serve nothing of it, and say why.
-			return &cachedEntry{key: cacheKey(se.Namespace, se.Name),
-				skips: []skip{{reason: reasonInvalidObject, item: err.Error()}}}, nil
-		}
-		if e != nil {
+			_, key := identity(&se.ObjectMeta)
+			return &cachedEntry{key: key, skips: []skip{{reason: reasonInvalidObject, item: err.Error()}}}, nil
+		case e != nil:
 			return &cachedEntry{key: e.key, entry: e, skips: skips}, nil
 		}
-		return &cachedEntry{key: cacheKey(se.Namespace, se.Name), skips: skips}, nil
+		_, key := identity(&se.ObjectMeta)
+		return &cachedEntry{key: key, skips: skips}, nil
 	}
 	return obj, nil
-}
-
-// cacheKey is the store's key of an object read from the API server, which
-// always names its namespace.
-func cacheKey(namespace, name string) string {
-	return types.NamespacedName{Namespace: namespace, Name: name}.String()
 }
 
 // readerStore is the store of one namespace's reflector. It takes what the
