@@ -4,7 +4,8 @@ import (
 	"cmp"
 	"net/netip"
 	"slices"
-	"time"
+
+	"github.com/coredns-serviceentry/serviceentry/internal/entry"
 )
 
 // Istio's v1 auto-allocation (istiod 1.17-1.24, in memory, never written to
@@ -15,19 +16,6 @@ const (
 	legacyPrime = 65011     // largest prime below the slot count, for the second hash
 )
 
-// legacyHost is one host of one ServiceEntry as the v1 allocator sees it. host
-// is exactly as written in the ServiceEntry (Istio hashes it as is); the same
-// namespace/host in two entries takes two slots and shares one address, so the
-// entry's name is part of the identity. name is the host as the table keys it.
-type legacyHost struct {
-	namespace string
-	host      string
-	created   time.Time // truncated to seconds, as the API server stores it
-	entry     string
-	name      string
-	v6        bool // serve the IPv6 address too ("autoallocate legacy dualstack")
-}
-
 // legacyAddrs is what the allocator gives one (namespace, host).
 type legacyAddrs struct {
 	v4, v6 netip.Addr
@@ -37,9 +25,9 @@ type legacyAddrs struct {
 // then namespace. (1.30 iterates a map; no order can reproduce that.)
 // Ties (the same namespace/host in two entries created in the same second) are
 // broken by entry name; they hash alike, so their order changes no address.
-func compareLegacy(a, b *legacyHost) int {
-	return cmp.Or(a.created.Compare(b.created), cmp.Compare(a.host, b.host),
-		cmp.Compare(a.namespace, b.namespace), cmp.Compare(a.entry, b.entry))
+func compareLegacy(a, b *entry.LegacyHost) int {
+	return cmp.Or(a.Created.Compare(b.Created), cmp.Compare(a.Host, b.Host),
+		cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Entry, b.Entry))
 }
 
 // allocateLegacy reproduces istiod's v1 allocator for hosts given in input
@@ -54,7 +42,7 @@ func compareLegacy(a, b *legacyHost) int {
 // Istio would misbehave we stop safely instead: hosts beyond the 65024th and
 // hosts whose probe sequence finds no free slot (Istio would loop forever:
 // 65023 is not prime) get none and are counted in overflow.
-func allocateLegacy(hosts []*legacyHost) (addrs []legacyAddrs, overflow int) {
+func allocateLegacy(hosts []*entry.LegacyHost) (addrs []legacyAddrs, overflow int) {
 	slots := make([]int32, legacySlots) // index into hosts, plus one; 0 = empty
 	sums := make([]uint32, len(hosts))
 	placed := 0
@@ -63,7 +51,7 @@ func allocateLegacy(hosts []*legacyHost) (addrs []legacyAddrs, overflow int) {
 			overflow += len(hosts) - i
 			break
 		}
-		sums[i] = fnv1a(h.namespace, h.host)
+		sums[i] = fnv1a(h.Namespace, h.Host)
 		slot, ok := probe(slots, sums[i])
 		if !ok {
 			overflow++
@@ -92,11 +80,11 @@ func allocateLegacy(hosts []*legacyHost) (addrs []legacyAddrs, overflow int) {
 		i := int(idx - 1)
 		h := hosts[i]
 		j, seen := firstOfHash[sums[i]]
-		if seen && (hosts[j].namespace != h.namespace || hosts[j].host != h.host) {
+		if seen && (hosts[j].Namespace != h.Namespace || hosts[j].Host != h.Host) {
 			if collided == nil {
 				collided = make(map[[2]string]int)
 			}
-			key := [2]string{h.namespace, h.host}
+			key := [2]string{h.Namespace, h.Host}
 			if j, seen = collided[key]; !seen {
 				collided[key] = i
 			}
@@ -174,31 +162,31 @@ const sortBatch = 64
 // reallocate reports every host whose addresses changed. Changes are batched
 // until reallocate, which the store calls when a recomputation is due.
 type legacyAllocator struct {
-	sorted []*legacyHost
+	sorted []*entry.LegacyHost
 	addrs  []legacyAddrs // parallel to sorted
 	// pending is the net change per host since the last reallocation: +1
 	// added, -1 removed, 0 (removed and re-added, or the reverse) nothing.
-	pending map[legacyHost]int
+	pending map[entry.LegacyHost]int
 	// unallocated counts the eligible hosts the last reallocation left
 	// without an address (Istio's range is full).
 	unallocated int
 }
 
 func newLegacyAllocator() *legacyAllocator {
-	return &legacyAllocator{pending: make(map[legacyHost]int)}
+	return &legacyAllocator{pending: make(map[entry.LegacyHost]int)}
 }
 
 // add and remove count hosts by value: an update of an entry that changes
 // nothing the allocator reads (its labels, its status) nets to no change and
 // costs no recomputation.
-func (l *legacyAllocator) add(e *entry) {
-	for _, h := range e.legacyHosts {
+func (l *legacyAllocator) add(e *entry.Entry) {
+	for _, h := range e.LegacyHosts {
 		l.pending[h]++
 	}
 }
 
-func (l *legacyAllocator) remove(e *entry) {
-	for _, h := range e.legacyHosts {
+func (l *legacyAllocator) remove(e *entry.Entry) {
+	for _, h := range e.LegacyHosts {
 		l.pending[h]--
 	}
 }
@@ -216,8 +204,8 @@ func (l *legacyAllocator) changed() bool {
 // reallocate applies the pending changes, recomputes the allocation if there
 // were any, and returns the table names whose addresses moved.
 func (l *legacyAllocator) reallocate() map[string]bool {
-	var added []*legacyHost
-	removed := make(map[legacyHost]bool)
+	var added []*entry.LegacyHost
+	removed := make(map[entry.LegacyHost]bool)
 	for h, delta := range l.pending {
 		switch {
 		case delta > 0:
@@ -226,12 +214,12 @@ func (l *legacyAllocator) reallocate() map[string]bool {
 			removed[h] = true
 		}
 	}
-	l.pending = make(map[legacyHost]int) // not clear: see store.publishLocked
+	l.pending = make(map[entry.LegacyHost]int) // not clear: see store.publishLocked
 	if len(added) == 0 && len(removed) == 0 {
 		return nil
 	}
 	oldSorted, oldAddrs := l.sorted, l.addrs
-	next := make([]*legacyHost, 0, len(l.sorted)+len(added))
+	next := make([]*entry.LegacyHost, 0, len(l.sorted)+len(added))
 	for _, h := range l.sorted {
 		if !removed[*h] {
 			next = append(next, h)
@@ -258,7 +246,7 @@ func (l *legacyAllocator) reallocate() map[string]bool {
 
 // movedHosts walks two allocations in their common order and names every host
 // whose addresses differ, including hosts only one of them has.
-func movedHosts(oldSorted []*legacyHost, oldAddrs []legacyAddrs, newSorted []*legacyHost, newAddrs []legacyAddrs) map[string]bool {
+func movedHosts(oldSorted []*entry.LegacyHost, oldAddrs []legacyAddrs, newSorted []*entry.LegacyHost, newAddrs []legacyAddrs) map[string]bool {
 	moved := make(map[string]bool)
 	i, j := 0, 0
 	for i < len(oldSorted) || j < len(newSorted) {
@@ -273,14 +261,14 @@ func movedHosts(oldSorted []*legacyHost, oldAddrs []legacyAddrs, newSorted []*le
 		}
 		switch {
 		case c < 0:
-			moved[oldSorted[i].name] = true
+			moved[oldSorted[i].Name] = true
 			i++
 		case c > 0:
-			moved[newSorted[j].name] = true
+			moved[newSorted[j].Name] = true
 			j++
 		default:
 			if oldAddrs[i] != newAddrs[j] {
-				moved[newSorted[j].name] = true
+				moved[newSorted[j].Name] = true
 			}
 			i++
 			j++
@@ -290,12 +278,12 @@ func movedHosts(oldSorted []*legacyHost, oldAddrs []legacyAddrs, newSorted []*le
 }
 
 // addresses returns what the allocator gave one host of one entry.
-func (l *legacyAllocator) addresses(h *legacyHost) []netip.Addr {
+func (l *legacyAllocator) addresses(h *entry.LegacyHost) []netip.Addr {
 	i, found := slices.BinarySearchFunc(l.sorted, h, compareLegacy)
 	if !found || !l.addrs[i].v4.IsValid() {
 		return nil
 	}
-	if !h.v6 {
+	if !h.V6 {
 		return []netip.Addr{l.addrs[i].v4}
 	}
 	return []netip.Addr{l.addrs[i].v4, l.addrs[i].v6}

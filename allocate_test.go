@@ -2,7 +2,6 @@ package serviceentry
 
 import (
 	"fmt"
-	"k8s.io/utils/clock"
 	"math/rand/v2"
 	"net/netip"
 	"strings"
@@ -10,6 +9,10 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/utils/clock"
+
+	"github.com/coredns-serviceentry/serviceentry/internal/entry"
+	"github.com/coredns-serviceentry/serviceentry/internal/table"
 	"github.com/coredns/coredns/plugin/test"
 	"github.com/miekg/dns"
 )
@@ -28,9 +31,9 @@ func TestAllocateLegacyIstioVectors(t *testing.T) {
 		{"n.com", "240.240.121.61"},
 		{"o.com", "240.240.122.71"},
 	}
-	var hosts []*legacyHost
+	var hosts []*entry.LegacyHost
 	for _, w := range want {
-		hosts = append(hosts, &legacyHost{host: w.host})
+		hosts = append(hosts, &entry.LegacyHost{Host: w.host})
 	}
 	got, overflow := allocateLegacy(hosts)
 	if overflow != 0 {
@@ -47,7 +50,7 @@ func TestAllocateLegacyIstioVectors(t *testing.T) {
 }
 
 func TestAllocateLegacyAlone(t *testing.T) {
-	got, _ := allocateLegacy([]*legacyHost{{namespace: "default", host: "foo.example.com"}})
+	got, _ := allocateLegacy([]*entry.LegacyHost{{Namespace: "default", Host: "foo.example.com"}})
 	if g := got[0]; g.v4.String() != "240.240.111.74" || g.v6.String() != "2001:2::f0f0:6f4a" {
 		t.Errorf("got %s %s, want 240.240.111.74 2001:2::f0f0:6f4a", g.v4, g.v6)
 	}
@@ -76,10 +79,10 @@ func TestLegacyAddressesFormat(t *testing.T) {
 // TestAllocateLegacyDuplicateKey: the same namespace/host in two entries takes
 // two slots (shifting later numbers, as in Istio) and both get one address.
 func TestAllocateLegacyDuplicateKey(t *testing.T) {
-	got, _ := allocateLegacy([]*legacyHost{
-		{namespace: "ns", host: "dup.com", entry: "one"},
-		{namespace: "ns", host: "dup.com", entry: "two"},
-		{namespace: "ns", host: "other.com", entry: "three"},
+	got, _ := allocateLegacy([]*entry.LegacyHost{
+		{Namespace: "ns", Host: "dup.com", Entry: "one"},
+		{Namespace: "ns", Host: "dup.com", Entry: "two"},
+		{Namespace: "ns", Host: "other.com", Entry: "three"},
 	})
 	if got[0] != got[1] || !got[0].v4.IsValid() || got[2] == got[0] {
 		t.Fatalf("got %v, want the duplicates to share one valid address and the third to differ", got)
@@ -94,9 +97,9 @@ func TestAllocateLegacyProperties(t *testing.T) {
 		t.Skip("allocates the whole range")
 	}
 	const n = legacySlots + 100
-	hosts := make([]*legacyHost, n)
+	hosts := make([]*entry.LegacyHost, n)
 	for i := range hosts {
-		hosts[i] = &legacyHost{namespace: fmt.Sprintf("ns%d", i%7), host: fmt.Sprintf("h%d.example.com", i)}
+		hosts[i] = &entry.LegacyHost{Namespace: fmt.Sprintf("ns%d", i%7), Host: fmt.Sprintf("h%d.example.com", i)}
 	}
 	got, overflow := allocateLegacy(hosts)
 	allocated := 0
@@ -111,7 +114,7 @@ func TestAllocateLegacyProperties(t *testing.T) {
 	if overflow < 100 {
 		t.Fatalf("overflow %d, want at least 100", overflow)
 	}
-	seen := make(map[netip.Addr]*legacyHost, len(got))
+	seen := make(map[netip.Addr]*entry.LegacyHost, len(got))
 	for i, a := range got {
 		if !a.v4.IsValid() {
 			continue
@@ -135,9 +138,9 @@ func FuzzAllocateLegacyUnique(f *testing.F) {
 	f.Add("a.com,b.com,c.com", "ns")
 	f.Add("x,x,y", "")
 	f.Fuzz(func(t *testing.T, names, ns string) {
-		var hosts []*legacyHost
+		var hosts []*entry.LegacyHost
 		for i, n := range strings.Split(names, ",") {
-			hosts = append(hosts, &legacyHost{namespace: ns, host: n, entry: fmt.Sprint(i)})
+			hosts = append(hosts, &entry.LegacyHost{Namespace: ns, Host: n, Entry: fmt.Sprint(i)})
 		}
 		got, _ := allocateLegacy(hosts)
 		hostOf := make(map[netip.Addr]string)
@@ -147,13 +150,13 @@ func FuzzAllocateLegacyUnique(f *testing.F) {
 			if !a.v4.IsValid() {
 				continue // left unallocated: the range is full
 			}
-			if k, ok := hostOf[a.v4]; ok && k != h.host {
-				t.Fatalf("%q and %q share %s", k, h.host, a.v4)
+			if k, ok := hostOf[a.v4]; ok && k != h.Host {
+				t.Fatalf("%q and %q share %s", k, h.Host, a.v4)
 			}
-			if prev, ok := addrOf[h.host]; ok && prev != a.v4 {
-				t.Fatalf("%q got %s and %s", h.host, prev, a.v4)
+			if prev, ok := addrOf[h.Host]; ok && prev != a.v4 {
+				t.Fatalf("%q got %s and %s", h.Host, prev, a.v4)
 			}
-			hostOf[a.v4], addrOf[h.host] = h.host, a.v4
+			hostOf[a.v4], addrOf[h.Host] = h.Host, a.v4
 		}
 	})
 }
@@ -161,44 +164,44 @@ func FuzzAllocateLegacyUnique(f *testing.F) {
 // TestLegacyEventOrderIndependent: two replicas that see the same entries in
 // different orders (and with churn on the way) serve identical addresses.
 func TestLegacyEventOrderIndependent(t *testing.T) {
-	entries := legacyParsed(t, 300, convertOptions{autoAllocate: autoAllocateLegacy, dualStack: true})
+	entries := legacyParsed(t, 300, entry.Options{AutoAllocate: entry.AutoAllocateLegacy, DualStack: true})
 	replica := func(seed uint64) *store {
 		st := newStore(true)
 		st.minReallocGap = 0 // every event recomputes: the order is what is tested
-		st.markSynced()
+		st.MarkSynced()
 		r := rand.New(rand.NewPCG(seed, seed))
 		for _, i := range r.Perm(len(entries)) {
-			st.upsert(entries[i].key, entries[i])
+			st.Upsert(entries[i].Key, entries[i])
 			if r.IntN(4) == 0 { // churn: remove and re-add one already seen
 				j := r.IntN(len(entries))
-				st.upsert(entries[j].key, nil)
-				st.upsert(entries[j].key, entries[j])
+				st.Upsert(entries[j].Key, nil)
+				st.Upsert(entries[j].Key, entries[j])
 			}
 		}
 		return st
 	}
 	a, b := replica(1), replica(2)
 	for _, e := range entries {
-		name := e.hosts[0].name
-		ansA, ansB := a.table().lookup(name), b.table().lookup(name)
+		name := e.Hosts[0].Name
+		ansA, ansB := lookupIn(a.table(), name), lookupIn(b.table(), name)
 		if ansA == nil || ansB == nil {
 			t.Fatalf("%s: not answered (%v, %v)", name, ansA, ansB)
 		}
-		if !ansA.a[0].Equal(ansB.a[0]) || !ansA.aaaa[0].Equal(ansB.aaaa[0]) {
-			t.Fatalf("%s: replicas disagree: %v/%v vs %v/%v", name, ansA.a, ansA.aaaa, ansB.a, ansB.aaaa)
+		if !ansA.A[0].Equal(ansB.A[0]) || !ansA.AAAA[0].Equal(ansB.AAAA[0]) {
+			t.Fatalf("%s: replicas disagree: %v/%v vs %v/%v", name, ansA.A, ansA.AAAA, ansB.A, ansB.AAAA)
 		}
 	}
 	// And both equal the allocation computed from scratch in Istio's order.
 	fresh := newStore(true)
-	all := make(map[string]*entry)
+	all := make(map[string]*entry.Entry)
 	for _, e := range entries {
-		all[e.key] = e
+		all[e.Key] = e
 	}
-	fresh.replaceAll(all)
-	fresh.markSynced()
+	fresh.ReplaceAll(all)
+	fresh.MarkSynced()
 	for _, e := range entries {
-		name := e.hosts[0].name
-		if !fresh.table().lookup(name).a[0].Equal(a.table().lookup(name).a[0]) {
+		name := e.Hosts[0].Name
+		if !lookupIn(fresh.table(), name).A[0].Equal(lookupIn(a.table(), name).A[0]) {
 			t.Fatalf("%s: incremental and fresh allocations differ", name)
 		}
 	}
@@ -229,13 +232,13 @@ kind: ServiceEntry
 metadata: {name: hidden, namespace: other}
 spec: {hosts: [hidden.example.com], resolution: DNS, exportTo: ["."]}
 `
-	legacy := (&ServiceEntry{Zones: []string{"example.com."}, TTL: 30}).attach(storeFrom(t, convertOptions{autoAllocate: autoAllocateLegacy}, docs))
-	off := (&ServiceEntry{Zones: []string{"example.com."}, TTL: 30}).attach(storeFrom(t, convertOptions{autoAllocate: autoAllocateOff}, docs))
+	legacy := (&ServiceEntry{Zones: []string{"example.com."}, TTL: 30}).attach(storeFrom(t, entry.Options{AutoAllocate: entry.AutoAllocateLegacy}, docs))
+	off := (&ServiceEntry{Zones: []string{"example.com."}, TTL: 30}).attach(storeFrom(t, entry.Options{AutoAllocate: entry.AutoAllocateOff}, docs))
 
 	// The expected addresses are computed over both eligible hosts.
-	alloc, _ := allocateLegacy([]*legacyHost{
-		{namespace: "default", host: "foo.example.com", entry: "foo"},
-		{namespace: "other", host: "hidden.example.com", entry: "hidden"},
+	alloc, _ := allocateLegacy([]*entry.LegacyHost{
+		{Namespace: "default", Host: "foo.example.com", Entry: "foo"},
+		{Namespace: "other", Host: "hidden.example.com", Entry: "hidden"},
 	})
 	foo := alloc[0]
 	soaRR := test.SOA("example.com. 30 IN SOA ns.dns.example.com. hostmaster.example.com. 1 7200 1800 86400 30")
@@ -261,9 +264,9 @@ spec: {hosts: [hidden.example.com], resolution: DNS, exportTo: ["."]}
 
 func BenchmarkAllocateLegacy(b *testing.B) {
 	for _, n := range []int{10_000, 100_000} {
-		hosts := make([]*legacyHost, n)
+		hosts := make([]*entry.LegacyHost, n)
 		for i := range hosts {
-			hosts[i] = &legacyHost{namespace: fmt.Sprintf("ns%d", i%50), host: fmt.Sprintf("svc-%d.example.internal", i)}
+			hosts[i] = &entry.LegacyHost{Namespace: fmt.Sprintf("ns%d", i%50), Host: fmt.Sprintf("svc-%d.example.internal", i)}
 		}
 		b.Run(fmt.Sprint(n), func(b *testing.B) {
 			b.ReportAllocs()
@@ -279,49 +282,49 @@ func BenchmarkAllocateLegacy(b *testing.B) {
 // new host waits, nobody else moves), and the recomputation is published when
 // the gap has passed; close stops a pending one.
 func TestLegacyCoalescing(t *testing.T) {
-	entries := legacyParsed(t, 4, convertOptions{autoAllocate: autoAllocateLegacy})
+	entries := legacyParsed(t, 4, entry.Options{AutoAllocate: entry.AutoAllocateLegacy})
 	fake := &manualClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
 	st := newStore(true)
 	st.clock = fake
 	st.minReallocGap = time.Minute
-	st.markSynced()
-	st.upsert(entries[0].key, entries[0]) // first change: recomputed at once
-	first := st.table().lookup(entries[0].hosts[0].name)
+	st.MarkSynced()
+	st.Upsert(entries[0].Key, entries[0]) // first change: recomputed at once
+	first := lookupIn(st.table(), entries[0].Hosts[0].Name)
 	if first == nil {
 		t.Fatal("first legacy host not answered after its own change")
 	}
 
-	st.upsert(entries[1].key, entries[1]) // within the gap: deferred
-	if got := st.table().lookup(entries[1].hosts[0].name); got != nil {
-		t.Errorf("deferred host answered before the recomputation: %v", got.a)
+	st.Upsert(entries[1].Key, entries[1]) // within the gap: deferred
+	if got := lookupIn(st.table(), entries[1].Hosts[0].Name); got != nil {
+		t.Errorf("deferred host answered before the recomputation: %v", got.A)
 	}
-	if got := st.table().lookup(entries[0].hosts[0].name); got == nil || !got.a[0].Equal(first.a[0]) {
+	if got := lookupIn(st.table(), entries[0].Hosts[0].Name); got == nil || !got.A[0].Equal(first.A[0]) {
 		t.Errorf("first host moved while the recomputation was deferred: %v", got)
 	}
-	declared := &entry{key: "ns/declared", namespace: "ns", name: "declared",
-		hosts: []hostAddrs{{name: "declared.internal", addrs: []netip.Addr{netip.MustParseAddr("192.0.2.7")}}}}
-	st.upsert(declared.key, declared)
-	if st.table().lookup("declared.internal") == nil {
+	declared := &entry.Entry{Key: "ns/declared", Namespace: "ns", Name: "declared",
+		Hosts: []entry.Host{{Name: "declared.internal", Addrs: []netip.Addr{netip.MustParseAddr("192.0.2.7")}}}}
+	st.Upsert(declared.Key, declared)
+	if lookupIn(st.table(), "declared.internal") == nil {
 		t.Error("a declared address waited for the legacy recomputation")
 	}
 
 	fake.advance(time.Minute)
-	if st.table().lookup(entries[1].hosts[0].name) == nil {
+	if lookupIn(st.table(), entries[1].Hosts[0].Name) == nil {
 		t.Fatal("the deferred recomputation was not published when its time came")
 	}
 	want := freshLegacyTable(t, entries[0], entries[1], declared)
-	for _, e := range []*entry{entries[0], entries[1]} {
-		name := e.hosts[0].name
-		if got, exp := st.table().lookup(name), want.lookup(name); got == nil || !got.a[0].Equal(exp.a[0]) {
+	for _, e := range []*entry.Entry{entries[0], entries[1]} {
+		name := e.Hosts[0].Name
+		if got, exp := lookupIn(st.table(), name), lookupIn(want, name); got == nil || !got.A[0].Equal(exp.A[0]) {
 			t.Errorf("%s after the recomputation: %v, a fresh build gives %v", name, got, exp)
 		}
 	}
 
-	st.upsert(entries[2].key, entries[2]) // deferred again, then closed
+	st.Upsert(entries[2].Key, entries[2]) // deferred again, then closed
 	st.close()
 	fake.advance(time.Hour)
-	if got := st.table().lookup(entries[2].hosts[0].name); got != nil {
-		t.Errorf("a recomputation ran after close: %s answers %v", entries[2].hosts[0].name, got.a)
+	if got := lookupIn(st.table(), entries[2].Hosts[0].Name); got != nil {
+		t.Errorf("a recomputation ran after close: %s answers %v", entries[2].Hosts[0].Name, got.A)
 	}
 	if fake.pending != nil {
 		t.Error("close left the recomputation timer pending")
@@ -385,15 +388,15 @@ func (t manualTimer) Reset(time.Duration) bool { panic("the store never resets i
 
 // freshLegacyTable builds a table from entries in one pass, as a new source
 // would.
-func freshLegacyTable(t *testing.T, entries ...*entry) *table {
+func freshLegacyTable(t *testing.T, entries ...*entry.Entry) *table.Table {
 	t.Helper()
 	st := newStore(true)
-	all := make(map[string]*entry, len(entries))
+	all := make(map[string]*entry.Entry, len(entries))
 	for _, e := range entries {
-		all[e.key] = e
+		all[e.Key] = e
 	}
-	st.replaceAll(all)
-	st.markSynced()
+	st.ReplaceAll(all)
+	st.MarkSynced()
 	return st.table()
 }
 
@@ -402,14 +405,16 @@ func freshLegacyTable(t *testing.T, entries ...*entry) *table {
 // set, so it costs no recomputation; a change of its hosts is one.
 func TestLegacyUpdateWithoutChange(t *testing.T) {
 	docs := legacyEntries(2)
-	parse := func(doc string) *entry { return parseOne(t, doc, convertOptions{autoAllocate: autoAllocateLegacy}) }
+	parse := func(doc string) *entry.Entry {
+		return parseOne(t, doc, entry.Options{AutoAllocate: entry.AutoAllocateLegacy})
+	}
 	l := newLegacyAllocator()
 	first := parse(docs[0])
 	l.add(first)
 	l.reallocate()
 
 	relabelled := parse(strings.Replace(docs[0], "metadata: {", "metadata: {labels: {rev: b}, ", 1))
-	if relabelled == first || &relabelled.legacyHosts[0] == &first.legacyHosts[0] {
+	if relabelled == first || &relabelled.LegacyHosts[0] == &first.LegacyHosts[0] {
 		t.Fatal("the test needs a new entry object")
 	}
 	l.remove(first)
@@ -417,7 +422,7 @@ func TestLegacyUpdateWithoutChange(t *testing.T) {
 	if l.changed() {
 		t.Error("an update that changes no legacy host counts as a change")
 	}
-	if got := l.addresses(relabelled.hosts[0].legacy); len(got) == 0 {
+	if got := l.addresses(relabelled.Hosts[0].Legacy); len(got) == 0 {
 		t.Error("the updated entry's host has no address")
 	}
 

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coredns-serviceentry/serviceentry/internal/entry"
 	"github.com/coredns/coredns/plugin/pkg/dnstest"
 	"github.com/coredns/coredns/plugin/pkg/fall"
 	"github.com/coredns/coredns/plugin/test"
@@ -18,21 +19,21 @@ import (
 
 // benchEntries makes n entries svc-i.ns-(i%100).internal with one IPv4 each and
 // an IPv6 for every other one, plus one wildcard.
-func benchEntries(n int) map[string]*entry {
-	out := make(map[string]*entry, n+1)
+func benchEntries(n int) map[string]*entry.Entry {
+	out := make(map[string]*entry.Entry, n+1)
 	for i := range n {
 		addrs := []netip.Addr{netip.AddrFrom4([4]byte{240, 240, byte(i >> 8), byte(i)})}
 		if i%2 == 0 {
 			addrs = append(addrs, netip.MustParseAddr(fmt.Sprintf("2001:2::%x:%x", i>>16, i&0xffff)))
 		}
-		e := &entry{key: fmt.Sprintf("ns/e%d", i), namespace: "ns", name: fmt.Sprintf("e%d", i),
-			hosts: []hostAddrs{{name: fmt.Sprintf("svc-%d.ns-%d.internal", i, i%100), addrs: addrs}}}
-		out[e.key] = e
+		e := &entry.Entry{Key: fmt.Sprintf("ns/e%d", i), Namespace: "ns", Name: fmt.Sprintf("e%d", i),
+			Hosts: []entry.Host{{Name: fmt.Sprintf("svc-%d.ns-%d.internal", i, i%100), Addrs: addrs}}}
+		out[e.Key] = e
 	}
-	w := &entry{key: "ns/wild", namespace: "ns", name: "wild",
-		hosts: []hostAddrs{{name: "*.wild.internal", addrs: []netip.Addr{netip.MustParseAddr("203.0.113.1")}}},
-		ports: []srvPort{{name: "https", number: 443}}}
-	out[w.key] = w
+	w := &entry.Entry{Key: "ns/wild", Namespace: "ns", Name: "wild",
+		Hosts: []entry.Host{{Name: "*.wild.internal", Addrs: []netip.Addr{netip.MustParseAddr("203.0.113.1")}}},
+		Ports: []entry.Port{{Name: "https", Number: 443}}}
+	out[w.Key] = w
 	return out
 }
 
@@ -47,8 +48,8 @@ func nxdomainChain(_ context.Context, w dns.ResponseWriter, r *dns.Msg) (int, er
 
 func BenchmarkServeDNS(b *testing.B) {
 	st := newStore(false)
-	st.replaceAll(benchEntries(10_000))
-	st.markSynced()
+	st.ReplaceAll(benchEntries(10_000))
+	st.MarkSynced()
 	se := (&ServiceEntry{Zones: []string{"internal."}, TTL: 30, Next: test.NextHandler(dns.RcodeSuccess, nil)}).attach(st)
 	withFall := (&ServiceEntry{Zones: []string{"internal."}, TTL: 30, Fall: fall.Root, Next: test.NextHandler(dns.RcodeSuccess, nil)}).attach(st)
 	// kube-system's layout with searchpath: zone ".", fallthrough, the
@@ -97,8 +98,8 @@ func BenchmarkTableUpdate(b *testing.B) {
 		b.Run(fmt.Sprint(n), func(b *testing.B) {
 			entries := benchEntries(n)
 			st := newStore(false)
-			st.replaceAll(entries)
-			st.markSynced()
+			st.ReplaceAll(entries)
+			st.MarkSynced()
 			alternateUpdates(b, st, entries["ns/e7"])
 		})
 	}
@@ -106,15 +107,15 @@ func BenchmarkTableUpdate(b *testing.B) {
 
 // alternateUpdates times one change per iteration: e's address replaced,
 // then e again.
-func alternateUpdates(b *testing.B, st *store, e *entry) {
+func alternateUpdates(b *testing.B, st *store, e *entry.Entry) {
 	changed := *e
-	changed.hosts = []hostAddrs{{name: e.hosts[0].name, addrs: []netip.Addr{netip.MustParseAddr("192.0.2.1")}}}
+	changed.Hosts = []entry.Host{{Name: e.Hosts[0].Name, Addrs: []netip.Addr{netip.MustParseAddr("192.0.2.1")}}}
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
 		if i%2 == 0 {
-			st.upsert(e.key, &changed)
+			st.Upsert(e.Key, &changed)
 		} else {
-			st.upsert(e.key, e)
+			st.Upsert(e.Key, e)
 		}
 	}
 }
@@ -127,8 +128,8 @@ func BenchmarkInitialSync(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				st := newStore(false)
-				st.replaceAll(entries)
-				st.markSynced()
+				st.ReplaceAll(entries)
+				st.MarkSynced()
 			}
 		})
 	}
@@ -141,23 +142,23 @@ func BenchmarkInitialSync(b *testing.B) {
 func BenchmarkLegacyChurn(b *testing.B) {
 	for _, n := range []int{10_000, 100_000} {
 		b.Run(fmt.Sprint(n), func(b *testing.B) {
-			entries := legacyParsed(b, n+1, convertOptions{autoAllocate: autoAllocateLegacy})
+			entries := legacyParsed(b, n+1, entry.Options{AutoAllocate: entry.AutoAllocateLegacy})
 			st := newStore(true)
-			all := make(map[string]*entry, n)
+			all := make(map[string]*entry.Entry, n)
 			for _, e := range entries[:n] {
-				all[e.key] = e
+				all[e.Key] = e
 			}
-			st.replaceAll(all)
-			st.markSynced()
+			st.ReplaceAll(all)
+			st.MarkSynced()
 			defer st.close()
 			churn := entries[n]
 			cpu0 := processCPU(b)
 			b.ReportAllocs()
 			for i := 0; b.Loop(); i++ {
 				if i%2 == 0 {
-					st.upsert(churn.key, churn)
+					st.Upsert(churn.Key, churn)
 				} else {
-					st.upsert(churn.key, nil)
+					st.Upsert(churn.Key, nil)
 				}
 			}
 			b.ReportMetric(float64((processCPU(b)-cpu0).Nanoseconds())/float64(b.N), "cpu-ns/op")
@@ -176,10 +177,10 @@ func processCPU(b *testing.B) time.Duration {
 // exportToBench is benchEntries(10,000) with every tenth entry exported to
 // one of 1,000 namespaces instead of to all, and 10,000 client pods spread
 // over those namespaces: each namespace has an overlay of one host.
-func exportToBench() (map[string]*entry, map[string]string) {
+func exportToBench() (map[string]*entry.Entry, map[string]string) {
 	entries := benchEntries(10_000)
 	for i := 0; i < 10_000; i += 10 {
-		entries[fmt.Sprintf("ns/e%d", i)].exportedTo = []string{fmt.Sprintf("team-%d", i/10)}
+		entries[fmt.Sprintf("ns/e%d", i)].ExportedTo = []string{fmt.Sprintf("team-%d", i/10)}
 	}
 	pods := make(map[string]string, 10_000)
 	for i := range 10_000 {
@@ -203,17 +204,17 @@ func (w *fromAddr) RemoteAddr() net.Addr { return w.remote }
 func BenchmarkExportTo(b *testing.B) {
 	entries, pods := exportToBench()
 	public := newStore(false)
-	publicEntries := make(map[string]*entry, len(entries))
+	publicEntries := make(map[string]*entry.Entry, len(entries))
 	for key, e := range entries {
-		if e.exportedTo == nil {
+		if e.ExportedTo == nil {
 			publicEntries[key] = e
 		}
 	}
-	public.replaceAll(publicEntries)
-	public.markSynced()
+	public.ReplaceAll(publicEntries)
+	public.MarkSynced()
 	client := newStore(false)
-	client.replaceAll(entries)
-	client.markSynced()
+	client.ReplaceAll(entries)
+	client.MarkSynced()
 	client.clients = clientsOf(b, pods)
 	// Pod 42 is in team-42, which sees svc-420's private entry.
 	for _, c := range []struct {
@@ -248,9 +249,9 @@ func BenchmarkExportTo(b *testing.B) {
 // replaced).
 func BenchmarkExportToMemory(b *testing.B) {
 	entries, pods := exportToBench()
-	publicEntries := make(map[string]*entry, len(entries))
+	publicEntries := make(map[string]*entry.Entry, len(entries))
 	for key, e := range entries {
-		if e.exportedTo == nil {
+		if e.ExportedTo == nil {
 			publicEntries[key] = e
 		}
 	}
@@ -262,17 +263,17 @@ func BenchmarkExportToMemory(b *testing.B) {
 	}
 	base := heap()
 	public := newStore(false)
-	public.replaceAll(publicEntries)
-	public.markSynced()
+	public.ReplaceAll(publicEntries)
+	public.MarkSynced()
 	withPublic := heap()
 	st := newStore(false)
-	st.replaceAll(entries)
-	st.markSynced()
+	st.ReplaceAll(entries)
+	st.MarkSynced()
 	withClient := heap()
 	st.clients = clientsOf(b, pods)
 	withIndex := heap()
-	if len(st.table().overlays) != 1000 {
-		b.Fatalf("%d overlays, want 1000", len(st.table().overlays))
+	if len(st.table().Overlays) != 1000 {
+		b.Fatalf("%d overlays, want 1000", len(st.table().Overlays))
 	}
 	alternateUpdates(b, st, entries["ns/e420"])
 	b.ReportMetric(float64(withPublic-base), "public-store-B")

@@ -2,9 +2,12 @@ package serviceentry
 
 import (
 	"fmt"
-	"maps"
 	"strings"
 	"testing"
+
+	"github.com/coredns-serviceentry/serviceentry/internal/entry"
+	"github.com/coredns-serviceentry/serviceentry/internal/source/manifest"
+	"github.com/coredns-serviceentry/serviceentry/internal/table"
 )
 
 // badEntry is one ServiceEntry of the catalogue, in namespace "bad".
@@ -37,19 +40,19 @@ func TestBadInputCatalogue(t *testing.T) {
 		docs  string
 		serve map[string]int    // name -> number of A+AAAA records served
 		skips map[string]uint64 // metric reason -> increase
-		opts  convertOptions
+		opts  entry.Options
 	}{
 		{name: "empty hosts", docs: badEntry("e", "  hosts: []\n  addresses: [192.0.2.50]\n")},
 		{name: "star alone", docs: badEntry("e", "  hosts: ['*', ok.bad.internal]\n  addresses: [192.0.2.50]\n"),
-			serve: map[string]int{"ok.bad.internal": 1}, skips: map[string]uint64{reasonInvalidHost: 1}},
+			serve: map[string]int{"ok.bad.internal": 1}, skips: map[string]uint64{entry.ReasonInvalidHost: 1}},
 		{name: "partial wildcard", docs: badEntry("e", "  hosts: ['*x.bad.internal', '*-x.bad.internal']\n  addresses: [192.0.2.50]\n"),
-			skips: map[string]uint64{reasonPartialWildcard: 2}},
+			skips: map[string]uint64{entry.ReasonPartialWildcard: 2}},
 		{name: "254-char name", docs: badEntry("e", "  hosts: ["+name254+"]\n  addresses: [192.0.2.50]\n"),
-			skips: map[string]uint64{reasonInvalidHost: 1}},
+			skips: map[string]uint64{entry.ReasonInvalidHost: 1}},
 		{name: "64-char label", docs: badEntry("e", "  hosts: ["+label64+".bad.internal]\n  addresses: [192.0.2.50]\n"),
-			skips: map[string]uint64{reasonInvalidHost: 1}},
+			skips: map[string]uint64{entry.ReasonInvalidHost: 1}},
 		{name: "non-ASCII host", docs: badEntry("e", "  hosts: [bücher.bad.internal]\n  addresses: [192.0.2.50]\n"),
-			skips: map[string]uint64{reasonInvalidHost: 1}},
+			skips: map[string]uint64{entry.ReasonInvalidHost: 1}},
 		{name: "punycode host", docs: badEntry("e", "  hosts: [xn--bcher-kva.bad.internal]\n  addresses: [192.0.2.50]\n"),
 			serve: map[string]int{"xn--bcher-kva.bad.internal": 1}},
 		{name: "upper case", docs: badEntry("e", "  hosts: [UP.Bad.Internal]\n  addresses: [192.0.2.50]\n"),
@@ -65,26 +68,26 @@ func TestBadInputCatalogue(t *testing.T) {
 		{name: "IPv4-mapped IPv6", docs: badEntry("e", "  hosts: [mapped.bad.internal]\n  addresses: ['::ffff:192.0.2.9']\n"),
 			serve: map[string]int{"mapped.bad.internal": 1}},
 		{name: "zoned IPv6", docs: badEntry("e", "  hosts: [zoned.bad.internal]\n  addresses: ['fe80::1%eth0', 192.0.2.50]\n"),
-			serve: map[string]int{"zoned.bad.internal": 1}, skips: map[string]uint64{reasonInvalidAddress: 1}},
+			serve: map[string]int{"zoned.bad.internal": 1}, skips: map[string]uint64{entry.ReasonInvalidAddress: 1}},
 		{name: "CIDRs of every size", docs: badEntry("e", "  hosts: [cidr.bad.internal]\n  addresses: ["+strings.Join(cidrs, ", ")+"]\n"),
-			serve: map[string]int{"cidr.bad.internal": 2}, skips: map[string]uint64{reasonWideCIDR: 33 + 129 - 2}},
+			serve: map[string]int{"cidr.bad.internal": 2}, skips: map[string]uint64{entry.ReasonWideCIDR: 33 + 129 - 2}},
 		{name: "addresses with spaces", docs: badEntry("e", "  hosts: [space.bad.internal]\n  addresses: [' 192.0.2.50', '192.0.2.51 ', '192.0.2.52']\n"),
-			serve: map[string]int{"space.bad.internal": 1}, skips: map[string]uint64{reasonInvalidAddress: 2}},
+			serve: map[string]int{"space.bad.internal": 1}, skips: map[string]uint64{entry.ReasonInvalidAddress: 2}},
 		{name: "unknown resolution name", docs: badEntry("e", "  hosts: [res.bad.internal]\n  addresses: [192.0.2.50]\n  resolution: BOGUS\n"),
-			skips: map[string]uint64{reasonInvalidManifest: 1}},
+			skips: map[string]uint64{manifest.ReasonInvalidManifest: 1}},
 		{name: "unknown resolution number", docs: badEntry("e", "  hosts: [resnum.bad.internal]\n  addresses: [192.0.2.50]\n  resolution: 99\n"),
 			serve: map[string]int{"resnum.bad.internal": 1}},
 		{name: "missing name", docs: "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {namespace: bad}\nspec: {hosts: [noname.bad.internal], addresses: [192.0.2.50]}\n",
-			skips: map[string]uint64{reasonInvalidManifest: 1}},
+			skips: map[string]uint64{manifest.ReasonInvalidManifest: 1}},
 		{name: "missing namespace", docs: "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: nons}\nspec: {hosts: [nons.bad.internal], addresses: [192.0.2.50]}\n",
 			serve: map[string]int{"nons.bad.internal": 1}},
-		{name: "missing creationTimestamp, legacy", opts: convertOptions{autoAllocate: autoAllocateLegacy, dualStack: true},
+		{name: "missing creationTimestamp, legacy", opts: entry.Options{AutoAllocate: entry.AutoAllocateLegacy, DualStack: true},
 			docs:  badEntry("e", "  hosts: [notime.bad.internal]\n  resolution: DNS\n"),
 			serve: map[string]int{"notime.bad.internal": 2}},
 		{name: "status for a host not in the spec", docs: badEntry("e", "  hosts: [st.bad.internal]\n  resolution: DNS\nstatus:\n  addresses: [{host: other.bad.internal, value: 240.240.0.9}, {host: st.bad.internal, value: 240.240.0.8}]\n"),
-			serve: map[string]int{"st.bad.internal": 1}, skips: map[string]uint64{reasonStatusUnknownHost: 1}},
+			serve: map[string]int{"st.bad.internal": 1}, skips: map[string]uint64{entry.ReasonStatusUnknownHost: 1}},
 		{name: "status values that are not IPs", docs: badEntry("e", "  hosts: [stbad.bad.internal]\n  resolution: DNS\nstatus:\n  addresses: [{host: stbad.bad.internal, value: nope}, {host: stbad.bad.internal, value: 240.240.0.0/16}]\n"),
-			skips: map[string]uint64{reasonStatusInvalidAddress: 2}},
+			skips: map[string]uint64{entry.ReasonStatusInvalidAddress: 2}},
 		{name: "opt-out label in odd case", docs: "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: optout, namespace: bad, labels: {networking.istio.io/enable-autoallocate-ip: 'FaLsE'}}\n" +
 			"spec: {hosts: [optout.bad.internal], resolution: DNS}\nstatus: {addresses: [{host: optout.bad.internal, value: 240.240.0.7}]}\n"},
 		{name: "not YAML at all", docs: "{{{ not yaml", skips: map[string]uint64{}},
@@ -94,8 +97,8 @@ func TestBadInputCatalogue(t *testing.T) {
 			// skip is subtracted from what the whole input skips.
 			baseStore := storeFrom(t, c.opts, handlerEntries)
 			base, before := baseStore.table(), baseStore.skipped.counts()
-			skipped := new(skipTally)
-			entries, err := parseManifests("test.yaml", []byte(handlerEntries+"\n---\n"+c.docs), c.opts, skipped)
+			counter := newStore(false)
+			entries, err := manifest.Parse("test.yaml", []byte(handlerEntries+"\n---\n"+c.docs), c.opts, counter)
 			if c.name == "not YAML at all" {
 				// The stream itself is broken after the good documents: they
 				// are returned with the error (the file keeps its last good
@@ -106,16 +109,16 @@ func TestBadInputCatalogue(t *testing.T) {
 			} else if err != nil {
 				t.Fatal(err)
 			}
-			st := newStore(c.opts.autoAllocate == autoAllocateLegacy)
-			all := make(map[string]*entry)
+			st := newStore(c.opts.AutoAllocate == entry.AutoAllocateLegacy)
+			all := make(map[string]*entry.Entry)
 			for _, e := range entries {
-				all[e.key] = e
+				all[e.Key] = e
 			}
-			st.replaceAll(all)
-			st.markSynced()
+			st.ReplaceAll(all)
+			st.MarkSynced()
 			got := st.table()
 
-			after := skipped.counts()
+			after := counter.skipped.counts()
 			for reason, want := range c.skips {
 				if d := after[reason] - before[reason]; d != want {
 					t.Errorf("skipped %s: +%v, want +%v", reason, d, want)
@@ -127,19 +130,19 @@ func TestBadInputCatalogue(t *testing.T) {
 				}
 			}
 			for name, want := range c.serve {
-				ans := got.lookup(name)
-				if ans == nil || len(ans.a)+len(ans.aaaa) != want {
+				ans := lookupIn(got, name)
+				if ans == nil || len(ans.A)+len(ans.AAAA) != want {
 					t.Errorf("%s: got %v, want %d records", name, ans, want)
 				}
 			}
 			// Everything else is as it was: the base names answer the same,
 			// and the bad entry adds no name beyond those it is expected to.
-			for name, want := range tableNames(base) {
-				if ans := got.lookup(name); !sameAnswer(ans, want) {
+			for name, want := range servedNames(baseStore) {
+				if ans := lookupIn(got, name); !sameAnswer(ans, want) {
 					t.Errorf("%s changed: %v -> %v", name, want, ans)
 				}
 			}
-			added := got.hosts - base.hosts
+			added := got.Hosts - base.Hosts
 			if added != len(c.serve) && c.name != "256 hosts" {
 				t.Errorf("the entry added %d names, want %d", added, len(c.serve))
 			}
@@ -150,13 +153,15 @@ func TestBadInputCatalogue(t *testing.T) {
 	}
 }
 
-// tableNames lists every name of a table with its answer ("*." kept for
-// wildcards' lookups through a name under them).
-func tableNames(t *table) map[string]*answer {
-	out := make(map[string]*answer)
-	maps.Insert(out, t.exact.all())
-	for suffix, ans := range t.wild.all() {
-		out["*."+suffix] = ans
+// servedNames lists every name a store's table answers, with its answer
+// ("*." kept for wildcards: a lookup of that very name goes through the
+// wildcard).
+func servedNames(st *store) map[string]*table.Answer {
+	out := make(map[string]*table.Answer)
+	for host := range st.byHost {
+		if ans := lookupIn(st.table(), host); ans != nil {
+			out[host] = ans
+		}
 	}
 	return out
 }

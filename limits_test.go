@@ -8,6 +8,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/coredns-serviceentry/serviceentry/internal/entry"
+	"github.com/coredns-serviceentry/serviceentry/internal/source/manifest"
 )
 
 // TestManifestTooLarge: a file over the limit is refused whole, counted and
@@ -19,7 +22,7 @@ func TestManifestTooLarge(t *testing.T) {
 	big, other := filepath.Join(dir, "big.yaml"), filepath.Join(dir, "other.yaml")
 	writeFile(t, big, seYAML("big", "big.internal", "192.0.2.1"))
 	writeFile(t, other, seYAML("other", "other.internal", "192.0.2.2"))
-	st, _ := startManifests(t, dir)
+	st := startManifests(t, dir)
 
 	// 50 MB of comment lines and other kinds, then one ServiceEntry: under
 	// the limit, read.
@@ -31,14 +34,14 @@ func TestManifestTooLarge(t *testing.T) {
 	doc.WriteString(seYAML("big", "big.internal", "192.0.2.50"))
 	writeFile(t, big, doc.String())
 	eventuallyWithin(t, 2*time.Minute, "the 50 MB file read", func() bool { return lookupA(st, "big.internal") == "192.0.2.50" })
-	if got := st.table().hosts; got != 2 {
+	if got := st.table().Hosts; got != 2 {
 		t.Errorf("%d names served, want 2", got)
 	}
 
 	// Over the limit: refused, the last good content stays.
-	tooLarge := func() uint64 { return st.skipped.counts()[reasonManifestTooLarge] }
+	tooLarge := func() uint64 { return st.skipped.counts()[manifest.ReasonManifestTooLarge] }
 	before := tooLarge()
-	doc.WriteString(strings.Repeat("#", maxManifestBytes-doc.Len()+1))
+	doc.WriteString(strings.Repeat("#", manifest.MaxFileBytes-doc.Len()+1))
 	doc.WriteString("\n---\n" + seYAML("big", "big.internal", "192.0.2.99"))
 	writeFile(t, big, doc.String())
 	eventuallyWithin(t, time.Minute, "the refusal counted", func() bool {
@@ -78,14 +81,11 @@ func TestManifestTenThousandFiles(t *testing.T) {
 		}
 	}
 	began := time.Now()
-	st, src := startManifests(t, dir)
+	st := startManifests(t, dir)
 	t.Logf("first read of %d files: %v", n, time.Since(began).Round(time.Millisecond))
-	if got := st.table().hosts; got != n {
+	if got := st.table().Hosts; got != n {
 		t.Fatalf("%d names served, want %d", got, n)
 	}
-	began = time.Now()
-	src.listFiles()
-	t.Logf("one look at %d unchanged files: %v", n, time.Since(began).Round(time.Microsecond))
 
 	writeFile(t, filepath.Join(dir, "se-04242.yaml"), seYAML("e4242", "h4242.internal", "192.0.2.42"))
 	eventuallyWithin(t, 10*time.Second, "the changed file", func() bool { return lookupA(st, "h4242.internal") == "192.0.2.42" })
@@ -103,19 +103,19 @@ func TestAnswerSharing(t *testing.T) {
 		hosts = append(hosts, fmt.Sprintf("h%d.wide.internal", i))
 		addrs = append(addrs, fmt.Sprintf("10.2.%d.%d", i/250, i%250+1))
 	}
-	st := storeFrom(t, convertOptions{}, badEntry("wide", "  hosts: ["+strings.Join(hosts, ", ")+"]\n  addresses: ["+strings.Join(addrs, ", ")+"]\n")+
+	st := storeFrom(t, entry.Options{}, badEntry("wide", "  hosts: ["+strings.Join(hosts, ", ")+"]\n  addresses: ["+strings.Join(addrs, ", ")+"]\n")+
 		"---\n"+badEntry("shadow", "  hosts: [h1.wide.internal]\n  addresses: [192.0.2.1]\n"))
-	first := st.table().lookup("h0.wide.internal")
-	if first == nil || len(first.a) != 256 {
+	first := lookupIn(st.table(), "h0.wide.internal")
+	if first == nil || len(first.A) != 256 {
 		t.Fatalf("h0: %v", first)
 	}
 	for _, h := range hosts[2:] {
-		if got := st.table().lookup(h); got != first {
+		if got := lookupIn(st.table(), h); got != first {
 			t.Fatalf("%s has an answer of its own", h)
 		}
 	}
 	// A name two entries declare gets its own merged answer.
-	if got := st.table().lookup("h1.wide.internal"); got == first || len(got.a) != 257 {
-		t.Errorf("h1 (declared twice, same namespace): %d addresses, shared %v", len(got.a), got == first)
+	if got := lookupIn(st.table(), "h1.wide.internal"); got == first || len(got.A) != 257 {
+		t.Errorf("h1 (declared twice, same namespace): %d addresses, shared %v", len(got.A), got == first)
 	}
 }

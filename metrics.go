@@ -1,12 +1,16 @@
 package serviceentry
 
 import (
+	"context"
 	"maps"
 	"slices"
 	"sync"
 	"time"
 
+	"github.com/coredns-serviceentry/serviceentry/internal/entry"
+	"github.com/coredns-serviceentry/serviceentry/internal/reach"
 	"github.com/coredns/coredns/plugin"
+	"github.com/coredns/coredns/plugin/metrics"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 )
@@ -28,7 +32,18 @@ var (
 		Help:      "Time to build and publish a table after a change of the source.",
 		Buckets:   prometheus.ExponentialBuckets(0.00001, 4, 10),
 	})
+	answersTotal = promauto.NewCounterVec(prometheus.CounterOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: pluginName,
+		Name:      "answers_total",
+		Help:      "Served names answered by the plugin, by the class of the client: what it routes (mesh, declared_only, outside).",
+	}, []string{"server", "zones", "class"})
 )
+
+// countAnswer counts one served name answered for a client of class.
+func (se *ServiceEntry) countAnswer(ctx context.Context, class reach.Class) {
+	answersTotal.WithLabelValues(metrics.WithServer(ctx), se.zonesLabel, class.String()).Inc()
+}
 
 // skipTally counts, by reason, the items one source left out. A source's
 // count is reported with the server and zones of the instances answering from
@@ -42,10 +57,10 @@ type skipTally struct {
 // report logs and counts what the conversion of one ServiceEntry left out.
 // Sources call it when a problem first appears in an entry (an add, or a
 // change that brings a new problem), never per query or per relist.
-func (t *skipTally) report(key string, skips []skip) {
+func (t *skipTally) report(key string, skips []entry.Skip) {
 	for _, s := range skips {
-		t.add(s.reason)
-		log.Warningf("ServiceEntry %s: skipped %q: %s", key, s.item, s.reason)
+		t.add(s.Reason)
+		log.Warningf("ServiceEntry %s: skipped %q: %s", key, s.Item, s.Reason)
 	}
 }
 
@@ -90,6 +105,9 @@ var (
 		append(slices.Clone(instanceLabels), "reason"), nil)
 	legacyUnallocatedDesc = prometheus.NewDesc(prometheus.BuildFQName(plugin.Namespace, pluginName, "legacy_unallocated_hosts"),
 		"Hosts eligible for legacy auto-allocation left without an address (Istio's range is full).", instanceLabels, nil)
+	clientPodsDesc = prometheus.NewDesc(prometheus.BuildFQName(plugin.Namespace, pluginName, "client_pods"),
+		"Pods read to tell what each client routes, by class (mesh, declared_only, outside).",
+		append(slices.Clone(instanceLabels), "class"), nil)
 )
 
 func init() { prometheus.MustRegister(instanceCollector{running}) }
@@ -98,7 +116,7 @@ func init() { prometheus.MustRegister(instanceCollector{running}) }
 type instanceCollector struct{ sources *sourceRegistry }
 
 func (c instanceCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{syncedDesc, entriesDesc, hostsDesc, lastUpdateDesc, legacyUnallocatedDesc, skippedDesc} {
+	for _, d := range []*prometheus.Desc{syncedDesc, entriesDesc, hostsDesc, lastUpdateDesc, legacyUnallocatedDesc, skippedDesc, clientPodsDesc} {
 		ch <- d
 	}
 }
@@ -111,6 +129,12 @@ func (c instanceCollector) Collect(ch chan<- prometheus.Metric) {
 				for reason, n := range st.skipped.counts() {
 					ch <- prometheus.MustNewConstMetric(skippedDesc, prometheus.CounterValue, float64(n), server, u.zones, reason)
 				}
+				if st.clients != nil {
+					classes := st.clients.Classes()
+					for _, class := range []reach.Class{reach.Mesh, reach.DeclaredOnly, reach.Outside} {
+						ch <- prometheus.MustNewConstMetric(clientPodsDesc, prometheus.GaugeValue, float64(classes[class]), server, u.zones, class.String())
+					}
+				}
 			}
 			tbl := u.handler.table()
 			if tbl == nil {
@@ -118,10 +142,10 @@ func (c instanceCollector) Collect(ch chan<- prometheus.Metric) {
 				continue
 			}
 			ch <- prometheus.MustNewConstMetric(syncedDesc, prometheus.GaugeValue, 1, labels...)
-			ch <- prometheus.MustNewConstMetric(entriesDesc, prometheus.GaugeValue, float64(tbl.entries), labels...)
-			ch <- prometheus.MustNewConstMetric(hostsDesc, prometheus.GaugeValue, float64(tbl.hosts), labels...)
-			ch <- prometheus.MustNewConstMetric(lastUpdateDesc, prometheus.GaugeValue, float64(tbl.published.UnixNano())/1e9, labels...)
-			ch <- prometheus.MustNewConstMetric(legacyUnallocatedDesc, prometheus.GaugeValue, float64(tbl.legacyUnallocated), labels...)
+			ch <- prometheus.MustNewConstMetric(entriesDesc, prometheus.GaugeValue, float64(tbl.Entries), labels...)
+			ch <- prometheus.MustNewConstMetric(hostsDesc, prometheus.GaugeValue, float64(tbl.Hosts), labels...)
+			ch <- prometheus.MustNewConstMetric(lastUpdateDesc, prometheus.GaugeValue, float64(tbl.Published.UnixNano())/1e9, labels...)
+			ch <- prometheus.MustNewConstMetric(legacyUnallocatedDesc, prometheus.GaugeValue, float64(tbl.LegacyUnallocated), labels...)
 		}
 	}
 }

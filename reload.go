@@ -58,7 +58,7 @@ type sourceRegistry struct {
 // sharedSource is one running source and the instances holding it.
 type sharedSource struct {
 	store   *store
-	src     source
+	src     entrySource
 	holders map[*instance]bool
 }
 
@@ -72,7 +72,7 @@ type user struct {
 
 // acquire returns the store of the source configured by key for u, building
 // and starting the source if no live instance runs it yet.
-func (r *sourceRegistry) acquire(u *user, key string, build func() (source, *store, error)) (*store, error) {
+func (r *sourceRegistry) acquire(u *user, key string, build func() (entrySource, *store, error)) (*store, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.detachRetiredLocked()
@@ -82,8 +82,8 @@ func (r *sourceRegistry) acquire(u *user, key string, build func() (source, *sto
 		if err != nil {
 			return nil, err
 		}
-		if err := src.start(); err != nil {
-			src.stop()
+		if err := src.Start(); err != nil {
+			src.Stop()
 			st.close()
 			return nil, err
 		}
@@ -107,8 +107,8 @@ func (r *sourceRegistry) release(inst *instance) {
 // releaseAllBut drops everything held by instances other than inst: after a
 // failed reload only the running instance (inst) is live. The failed
 // instance's handlers never served, yet CoreDNS keeps some of them reachable
-// (TestReloadSoak: a replaced source's table outlived it by a failed reload
-// that had held it), so they let go of their store too.
+// (a replaced source's table would outlive it through a failed reload that
+// had held it), so they let go of their store too.
 func (r *sourceRegistry) releaseAllBut(inst *instance) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -139,7 +139,7 @@ func (r *sourceRegistry) releaseLocked(gone func(*instance) bool, detach bool) {
 			}
 		}
 		if len(shared.holders) == 0 {
-			shared.src.stop()
+			shared.src.Stop()
 			shared.store.close()
 			delete(r.byKey, key)
 		}

@@ -27,7 +27,7 @@ import (
 // must be known to the dns server type (cmd/coredns inserts it the same way).
 func init() {
 	if !slices.Contains(dnsserver.Directives, pluginName) {
-		i := slices.Index(dnsserver.Directives, "kubernetes")
+		i := slices.Index(dnsserver.Directives, "cache")
 		dnsserver.Directives = slices.Insert(dnsserver.Directives, i, pluginName)
 	}
 }
@@ -371,23 +371,48 @@ func TestClusterDomainReachesHandler(t *testing.T) {
 	}
 }
 
-// TestExportToClientRefusesCache: cache keys replies by name and type only,
-// so in front of per-client answers it would serve one namespace's answers to
-// another; such a block does not start, and leaves nothing running.
-func TestExportToClientRefusesCache(t *testing.T) {
+// TestPerClientRefusesCacheFirst: cache keys replies by name and type only,
+// so in front of per-client answers (exportto client, clients pods) it would
+// serve one client's answers to another. A CoreDNS built with cache before
+// the plugin does not start such a block, and leaves nothing running; this
+// module's order, the plugin before cache, starts it.
+func TestPerClientRefusesCacheFirst(t *testing.T) {
 	defer verifyNoLeaks(t, goleak.IgnoreCurrent())
 	kubeconfig := kubeconfigFor(t, "https://127.0.0.1:1")
-	input := caddy.CaddyfileInput{ServerTypeName: "dns", Filepath: "Corefile", Contents: []byte(fmt.Sprintf(
-		"internal.:%d {\n bind 127.0.0.1\n cache\n serviceentry {\n kubeconfig %s\n exportto client\n }\n}\n", freeUDPPort(t), kubeconfig))}
-	inst, err := caddy.Start(input)
-	if err == nil {
-		stopCaddy(t, inst)
-		t.Fatal("exportto client started behind cache")
-	}
-	if !strings.Contains(err.Error(), "exportto client cannot be served with cache") {
-		t.Errorf("error %q does not say why", err)
-	}
-	if n := len(sharedSources()); n != 0 {
-		t.Errorf("%d sources running after the refused start", n)
+	ours := dnsserver.Directives
+	t.Cleanup(func() { dnsserver.Directives = ours })
+	cacheFirst := slices.DeleteFunc(slices.Clone(ours), func(d string) bool { return d == pluginName })
+	cacheFirst = slices.Insert(cacheFirst, slices.Index(cacheFirst, "kubernetes"), pluginName)
+	for _, c := range []struct {
+		name       string
+		directives []string
+		options    string
+		refused    bool
+	}{
+		{"exportto client after cache", cacheFirst, "exportto client\n clients mesh", true},
+		{"clients pods after cache", cacheFirst, "clients pods", true},
+		{"the default (clients pods) after cache", cacheFirst, "", true},
+		{"the same answers for every client after cache", cacheFirst, "clients mesh", false},
+		{"exportto client before cache", ours, "exportto client", false},
+		{"clients pods before cache", ours, "clients pods", false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dnsserver.Directives = c.directives
+			input := caddy.CaddyfileInput{ServerTypeName: "dns", Filepath: "Corefile", Contents: []byte(fmt.Sprintf(
+				"internal.:%d {\n bind 127.0.0.1\n cache\n serviceentry {\n kubeconfig %s\n startup_timeout 0s\n %s\n }\n}\n", freeUDPPort(t), kubeconfig, c.options))}
+			inst, err := caddy.Start(input)
+			if err == nil {
+				stopCaddy(t, inst)
+			}
+			if got := err != nil; got != c.refused {
+				t.Fatalf("refused: %v (%v), want %v", got, err, c.refused)
+			}
+			if c.refused && !strings.Contains(err.Error(), "cache would give one client's answers to another") {
+				t.Errorf("error %q does not say why", err)
+			}
+			if n := len(sharedSources()); n != 0 {
+				t.Errorf("%d sources running after the stop", n)
+			}
+		})
 	}
 }

@@ -1,102 +1,15 @@
 package serviceentry
 
 import (
-	"hash/maphash"
 	"net"
 	"net/netip"
 	"slices"
 	"strings"
 
+	"github.com/coredns-serviceentry/serviceentry/internal/reach"
+	"github.com/coredns-serviceentry/serviceentry/internal/table"
 	"github.com/miekg/dns"
 )
-
-// reverseChanges gathers, per address, the hosts (fully qualified) that start
-// or stop answering with it in one table change, so that each address's PTR
-// set is rebuilt once however many of its hosts change.
-type reverseChanges map[netip.Addr]*reverseChange
-
-type reverseChange struct{ add, del []string }
-
-// add records the move of host from the addresses of old to those of new.
-// An address in both stays as it is.
-func (rc reverseChanges) add(host string, old, new *answer) {
-	if old == new {
-		return
-	}
-	var target string // allocated once, only if some address changes
-	fqdn := func() string {
-		if target == "" {
-			target = host + "."
-		}
-		return target
-	}
-	for _, ip := range addressesOf(old) {
-		if !containsIP(new, ip) {
-			rc.at(ip).del = append(rc.at(ip).del, fqdn())
-		}
-	}
-	for _, ip := range addressesOf(new) {
-		if !containsIP(old, ip) {
-			rc.at(ip).add = append(rc.at(ip).add, fqdn())
-		}
-	}
-}
-
-func (rc reverseChanges) at(ip net.IP) *reverseChange {
-	addr, _ := netip.AddrFromSlice(ip)
-	c := rc[addr]
-	if c == nil {
-		c = new(reverseChange)
-		rc[addr] = c
-	}
-	return c
-}
-
-// applyReverse rebuilds the PTR set of each address rc touches: O(hosts
-// changed + hosts sharing an address with them), never O(all hosts).
-func (t *table) applyReverse(rc reverseChanges, copied map[any]bool) {
-	for addr, c := range rc {
-		h := t.addrHash(addr)
-		slices.Sort(c.del)
-		cur := t.reverse.at(h, addr)
-		targets := make([]string, 0, len(cur)+len(c.add))
-		for _, h := range cur {
-			if _, gone := slices.BinarySearch(c.del, h); !gone {
-				targets = append(targets, h)
-			}
-		}
-		targets = append(targets, c.add...)
-		slices.Sort(targets)
-		targets = slices.Compact(targets)
-		if len(targets) == 0 {
-			t.reverse.del(h, addr, copied)
-		} else {
-			t.reverse.set(h, addr, targets, copied)
-		}
-	}
-}
-
-// addrHash is the hash of an address that picks its shard.
-func (t *table) addrHash(addr netip.Addr) uint64 {
-	return maphash.Comparable(t.seed, addr)
-}
-
-// ptr returns the hosts answering with addr, sorted, or nil.
-func (t *table) ptr(addr netip.Addr) []string {
-	return t.reverse.at(t.addrHash(addr), addr)
-}
-
-// addressesOf lists the addresses of ans, both families.
-func addressesOf(ans *answer) []net.IP {
-	if ans == nil {
-		return nil
-	}
-	return append(ans.a[:len(ans.a):len(ans.a)], ans.aaaa...)
-}
-
-func containsIP(ans *answer, ip net.IP) bool {
-	return ans != nil && (slices.ContainsFunc(ans.a, ip.Equal) || slices.ContainsFunc(ans.aaaa, ip.Equal))
-}
 
 // reverseAddr parses a reverse name (lower case, no trailing dot) in its
 // canonical form: four decimal labels under in-addr.arpa, 32 hex nibbles
@@ -161,35 +74,61 @@ func nibble(c byte) (byte, bool) {
 	return 0, false
 }
 
-// ptrHosts returns the hosts, in the zones, answering with addr. Only hosts
-// the plugin answers for are named: one outside the zones is never served, so
-// it does not answer with the address either.
-func (se *ServiceEntry) ptrHosts(tbl view, addr netip.Addr) ([]string, int) {
-	all := tbl.ptr(addr)
-	n := 0
-	for _, h := range all {
-		if zoneOf(h, se.Zones) != "" {
-			n++
+// ptrHosts returns the hosts, in the zones, answering the client with addr.
+// Only hosts the plugin answers for are named: one outside the zones is
+// never served, so it does not answer with the address either, nor does a
+// host whose answer for this client is another (an auto-allocated address is
+// not a client's outside the mesh).
+func (se *ServiceEntry) ptrHosts(tbl table.View, who *asker, addr netip.Addr) []string {
+	all := tbl.PTR(addr)
+	var out []string
+	for i, h := range all {
+		if zoneOf(h, se.Zones) == "" || !answersWith(tbl, who, h, addr) {
+			if out == nil {
+				out = slices.Clip(all[:i])
+			}
+			continue
+		}
+		if out != nil {
+			out = append(out, h)
 		}
 	}
-	return all, n
+	if out == nil {
+		return all
+	}
+	return out
 }
 
-// ptr is the reply at the reverse name of an address n of hosts (some outside
-// the zones, skipped) answer with: a PTR record to each, or NODATA for another
-// type.
-func (se *ServiceEntry) ptr(r *dns.Msg, tbl view, zone, qname string, hosts []string, n int) *dns.Msg {
+// answersWith reports whether host (fully qualified) answers the client with
+// addr. The reverse index holds the answers of clients in the mesh: others
+// may get other addresses for the same host.
+func answersWith(tbl table.View, who *asker, host string, addr netip.Addr) bool {
+	if class, sidecar := who.class(); class == reach.Mesh && !sidecar {
+		return true
+	}
+	h, ok := tbl.Find(trimDot(host), false)
+	if !ok {
+		return false
+	}
+	ans := h.Answer.For(who.class())
+	return ans != nil && slices.ContainsFunc(table.AddressesOf(ans), func(ip net.IP) bool {
+		a, _ := netip.AddrFromSlice(ip)
+		return a.Unmap() == addr
+	})
+}
+
+// ptr is the reply at the reverse name of an address the hosts answer with:
+// a PTR record to each, or NODATA for another type.
+func (se *ServiceEntry) ptr(r *dns.Msg, tbl table.View, zone, qname string, hosts []string) *dns.Msg {
 	if r.Question[0].Qtype != dns.TypePTR {
 		return se.negative(r, tbl, zone, qname, dns.RcodeSuccess)
 	}
 	hdr := dns.RR_Header{Name: r.Question[0].Name, Rrtype: dns.TypePTR, Class: dns.ClassINET, Ttl: se.TTL}
-	recs := make([]dns.PTR, 0, n)
-	rrs := make([]dns.RR, n)
-	for _, h := range hosts {
-		if zoneOf(h, se.Zones) != "" {
-			recs = append(recs, dns.PTR{Hdr: hdr, Ptr: h})
-			rrs[len(recs)-1] = &recs[len(recs)-1]
-		}
+	recs := make([]dns.PTR, len(hosts))
+	rrs := make([]dns.RR, len(hosts))
+	for i, h := range hosts {
+		recs[i] = dns.PTR{Hdr: hdr, Ptr: h}
+		rrs[i] = &recs[i]
 	}
 	m := new(dns.Msg)
 	m.SetReply(r)

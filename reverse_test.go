@@ -3,12 +3,10 @@ package serviceentry
 import (
 	"context"
 	"fmt"
-	"maps"
-	"net/netip"
-	"slices"
 	"strings"
 	"testing"
 
+	"github.com/coredns-serviceentry/serviceentry/internal/entry"
 	"github.com/coredns/coredns/plugin/pkg/dnstest"
 	"github.com/coredns/coredns/plugin/pkg/fall"
 	"github.com/coredns/coredns/plugin/test"
@@ -48,7 +46,7 @@ const soaInAddr = "in-addr.arpa. 30 IN SOA ns.dns.in-addr.arpa. hostmaster.in-ad
 // TestPTR: an address the plugin serves answers with every host (not the
 // wildcards, not those outside the zones) that answers with it.
 func TestPTR(t *testing.T) {
-	st := storeFrom(t, convertOptions{}, reverseEntries)
+	st := storeFrom(t, entry.Options{}, reverseEntries)
 	se := (&ServiceEntry{Zones: []string{"mesh.internal.", "in-addr.arpa.", "ip6.arpa."}, TTL: defaultTTL,
 		Next: test.NextHandler(dns.RcodeNotImplemented, nil)}).attach(st)
 	rootZone := (&ServiceEntry{Zones: []string{"."}, TTL: defaultTTL, Fall: fall.Root,
@@ -97,7 +95,7 @@ func TestPTR(t *testing.T) {
 
 // TestPTRLegacy: legacy-allocated addresses have their PTR too.
 func TestPTRLegacy(t *testing.T) {
-	st := storeFrom(t, convertOptions{autoAllocate: autoAllocateLegacy}, `
+	st := storeFrom(t, entry.Options{AutoAllocate: entry.AutoAllocateLegacy}, `
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: leg, namespace: ns1}
@@ -122,7 +120,7 @@ func TestPTRTruncation(t *testing.T) {
 	for i := range 300 {
 		fmt.Fprintf(&b, "  - host-%03d.mesh.internal\n", i)
 	}
-	se := (&ServiceEntry{Zones: []string{"."}, TTL: defaultTTL}).attach(storeFrom(t, convertOptions{}, b.String()))
+	se := (&ServiceEntry{Zones: []string{"."}, TTL: defaultTTL}).attach(storeFrom(t, entry.Options{}, b.String()))
 	for _, tcp := range []bool{false, true} {
 		m := new(dns.Msg).SetQuestion("7.2.0.192.in-addr.arpa.", dns.TypePTR)
 		rec := dnstest.NewRecorder(&test.ResponseWriter{TCP: tcp})
@@ -143,34 +141,4 @@ func TestPTRTruncation(t *testing.T) {
 			}
 		}
 	}
-}
-
-// TestReverseFollowsChanges: the reverse entries kept change by change always
-// equal those of a table built fresh, and none outlives its last host.
-func TestReverseFollowsChanges(t *testing.T) {
-	var entries []*entry
-	for i := range 40 {
-		addrs := []netip.Addr{netip.AddrFrom4([4]byte{192, 0, 2, byte(i % 7)}), netip.MustParseAddr(fmt.Sprintf("2001:db8::%x", i%5))}
-		entries = append(entries, &entry{key: fmt.Sprintf("ns/e%d", i), namespace: "ns", name: fmt.Sprintf("e%d", i), hosts: []hostAddrs{
-			{name: fmt.Sprintf("svc-%d.internal", i%13), addrs: addrs[:1+i%2]},
-			{name: fmt.Sprintf("*.w-%d.internal", i%3), addrs: addrs},
-		}})
-	}
-	st, present := churnAgainstFresh(t, entries, 3, 600, func(op int, got, fresh *table) {
-		if got, want := reverseOf(got), reverseOf(fresh); !maps.EqualFunc(got, want, slices.Equal) {
-			t.Fatalf("after change %d: reverse %v, want %v", op, got, want)
-		}
-	})
-	for key := range present {
-		st.upsert(key, nil)
-	}
-	if got := reverseOf(st.table()); len(got) != 0 {
-		t.Fatalf("reverse entries left with no hosts: %v", got)
-	}
-}
-
-func reverseOf(t *table) map[netip.Addr][]string {
-	out := make(map[netip.Addr][]string)
-	maps.Insert(out, t.reverse.all())
-	return out
 }

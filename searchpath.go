@@ -1,6 +1,9 @@
 package serviceentry
 
-import "github.com/miekg/dns"
+import (
+	"github.com/coredns-serviceentry/serviceentry/internal/table"
+	"github.com/miekg/dns"
+)
 
 // expansion finds the served host a search-path expansion stands for. With
 // ndots:5 a pod's resolver tries <name>.<namespace>.svc.<domain>,
@@ -13,7 +16,7 @@ import "github.com/miekg/dns"
 // one) and that lies in the plugin's zones wins. Nothing is stored per host
 // and namespace: the suffix is matched, stripped, and the host looked up.
 // asked is the question's name: the alias and the host keep its case.
-func (se *ServiceEntry) expansion(tbl view, qname, asked string) (reply, bool) {
+func (se *ServiceEntry) expansion(tbl table.View, qname, asked string) (reply, bool) {
 	for _, d := range se.SearchDomains {
 		i, start := dns.PrevLabel(qname, dns.CountLabel(d))
 		if start || i == 0 || qname[i:] != d {
@@ -36,8 +39,8 @@ func (se *ServiceEntry) expansion(tbl view, qname, asked string) (reply, bool) {
 			if zone == "" {
 				continue // never answered, so never the target of an alias
 			}
-			if h, ok := tbl.find(host[:end-1], true); ok {
-				return reply{hit: h, owner: asked[:end], name: host, zone: zone, alias: asked}, true
+			if h, ok := tbl.Find(host[:end-1], true); ok {
+				return reply{Hit: h, owner: asked[:end], name: host, zone: zone, alias: asked}, true
 			}
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/coredns-serviceentry/serviceentry/internal/entry"
 	"github.com/coredns/caddy"
 	"github.com/coredns/coredns/plugin/pkg/fall"
 	"github.com/coredns/coredns/plugin/test"
@@ -34,7 +35,7 @@ spec:
 // TestSearchPath: with searchpath, a served host under a search domain is
 // answered in one round trip, CNAME first; Kubernetes' own names keep theirs.
 func TestSearchPath(t *testing.T) {
-	st := storeFrom(t, convertOptions{}, pathEntries)
+	st := storeFrom(t, entry.Options{}, pathEntries)
 	var asked int
 	handler := func(zones []string, search ...string) *ServiceEntry {
 		return (&ServiceEntry{Zones: zones, Fall: fall.Root, TTL: defaultTTL, ClusterDomains: []string{"cluster.local."},

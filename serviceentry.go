@@ -7,9 +7,10 @@ import (
 	"context"
 	"errors"
 	"net"
-	"net/netip"
 	"sync/atomic"
 
+	"github.com/coredns-serviceentry/serviceentry/internal/reach"
+	"github.com/coredns-serviceentry/serviceentry/internal/table"
 	"github.com/coredns/coredns/plugin"
 	"github.com/coredns/coredns/plugin/pkg/dnsutil"
 	"github.com/coredns/coredns/plugin/pkg/fall"
@@ -39,6 +40,11 @@ type ServiceEntry struct {
 	// CNAME to the host; nil turns searchpath off.
 	SearchDomains []string
 
+	// clients says how a client's class, what it can route, is told.
+	clients clientMode
+	// zonesLabel is the value of the zones label of the plugin's metrics.
+	zonesLabel string
+
 	// store is the one of the source this instance answers from. OnStartup
 	// attaches it (a reload may hand over a running one), so it is read
 	// atomically: ready may ask before it is set.
@@ -52,7 +58,7 @@ func (se *ServiceEntry) attach(st *store) *ServiceEntry {
 }
 
 // table is the published table, or nil before the first full read.
-func (se *ServiceEntry) table() *table {
+func (se *ServiceEntry) table() *table.Table {
 	if st := se.store.Load(); st != nil {
 		return st.table()
 	}
@@ -62,26 +68,21 @@ func (se *ServiceEntry) table() *table {
 // viewOf returns the table as the client of w sees it, and false before the
 // first full read. With "exportto client" the client's namespace comes from
 // the address it asks from.
-func (se *ServiceEntry) viewOf(w dns.ResponseWriter) (view, bool) {
+func (se *ServiceEntry) viewOf(w dns.ResponseWriter) (table.View, asker, bool) {
 	st := se.store.Load()
 	if st == nil {
-		return view{}, false
+		return table.View{}, asker{}, false
 	}
 	t := st.table()
 	if t == nil {
-		return view{}, false
+		return table.View{}, asker{}, false
 	}
-	if st.clients == nil {
-		return view{table: t}, true
+	who := asker{w: w, pods: st.clients, mode: se.clients}
+	if t.Overlays == nil {
+		// No namespace sees anything else: no need to know the client's.
+		return table.View{Table: t}, who, true
 	}
-	var ip netip.Addr
-	switch a := w.RemoteAddr().(type) {
-	case *net.UDPAddr:
-		ip = a.AddrPort().Addr()
-	case *net.TCPAddr:
-		ip = a.AddrPort().Addr()
-	}
-	return t.viewFor(st.clients.namespaceOf(ip)), true
+	return t.ViewFor(who.client().Namespace), who, true
 }
 
 // defaultClusterDomains is where Kubernetes names live unless cluster_domain
@@ -105,51 +106,61 @@ func (se *ServiceEntry) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *d
 	out := se.resolve(w, r)
 	switch {
 	case out.msg != nil:
+		if out.chase != "" {
+			se.chase(ctx, w, r, out.msg, out.chase)
+		}
+		if out.answered {
+			se.countAnswer(ctx, out.class)
+		}
 		w.WriteMsg(out.msg)
 		return out.msg.Rcode, nil
 	case out.next:
 		return plugin.NextOrFailure(se.Name(), se.Next, ctx, w, r)
 	case out.afterKubernetes:
-		return se.afterKubernetes(ctx, w, r, out.tbl, out.x)
+		return se.afterKubernetes(ctx, w, r, out.tbl, out.x, out.class)
 	}
 	return dns.RcodeServerFailure, plugin.Error(se.Name(), errNotSynced)
 }
 
-// resolution is what resolve decided for a query: a reply to write, the next
-// plugin, the next plugin first (a served name in the cluster domain, or a
-// search-path expansion: see afterKubernetes), or, when none is set, SERVFAIL
-// before the first full read.
-type resolution struct {
+// outcome is what resolve decided for a query: a reply to write (and the
+// target of its last CNAME to chase, if any), the next plugin, the next
+// plugin first (a served name in the cluster domain, or a search-path
+// expansion: see afterKubernetes), or, when none is set, SERVFAIL before the
+// first full read.
+type outcome struct {
 	msg             *dns.Msg
+	chase           string
+	answered        bool        // msg answers a served name, for a client of class
+	class           reach.Class // of the client, for a served name
 	next            bool
 	afterKubernetes bool
-	tbl             view
+	tbl             table.View
 	x               reply
 }
 
 // resolve decides how to answer r.
-func (se *ServiceEntry) resolve(w dns.ResponseWriter, r *dns.Msg) resolution {
+func (se *ServiceEntry) resolve(w dns.ResponseWriter, r *dns.Msg) outcome {
 	state := request.Request{W: w, Req: r}
 	// ServiceEntries are class IN data: CHAOS (version.bind) and the other
 	// classes belong to other plugins, whatever the name.
 	if state.QClass() != dns.ClassINET {
-		return resolution{next: true}
+		return outcome{next: true}
 	}
 	qname := state.Name()
 	zone := plugin.Zones(se.Zones).Matches(qname)
 	// With zone ".", the root itself is not ours: no ServiceEntry declares it
 	// and a made-up root SOA or NS would be cached as the real root's.
 	if zone == "" || qname == "." {
-		return resolution{next: true}
+		return outcome{next: true}
 	}
 
-	tbl, ok := se.viewOf(w)
+	tbl, who, ok := se.viewOf(w)
 	if !ok {
 		// Not synced. Cluster DNS must not go down with us: a name that
 		// fallthrough covers goes on exactly as an unknown name would (a
 		// ServiceEntry host may get the next plugin's answer until then).
 		// Where we are the only authority, we cannot say anything true.
-		return resolution{next: se.Fall.Through(qname)}
+		return outcome{next: se.Fall.Through(qname)}
 	}
 
 	// Where fallthrough covers a name it may exist elsewhere: only the names
@@ -157,74 +168,102 @@ func (se *ServiceEntry) resolve(w dns.ResponseWriter, r *dns.Msg) resolution {
 	authoritative := !se.Fall.Through(qname)
 	qtype := state.QType()
 	if qname == zone && authoritative && (qtype == dns.TypeSOA || qtype == dns.TypeNS) {
-		return resolution{msg: se.apex(r, tbl, zone, qtype)}
+		return outcome{msg: se.apex(r, tbl, zone, qtype)}
 	}
 
 	name := trimDot(qname)
 	if addr, ok := reverseAddr(name); ok {
-		if hosts, n := se.ptrHosts(tbl, addr); n > 0 {
-			return resolution{msg: se.ptr(r, tbl, zone, qname, hosts, n)}
+		if hosts := se.ptrHosts(tbl, &who, addr); len(hosts) > 0 {
+			return outcome{msg: se.ptr(r, tbl, zone, qname, hosts)}
 		}
 	}
 	// An exact host beats an expansion, which beats a wildcard (as in
 	// Istio): a wildcard inside the cluster domain must not swallow the
 	// search path of every other host.
-	h, found := tbl.find(name, false)
+	h, found := tbl.Find(name, false)
 	if !found && se.SearchDomains != nil {
 		if x, ok := se.expansion(tbl, qname, r.Question[0].Name); ok {
-			return resolution{afterKubernetes: true, tbl: tbl, x: x}
+			class, ok := x.reaches(&who)
+			if !ok {
+				return outcome{next: true}
+			}
+			return outcome{afterKubernetes: true, tbl: tbl, x: x, class: class}
 		}
 	}
 	if !found {
-		h, found = tbl.find(name, true)
+		h, found = tbl.Find(name, true)
 	}
 	if !found {
 		if !authoritative {
-			return resolution{next: true}
+			return outcome{next: true}
 		}
 		// The apex and a name with served names below it exist: NODATA,
 		// never NXDOMAIN, which would deny everything below (RFC 8020).
-		if qname == zone || tbl.hasBelow(name) {
-			return resolution{msg: se.negative(r, tbl, zone, qname, dns.RcodeSuccess)}
+		if qname == zone || tbl.HasBelow(name) {
+			return outcome{msg: se.negative(r, tbl, zone, qname, dns.RcodeSuccess)}
 		}
-		return resolution{msg: se.negative(r, tbl, zone, qname, dns.RcodeNameError)}
+		return outcome{msg: se.negative(r, tbl, zone, qname, dns.RcodeNameError)}
 	}
-	x := reply{hit: h, owner: r.Question[0].Name, name: qname, zone: zone}
+	x := reply{Hit: h, owner: r.Question[0].Name, name: qname, zone: zone}
+	class, ok := x.reaches(&who)
+	if !ok {
+		return outcome{next: true}
+	}
 	if se.inClusterDomain(qname) {
-		return resolution{afterKubernetes: true, tbl: tbl, x: x}
+		return outcome{afterKubernetes: true, tbl: tbl, x: x, class: class}
 	}
-	return resolution{msg: se.answer(r, tbl, x)}
+	m, chase := se.answer(r, tbl, x)
+	return outcome{msg: m, chase: chase, answered: true, class: class}
+}
+
+// reaches replaces x's answer by the one for the client, and reports the
+// client's class and whether there is one: when nothing the plugin has
+// reaches the client, the name goes on to the next plugin, as if the plugin
+// were not there.
+func (x *reply) reaches(who *asker) (reach.Class, bool) {
+	class, sidecar := who.class()
+	x.Answer = x.Answer.For(class, sidecar)
+	return class, x.Answer != nil
 }
 
 // reply is what a served name is answered with: the records of h for owner,
 // preceded, for a search-path expansion, by a CNAME from the name asked.
 type reply struct {
-	hit
+	table.Hit
 	owner string // the name the records are for, fully qualified, as asked
 	name  string // owner in lower case
 	zone  string // the zone of owner
 	alias string // the name asked when it is an expansion of owner, else ""
 }
 
-// answer is the reply with the records of x for the question, or NODATA.
-func (se *ServiceEntry) answer(r *dns.Msg, tbl view, x reply) *dns.Msg {
+// answer is the reply with the records of x for the question, or NODATA, and
+// the target of its last CNAME when the target's records are the rest of the
+// chain's to give.
+func (se *ServiceEntry) answer(r *dns.Msg, tbl table.View, x reply) (m *dns.Msg, chase string) {
 	qtype := r.Question[0].Qtype
 	var rrs, extra []dns.RR
 	switch {
 	case qtype == dns.TypeSRV:
-		rrs, extra = se.srvRecords(tbl, x.hit, x.owner)
-	case x.service:
+		rrs, extra = se.srvRecords(tbl, x.Hit, x.owner)
+	case x.Service:
 		// A service name holds SRV records only.
+	case x.Answer.Target != "":
+		// An alias answers every type: the target's records follow.
+		rrs = []dns.RR{&dns.CNAME{Hdr: dns.RR_Header{Name: x.owner, Rrtype: dns.TypeCNAME, Class: dns.ClassINET, Ttl: se.TTL},
+			Target: dns.Fqdn(x.Answer.Target)}}
+		if qtype != dns.TypeCNAME {
+			chase = dns.Fqdn(x.Answer.Target)
+		}
 	case qtype == dns.TypeA:
-		rrs = addressRecords(x.owner, dns.TypeA, se.TTL, x.ans.a)
+		rrs = addressRecords(x.owner, dns.TypeA, se.TTL, x.Answer.A)
 	case qtype == dns.TypeAAAA:
-		rrs = addressRecords(x.owner, dns.TypeAAAA, se.TTL, x.ans.aaaa)
+		rrs = addressRecords(x.owner, dns.TypeAAAA, se.TTL, x.Answer.AAAA)
 	}
 	if x.alias == "" && len(rrs) == 0 {
-		return se.negative(r, tbl, x.zone, x.name, dns.RcodeSuccess)
+		return se.negative(r, tbl, x.zone, x.name, dns.RcodeSuccess), ""
 	}
 
-	m := new(dns.Msg)
+	m = new(dns.Msg)
 	m.SetReply(r)
 	m.Authoritative = true
 	m.Answer = rrs
@@ -238,7 +277,7 @@ func (se *ServiceEntry) answer(r *dns.Msg, tbl view, x reply) *dns.Msg {
 			m.Ns = []dns.RR{soa(negativeOwner(tbl, x.zone, x.name), se.TTL)}
 		}
 	}
-	return m
+	return m, chase
 }
 
 // inClusterDomain reports whether qname (lower case) is in a cluster domain.
@@ -255,7 +294,7 @@ func (se *ServiceEntry) inClusterDomain(qname string) bool {
 // says the name does not exist: a namespace that can write ServiceEntries
 // must not take over a real Service's name, nor a pod's under a headless
 // Service. Any other reply of the chain is written as it is.
-func (se *ServiceEntry) afterKubernetes(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, tbl view, x reply) (int, error) {
+func (se *ServiceEntry) afterKubernetes(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, tbl table.View, x reply, class reach.Class) (int, error) {
 	nw := nonwriter.New(w)
 	rcode, err := plugin.NextOrFailure(se.Name(), se.Next, ctx, nw, r)
 	if nw.Msg == nil {
@@ -266,7 +305,11 @@ func (se *ServiceEntry) afterKubernetes(ctx context.Context, w dns.ResponseWrite
 		return rcode, err
 	}
 	if nw.Msg.Rcode == dns.RcodeNameError {
-		m := se.answer(r, tbl, x)
+		m, chase := se.answer(r, tbl, x)
+		if chase != "" {
+			se.chase(ctx, w, r, m, chase)
+		}
+		se.countAnswer(ctx, class)
 		w.WriteMsg(m)
 		return m.Rcode, nil
 	}
@@ -280,7 +323,7 @@ func (se *ServiceEntry) afterKubernetes(ctx context.Context, w dns.ResponseWrite
 // apex is the reply to SOA or NS at a zone's apex. The NS name is ns.dns.<zone>, as
 // the kubernetes plugin's; its addresses go along as glue only when the table
 // answers for that name, since we know no other address of ours.
-func (se *ServiceEntry) apex(r *dns.Msg, tbl view, zone string, qtype uint16) *dns.Msg {
+func (se *ServiceEntry) apex(r *dns.Msg, tbl table.View, zone string, qtype uint16) *dns.Msg {
 	m := new(dns.Msg)
 	m.SetReply(r)
 	m.Authoritative = true
@@ -289,8 +332,8 @@ func (se *ServiceEntry) apex(r *dns.Msg, tbl view, zone string, qtype uint16) *d
 	} else {
 		ns := dnsutil.Join("ns.dns", zone)
 		m.Answer = []dns.RR{&dns.NS{Hdr: dns.RR_Header{Name: zone, Rrtype: dns.TypeNS, Class: dns.ClassINET, Ttl: se.TTL}, Ns: ns}}
-		if glue := tbl.lookup(trimDot(ns)); glue != nil {
-			m.Extra = append(addressRecords(ns, dns.TypeA, se.TTL, glue.a), addressRecords(ns, dns.TypeAAAA, se.TTL, glue.aaaa)...)
+		if glue := tbl.Lookup(trimDot(ns)); glue != nil {
+			m.Extra = append(addressRecords(ns, dns.TypeA, se.TTL, glue.A), addressRecords(ns, dns.TypeAAAA, se.TTL, glue.AAAA)...)
 		}
 	}
 	return m
@@ -299,7 +342,7 @@ func (se *ServiceEntry) apex(r *dns.Msg, tbl view, zone string, qtype uint16) *d
 // negative is NXDOMAIN or NODATA (rcode success, no answer) with an SOA in the
 // authority section, so that resolvers cache it for the plugin's TTL (RFC
 // 2308).
-func (se *ServiceEntry) negative(r *dns.Msg, tbl view, zone, qname string, rcode int) *dns.Msg {
+func (se *ServiceEntry) negative(r *dns.Msg, tbl table.View, zone, qname string, rcode int) *dns.Msg {
 	m := new(dns.Msg)
 	m.SetRcode(r, rcode)
 	m.Authoritative = true
@@ -313,12 +356,12 @@ func (se *ServiceEntry) negative(r *dns.Msg, tbl view, zone, qname string, rcode
 // table serves (a served name or an empty non-terminal), else of the name's
 // parent, else, for a top-level name, of the name itself, so that what is
 // cached stays scoped to the name asked.
-func negativeOwner(tbl view, zone, qname string) string {
+func negativeOwner(tbl table.View, zone, qname string) string {
 	if zone != "." {
 		return zone
 	}
 	name := trimDot(qname)
-	if anc := tbl.closestServed(name); anc != "" {
+	if anc := tbl.ClosestServed(name); anc != "" {
 		return qname[len(qname)-len(anc)-1:]
 	}
 	if off, end := dns.NextLabel(qname, 0); !end {

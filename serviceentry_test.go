@@ -3,22 +3,19 @@ package serviceentry
 import (
 	"context"
 	"errors"
-	"fmt"
-	"maps"
 	"math/rand/v2"
 	"net"
-	"net/netip"
 	"slices"
 	"testing"
-	"time"
 
+	"github.com/coredns-serviceentry/serviceentry/internal/entry"
+	"github.com/coredns-serviceentry/serviceentry/internal/source/manifest"
 	"github.com/coredns/coredns/plugin"
 	"github.com/coredns/coredns/plugin/pkg/dnstest"
 	"github.com/coredns/coredns/plugin/pkg/fall"
 	"github.com/coredns/coredns/plugin/test"
 	"github.com/coredns/coredns/request"
 	"github.com/miekg/dns"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // handlerEntries covers each answering rule with one or more entries.
@@ -183,7 +180,7 @@ func newTestHandler(t *testing.T) *ServiceEntry {
 	return (&ServiceEntry{
 		Zones: []string{"internal."},
 		TTL:   defaultTTL,
-		Next:  test.NextHandler(dns.RcodeNotImplemented, nil)}).attach(storeFrom(t, convertOptions{autoAllocate: autoAllocateStatus}, handlerEntries))
+		Next:  test.NextHandler(dns.RcodeNotImplemented, nil)}).attach(storeFrom(t, entry.Options{AutoAllocate: entry.AutoAllocateStatus}, handlerEntries))
 }
 
 func TestServeDNS(t *testing.T) {
@@ -333,7 +330,7 @@ kind: ServiceEntry
 metadata: {name: declared, namespace: ns1}
 spec: {hosts: [declared.internal], addresses: [192.0.2.1, "2001:db8::1"]}
 `
-	alloc, _ := allocateLegacy([]*legacyHost{{namespace: "ns1", host: "legacy.internal", entry: "legacy"}})
+	alloc, _ := allocateLegacy([]*entry.LegacyHost{{Namespace: "ns1", Host: "legacy.internal", Entry: "legacy"}})
 	soaRR := test.SOA(soaInternal)
 	nodata := func(q string, qtype uint16) test.Case {
 		return test.Case{Qname: q, Qtype: qtype, Ns: []dns.RR{soaRR}}
@@ -341,13 +338,13 @@ spec: {hosts: [declared.internal], addresses: [192.0.2.1, "2001:db8::1"]}
 	nx := func(q string, qtype uint16) test.Case {
 		return test.Case{Qname: q, Qtype: qtype, Rcode: dns.RcodeNameError, Ns: []dns.RR{soaRR}}
 	}
-	handler := func(opts convertOptions) *ServiceEntry {
+	handler := func(opts entry.Options) *ServiceEntry {
 		return (&ServiceEntry{Zones: []string{"internal."}, TTL: defaultTTL}).attach(storeFrom(t, opts, docs))
 	}
-	status := handler(convertOptions{autoAllocate: autoAllocateStatus})
-	statusDual := handler(convertOptions{autoAllocate: autoAllocateStatus, dualStack: true})
-	legacy := handler(convertOptions{autoAllocate: autoAllocateLegacy})
-	legacyDual := handler(convertOptions{autoAllocate: autoAllocateLegacy, dualStack: true})
+	status := handler(entry.Options{AutoAllocate: entry.AutoAllocateStatus})
+	statusDual := handler(entry.Options{AutoAllocate: entry.AutoAllocateStatus, DualStack: true})
+	legacy := handler(entry.Options{AutoAllocate: entry.AutoAllocateLegacy})
+	legacyDual := handler(entry.Options{AutoAllocate: entry.AutoAllocateLegacy, DualStack: true})
 	for _, c := range []struct {
 		name string
 		se   *ServiceEntry
@@ -414,7 +411,7 @@ kind: ServiceEntry
 metadata: {name: visible, namespace: shown, creationTimestamp: "2021-01-01T00:00:00Z"}
 spec: {hosts: [visible.internal], addresses: [192.0.2.20]}
 `
-	se := (&ServiceEntry{Zones: []string{"internal."}, TTL: defaultTTL}).attach(storeFrom(t, convertOptions{autoAllocate: autoAllocateStatus}, docs))
+	se := (&ServiceEntry{Zones: []string{"internal."}, TTL: defaultTTL}).attach(storeFrom(t, entry.Options{AutoAllocate: entry.AutoAllocateStatus}, docs))
 	soaRR := test.SOA(soaInternal)
 	checkCases(t, se, []namedCase{
 		{"oldest entry has no address: the host is not ours, the newer one does not take over",
@@ -430,7 +427,7 @@ spec: {hosts: [visible.internal], addresses: [192.0.2.20]}
 	})
 
 	// Address-less hosts never reach the table.
-	if got := se.table().hosts; got != 3 {
+	if got := se.table().Hosts; got != 3 {
 		t.Errorf("table holds %d names, want 3 (merged.internal, *.wild.internal, visible.internal)", got)
 	}
 }
@@ -464,7 +461,7 @@ spec:
   addresses: [192.0.2.31]
   ports: [{number: 3333, name: own, protocol: TCP}]
 `
-	se := (&ServiceEntry{Zones: []string{"internal."}, TTL: defaultTTL}).attach(storeFrom(t, convertOptions{autoAllocate: autoAllocateStatus}, docs))
+	se := (&ServiceEntry{Zones: []string{"internal."}, TTL: defaultTTL}).attach(storeFrom(t, entry.Options{AutoAllocate: entry.AutoAllocateStatus}, docs))
 	checkCases(t, se, []namedCase{
 		{"the winning namespace's addresses", test.Case{Qname: "ports.internal.", Qtype: dns.TypeA,
 			Answer: []dns.RR{test.A("ports.internal. 30 IN A 192.0.2.31")}}},
@@ -480,7 +477,7 @@ spec:
 // the entries in another order, half of them before the first publish and
 // half one change at a time.
 func TestAnswerOrder(t *testing.T) {
-	entries, err := parseManifests("test.yaml", []byte(handlerEntries), convertOptions{}, new(skipTally))
+	entries, err := manifest.Parse("test.yaml", []byte(handlerEntries), entry.Options{}, newStore(false))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -489,12 +486,12 @@ func TestAnswerOrder(t *testing.T) {
 		r.Shuffle(len(entries), func(i, j int) { entries[i], entries[j] = entries[j], entries[i] })
 		st := newStore(false)
 		if round%2 == 0 {
-			st.markSynced()
+			st.MarkSynced()
 		}
 		for _, e := range entries {
-			st.upsert(e.key, e)
+			st.Upsert(e.Key, e)
 		}
-		st.markSynced()
+		st.MarkSynced()
 		se := newTestHandler(t).attach(st)
 		for _, c := range []struct {
 			qname string
@@ -599,7 +596,7 @@ func TestTruncation(t *testing.T) {
 		b = append(b, net.IPv4(10, 9, byte(i/256), byte(i%256)).String()...)
 		b = append(b, '\n')
 	}
-	se := (&ServiceEntry{Zones: []string{"internal."}, TTL: 30}).attach(storeFrom(t, convertOptions{}, string(b)))
+	se := (&ServiceEntry{Zones: []string{"internal."}, TTL: 30}).attach(storeFrom(t, entry.Options{}, string(b)))
 
 	for _, c := range []struct {
 		name      string
@@ -656,7 +653,7 @@ spec:
 // address the plugin knows; a declared apex answers its addresses.
 func TestApex(t *testing.T) {
 	se := (&ServiceEntry{Zones: []string{"example.org.", "b.example.org."}, TTL: defaultTTL,
-		Next: test.NextHandler(dns.RcodeNotImplemented, nil)}).attach(storeFrom(t, convertOptions{}, apexEntries))
+		Next: test.NextHandler(dns.RcodeNotImplemented, nil)}).attach(storeFrom(t, entry.Options{}, apexEntries))
 	const soaOrg = "example.org. 30 IN SOA ns.dns.example.org. hostmaster.example.org. 1 7200 1800 86400 30"
 	const soaB = "b.example.org. 30 IN SOA ns.dns.b.example.org. hostmaster.b.example.org. 1 7200 1800 86400 30"
 	cases := []struct {
@@ -782,7 +779,7 @@ func fakeKubernetes(asked *int, zones ...string) test.HandlerFunc {
 // domain is answered only when the rest of the chain says NXDOMAIN; a real
 // Service keeps its ClusterIP.
 func TestClusterDomainAsksKubernetesFirst(t *testing.T) {
-	st := storeFrom(t, convertOptions{}, clusterEntries)
+	st := storeFrom(t, entry.Options{}, clusterEntries)
 	var asked int
 	newHandler := func(domains ...string) *ServiceEntry {
 		return (&ServiceEntry{Zones: []string{"."}, Fall: fall.Root, TTL: defaultTTL, ClusterDomains: domains,
@@ -842,7 +839,7 @@ func TestClusterDomainAsksKubernetesFirst(t *testing.T) {
 // errors plugin logs why.
 func TestServFailHasError(t *testing.T) {
 	var asked int
-	st := storeFrom(t, convertOptions{}, clusterEntries)
+	st := storeFrom(t, entry.Options{}, clusterEntries)
 	chainFails := (&ServiceEntry{Zones: []string{"."}, Fall: fall.Root, TTL: defaultTTL, ClusterDomains: []string{"cluster.local."},
 		Next: test.NextHandler(dns.RcodeServerFailure, nil)}).attach(st)
 	chainBroken := (&ServiceEntry{Zones: []string{"."}, Fall: fall.Root, TTL: defaultTTL, ClusterDomains: []string{"cluster.local."},
@@ -872,80 +869,34 @@ func TestServFailHasError(t *testing.T) {
 	}
 }
 
-// TestEmptyNonTerminalsFollowChanges: the counts of names below each ancestor,
-// kept up to date change by change, always equal those of a table built fresh
-// from the entries present, and no count outlives the last name below it.
-func TestEmptyNonTerminalsFollowChanges(t *testing.T) {
-	var entries []*entry
-	for i := range 40 {
-		hosts := []hostAddrs{
-			{name: fmt.Sprintf("svc-%d.ns-%d.ent.internal", i, i%3), addrs: []netip.Addr{netip.MustParseAddr("192.0.2.1")}},
-			{name: fmt.Sprintf("*.w-%d.ns-%d.ent.internal", i%5, i%3), addrs: []netip.Addr{netip.MustParseAddr("192.0.2.2")}},
-		}
-		if i%4 == 0 { // a name that is served and also has names below it
-			hosts = append(hosts, hostAddrs{name: fmt.Sprintf("ns-%d.ent.internal", i%3), addrs: []netip.Addr{netip.MustParseAddr("192.0.2.3")}})
-		}
-		entries = append(entries, &entry{key: fmt.Sprintf("ns/e%d", i), namespace: "ns", name: fmt.Sprintf("e%d", i), hosts: hosts})
-	}
-	st, present := churnAgainstFresh(t, entries, 1, 600, func(op int, got, fresh *table) {
-		if got, want := belowCounts(got), belowCounts(fresh); !maps.Equal(got, want) {
-			t.Fatalf("after change %d: counts %v, want %v", op, got, want)
-		}
-	})
-	for key := range present {
-		st.upsert(key, nil)
-	}
-	if got := belowCounts(st.table()); len(got) != 0 {
-		t.Fatalf("counts left with no names: %v", got)
-	}
-}
-
-func belowCounts(t *table) map[string]int32 {
-	out := make(map[string]int32)
-	maps.Insert(out, t.below.all())
-	return out
-}
-
 // TestSecurityNarrowing: the Security examples (docs/security.md). A namespace that can
-// write ServiceEntries declares hosts for everyone's DNS; ZONES, namespaces and
-// labels each narrow what is served (RBAC is TestRBAC's, in test/integration).
+// write ServiceEntries declares hosts for everyone's DNS; ZONES narrow what is
+// served (namespaces and labels narrow what the Kubernetes source reads:
+// TestKubeSourceNarrowing; RBAC is TestRBAC's, in test/integration).
 func TestSecurityNarrowing(t *testing.T) {
-	client := newFakeKube(t, "v1")
-	ctx := context.Background()
-	for _, se := range []struct {
-		ns, name, host, addr string
-		published            bool
-	}{
-		{"platform", "api", "api.mesh.internal", "192.0.2.1", true},
-		{"platform", "draft", "draft.mesh.internal", "192.0.2.2", false},
-		{"team-a", "team", "team.mesh.internal", "192.0.2.3", true},
-		{"team-a", "squat", "login.bank.example", "203.0.113.66", true},
-	} {
-		obj := v1Entry(se.ns, se.name, se.host, se.addr)
-		if se.published {
-			obj.Labels = map[string]string{"dns.example.com/publish": "true"}
-		}
-		if _, err := client.NetworkingV1().ServiceEntries(se.ns).Create(ctx, obj, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	entries := `
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api, namespace: platform}
+spec: {hosts: [api.mesh.internal], addresses: [192.0.2.1]}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: team, namespace: team-a}
+spec: {hosts: [team.mesh.internal], addresses: [192.0.2.3]}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: squat, namespace: team-a}
+spec: {hosts: [login.bank.example], addresses: [203.0.113.66]}
+`
 	const passed = "passed on"
-	handler := func(zones []string, labels string, namespaces ...string) *ServiceEntry {
-		st := newStore(false)
-		k := fakeSource(client, st, convertOptions{}, namespaces...)
-		k.labels = labels
-		if err := k.start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(k.stop)
-		if !st.waitSynced(10 * time.Second) {
-			t.Fatal("not synced within 10s")
-		}
-		return (&ServiceEntry{Zones: zones, TTL: defaultTTL, Next: test.NextHandler(dns.RcodeNotImplemented, nil)}).attach(st)
+	handler := func(zones []string) *ServiceEntry {
+		return (&ServiceEntry{Zones: zones, TTL: defaultTTL, Next: test.NextHandler(dns.RcodeNotImplemented, nil)}).attach(storeFrom(t, entry.Options{}, entries))
 	}
 	ask := func(se *ServiceEntry, name string) string {
 		rec := dnstest.NewRecorder(&test.ResponseWriter{})
-		if rcode, _ := se.ServeDNS(ctx, rec, new(dns.Msg).SetQuestion(name, dns.TypeA)); rec.Msg == nil {
+		if rcode, _ := se.ServeDNS(context.Background(), rec, new(dns.Msg).SetQuestion(name, dns.TypeA)); rec.Msg == nil {
 			if rcode == dns.RcodeNotImplemented {
 				return passed
 			}
@@ -957,10 +908,8 @@ func TestSecurityNarrowing(t *testing.T) {
 		}
 		return out
 	}
-	everything := handler([]string{"."}, "")
-	zones := handler([]string{"mesh.internal."}, "")
-	namespaces := handler([]string{"."}, "", "platform")
-	labels := handler([]string{"."}, "dns.example.com/publish=true")
+	everything := handler([]string{"."})
+	zones := handler([]string{"mesh.internal."})
 	for _, c := range []struct {
 		name string
 		se   *ServiceEntry
@@ -970,11 +919,6 @@ func TestSecurityNarrowing(t *testing.T) {
 		{"zone . serves any host a namespace declares", everything, "login.bank.example.", "NOERROR 203.0.113.66"},
 		{"ZONES: a host outside them is never served", zones, "login.bank.example.", passed},
 		{"ZONES: a host inside them is", zones, "team.mesh.internal.", "NOERROR 192.0.2.3"},
-		{"namespaces: other namespaces' hosts are not read", namespaces, "team.mesh.internal.", "NXDOMAIN"},
-		{"namespaces: nor their squatting", namespaces, "login.bank.example.", "NXDOMAIN"},
-		{"namespaces: the trusted namespace's are", namespaces, "api.mesh.internal.", "NOERROR 192.0.2.1"},
-		{"labels: an entry without the label is not read", labels, "draft.mesh.internal.", "NXDOMAIN"},
-		{"labels: one with it is", labels, "api.mesh.internal.", "NOERROR 192.0.2.1"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			if got := ask(c.se, c.q); got != c.want {

@@ -5,10 +5,15 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/coredns-serviceentry/serviceentry/internal/entry"
+	"github.com/coredns-serviceentry/serviceentry/internal/podindex"
+	"github.com/coredns-serviceentry/serviceentry/internal/source/kube"
+	"github.com/coredns-serviceentry/serviceentry/internal/source/manifest"
 	"github.com/coredns/caddy"
 	"github.com/coredns/coredns/core/dnsserver"
 	"github.com/coredns/coredns/plugin"
@@ -35,9 +40,11 @@ type config struct {
 	startupTimeout time.Duration
 	namespaces     []string
 	labels         string
-	convert        convertOptions
+	convert        entry.Options
 	clusterDomains []string
 	searchDomains  []string // searchpath: nil when off
+	clients        clientMode
+	clientsSet     bool // clients was given
 }
 
 func setup(c *caddy.Controller) error {
@@ -48,12 +55,12 @@ func setup(c *caddy.Controller) error {
 	if len(cfg.manifests) == 0 {
 		// Fail the load now on a bad kubeconfig (or none outside a cluster);
 		// the client itself is only built when the source starts.
-		if _, err := restConfig(cfg.kubeconfig, cfg.kubecontext); err != nil {
+		if _, err := kube.RESTConfig(cfg.kubeconfig, cfg.kubecontext); err != nil {
 			return plugin.Error(pluginName, err)
 		}
 	}
 	se := &ServiceEntry{Zones: cfg.zones, Fall: cfg.fall, TTL: cfg.ttl, ClusterDomains: cfg.clusterDomains,
-		SearchDomains: cfg.searchDomains}
+		SearchDomains: cfg.searchDomains, clients: cfg.clients, zonesLabel: strings.Join(cfg.zones, ",")}
 	inst := instanceOf(c)
 	server := dnsserver.GetConfig(c)
 	if server.Root != "" {
@@ -67,13 +74,16 @@ func setup(c *caddy.Controller) error {
 	// releases it.
 	c.OnStartup(func() error {
 		// cache keys its replies by name and type alone: in front of
-		// per-client answers it would hand one namespace's private answers
-		// to another. Its handlers are all known once the servers are made.
-		if cfg.convert.exportTo == exportClient && server.Handler("cache") != nil {
-			return plugin.Error(pluginName, errors.New("exportto client cannot be served with cache in the same server block: cache would give one namespace's answers to another; serve the plugin's zones from a block without cache"))
+		// per-client answers it would hand one client's answers to the
+		// next. This module's CoreDNS runs the plugin before cache; a build
+		// that runs it after cache cannot serve per-client answers in a
+		// block with cache. Its handlers are all known once the servers are
+		// made.
+		if cfg.perClient() && server.Handler("cache") != nil && cacheFirst(dnsserver.Directives) {
+			return plugin.Error(pluginName, errors.New("this CoreDNS runs cache before serviceentry, and cache would give one client's answers to another: build it with serviceentry before cache (plugin.cfg.patch), serve the plugin's zones from a block without cache, or give every client the same answers (clients mesh and exportto public)"))
 		}
-		u := &user{inst: inst, handler: se, servers: serverLabels(server), zones: strings.Join(cfg.zones, ",")}
-		st, err := running.acquire(u, cfg.sourceKey(), func() (source, *store, error) { return newSource(cfg) })
+		u := &user{inst: inst, handler: se, servers: serverLabels(server), zones: se.zonesLabel}
+		st, err := running.acquire(u, cfg.sourceKey(), func() (entrySource, *store, error) { return newSource(cfg) })
 		if err != nil {
 			return plugin.Error(pluginName, err)
 		}
@@ -107,21 +117,28 @@ func serverLabels(cfg *dnsserver.Config) []string {
 	return out
 }
 
-// source feeds a store: from a Kubernetes API server or from manifest files.
-type source interface {
-	// start begins reading in the background. The store publishes its first
+// entrySource feeds a store: from a Kubernetes API server or from manifest files.
+type entrySource interface {
+	// Start begins reading in the background. The store publishes its first
 	// table once the source completes a full read.
-	start() error
-	// stop ends every goroutine of the source before it returns.
-	stop()
+	Start() error
+	// Stop ends every goroutine of the source before it returns.
+	Stop()
 }
 
-func newSource(cfg *config) (source, *store, error) {
-	st := newStore(cfg.convert.autoAllocate == autoAllocateLegacy)
+func newSource(cfg *config) (entrySource, *store, error) {
+	st := newStore(cfg.convert.AutoAllocate == entry.AutoAllocateLegacy)
 	if len(cfg.manifests) > 0 {
-		return newManifestSource(cfg.manifests, cfg.convert, st), st, nil
+		return manifest.New(cfg.manifests, cfg.convert, st), st, nil
 	}
-	src, err := newKubeSource(cfg, st)
+	// A client's namespace and class are those of the pod holding its
+	// address: the source reads the pods into the index the handler looks
+	// clients up in.
+	if cfg.perClient() {
+		st.clients = podindex.New()
+	}
+	src, err := kube.New(kube.Config{Kubeconfig: cfg.kubeconfig, Context: cfg.kubecontext, Namespaces: cfg.namespaces,
+		Labels: cfg.labels, Convert: cfg.convert}, st, st.clients)
 	return src, st, err
 }
 
@@ -129,7 +146,21 @@ func newSource(cfg *config) (source, *store, error) {
 // (or two loads of the Corefile) with equal keys share one source and table.
 // Options of the handler alone (zones, ttl, fallthrough) are not part of it.
 func (cfg *config) sourceKey() string {
-	return fmt.Sprintf("%q %q %q %q %q %+v", cfg.manifests, cfg.kubeconfig, cfg.kubecontext, cfg.namespaces, cfg.labels, cfg.convert)
+	return fmt.Sprintf("%q %q %q %q %q %+v %t", cfg.manifests, cfg.kubeconfig, cfg.kubecontext, cfg.namespaces, cfg.labels, cfg.convert, cfg.perClient())
+}
+
+// perClient reports whether two clients may get different answers for one
+// name: by the namespace or the class of the pod holding their address, so
+// the source reads pods.
+func (cfg *config) perClient() bool {
+	return cfg.convert.ExportTo == entry.ExportClient || cfg.clients == clientsByPod
+}
+
+// cacheFirst reports whether the directive order runs cache before
+// serviceentry.
+func cacheFirst(directives []string) bool {
+	c, se := slices.Index(directives, "cache"), slices.Index(directives, pluginName)
+	return c >= 0 && c < se
 }
 
 // resolveManifests makes relative manifest paths relative to CoreDNS's root
@@ -146,7 +177,8 @@ func parse(c *caddy.Controller) (*config, error) {
 	cfg := &config{
 		ttl:            defaultTTL,
 		startupTimeout: defaultStartupTimeout,
-		convert:        convertOptions{autoAllocate: autoAllocateStatus},
+		convert:        entry.Options{AutoAllocate: entry.AutoAllocateStatus},
+		clients:        clientsByPod,
 	}
 	blocks := 0
 	for c.Next() {
@@ -166,12 +198,21 @@ func parse(c *caddy.Controller) (*config, error) {
 	}
 	// A client's namespace is that of the pod holding its address, which
 	// only the API server knows.
-	if len(cfg.manifests) > 0 && cfg.convert.exportTo == exportClient {
+	if len(cfg.manifests) > 0 && cfg.convert.ExportTo == entry.ExportClient {
 		return nil, fmt.Errorf("exportto client needs the Kubernetes source: a client's namespace is found from the pods' addresses, which manifests do not give")
+	}
+	// Manifests give no pods to class clients by: their clients are taken
+	// to be proxies that capture DNS (or forwarders for them), as Istio's
+	// own DNS proxy answers its pod, unless the Corefile says otherwise.
+	if len(cfg.manifests) > 0 && !cfg.clientsSet {
+		cfg.clients = clientsMesh
+	}
+	if len(cfg.manifests) > 0 && cfg.clients == clientsByPod {
+		return nil, fmt.Errorf("clients pods needs the Kubernetes source: a client is classed by the pod holding its address, which manifests do not give")
 	}
 	// Legacy addresses are positions among every eligible entry of the mesh:
 	// computed over fewer entries they differ from those istiod hands out.
-	if cfg.convert.autoAllocate == autoAllocateLegacy && (len(cfg.namespaces) > 0 || cfg.labels != "") {
+	if cfg.convert.AutoAllocate == entry.AutoAllocateLegacy && (len(cfg.namespaces) > 0 || cfg.labels != "") {
 		return nil, fmt.Errorf("autoallocate legacy cannot be combined with namespaces or labels: istiod allocates over every namespace and label, so addresses computed over fewer entries would differ from istiod's")
 	}
 	if cfg.clusterDomains == nil {
@@ -240,24 +281,24 @@ func parseOption(c *caddy.Controller, cfg *config) error {
 		if len(args) != 1 && len(args) != 2 {
 			return c.ArgErr()
 		}
-		modes := map[string]autoAllocateMode{"status": autoAllocateStatus, "legacy": autoAllocateLegacy, "off": autoAllocateOff}
+		modes := map[string]entry.AutoAllocateMode{"status": entry.AutoAllocateStatus, "legacy": entry.AutoAllocateLegacy, "off": entry.AutoAllocateOff}
 		mode, ok := modes[args[0]]
 		if !ok {
 			return c.Errf("autoallocate must be status, legacy or off, got %q", args[0])
 		}
-		cfg.convert.autoAllocate = mode
+		cfg.convert.AutoAllocate = mode
 		// Istio's agent gives a pod the auto-allocated addresses of its first
 		// IP family only, unless ISTIO_DUAL_STACK is on and the pod is
 		// dual-stack: IPv4 only unless told the mesh is dual-stack.
-		cfg.convert.dualStack = false
+		cfg.convert.DualStack = false
 		if len(args) == 2 {
 			if args[1] != "dualstack" {
 				return c.Errf("autoallocate %s takes only dualstack, got %q", args[0], args[1])
 			}
-			if mode == autoAllocateOff {
+			if mode == entry.AutoAllocateOff {
 				return c.Errf("autoallocate off dualstack: dualstack needs auto-allocated addresses (status or legacy)")
 			}
-			cfg.convert.dualStack = true
+			cfg.convert.DualStack = true
 		}
 	case "cluster_domain":
 		args := c.RemainingArgs()
@@ -275,14 +316,22 @@ func parseOption(c *caddy.Controller, cfg *config) error {
 		for _, d := range args {
 			cfg.searchDomains = append(cfg.searchDomains, plugin.Name(d).Normalize())
 		}
+	case "clients":
+		args := c.RemainingArgs()
+		modes := map[string]clientMode{"pods": clientsByPod, "mesh": clientsMesh, "outside": clientsOutside}
+		mode, ok := modes[strings.Join(args, " ")]
+		if !ok {
+			return c.Errf("clients must be pods, mesh or outside, got %q", args)
+		}
+		cfg.clients, cfg.clientsSet = mode, true
 	case "exportto":
 		args := c.RemainingArgs()
-		modes := map[string]exportMode{"public": exportPublic, "all": exportAll, "client": exportClient}
+		modes := map[string]entry.ExportMode{"public": entry.ExportPublic, "all": entry.ExportAll, "client": entry.ExportClient}
 		mode, ok := modes[strings.Join(args, " ")]
 		if !ok {
 			return c.Errf("exportto must be public, all or client, got %q", args)
 		}
-		cfg.convert.exportTo = mode
+		cfg.convert.ExportTo = mode
 	default:
 		return c.Errf("unknown property '%s'", c.Val())
 	}

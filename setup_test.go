@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coredns-serviceentry/serviceentry/internal/entry"
 	"github.com/coredns/caddy"
 	"github.com/coredns/coredns/plugin/pkg/fall"
 )
@@ -19,7 +20,7 @@ func TestParse(t *testing.T) {
 		check   func(t *testing.T, c *config)
 	}{
 		{"defaults", `serviceentry`, "", func(t *testing.T, c *config) {
-			if c.ttl != 30 || c.startupTimeout != 5*time.Second || c.convert.autoAllocate != autoAllocateStatus || c.convert.exportTo != exportPublic {
+			if c.ttl != 30 || c.startupTimeout != 5*time.Second || c.convert.AutoAllocate != entry.AutoAllocateStatus || c.convert.ExportTo != entry.ExportPublic {
 				t.Errorf("defaults: %+v", c)
 			}
 			if len(c.zones) != 1 || c.zones[0] != "." {
@@ -68,7 +69,7 @@ func TestParse(t *testing.T) {
 			if strings.Join(c.namespaces, ",") != "a,b,c" || c.labels != "app in (x, y),tier=db" {
 				t.Errorf("scope: %v %q", c.namespaces, c.labels)
 			}
-			if c.ttl != 0 || c.convert.autoAllocate != autoAllocateOff || c.convert.exportTo != exportAll {
+			if c.ttl != 0 || c.convert.AutoAllocate != entry.AutoAllocateOff || c.convert.ExportTo != entry.ExportAll {
 				t.Errorf("answer options: %+v", c)
 			}
 			if !c.fall.Through("x.a.global.") || c.fall.Through("b.global.") {
@@ -79,15 +80,15 @@ func TestParse(t *testing.T) {
 			}
 		}},
 		{"legacy alone", "serviceentry {\nautoallocate legacy\n}", "", func(t *testing.T, c *config) {
-			if c.convert.autoAllocate != autoAllocateLegacy {
-				t.Errorf("autoallocate %v, want legacy", c.convert.autoAllocate)
+			if c.convert.AutoAllocate != entry.AutoAllocateLegacy {
+				t.Errorf("autoallocate %v, want legacy", c.convert.AutoAllocate)
 			}
 		}},
 		{"manifests", `serviceentry { 
 			manifests examples a.yaml
 			autoallocate off
 		}`, "", func(t *testing.T, c *config) {
-			if strings.Join(c.manifests, ",") != "examples,a.yaml" || c.convert.autoAllocate != autoAllocateOff {
+			if strings.Join(c.manifests, ",") != "examples,a.yaml" || c.convert.AutoAllocate != entry.AutoAllocateOff {
 				t.Errorf("%+v", c)
 			}
 		}},
@@ -100,12 +101,12 @@ func TestParse(t *testing.T) {
 		{"ttl no arg", "serviceentry {\nttl\n}", "Wrong argument count", nil},
 		{"bad duration", "serviceentry {\nstartup_timeout 5\n}", "startup_timeout must be", nil},
 		{"autoallocate dualstack", "serviceentry {\nautoallocate status dualstack\n}", "", func(t *testing.T, c *config) {
-			if c.convert.autoAllocate != autoAllocateStatus || !c.convert.dualStack {
+			if c.convert.AutoAllocate != entry.AutoAllocateStatus || !c.convert.DualStack {
 				t.Errorf("convert options %+v, want status with dualstack", c.convert)
 			}
 		}},
 		{"autoallocate IPv4 only by default", "serviceentry {\nautoallocate legacy\n}", "", func(t *testing.T, c *config) {
-			if c.convert.dualStack {
+			if c.convert.DualStack {
 				t.Errorf("dualstack on by default")
 			}
 		}},
@@ -122,8 +123,8 @@ func TestParse(t *testing.T) {
 		{"cluster_domain without a domain", "serviceentry {\ncluster_domain\n}", "Wrong argument count", nil},
 		{"exportto client with manifests", "serviceentry {\nmanifests x\nexportto client\n}", "exportto client needs the Kubernetes source", nil},
 		{"exportto client", "serviceentry {\nexportto client\n}", "", func(t *testing.T, c *config) {
-			if c.convert.exportTo != exportClient {
-				t.Errorf("exportto %v, want client", c.convert.exportTo)
+			if c.convert.ExportTo != entry.ExportClient {
+				t.Errorf("exportto %v, want client", c.convert.ExportTo)
 			}
 		}},
 		{"manifests with kubeconfig", "serviceentry {\nmanifests x\nkubeconfig y\n}", "manifests cannot be combined", nil},

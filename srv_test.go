@@ -1,12 +1,10 @@
 package serviceentry
 
 import (
-	"net/netip"
-	"reflect"
-	"slices"
 	"strconv"
 	"testing"
 
+	"github.com/coredns-serviceentry/serviceentry/internal/entry"
 	"github.com/coredns/coredns/plugin/test"
 	"github.com/miekg/dns"
 	networking "istio.io/api/networking/v1alpha3"
@@ -43,7 +41,7 @@ spec:
 // bare host all of them, with the target's addresses as additional records.
 func TestSRV(t *testing.T) {
 	se := (&ServiceEntry{Zones: []string{"internal."}, TTL: defaultTTL,
-		Next: test.NextHandler(dns.RcodeNotImplemented, nil)}).attach(storeFrom(t, convertOptions{}, srvEntries))
+		Next: test.NextHandler(dns.RcodeNotImplemented, nil)}).attach(storeFrom(t, entry.Options{}, srvEntries))
 	srv := func(owner string, port int, target string) dns.RR {
 		return test.SRV(owner + " 30 IN SRV 0 100 " + strconv.Itoa(port) + " " + target)
 	}
@@ -98,56 +96,25 @@ func TestConvertPorts(t *testing.T) {
 				{Number: 65535, Name: "max", Protocol: "GRPC"},
 			}},
 	}
-	e, skips := convert(&obj.ObjectMeta, &obj.Spec, &obj.Status, convertOptions{})
-	if e == nil || len(e.hosts) != 1 {
+	e, skips := entry.Convert(&obj.ObjectMeta, &obj.Spec, &obj.Status, entry.Options{})
+	if e == nil || len(e.Hosts) != 1 {
 		t.Fatalf("entry %+v: the host must stay", e)
 	}
-	want := []srvPort{{name: "dns", number: 53, udp: true}, {name: "max", number: 65535}}
-	if len(e.ports) != len(want) {
-		t.Fatalf("ports %+v, want %+v", e.ports, want)
+	want := []entry.Port{{Name: "dns", Number: 53, UDP: true}, {Name: "max", Number: 65535}}
+	if len(e.Ports) != len(want) {
+		t.Fatalf("ports %+v, want %+v", e.Ports, want)
 	}
 	for i := range want {
-		if e.ports[i] != want[i] {
-			t.Errorf("port %d: %+v, want %+v", i, e.ports[i], want[i])
+		if e.Ports[i] != want[i] {
+			t.Errorf("port %d: %+v, want %+v", i, e.Ports[i], want[i])
 		}
 	}
 	if len(skips) != 4 {
 		t.Fatalf("skips %+v, want 4", skips)
 	}
 	for _, s := range skips {
-		if s.reason != reasonInvalidPort {
-			t.Errorf("skip %+v, want reason %s", s, reasonInvalidPort)
+		if s.Reason != entry.ReasonInvalidPort {
+			t.Errorf("skip %+v, want reason %s", s, entry.ReasonInvalidPort)
 		}
-	}
-}
-
-// TestAddressChangeSharesPorts: a change of a host's addresses that leaves its
-// ports as they were (an update brings a new, equal slice) copies no ports
-// shard; a change of the ports does.
-func TestAddressChangeSharesPorts(t *testing.T) {
-	ports := []srvPort{{name: "http", number: 80}}
-	e := &entry{key: "ns/a", namespace: "ns", name: "a", ports: ports,
-		hosts: []hostAddrs{{name: "a.internal", addrs: []netip.Addr{netip.MustParseAddr("192.0.2.1")}}}}
-	st := newStore(false)
-	st.markSynced()
-	st.upsert(e.key, e)
-	before := st.table()
-	h := before.hash("a.internal")
-	portsShard := func(t *table) map[string][]srvPort { return t.ports.groups[groupOf(h)].shards[shardIn(h)] }
-
-	moved := *e
-	moved.ports = slices.Clone(ports)
-	moved.hosts = []hostAddrs{{name: "a.internal", addrs: []netip.Addr{netip.MustParseAddr("192.0.2.2")}}}
-	st.upsert(e.key, &moved)
-	after := st.table()
-	if reflect.ValueOf(portsShard(after)).UnsafePointer() != reflect.ValueOf(portsShard(before)).UnsafePointer() {
-		t.Error("an address change copied the ports shard")
-	}
-
-	renumbered := moved
-	renumbered.ports = []srvPort{{name: "http", number: 8080}}
-	st.upsert(e.key, &renumbered)
-	if got := st.table().ports.at(h, "a.internal"); !slices.Equal(got, renumbered.ports) {
-		t.Errorf("ports after a change of them: %v", got)
 	}
 }

@@ -12,6 +12,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/coredns-serviceentry/serviceentry/internal/entry"
+	"github.com/coredns-serviceentry/serviceentry/internal/podindex"
+	"github.com/coredns-serviceentry/serviceentry/internal/reach"
+	"github.com/coredns-serviceentry/serviceentry/internal/table"
 	"k8s.io/utils/clock"
 )
 
@@ -33,11 +37,11 @@ type storeClock interface {
 // is complete (markSynced), changes are only gathered.
 type store struct {
 	mu       sync.Mutex
-	entries  map[string]*entry   // by namespace/name
-	byHost   map[string][]*entry // host -> the entries declaring it (usually one)
-	building *table              // the next table; equal to published while synced
-	synced   bool                // a full read is complete: changes are published
-	dirty    map[string]bool     // hosts changed since the last publish
+	entries  map[string]*entry.Entry   // by namespace/name
+	byHost   map[string][]*entry.Entry // host -> the entries declaring it (usually one)
+	building *table.Table              // the next table; equal to published while synced
+	synced   bool                      // a full read is complete: changes are published
+	dirty    map[string]bool           // hosts changed since the last publish
 
 	// legacy is the allocator for "autoallocate legacy"; nil in other modes.
 	legacy *legacyAllocator
@@ -53,21 +57,21 @@ type store struct {
 	// "exportto client"; nil otherwise. overlaid lists, by host, the
 	// namespaces whose overlay holds it (see overlaysLocked); only entries
 	// read with "exportto client" make overlays.
-	clients  *clientIndex
+	clients  *podindex.Index
 	overlaid map[string][]string
 
 	// skipped counts what the source left out (see skipTally).
 	skipped skipTally
 
-	published   atomic.Pointer[table] // nil until the first full read of the source
-	firstSynced chan struct{}         // closed when the first table is published
+	published   atomic.Pointer[table.Table] // nil until the first full read of the source
+	firstSynced chan struct{}               // closed when the first table is published
 }
 
 func newStore(legacy bool) *store {
 	s := &store{
-		entries:  make(map[string]*entry),
-		byHost:   make(map[string][]*entry),
-		building: newTable(maphash.MakeSeed()),
+		entries:  make(map[string]*entry.Entry),
+		byHost:   make(map[string][]*entry.Entry),
+		building: table.NewTable(maphash.MakeSeed()),
 		dirty:    make(map[string]bool),
 
 		firstSynced: make(chan struct{}),
@@ -94,31 +98,40 @@ func (s *store) close() {
 
 // table returns the table to answer from, or nil while the source has not
 // completed its first full read.
-func (s *store) table() *table { return s.published.Load() }
+func (s *store) table() *table.Table { return s.published.Load() }
 
-// waitSynced waits up to timeout for the first table and reports whether it
-// is published.
+// waitSynced waits up to timeout for the first table and, when the store
+// tells clients apart by their pods, the first list of pods, and reports
+// whether both are in.
 func (s *store) waitSynced(timeout time.Duration) bool {
 	t := time.NewTimer(timeout)
 	defer t.Stop()
 	select {
 	case <-s.firstSynced:
+	case <-t.C:
+		return false
+	}
+	if s.clients == nil {
+		return true
+	}
+	select {
+	case <-s.clients.WaitSynced():
 		return true
 	case <-t.C:
 		return false
 	}
 }
 
-// upsert adds or replaces the entry stored under key; a nil entry removes it.
-func (s *store) upsert(key string, e *entry) {
+// Upsert adds or replaces the entry stored under key; a nil entry removes it.
+func (s *store) Upsert(key string, e *entry.Entry) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.setLocked(key, e)
 	s.publishLocked()
 }
 
-// upsertAll applies upsert to every key of changes, publishing once.
-func (s *store) upsertAll(changes map[string]*entry) {
+// UpsertAll applies upsert to every key of changes, publishing once.
+func (s *store) UpsertAll(changes map[string]*entry.Entry) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for key, e := range changes {
@@ -127,10 +140,10 @@ func (s *store) upsertAll(changes map[string]*entry) {
 	s.publishLocked()
 }
 
-// replaceAll makes the store hold exactly the given entries (keyed by their
+// ReplaceAll makes the store hold exactly the given entries (keyed by their
 // namespace/name) and publishes once. The manifests source uses it after each
 // read of its files.
-func (s *store) replaceAll(entries map[string]*entry) {
+func (s *store) ReplaceAll(entries map[string]*entry.Entry) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for key := range s.entries {
@@ -146,7 +159,7 @@ func (s *store) replaceAll(entries map[string]*entry) {
 	s.publishLocked()
 }
 
-// markSynced records that the source has delivered its first full read: from
+// MarkSynced records that the source has delivered its first full read: from
 // now on the table is published and the plugin answers from it.
 //
 // The first read leaves behind the garbage of decoding everything at once (a
@@ -154,7 +167,7 @@ func (s *store) replaceAll(entries map[string]*entry) {
 // resident size follows the table rather than the startup peak (BENCHMARKS.md
 // has the RSS it saves). It runs once per source: a reload that keeps the
 // source does not run it again.
-func (s *store) markSynced() {
+func (s *store) MarkSynced() {
 	s.mu.Lock()
 	first := s.published.Load() == nil
 	s.synced = true
@@ -166,26 +179,26 @@ func (s *store) markSynced() {
 	}
 }
 
-// beginFullRead starts gathering a new full read without publishing it: the
+// BeginFullRead starts gathering a new full read without publishing it: the
 // table already published keeps answering until markSynced publishes the
 // whole read at once. The Kubernetes source uses it when Istio's CRD appears
 // after an empty table was served without it.
-func (s *store) beginFullRead() {
+func (s *store) BeginFullRead() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.synced = false
 }
 
-func (s *store) setLocked(key string, e *entry) {
+func (s *store) setLocked(key string, e *entry.Entry) {
 	if old := s.entries[key]; old != nil {
-		for _, h := range old.hosts {
-			rest := slices.DeleteFunc(s.byHost[h.name], func(x *entry) bool { return x == old })
+		for _, h := range old.Hosts {
+			rest := slices.DeleteFunc(s.byHost[h.Name], func(x *entry.Entry) bool { return x == old })
 			if len(rest) == 0 {
-				delete(s.byHost, h.name)
+				delete(s.byHost, h.Name)
 			} else {
-				s.byHost[h.name] = rest
+				s.byHost[h.Name] = rest
 			}
-			s.dirty[h.name] = true
+			s.dirty[h.Name] = true
 		}
 		if s.legacy != nil {
 			s.legacy.remove(old)
@@ -196,9 +209,9 @@ func (s *store) setLocked(key string, e *entry) {
 		return
 	}
 	s.entries[key] = e
-	for _, h := range e.hosts {
-		s.byHost[h.name] = append(s.byHost[h.name], e)
-		s.dirty[h.name] = true
+	for _, h := range e.Hosts {
+		s.byHost[h.Name] = append(s.byHost[h.Name], e)
+		s.dirty[h.Name] = true
 	}
 	if s.legacy != nil {
 		s.legacy.add(e)
@@ -240,22 +253,22 @@ func (s *store) publishLocked() {
 			}
 		}
 	}
-	changes := make(map[string]*answer, len(s.dirty))
-	ports := make(map[string][]srvPort, len(s.dirty))
-	shared := make(map[addrsKey]*answer)
+	changes := make(map[string]*table.Answer, len(s.dirty))
+	ports := make(map[string][]entry.Port, len(s.dirty))
+	shared := make(map[any]*table.Answer)
 	for host := range s.dirty {
 		changes[host] = s.answerFor(host, "", shared)
 		ports[host] = s.portsFor(host, "")
 	}
-	s.building = s.building.with(changes, ports)
-	s.building.overlays = s.overlaysLocked(changes, ports)
+	s.building = s.building.With(changes, ports)
+	s.building.Overlays = s.overlaysLocked(changes, ports)
 	// A fresh map, not clear: a cleared map keeps the capacity of the
 	// initial sync and ranging over it would cost O(all hosts) per change.
 	s.dirty = make(map[string]bool)
-	s.building.entries = len(s.entries)
-	s.building.published = start
+	s.building.Entries = len(s.entries)
+	s.building.Published = start
 	if s.legacy != nil {
-		s.building.legacyUnallocated = s.legacy.unallocated
+		s.building.LegacyUnallocated = s.legacy.unallocated
 	}
 	s.published.Store(s.building)
 	observeTableUpdate(start)
@@ -282,13 +295,13 @@ func (s *store) deferReallocLocked(wait time.Duration) {
 // namespace whose overlay held it: it stays in (or enters) the overlay of
 // those where its answer or ports differ from the public ones. Only the
 // overlays of namespaces with such a host are rebuilt; the others are shared.
-func (s *store) overlaysLocked(changes map[string]*answer, ports map[string][]srvPort) map[string]*overlay {
-	touched := make(map[string]map[string]*overlayHost) // namespace -> host -> its answer there, nil: as public
-	shared := make(map[addrsKey]*answer)
+func (s *store) overlaysLocked(changes map[string]*table.Answer, ports map[string][]entry.Port) map[string]*table.Overlay {
+	touched := make(map[string]map[string]*table.OverlayHost) // namespace -> host -> its answer there, nil: as public
+	shared := make(map[any]*table.Answer)
 	for host, public := range changes {
 		namespaces := slices.Clone(s.overlaid[host])
 		for _, e := range s.byHost[host] {
-			for _, ns := range e.exportedTo {
+			for _, ns := range e.ExportedTo {
 				if !slices.Contains(namespaces, ns) {
 					namespaces = append(namespaces, ns)
 				}
@@ -297,14 +310,14 @@ func (s *store) overlaysLocked(changes map[string]*answer, ports map[string][]sr
 		var kept []string
 		for _, ns := range namespaces {
 			if touched[ns] == nil {
-				touched[ns] = make(map[string]*overlayHost)
+				touched[ns] = make(map[string]*table.OverlayHost)
 			}
 			ans, p := s.answerFor(host, ns, shared), s.portsFor(host, ns)
 			if sameAnswer(ans, public) && slices.Equal(p, ports[host]) {
 				touched[ns][host] = nil
 				continue
 			}
-			touched[ns][host] = &overlayHost{ans: ans, ports: p}
+			touched[ns][host] = &table.OverlayHost{Answer: ans, Ports: p}
 			kept = append(kept, ns)
 		}
 		if len(kept) > 0 {
@@ -317,14 +330,14 @@ func (s *store) overlaysLocked(changes map[string]*answer, ports map[string][]sr
 		}
 	}
 	if len(touched) == 0 {
-		return s.building.overlays
+		return s.building.Overlays
 	}
-	out := maps.Clone(s.building.overlays)
+	out := maps.Clone(s.building.Overlays)
 	if out == nil {
-		out = make(map[string]*overlay, len(touched))
+		out = make(map[string]*table.Overlay, len(touched))
 	}
 	for ns, hosts := range touched {
-		all := out[ns].hosts()
+		all := out[ns].Hosts()
 		for host, oh := range hosts {
 			if oh == nil {
 				delete(all, host)
@@ -335,19 +348,20 @@ func (s *store) overlaysLocked(changes map[string]*answer, ports map[string][]sr
 		if len(all) == 0 {
 			delete(out, ns)
 		} else {
-			out[ns] = newOverlay(all, s.building)
+			out[ns] = table.NewOverlay(all, s.building)
 		}
 	}
 	return out
 }
 
-// sameAnswer reports whether a and b answer with the same addresses in the
-// same order.
-func sameAnswer(a, b *answer) bool {
+// sameAnswer reports whether a and b answer alike: the same addresses in the
+// same order, for the same clients.
+func sameAnswer(a, b *table.Answer) bool {
 	if a == nil || b == nil {
 		return a == b
 	}
-	return slices.EqualFunc(a.a, b.a, net.IP.Equal) && slices.EqualFunc(a.aaaa, b.aaaa, net.IP.Equal)
+	return slices.EqualFunc(a.A, b.A, net.IP.Equal) && slices.EqualFunc(a.AAAA, b.AAAA, net.IP.Equal) &&
+		a.Target == b.Target && a.Reach == b.Reach && a.Resolved == b.Resolved && sameAnswer(a.Else, b.Else)
 }
 
 // addrsKey identifies an address slice by its backing array: all hosts of an
@@ -370,30 +384,43 @@ type addrsKey struct {
 // slice, shared through shared with every other host built from the same
 // slice in this publish: an entry with 256 hosts and 256 addresses costs one
 // answer, not 256 (memory follows what the entries say, not its product).
-func (s *store) answerFor(host, ns string, shared map[addrsKey]*answer) *answer {
+func (s *store) answerFor(host, ns string, shared map[any]*table.Answer) *table.Answer {
 	contributors := s.contributors(host, ns)
 	switch len(contributors) {
 	case 0:
 		return nil
 	case 1:
-		addrs := s.addrsOf(contributors[0], host)
+		e := contributors[0]
+		addrs, reach := s.addrsOf(e, host)
 		key := addrsKey{&addrs[0], len(addrs)}
 		if ans := shared[key]; ans != nil {
 			return ans
 		}
-		ans := newAnswer(addrs)
+		ans := table.NewAnswer(addrs)
+		ans.Reach = reach
+		if reach > minReach {
+			ans.Else, ans.Resolved = directOf(contributors, shared)
+		}
 		shared[key] = ans
 		return ans
 	}
 	var merged []netip.Addr
+	most := minReach
 	for _, e := range contributors {
-		for _, ip := range s.addrsOf(e, host) {
+		addrs, reach := s.addrsOf(e, host)
+		most = max(most, reach)
+		for _, ip := range addrs {
 			if !slices.Contains(merged, ip) {
 				merged = append(merged, ip)
 			}
 		}
 	}
-	return newAnswer(merged)
+	ans := table.NewAnswer(merged)
+	ans.Reach = most
+	if most > minReach {
+		ans.Else, ans.Resolved = directOf(contributors, shared)
+	}
+	return ans
 }
 
 // contributors are the entries whose addresses host answers with for the
@@ -403,81 +430,76 @@ func (s *store) answerFor(host, ns string, shared map[addrsKey]*answer) *answer 
 // scope; the first by creationTimestamp, then namespace, then name, chooses
 // the namespace; its entries that give host addresses contribute, oldest
 // first. None when that namespace gives it no address.
-func (s *store) contributors(host, ns string) []*entry {
+func (s *store) contributors(host, ns string) []*entry.Entry {
 	claimants := s.byHost[host]
-	if !slices.ContainsFunc(claimants, func(e *entry) bool { return !e.visibleTo(ns) }) {
+	if !slices.ContainsFunc(claimants, func(e *entry.Entry) bool { return !e.VisibleTo(ns) }) {
 		if len(claimants) > 1 {
 			claimants = slices.Clone(claimants)
 		}
 	} else {
-		claimants = slices.DeleteFunc(slices.Clone(claimants), func(e *entry) bool { return !e.visibleTo(ns) })
+		claimants = slices.DeleteFunc(slices.Clone(claimants), func(e *entry.Entry) bool { return !e.VisibleTo(ns) })
 	}
 	if len(claimants) > 1 {
-		explicit := func(e *entry) int {
-			if e.exportedTo == nil {
+		explicit := func(e *entry.Entry) int {
+			if e.ExportedTo == nil {
 				return 1
 			}
 			return 0
 		}
-		slices.SortFunc(claimants, func(a, b *entry) int {
-			return cmp.Or(cmp.Compare(explicit(a), explicit(b)), a.created.Compare(b.created),
-				cmp.Compare(a.namespace, b.namespace), cmp.Compare(a.name, b.name))
+		slices.SortFunc(claimants, func(a, b *entry.Entry) int {
+			return cmp.Or(cmp.Compare(explicit(a), explicit(b)), a.Created.Compare(b.Created),
+				cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
 		})
 	}
-	var out []*entry
+	var out []*entry.Entry
 	for _, e := range claimants {
-		if e.namespace == claimants[0].namespace && len(s.addrsOf(e, host)) > 0 {
+		if addrs, _ := s.addrsOf(e, host); e.Namespace == claimants[0].Namespace && len(addrs) > 0 {
 			out = append(out, e)
 		}
 	}
 	return out
 }
 
-// newAnswer splits addresses, in order, into the records' two families. The
-// bytes of all the IPs share one array and the two lists one slice: three
-// objects per answer whatever its size, which keeps the garbage collector's
-// work per name small when there are many names.
-func newAnswer(addrs []netip.Addr) *answer {
-	v4 := 0
-	for _, ip := range addrs {
-		if ip.Is4() {
-			v4++
-		}
-	}
-	bytes := make([]byte, 0, v4*net.IPv4len+(len(addrs)-v4)*net.IPv6len)
-	ips := make([]net.IP, len(addrs))
-	next4, next6 := 0, v4
-	for _, ip := range addrs {
-		start := len(bytes)
-		if ip.Is4() {
-			b := ip.As4()
-			bytes = append(bytes, b[:]...)
-		} else {
-			b := ip.As16()
-			bytes = append(bytes, b[:]...)
-		}
-		if ip.Is4() {
-			ips[next4] = bytes[start:len(bytes):len(bytes)]
-			next4++
-		} else {
-			ips[next6] = bytes[start:len(bytes):len(bytes)]
-			next6++
-		}
-	}
-	return &answer{a: ips[:v4:v4], aaaa: ips[v4:]}
-}
-
-// addrsOf returns the addresses entry e gives host: its own, or those the
-// legacy allocator computed for it.
-func (s *store) addrsOf(e *entry, host string) []netip.Addr {
-	for _, h := range e.hosts {
-		if h.name != host {
+// addrsOf returns the addresses entry e gives host (its own, or those the
+// legacy allocator computed for it) and the least class of client that
+// routes them.
+func (s *store) addrsOf(e *entry.Entry, host string) ([]netip.Addr, reach.Class) {
+	for _, h := range e.Hosts {
+		if h.Name != host {
 			continue
 		}
-		if h.legacy != nil {
-			return s.legacy.addresses(h.legacy)
+		if h.Legacy != nil {
+			return s.legacy.addresses(h.Legacy), reach.Mesh
 		}
-		return h.addrs
+		return h.Addrs, reachOf(e, &h)
 	}
-	return nil
+	return nil, minReach
+}
+
+// Skipped logs and counts what the conversion of the object under key left
+// out.
+func (s *store) Skipped(key string, skips []entry.Skip) { s.skipped.report(key, skips) }
+
+// Rejected counts a whole object or file left out for reason; the source has
+// logged it.
+func (s *store) Rejected(reason string) { s.skipped.add(reason) }
+
+// portsFor gathers the ports of host for the clients of namespace ns from the
+// entries whose addresses it answers with (store.contributors: the winning
+// namespace's), merged, oldest first. A host of one entry shares that entry's
+// slice.
+func (s *store) portsFor(host, ns string) []entry.Port {
+	from := s.contributors(host, ns)
+	if len(from) == 1 {
+		return from[0].Ports
+	}
+	var merged []entry.Port
+	for _, e := range from {
+		for _, p := range e.Ports {
+			if !slices.Contains(merged, p) {
+				merged = append(merged, p)
+			}
+		}
+	}
+	return merged
 }

@@ -14,6 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coredns-serviceentry/serviceentry/internal/entry"
+	"github.com/coredns-serviceentry/serviceentry/internal/source/manifest"
+	"github.com/coredns-serviceentry/serviceentry/internal/table"
 	"github.com/coredns/coredns/plugin/pkg/dnstest"
 	"github.com/coredns/coredns/plugin/test"
 	"github.com/miekg/dns"
@@ -22,31 +25,31 @@ import (
 // Stress entries: entry k at generation g declares a-k and b-k with
 // 10.g.k/256.k%256 and fd00::g:k:1, fd00::g:k:2, so that any answer tells
 // which generation of which entry it came from.
-func stressEntry(k, g int) *entry {
+func stressEntry(k, g int) *entry.Entry {
 	addrs := []netip.Addr{
 		netip.AddrFrom4([4]byte{10, byte(g), byte(k >> 8), byte(k)}),
 		netip.MustParseAddr(fmt.Sprintf("fd00::%x:%x:1", g, k)),
 		netip.MustParseAddr(fmt.Sprintf("fd00::%x:%x:2", g, k)),
 	}
-	return &entry{key: fmt.Sprintf("ns/e%d", k), namespace: "ns", name: fmt.Sprintf("e%d", k),
-		hosts: []hostAddrs{{name: fmt.Sprintf("a-%d.stress.internal", k), addrs: addrs},
-			{name: fmt.Sprintf("b-%d.stress.internal", k), addrs: addrs}}}
+	return &entry.Entry{Key: fmt.Sprintf("ns/e%d", k), Namespace: "ns", Name: fmt.Sprintf("e%d", k),
+		Hosts: []entry.Host{{Name: fmt.Sprintf("a-%d.stress.internal", k), Addrs: addrs},
+			{Name: fmt.Sprintf("b-%d.stress.internal", k), Addrs: addrs}}}
 }
 
 // generationOf checks that an answer is whole (its IPv4 and IPv6 of one
 // generation of entry k) and returns that generation.
-func generationOf(ans *answer, k int) (int, error) {
-	if len(ans.a) != 1 || len(ans.aaaa) != 2 {
-		return 0, fmt.Errorf("answer of entry %d has %d A and %d AAAA records", k, len(ans.a), len(ans.aaaa))
+func generationOf(ans *table.Answer, k int) (int, error) {
+	if len(ans.A) != 1 || len(ans.AAAA) != 2 {
+		return 0, fmt.Errorf("answer of entry %d has %d A and %d AAAA records", k, len(ans.A), len(ans.AAAA))
 	}
-	v4 := ans.a[0].To4()
+	v4 := ans.A[0].To4()
 	g := int(v4[1])
 	if int(v4[2])<<8|int(v4[3]) != k {
 		return 0, fmt.Errorf("entry %d answers %v", k, v4)
 	}
-	for i, ip := range ans.aaaa {
+	for i, ip := range ans.AAAA {
 		if want := net.ParseIP(fmt.Sprintf("fd00::%x:%x:%d", g, k, i+1)); !ip.Equal(want) {
-			return 0, fmt.Errorf("entry %d: half-applied answer: %v with %v", k, v4, ans.aaaa)
+			return 0, fmt.Errorf("entry %d: half-applied answer: %v with %v", k, v4, ans.AAAA)
 		}
 	}
 	return g, nil
@@ -60,10 +63,10 @@ func generationOf(ans *answer, k int) (int, error) {
 func TestStressStore(t *testing.T) {
 	const keys, writers, readers, opsPerWriter = 400, 4, 6, 3000
 	st := newStore(false)
-	st.markSynced()
+	st.MarkSynced()
 	se := (&ServiceEntry{Zones: []string{"stress.internal."}, TTL: 30}).attach(st)
 
-	final := make([]*entry, keys) // written by writer k%writers only
+	final := make([]*entry.Entry, keys) // written by writer k%writers only
 	var stop atomic.Bool
 	var readerErr atomic.Value
 	var observed atomic.Int64
@@ -74,8 +77,8 @@ func TestStressStore(t *testing.T) {
 			for !stop.Load() {
 				k := rng.IntN(keys)
 				tbl := st.table()
-				a := tbl.lookup(fmt.Sprintf("a-%d.stress.internal", k))
-				b := tbl.lookup(fmt.Sprintf("b-%d.stress.internal", k))
+				a := lookupIn(tbl, fmt.Sprintf("a-%d.stress.internal", k))
+				b := lookupIn(tbl, fmt.Sprintf("b-%d.stress.internal", k))
 				if (a == nil) != (b == nil) {
 					readerErr.Store(fmt.Errorf("entry %d half-applied: a %v, b %v", k, a, b))
 					return
@@ -110,11 +113,11 @@ func TestStressStore(t *testing.T) {
 			rng := rand.New(rand.NewPCG(uint64(w), 11))
 			for op := range opsPerWriter {
 				k := w + writers*rng.IntN(keys/writers)
-				var e *entry
+				var e *entry.Entry
 				if rng.IntN(4) != 0 {
 					e = stressEntry(k, op%250+1)
 				}
-				st.upsert(fmt.Sprintf("ns/e%d", k), e)
+				st.Upsert(fmt.Sprintf("ns/e%d", k), e)
 				final[k] = e
 			}
 		})
@@ -128,15 +131,15 @@ func TestStressStore(t *testing.T) {
 	t.Logf("%d whole answers observed during %d changes", observed.Load(), writers*opsPerWriter)
 
 	fresh := newStore(false)
-	all := make(map[string]*entry)
+	all := make(map[string]*entry.Entry)
 	for _, e := range final {
 		if e != nil {
-			all[e.key] = e
+			all[e.Key] = e
 		}
 	}
-	fresh.replaceAll(all)
-	fresh.markSynced()
-	assertSameTables(t, fresh.table(), st.table())
+	fresh.ReplaceAll(all)
+	fresh.MarkSynced()
+	assertSameStores(t, fresh, st)
 }
 
 // TestStressLegacy: the same churn with auto-allocated addresses, faster than
@@ -144,10 +147,10 @@ func TestStressStore(t *testing.T) {
 // gives one IPv4 to two hosts, and once the churn stops the table settles on
 // exactly the allocation a fresh build of the final entries gives.
 func TestStressLegacy(t *testing.T) {
-	entries := legacyParsed(t, 300, convertOptions{autoAllocate: autoAllocateLegacy})
+	entries := legacyParsed(t, 300, entry.Options{AutoAllocate: entry.AutoAllocateLegacy})
 	st := newStore(true)
 	st.minReallocGap = 5 * time.Millisecond
-	st.markSynced()
+	st.MarkSynced()
 	defer st.close()
 	var stop atomic.Bool
 	var readerErr atomic.Value
@@ -158,9 +161,9 @@ func TestStressLegacy(t *testing.T) {
 				tbl := st.table()
 				owner := make(map[string]string)
 				for _, e := range entries {
-					name := e.hosts[0].name
-					if ans := tbl.lookup(name); ans != nil {
-						ip := ans.a[0].String()
+					name := e.Hosts[0].Name
+					if ans := lookupIn(tbl, name); ans != nil {
+						ip := ans.A[0].String()
 						if other, dup := owner[ip]; dup {
 							readerErr.Store(fmt.Errorf("%s and %s share %s in one table", other, name, ip))
 							return
@@ -178,10 +181,10 @@ func TestStressLegacy(t *testing.T) {
 		t.Fatal(err)
 	}
 	fresh := newStore(true)
-	fresh.replaceAll(present)
-	fresh.markSynced()
+	fresh.ReplaceAll(present)
+	fresh.MarkSynced()
 	eventuallyWithin(t, 5*time.Second, "the allocation settles on the fresh one", func() bool {
-		return sameTables(fresh.table(), st.table()) == ""
+		return sameStores(fresh, st) == ""
 	})
 }
 
@@ -212,11 +215,9 @@ func TestStressManifests(t *testing.T) {
 	for f := range files {
 		write(f, 1)
 	}
-	var publishes atomic.Int64
-	st, src := startManifestsWith(t, func(src *manifestSource) {
-		publish := src.publish
-		src.publish = func(entries map[string]*entry) { publishes.Add(1); publish(entries) }
-	}, dir)
+	st := newStore(false)
+	counted := &countingSink{store: st}
+	startManifestsInto(t, counted, dir)
 
 	var stop atomic.Bool
 	var readerErr atomic.Value
@@ -225,7 +226,7 @@ func TestStressManifests(t *testing.T) {
 		for !stop.Load() {
 			tbl := st.table()
 			for k := range files * perFile {
-				a, b := tbl.lookup(fmt.Sprintf("a-%d.stress.internal", k)), tbl.lookup(fmt.Sprintf("b-%d.stress.internal", k))
+				a, b := lookupIn(tbl, fmt.Sprintf("a-%d.stress.internal", k)), lookupIn(tbl, fmt.Sprintf("b-%d.stress.internal", k))
 				if a == nil || b == nil {
 					readerErr.Store(fmt.Errorf("entry %d missing while its file is rewritten", k))
 					return
@@ -246,9 +247,9 @@ func TestStressManifests(t *testing.T) {
 			write(f, g*11%250+1)
 		}
 		if g%2 == 0 {
-			time.Sleep(src.settle / 4)
+			time.Sleep(manifest.Settle / 4)
 		} else {
-			time.Sleep(3 * src.settle)
+			time.Sleep(3 * manifest.Settle)
 		}
 	}
 	stop.Store(true)
@@ -264,29 +265,42 @@ func TestStressManifests(t *testing.T) {
 		}
 		want.Write(data)
 	}
-	fresh := storeFrom(t, convertOptions{}, want.String())
+	fresh := storeFrom(t, entry.Options{}, want.String())
 	eventually(t, "the source settles on the final files", func() bool {
-		return sameTables(fresh.table(), st.table()) == ""
+		return sameStores(fresh, st) == ""
 	})
-	t.Logf("%d tables published", publishes.Load())
+	t.Logf("%d tables published", counted.replaced.Load())
 }
 
-func assertSameTables(t *testing.T, want, got *table) {
+func assertSameStores(t *testing.T, want, got *store) {
 	t.Helper()
-	if diff := sameTables(want, got); diff != "" {
+	if diff := sameStores(want, got); diff != "" {
 		t.Fatal(diff)
 	}
 }
 
-// sameTables compares two tables name by name; "" when they answer alike.
-func sameTables(want, got *table) string {
-	if want.hosts != got.hosts {
-		return fmt.Sprintf("%d names, want %d", got.hosts, want.hosts)
+// sameStores compares the tables of two stores name by name; "" when they
+// answer alike.
+func sameStores(want, got *store) string {
+	if w, g := want.table().Hosts, got.table().Hosts; w != g {
+		return fmt.Sprintf("%d names, want %d", g, w)
 	}
-	for name, ans := range tableNames(want) {
-		if !sameAnswer(got.lookup(name), ans) {
-			return fmt.Sprintf("%s: got %v, want %v", name, got.lookup(name), ans)
+	for name, ans := range servedNames(want) {
+		if g := lookupIn(got.table(), name); !sameAnswer(g, ans) {
+			return fmt.Sprintf("%s: got %v, want %v", name, g, ans)
 		}
 	}
 	return ""
+}
+
+// countingSink is a store that counts the full sets of entries a source
+// hands it.
+type countingSink struct {
+	*store
+	replaced atomic.Int64
+}
+
+func (c *countingSink) ReplaceAll(all map[string]*entry.Entry) {
+	c.replaced.Add(1)
+	c.store.ReplaceAll(all)
 }

@@ -6,13 +6,17 @@ import (
 )
 
 // withServiceEntry returns the directive order with "serviceentry" inserted
-// right before "kubernetes", so that ServiceEntry hosts are answered first and
-// everything else falls through to kubernetes and forward. A CoreDNS without
-// the kubernetes directive is not one this command is built for: fail loudly.
+// right before "cache". Its answers may differ from one client to the next
+// (by the class and namespace of the pod asking), and cache keys replies by
+// name and type alone: before cache, the plugin's own answers are never
+// cached, while every name it passes on still is. rewrite, autopath and acl
+// run before it, as before cache; hosts and kubernetes after it. A CoreDNS
+// without the cache directive is not one this command is built for: fail
+// loudly.
 func withServiceEntry(directives []string) []string {
-	i := slices.Index(directives, "kubernetes")
+	i := slices.Index(directives, "cache")
 	if i < 0 {
-		panic(fmt.Sprintf("serviceentry: CoreDNS has no kubernetes directive to go before: %v", directives))
+		panic(fmt.Sprintf("serviceentry: CoreDNS has no cache directive to go before: %v", directives))
 	}
 	return slices.Insert(slices.Clone(directives), i, "serviceentry")
 }

@@ -18,24 +18,28 @@ func TestDirectiveOrder(t *testing.T) {
 	if se < 0 {
 		t.Fatalf("serviceentry is not a directive: %v", got)
 	}
-	if got[se+1] != "kubernetes" {
-		t.Errorf("serviceentry is followed by %q, want kubernetes", got[se+1])
+	if got[se+1] != "cache" {
+		t.Errorf("serviceentry is followed by %q, want cache", got[se+1])
 	}
-	if hosts := slices.Index(got, "hosts"); hosts > se {
-		t.Errorf("hosts (%d) comes after serviceentry (%d)", hosts, se)
+	for _, after := range []string{"hosts", "kubernetes", "forward"} {
+		if i := slices.Index(got, after); i < se {
+			t.Errorf("%s (%d) comes before serviceentry (%d)", after, i, se)
+		}
 	}
-	if fwd := slices.Index(got, "forward"); fwd < se {
-		t.Errorf("forward (%d) comes before serviceentry (%d)", fwd, se)
+	for _, before := range []string{"rewrite", "autopath", "loadbalance", "acl"} {
+		if i := slices.Index(got, before); i > se {
+			t.Errorf("%s (%d) comes after serviceentry (%d)", before, i, se)
+		}
 	}
 	if n := len(slices.DeleteFunc(slices.Clone(got), func(d string) bool { return d != "serviceentry" })); n != 1 {
 		t.Errorf("serviceentry appears %d times", n)
 	}
 }
 
-func TestWithServiceEntryNeedsKubernetes(t *testing.T) {
+func TestWithServiceEntryNeedsCache(t *testing.T) {
 	defer func() {
 		if recover() == nil {
-			t.Error("no panic for a directive list without kubernetes")
+			t.Error("no panic for a directive list without cache")
 		}
 	}()
 	withServiceEntry([]string{"hosts", "forward"})

@@ -1,5 +1,5 @@
 // Command coredns is CoreDNS with every in-tree plugin plus serviceentry,
-// which sits in the plugin chain right before kubernetes (after hosts).
+// which sits in the plugin chain right before cache (see withServiceEntry).
 package main
 
 import (

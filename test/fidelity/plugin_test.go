@@ -8,42 +8,22 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
 )
 
-var (
-	buildOnce sync.Once
-	binary    string
-	buildErr  error
-)
-
-// corednsBinary builds the project's cmd/coredns once per test run, from the
-// plugin's own module (two folders up), as test/integration and scripts/image
-// build it, so that they share Go's build cache.
+// corednsBinary is the project's cmd/coredns that run.sh builds from the
+// plugin's own module, as test/integration and scripts/image build it, so
+// that they share Go's build cache.
 func corednsBinary(t *testing.T) string {
 	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "serviceentry-fidelity-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binary = filepath.Join(dir, "coredns")
-		cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s", "-o", binary, "./cmd/coredns")
-		cmd.Dir = filepath.Join("..", "..")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build ./cmd/coredns: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
+	bin := os.Getenv("SERVICEENTRY_COREDNS")
+	if bin == "" {
+		t.Fatal("SERVICEENTRY_COREDNS is not set: run the test through test/fidelity/run.sh, which builds cmd/coredns")
 	}
-	return binary
+	return bin
 }
 
 // plugin is the built CoreDNS serving one corpus from manifest files.

@@ -4,7 +4,8 @@
 # ~/.cache/serviceentry, keyed by the Go version and a hash of this module's
 # go.mod, go.sum and sources, so only the first run on a machine (or after a
 # change here) compiles Istio's packages (minutes cold; Go's build cache helps
-# too). The plugin itself is rebuilt from source by the test on every run.
+# too). The plugin's cmd/coredns is built from source on every run, here, and
+# handed to the test in SERVICEENTRY_COREDNS.
 # Arguments go to the test binary, e.g. test/fidelity/run.sh -test.run 'seed=17/'.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -20,4 +21,7 @@ if [ ! -x "$bin" ]; then
   find "$cache" -name 'fidelity-*.test' -delete # older versions
   mv "$bin.tmp" "$bin"
 fi
-exec "$bin" -test.count=1 -test.v -test.timeout 30m "$@"
+coredns_dir=$(mktemp -d)
+trap 'rm -rf "$coredns_dir"' EXIT
+(cd ../.. && CGO_ENABLED=0 go build -trimpath -ldflags=-s -o "$coredns_dir/coredns" ./cmd/coredns)
+SERVICEENTRY_COREDNS="$coredns_dir/coredns" "$bin" -test.count=1 -test.v -test.timeout 30m "$@"

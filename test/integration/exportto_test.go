@@ -38,14 +38,14 @@ func createPodAt(t testing.TB, kube kubernetes.Interface, ns, name, ip string) {
 }
 
 // TestExportToClient: with "exportto client", against a real API server with
-// RBAC and deploy/rbac-exportto-client.yaml, queries from different loopback
+// RBAC and deploy/rbac.yaml, queries from different loopback
 // addresses are answered as the pods holding them: a namespace-private entry
 // only to its own namespace's pods, public ones to everyone, and an address
 // given to a pod of another namespace changes the answer within a second.
 func TestExportToClient(t *testing.T) {
 	c := startCluster(t, "RBAC")
 	c.installCRDs(t, istioCRDs(t))
-	token := corednsServiceAccount(t, c, "rbac-exportto-client.yaml")
+	token := corednsServiceAccount(t, c, "rbac.yaml")
 	createNamespace(t, c, "team-b", "team-c", "shared")
 	kube, err := kubernetes.NewForConfig(c.restConfig(t))
 	if err != nil {

@@ -211,7 +211,10 @@ func TestAPIServerOutage(t *testing.T) {
 	if _, err := ses.Create(ctx, serviceEntry("default", "after", []string{"after.outage.internal"}, "192.0.2.21"), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	dnsServer.waitAnswer(t, 60*time.Second, "after.outage.internal", dns.TypeA, "NOERROR 192.0.2.21")
+	// client-go's reflector retries a failed watch with a backoff capped at
+	// 30 s and a jitter of up to as much again: after a 30 s outage the
+	// first retry may come a minute after the restart.
+	dnsServer.waitAnswer(t, 120*time.Second, "after.outage.internal", dns.TypeA, "NOERROR 192.0.2.21")
 	dnsServer.waitAnswer(t, time.Second, "kept.outage.internal", dns.TypeA, "NOERROR 192.0.2.20")
 }
 

@@ -1,4 +1,4 @@
-package serviceentry
+package kube
 
 import (
 	"context"
@@ -9,26 +9,23 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/coredns-serviceentry/serviceentry/internal/podindex"
+	"github.com/coredns-serviceentry/serviceentry/internal/reach"
+	"github.com/coredns-serviceentry/serviceentry/internal/sourcetest"
 	"go.uber.org/goleak"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	k8sruntime "k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/features"
 	clientfeaturestesting "k8s.io/client-go/features/testing"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
-	"k8s.io/client-go/tools/cache"
 )
-
-// The helpers below are local to this file rather than in helpers_test.go,
-// which other work owns.
 
 // clientEpoch is the creation time of the test pods; a pod's age is given in
 // seconds after it.
@@ -37,20 +34,20 @@ var clientEpoch = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 // newFakePods returns a fake clientset holding objs.
 func newFakePods(t *testing.T, objs ...k8sruntime.Object) *fake.Clientset {
 	t.Helper()
-	// With WatchListClient on (client-go >= 0.35 default) informers on the
+	// With WatchListClient on (client-go >= 0.35 default) reflectors on the
 	// fake clientset never sync; real API servers are unaffected.
 	clientfeaturestesting.SetFeatureDuringTest(t, features.WatchListClient, false)
 	return fake.NewClientset(objs...)
 }
 
 // startPods runs a pod source on client and waits for its first list.
-func startPods(t *testing.T, client *fake.Clientset, namespaces ...string) (*clientIndex, *podSource) {
+func startPods(t *testing.T, client *fake.Clientset, namespaces ...string) (*podindex.Index, *podSource) {
 	t.Helper()
-	idx := newClientIndex()
-	p := newPodSource(client, namespaces, idx)
+	idx := podindex.New()
+	p := newPodSource(client, namespaces, idx, sourcetest.NewSink())
 	p.start()
 	t.Cleanup(p.stop)
-	eventually(t, "pod informer synced", idx.ready.Load)
+	sourcetest.Eventually(t, "pod reader synced", idx.Synced)
 	return idx, p
 }
 
@@ -113,13 +110,6 @@ func fullPod() *corev1.Pod {
 	}
 }
 
-// strippedFullPod is what the cache keeps of fullPod: a host-network pod,
-// so it claims no IP.
-func strippedFullPod() *clientPod {
-	return &clientPod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns1", Name: "web-0",
-		ResourceVersion: "42", CreationTimestamp: metav1.NewTime(clientEpoch)}}
-}
-
 // podNetworkFullPod is fullPod on the pod network.
 func podNetworkFullPod() *corev1.Pod {
 	pod := fullPod()
@@ -127,46 +117,43 @@ func podNetworkFullPod() *corev1.Pod {
 	return pod
 }
 
-// strippedPodNetworkFullPod is what the cache keeps of podNetworkFullPod.
-func strippedPodNetworkFullPod() *clientPod {
-	pod := strippedFullPod()
-	pod.ips = []netip.Addr{netip.MustParseAddr("10.1.0.5"), netip.MustParseAddr("fd00::5")}
-	return pod
-}
-
-// clientPodOf is the clientPod of a testPod that claims ips.
-func clientPodOf(ns, name string, created int, ips ...string) *clientPod {
-	pod := &clientPod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name,
-		CreationTimestamp: metav1.NewTime(clientEpoch.Add(time.Duration(created) * time.Second))}}
-	for _, ip := range ips {
-		pod.ips = append(pod.ips, netip.MustParseAddr(ip))
+// claimOfTest is the claim of a testPod that claims ips, with no Istio mark.
+func claimOfTest(ns, name string, created int, ips ...string) *podClaim {
+	p := &podClaim{key: ns + "/" + name}
+	if len(ips) == 0 {
+		return p
 	}
-	return pod
+	p.claim = &podindex.Claim{Namespace: ns, Name: name, Created: clientEpoch.Add(time.Duration(created) * time.Second)}
+	for _, ip := range ips {
+		p.claim.IPs = append(p.claim.IPs, netip.MustParseAddr(ip))
+	}
+	return p
 }
 
 func TestPodTransform(t *testing.T) {
-	tomb := cache.DeletedFinalStateUnknown{Key: "ns1/web-0", Obj: strippedFullPod()}
+	fullClaim := &podClaim{key: "ns1/web-0", claim: &podindex.Claim{Namespace: "ns1", Name: "web-0", Created: clientEpoch,
+		IPs: []netip.Addr{netip.MustParseAddr("10.1.0.5"), netip.MustParseAddr("fd00::5")}}}
 	for _, tc := range []struct {
 		name string
 		in   any
 		want any
 	}{
-		{"full host-network pod keeps only its name, version and age", fullPod(), strippedFullPod()},
-		{"full pod keeps only what the index and the informer read", podNetworkFullPod(), strippedPodNetworkFullPod()},
-		{"transforming twice changes nothing", strippedPodNetworkFullPod(), strippedPodNetworkFullPod()},
-		{"pod without IPs", withPhase(testPod("ns1", "pending", 0), corev1.PodPending), clientPodOf("ns1", "pending", 0)},
-		{"succeeded pod claims nothing", withPhase(testPod("ns1", "job", 0, "10.1.0.5"), corev1.PodSucceeded), clientPodOf("ns1", "job", 0)},
-		{"failed pod claims nothing", withPhase(testPod("ns1", "crash", 0, "10.1.0.5"), corev1.PodFailed), clientPodOf("ns1", "crash", 0)},
+		{"a host-network pod claims nothing", fullPod(), &podClaim{key: "ns1/web-0"}},
+		{"a pod keeps only what the index reads", podNetworkFullPod(), fullClaim},
+		{"transforming twice changes nothing", fullClaim, fullClaim},
+		{"pod without IPs", withPhase(testPod("ns1", "pending", 0), corev1.PodPending), claimOfTest("ns1", "pending", 0)},
+		{"succeeded pod claims nothing", withPhase(testPod("ns1", "job", 0, "10.1.0.5"), corev1.PodSucceeded), claimOfTest("ns1", "job", 0)},
+		{"failed pod claims nothing", withPhase(testPod("ns1", "crash", 0, "10.1.0.5"), corev1.PodFailed), claimOfTest("ns1", "crash", 0)},
 		{"IPv4-mapped and repeated IPs, once each", testPod("ns1", "a", 0, "::ffff:10.1.0.5", "10.1.0.5", "fd00::5"),
-			clientPodOf("ns1", "a", 0, "10.1.0.5", "fd00::5")},
-		{"not a pod passes through", tomb, tomb},
+			claimOfTest("ns1", "a", 0, "10.1.0.5", "fd00::5")},
+		{"not a pod passes through", "other", "other"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var before *corev1.Pod
 			if pod, ok := tc.in.(*corev1.Pod); ok {
 				before = pod.DeepCopy()
 			}
-			got, err := stripPod(tc.in)
+			got, err := toClaim(tc.in)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -176,96 +163,77 @@ func TestPodTransform(t *testing.T) {
 			if before != nil && !reflect.DeepEqual(tc.in, before) {
 				t.Fatalf("the decoded pod changed:\n%#v\nwas %#v", tc.in, before)
 			}
-			if pod, ok := tc.in.(*clientPod); ok && got != any(pod) {
-				t.Fatal("a clientPod was copied")
+			if p, ok := tc.in.(*podClaim); ok && got != any(p) {
+				t.Fatal("a podClaim was copied")
 			}
 		})
 	}
 }
 
-// TestClientPodDeepCopy: client-go's cache mutation detector compares a
-// cached object with its deep copy, so the copy must be equal and share
-// nothing mutable.
-func TestClientPodDeepCopy(t *testing.T) {
-	pod := strippedPodNetworkFullPod()
-	pod.Labels = map[string]string{"app": "web"} // never kept; here to see ObjectMeta copied deeply
-	cp, ok := pod.DeepCopyObject().(*clientPod)
-	if !ok || !reflect.DeepEqual(cp, pod) {
-		t.Fatalf("copy %#v\nof %#v", cp, pod)
-	}
-	cp.ips[0] = netip.MustParseAddr("192.0.2.1")
-	cp.Labels["app"] = "changed"
-	if want := strippedPodNetworkFullPod(); pod.ips[0] != want.ips[0] || pod.Labels["app"] != "web" {
-		t.Fatalf("changing the copy changed the original: %#v", pod)
-	}
-	if (&clientPod{}).DeepCopyObject().(*clientPod).ips != nil {
-		t.Fatal("no IPs copied as an empty slice")
-	}
-	if kind := pod.GetObjectKind().GroupVersionKind(); !kind.Empty() {
-		t.Fatalf("kind %v, want none", kind)
-	}
-}
+// TestPodMarks: a pod's Istio marks reach the index (package reach decides
+// them; its tests hold the classes), and an odd mark is reported once per
+// change, with the pod's key.
+func TestPodMarks(t *testing.T) {
+	sidecar := testPod("ns1", "sidecar", 0, "10.1.0.7")
+	sidecar.Annotations = map[string]string{"sidecar.istio.io/status": `{"containers":["istio-proxy"]}`}
+	sidecar.Spec.Containers = append(sidecar.Spec.Containers, corev1.Container{Name: "istio-proxy", Args: []string{"proxy", "sidecar"}})
+	sidecar.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodInitialized, Status: corev1.ConditionTrue}}
+	odd := testPod("ns1", "odd", 0, "10.1.0.8")
+	odd.Annotations = map[string]string{"sidecar.istio.io/status": "{not json"}
+	odd.Spec.Containers = append(odd.Spec.Containers, corev1.Container{Name: "istio-proxy", Args: []string{"proxy", "sidecar"}})
+	client := newFakePods(t, sidecar, odd)
+	idx := podindex.New()
+	sink := sourcetest.NewSink()
+	p := newPodSource(client, nil, idx, sink)
+	p.start()
+	t.Cleanup(p.stop)
+	sourcetest.Eventually(t, "pod reader synced", idx.Synced)
 
-// TestPodSourceCachesStrippedPods: the transform is the informer's, so its
-// cache holds clientPods, keyed as the pods are.
-func TestPodSourceCachesStrippedPods(t *testing.T) {
-	_, p := startPods(t, newFakePods(t, fullPod()))
-	store := p.informers[0].GetStore()
-	objs := store.List()
-	if len(objs) != 1 {
-		t.Fatalf("%d objects cached, want 1", len(objs))
+	want, _ := reach.MarksOf(sidecar)
+	if got := idx.Lookup(netip.MustParseAddr("10.1.0.7")).Marks; got != want || !got.Sidecar() {
+		t.Errorf("marks %v, want %v (a sidecar)", got, want)
 	}
-	if !reflect.DeepEqual(objs[0], strippedFullPod()) {
-		t.Fatalf("cached %#v\nwant %#v", objs[0], strippedFullPod())
+	if n := sink.Count(reach.ReasonSidecarStatus); n != 1 {
+		t.Fatalf("odd status reported %d times, want 1", n)
 	}
-	if _, ok, _ := store.GetByKey("ns1/web-0"); !ok {
-		t.Fatalf("not cached under its namespace/name: %v", store.ListKeys())
+	if _, ok := sink.Skips("Pod ns1/odd"); !ok {
+		t.Errorf("the problem does not name the pod: %v", sink.Keys())
 	}
-}
-
-// TestPodSourceTombstoneCarriesClientPod: a pod found gone at a relist (its
-// deletion missed while the watch was down) is handed to the handlers as a
-// tombstone holding the cached clientPod, and loses its claim.
-func TestPodSourceTombstoneCarriesClientPod(t *testing.T) {
-	client := newFakePods(t)
-	var lists atomic.Int32
-	client.PrependReactor("list", "pods", func(k8stesting.Action) (bool, k8sruntime.Object, error) {
-		if lists.Add(1) == 1 {
-			return true, &corev1.PodList{Items: []corev1.Pod{*podNetworkFullPod()}}, nil
-		}
-		return true, &corev1.PodList{}, nil
-	})
-	first := watch.NewRaceFreeFake()
-	var watches atomic.Int32
-	client.PrependWatchReactor("pods", func(k8stesting.Action) (bool, watch.Interface, error) {
-		if watches.Add(1) == 1 {
-			return true, first, nil
-		}
-		return true, watch.NewRaceFreeFake(), nil
-	})
-	idx, p := startPods(t, client)
-	ip := netip.MustParseAddr("10.1.0.5")
-	if got := idx.namespaceOf(ip); got != "ns1" {
-		t.Fatalf("before the relist: %q, want ns1", got)
-	}
-	deleted := make(chan any, 1)
-	if _, err := p.informers[0].AddEventHandler(cache.ResourceEventHandlerFuncs{
-		DeleteFunc: func(obj any) { deleted <- obj },
-	}); err != nil {
+	// An update that keeps the problem reports nothing new.
+	odd.Labels = map[string]string{"v": "2"}
+	if _, err := client.CoreV1().Pods("ns1").Update(context.Background(), odd, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	// An expired watch makes the reflector list again.
-	first.Error(&metav1.Status{Status: metav1.StatusFailure, Code: 410, Reason: metav1.StatusReasonExpired})
-	select {
-	case obj := <-deleted:
-		tomb, ok := obj.(cache.DeletedFinalStateUnknown)
-		if !ok || tomb.Key != "ns1/web-0" || !reflect.DeepEqual(tomb.Obj, strippedPodNetworkFullPod()) {
-			t.Fatalf("deleted %#v, want a tombstone of the cached clientPod", obj)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("no deletion after the relist")
+	podBarrier(t, client, idx, 0)
+	if n := sink.Count(reach.ReasonSidecarStatus); n != 1 {
+		t.Fatalf("an unchanged problem reported again: %d", n)
 	}
-	eventually(t, "claim dropped", func() bool { return idx.namespaceOf(ip) == "" })
+}
+
+// TestPodRelistRemoves: a pod gone at a relist (its deletion missed while
+// the watch was down) loses its claim; a namespace's relist leaves the other
+// namespaces' pods alone.
+func TestPodRelistRemoves(t *testing.T) {
+	idx := podindex.New()
+	a, b := newPodStore("ns1", idx, sourcetest.NewSink()), newPodStore("ns2", idx, sourcetest.NewSink())
+	replace := func(s *podStore, pods ...*corev1.Pod) {
+		var list []any
+		for _, pod := range pods {
+			list = append(list, pod)
+		}
+		if err := s.Replace(list, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	replace(a, testPod("ns1", "x", 0, "10.1.0.1"), testPod("ns1", "y", 0, "10.1.0.2"))
+	replace(b, testPod("ns2", "z", 0, "10.1.0.3"))
+	idx.MarkSynced()
+	replace(a, testPod("ns1", "y", 0, "10.1.0.2"))
+	for ip, want := range map[string]string{"10.1.0.1": "", "10.1.0.2": "ns1", "10.1.0.3": "ns2"} {
+		if got := idx.NamespaceOf(netip.MustParseAddr(ip)); got != want {
+			t.Errorf("%s after ns1's relist: %q, want %q", ip, got, want)
+		}
+	}
 }
 
 // podStep changes one pod through the API and states the index's answer for
@@ -347,7 +315,7 @@ func TestPodSourceClaims(t *testing.T) {
 				}
 				podBarrier(t, client, idx, i)
 				for ip, want := range s.want {
-					if got := idx.namespaceOf(netip.MustParseAddr(ip)); got != want {
+					if got := idx.NamespaceOf(netip.MustParseAddr(ip)); got != want {
 						t.Errorf("step %d (%s %s/%s): %s -> %q, want %q", i, s.op, s.pod.Namespace, s.pod.Name, ip, got, want)
 					}
 				}
@@ -359,7 +327,7 @@ func TestPodSourceClaims(t *testing.T) {
 // podBarrier returns once the index has applied every pod change made
 // before it: it moves a pod of its own to a fresh IP and waits for the index
 // to see it there, and one informer delivers its events in order.
-func podBarrier(t *testing.T, client *fake.Clientset, idx *clientIndex, step int) {
+func podBarrier(t *testing.T, client *fake.Clientset, idx *podindex.Index, step int) {
 	t.Helper()
 	ip := fmt.Sprintf("198.51.100.%d", step+1)
 	pod := testPod("barrier", "barrier", 0, ip)
@@ -373,38 +341,38 @@ func podBarrier(t *testing.T, client *fake.Clientset, idx *clientIndex, step int
 	if err != nil {
 		t.Fatalf("moving the barrier pod: %v", err)
 	}
-	eventually(t, "barrier at "+ip, func() bool { return idx.namespaceOf(netip.MustParseAddr(ip)) == "barrier" })
+	sourcetest.Eventually(t, "barrier at "+ip, func() bool { return idx.NamespaceOf(netip.MustParseAddr(ip)) == "barrier" })
 }
 
 // TestPodSourceDeleteForms: a deletion removes the claim whether the
-// informer gives the pod or a tombstone, even one whose last known state is
-// stale or missing.
+// reflector gives the decoded pod or its converted claim, even one whose
+// last known addresses are stale or missing: the pod's key decides.
 func TestPodSourceDeleteForms(t *testing.T) {
 	const x = "10.1.0.5"
 	for _, tc := range []struct {
 		name string
 		obj  any
 	}{
-		{"pod", clientPodOf("ns2", "b", 2, x)},
-		{"tombstone", cache.DeletedFinalStateUnknown{Key: "ns2/b", Obj: clientPodOf("ns2", "b", 2, x)}},
-		{"tombstone with a stale IP", cache.DeletedFinalStateUnknown{Key: "ns2/b", Obj: clientPodOf("ns2", "b", 2, "10.9.9.9")}},
-		{"tombstone without an object", cache.DeletedFinalStateUnknown{Key: "ns2/b"}},
+		{"pod", testPod("ns2", "b", 2, x)},
+		{"claim", claimOfTest("ns2", "b", 2, x)},
+		{"claim with a stale IP", claimOfTest("ns2", "b", 2, "10.9.9.9")},
+		{"claim without addresses", claimOfTest("ns2", "b", 2)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			a, b := testPod("ns1", "a", 1, x), testPod("ns2", "b", 2, x)
 			idx, p := startPods(t, newFakePods(t, a, b))
 			addr := netip.MustParseAddr(x)
-			if got := idx.namespaceOf(addr); got != "ns2" {
+			if got := idx.NamespaceOf(addr); got != "ns2" {
 				t.Fatalf("before the deletion: %q, want ns2", got)
 			}
-			p.remove(tc.obj)
-			if got := idx.namespaceOf(addr); got != "ns1" {
+			p.stores[0].Delete(tc.obj)
+			if got := idx.NamespaceOf(addr); got != "ns1" {
 				t.Fatalf("after the deletion: %q, want ns1", got)
 			}
 			// A stale update after the deletion would be a new pod of that
 			// name; a repeated deletion changes nothing.
-			p.remove(tc.obj)
-			if got := idx.namespaceOf(addr); got != "ns1" {
+			p.stores[0].Delete(tc.obj)
+			if got := idx.NamespaceOf(addr); got != "ns1" {
 				t.Fatalf("after a repeated deletion: %q, want ns1", got)
 			}
 		})
@@ -431,12 +399,12 @@ func TestPodSourceNamespaces(t *testing.T) {
 			idx, p := startPods(t, newFakePods(t, pods...), tc.namespaces...)
 			for i, want := range tc.want {
 				ip := netip.AddrFrom4([4]byte{10, 1, 0, byte(i + 1)})
-				if got := idx.namespaceOf(ip); got != want {
+				if got := idx.NamespaceOf(ip); got != want {
 					t.Errorf("%s -> %q, want %q", ip, got, want)
 				}
 			}
-			if tc.name == "repeated" && len(p.informers) != 1 {
-				t.Errorf("%d informers for one namespace", len(p.informers))
+			if tc.name == "repeated" && len(p.stores) != 1 {
+				t.Errorf("%d readers for one namespace", len(p.stores))
 			}
 		})
 	}
@@ -452,146 +420,29 @@ func TestPodSourceSyncedAfterFirstList(t *testing.T) {
 		<-release
 		return false, nil, nil // the tracker answers
 	})
-	idx := newClientIndex()
-	p := newPodSource(client, nil, idx)
+	idx := podindex.New()
+	p := newPodSource(client, nil, idx, sourcetest.NewSink())
 	p.start()
 	defer p.stop()
 	defer once.Do(func() { close(release) })
 
 	ip := netip.MustParseAddr("10.1.0.1")
-	idx.set("ns1/early", &podClaim{namespace: "ns1", name: "early", ips: []netip.Addr{netip.MustParseAddr("10.1.0.9")}})
+	idx.Set("ns1/early", &podindex.Claim{Namespace: "ns1", Name: "early", IPs: []netip.Addr{netip.MustParseAddr("10.1.0.9")}})
 	time.Sleep(50 * time.Millisecond)
-	if idx.ready.Load() {
+	if idx.Synced() {
 		t.Fatal("synced before the list returned")
 	}
-	if got := idx.namespaceOf(netip.MustParseAddr("10.1.0.9")); got != "" {
+	if got := idx.NamespaceOf(netip.MustParseAddr("10.1.0.9")); got != "" {
 		t.Fatalf("before the sync: %q, want none", got)
 	}
 	once.Do(func() { close(release) })
-	eventually(t, "synced", idx.ready.Load)
-	if got := idx.namespaceOf(ip); got != "ns1" {
+	sourcetest.Eventually(t, "synced", idx.Synced)
+	if got := idx.NamespaceOf(ip); got != "ns1" {
 		t.Fatalf("after the sync: %q, want ns1", got)
 	}
 }
 
-// filledIndex is a synced index of n pods, spread over namespaces, at
-// 10.x.y.z and at fd00::x:y:z.
-func filledIndex(n int) (*clientIndex, []netip.Addr) {
-	idx := newClientIndex()
-	ips := make([]netip.Addr, 0, 2*n)
-	for i := range n {
-		v4 := netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
-		v6 := netip.AddrFrom16([16]byte{0: 0xfd, 13: byte(i >> 16), 14: byte(i >> 8), 15: byte(i)})
-		ns := fmt.Sprintf("ns%d", i%50)
-		name := fmt.Sprintf("pod%d", i)
-		idx.set(ns+"/"+name, &podClaim{namespace: ns, name: name, ips: []netip.Addr{v4, v6}})
-		ips = append(ips, v4, v6)
-	}
-	idx.markSynced()
-	return idx, ips
-}
-
-// TestClientIndexNamespaceOfAllocs: the lookup is on the query path.
-func TestClientIndexNamespaceOfAllocs(t *testing.T) {
-	idx, _ := filledIndex(1000)
-	unsynced := newClientIndex()
-	for _, tc := range []struct {
-		name string
-		idx  *clientIndex
-		ip   netip.Addr
-		want string
-	}{
-		{"IPv4 hit", idx, netip.MustParseAddr("10.0.0.7"), "ns7"},
-		{"IPv4-mapped hit", idx, netip.MustParseAddr("::ffff:10.0.0.7"), "ns7"},
-		{"IPv6 hit", idx, netip.MustParseAddr("fd00::7"), "ns7"},
-		{"miss", idx, netip.MustParseAddr("192.0.2.1"), ""},
-		{"zero address", idx, netip.Addr{}, ""},
-		{"not synced", unsynced, netip.MustParseAddr("10.0.0.7"), ""},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			if got := tc.idx.namespaceOf(tc.ip); got != tc.want {
-				t.Fatalf("%s -> %q, want %q", tc.ip, got, tc.want)
-			}
-			if n := testing.AllocsPerRun(1000, func() { tc.idx.namespaceOf(tc.ip) }); n != 0 {
-				t.Fatalf("%v allocations per lookup, want 0", n)
-			}
-		})
-	}
-}
-
-// TestClientIndexCopiesOnlyTouchedShards: an event replaces the shards of the
-// IPs it touched and leaves every other shard, and any map a reader holds,
-// as it was.
-func TestClientIndexCopiesOnlyTouchedShards(t *testing.T) {
-	idx, _ := filledIndex(1000)
-	var before [clientShards]*map[netip.Addr]string
-	for i := range idx.shards {
-		before[i] = idx.shards[i].Load()
-	}
-	moved := netip.MustParseAddr("10.0.0.7")
-	fresh := netip.MustParseAddr("10.200.0.1")
-	idx.set("ns7/pod7", &podClaim{namespace: "ns7", name: "pod7", ips: []netip.Addr{fresh}})
-
-	touched := map[int]bool{shardOf(moved): true, shardOf(fresh): true,
-		shardOf(netip.MustParseAddr("fd00::7")): true}
-	for i := range idx.shards {
-		if changed := idx.shards[i].Load() != before[i]; changed != touched[i] {
-			t.Errorf("shard %d: replaced %v, touched %v", i, changed, touched[i])
-		}
-	}
-	if got := (*before[shardOf(moved)])[moved]; got != "ns7" {
-		t.Errorf("a reader's old shard changed under it: %q", got)
-	}
-	if got := idx.namespaceOf(moved); got != "" {
-		t.Errorf("old IP: %q, want none", got)
-	}
-	if got := idx.namespaceOf(fresh); got != "ns7" {
-		t.Errorf("new IP: %q, want ns7", got)
-	}
-}
-
-// TestClientIndexShardSpread: pod IPs of one small CIDR, as a cluster gives
-// them, reach every shard, so no shard grows to hold most of the index.
-func TestClientIndexShardSpread(t *testing.T) {
-	counts := make([]int, clientShards)
-	const n = 4096
-	for i := range n {
-		counts[shardOf(netip.AddrFrom4([4]byte{10, 244, byte(i >> 8), byte(i)}))]++
-	}
-	for s, c := range counts {
-		if c == 0 || c > 3*n/clientShards {
-			t.Errorf("shard %d holds %d of %d addresses", s, c, n)
-		}
-	}
-}
-
-// TestClientIndexConcurrentReaders runs lookups while pods come and go, for
-// the race detector.
-func TestClientIndexConcurrentReaders(t *testing.T) {
-	idx, ips := filledIndex(256)
-	var stop atomic.Bool
-	var readers sync.WaitGroup
-	for r := range 4 {
-		readers.Go(func() {
-			for i := r; !stop.Load(); i++ {
-				idx.namespaceOf(ips[i%len(ips)])
-			}
-		})
-	}
-	for i := range 2000 {
-		ns, name := fmt.Sprintf("ns%d", i%7), fmt.Sprintf("churn%d", i%100)
-		ip := netip.AddrFrom4([4]byte{10, 0, 0, byte(i)})
-		if i%3 == 0 {
-			idx.set(ns+"/"+name, nil)
-		} else {
-			idx.set(ns+"/"+name, &podClaim{namespace: ns, name: name, created: clientEpoch.Add(time.Duration(i)), ips: []netip.Addr{ip}})
-		}
-	}
-	stop.Store(true)
-	readers.Wait()
-}
-
-// TestPodSourceStopLeavesNoGoroutine: stop returns after the informers and
+// TestPodSourceStopLeavesNoGoroutine: stop returns after the reflectors and
 // the sync wait have ended, whether or not the first list completed.
 func TestPodSourceStopLeavesNoGoroutine(t *testing.T) {
 	for _, tc := range []struct {
@@ -605,26 +456,26 @@ func TestPodSourceStopLeavesNoGoroutine(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			client := newFakePods(t, testPod("ns1", "a", 0, "10.1.0.1"))
-			defer verifyNoLeaks(t, goleak.IgnoreCurrent())
-			before := goroutineIDs()
-			idx := newClientIndex()
-			p := newPodSource(client, tc.namespaces, idx)
+			defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+			before := sourcetest.GoroutineIDs()
+			idx := podindex.New()
+			p := newPodSource(client, tc.namespaces, idx, sourcetest.NewSink())
 			p.start()
 			if tc.waitSync {
-				eventually(t, "synced", idx.ready.Load)
+				sourcetest.Eventually(t, "synced", idx.Synced)
 				if _, err := client.CoreV1().Pods("ns1").Create(context.Background(), testPod("ns1", "b", 1, "10.1.0.2"), metav1.CreateOptions{}); err != nil {
 					t.Fatal(err)
 				}
-				eventually(t, "new pod", func() bool { return idx.namespaceOf(netip.MustParseAddr("10.1.0.2")) == "ns1" })
+				sourcetest.Eventually(t, "new pod", func() bool { return idx.NamespaceOf(netip.MustParseAddr("10.1.0.2")) == "ns1" })
 			}
 			p.stop()
 			// goleak waits for goroutines to end, while stop promises they
 			// have ended when it returns: look once, at once, for any left
 			// waiting. One that is runnable is past its last wait (the
 			// goroutine that signalled stop, say) and goleak sees it end.
-			for id, stack := range goroutineStacks() {
-				if !before[id] && !finishing(stack) &&
-					(strings.Contains(stack, "k8s.io/client-go/") || strings.Contains(stack, "serviceentry.(*podSource)")) {
+			for id, stack := range sourcetest.GoroutineStacks() {
+				if !before[id] && !sourcetest.Finishing(stack) &&
+					(strings.Contains(stack, "k8s.io/client-go/") || strings.Contains(stack, "kube.(*podSource)")) {
 					t.Errorf("running after stop returned:\n%s", stack)
 				}
 			}
@@ -633,52 +484,8 @@ func TestPodSourceStopLeavesNoGoroutine(t *testing.T) {
 	}
 }
 
-// goroutineStacks returns the stack of every goroutine, by ID.
-func goroutineStacks() map[string]string {
-	buf := make([]byte, 1<<20)
-	for {
-		n := runtime.Stack(buf, true)
-		if n < len(buf) {
-			buf = buf[:n]
-			break
-		}
-		buf = make([]byte, 2*len(buf))
-	}
-	stacks := make(map[string]string)
-	for _, g := range strings.Split(string(buf), "\n\n") {
-		id, _, _ := strings.Cut(strings.TrimPrefix(g, "goroutine "), " ")
-		stacks[id] = g
-	}
-	return stacks
-}
-
-// finishing reports whether a goroutine's stack shows it running rather
-// than waiting.
-func finishing(stack string) bool {
-	header, _, _ := strings.Cut(stack, "\n")
-	return strings.Contains(header, "[runnable") || strings.Contains(header, "[running")
-}
-
-func goroutineIDs() map[string]bool {
-	ids := make(map[string]bool)
-	for id := range goroutineStacks() {
-		ids[id] = true
-	}
-	return ids
-}
-
-func BenchmarkNamespaceOf(b *testing.B) {
-	idx, ips := filledIndex(10000)
-	b.ReportAllocs()
-	i := 0
-	for b.Loop() {
-		idx.namespaceOf(ips[i%len(ips)])
-		i++
-	}
-}
-
 // TestPodSourceStopWaitsForList: client-go leaves a list in progress behind
-// when its informer stops; stop waits for it.
+// when its reflector stops; stop waits for it.
 func TestPodSourceStopWaitsForList(t *testing.T) {
 	client := newFakePods(t)
 	entered, release := make(chan struct{}), make(chan struct{})
@@ -688,7 +495,7 @@ func TestPodSourceStopWaitsForList(t *testing.T) {
 		<-release
 		return false, nil, nil
 	})
-	p := newPodSource(client, nil, newClientIndex())
+	p := newPodSource(client, nil, podindex.New(), sourcetest.NewSink())
 	p.start()
 	<-entered
 	stopped := make(chan struct{})
@@ -711,9 +518,8 @@ func TestPodSourceStopWaitsForList(t *testing.T) {
 
 // BenchmarkPodCacheMemory reports the live heap that 10,000 running pods
 // (one IP each, over 1,000 namespaces) cost once the pod source has synced:
-// "B/pod" is everything it holds (the informer's cache and machinery and the
-// index), "cache-B/pod" what letting go of the stopped informers frees (the
-// cached objects, and the strings that only they hold). The fake clientset's
+// "B/pod" is everything it holds (the reflectors and the index),
+// "reader-B/pod" what letting go of the stopped source frees. The fake clientset's
 // list answers with pods built afresh for each call, as an API server's are
 // decoded afresh, and its tracker holds none: so no string the cache keeps is
 // shared with, and hidden in, the fake's own objects. Run with -benchtime 1x:
@@ -721,21 +527,22 @@ func TestPodSourceStopWaitsForList(t *testing.T) {
 func BenchmarkPodCacheMemory(b *testing.B) {
 	const pods, namespaces = 10000, 1000
 	clientfeaturestesting.SetFeatureDuringTest(b, features.WatchListClient, false)
-	var total, cache float64
+	var total, reader float64
 	n := 0
 	for b.Loop() {
-		t, c := podCacheMemory(b, pods, namespaces)
+		t, r := podCacheMemory(b, pods, namespaces)
 		total += t
-		cache += c
+		reader += r
 		n++
 	}
 	b.ReportMetric(total/float64(n)/pods, "B/pod")
-	b.ReportMetric(cache/float64(n)/pods, "cache-B/pod")
+	b.ReportMetric(reader/float64(n)/pods, "reader-B/pod")
 }
 
 // podCacheMemory runs a pod source over pods pods and returns the live heap
-// it holds once synced, and the part of it that the informers held.
-func podCacheMemory(b *testing.B, pods, namespaces int) (total, informers float64) {
+// it holds once synced, and the part of it that the stopped source frees
+// (the reflectors and what only they hold); the rest is the index.
+func podCacheMemory(b *testing.B, pods, namespaces int) (total, reader float64) {
 	client := fake.NewClientset()
 	client.PrependReactor("list", "pods", func(k8stesting.Action) (bool, k8sruntime.Object, error) {
 		list := &corev1.PodList{Items: make([]corev1.Pod, pods)}
@@ -744,23 +551,23 @@ func podCacheMemory(b *testing.B, pods, namespaces int) (total, informers float6
 		}
 		return true, list, nil
 	})
-	idx := newClientIndex()
-	p := newPodSource(client, nil, idx)
+	idx := podindex.New()
+	p := newPodSource(client, nil, idx, sourcetest.NewSink())
 	base := liveHeap()
 	p.start()
-	for deadline := time.Now().Add(time.Minute); !idx.ready.Load(); time.Sleep(10 * time.Millisecond) {
+	for deadline := time.Now().Add(time.Minute); !idx.Synced(); time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			b.Fatal("pod informer not synced")
+			b.Fatal("pod reader not synced")
 		}
 	}
-	if got := idx.namespaceOf(benchPodIP(pods - 1)); got != benchPodNamespace(pods-1, namespaces) {
+	if got := idx.NamespaceOf(benchPodIP(pods - 1)); got != benchPodNamespace(pods-1, namespaces) {
 		b.Fatalf("last pod's namespace %q", got)
 	}
 	synced := liveHeap()
-	p.stop() // and p is not used after it, so its informers are garbage
-	withoutInformers := liveHeap()
+	p.stop() // and p is not used after it, so its reflectors are garbage
+	withoutReader := liveHeap()
 	runtime.KeepAlive(idx)
-	return float64(synced) - float64(base), float64(synced) - float64(withoutInformers)
+	return float64(synced) - float64(base), float64(synced) - float64(withoutReader)
 }
 
 func liveHeap() uint64 {

@@ -1,8 +1,10 @@
-package serviceentry
+package entry
 
 import (
 	"strings"
 	"testing"
+
+	"sigs.k8s.io/yaml"
 )
 
 func TestNormalizeHost(t *testing.T) {
@@ -17,20 +19,20 @@ func TestNormalizeHost(t *testing.T) {
 		{"punycode", "xn--bcher-kva.example", "xn--bcher-kva.example", ""},
 		{"63-byte label", label63 + ".com", label63 + ".com", ""},
 		{"253-byte name", name253, name253, ""},
-		{"empty", "", "", reasonInvalidHost},
-		{"dot only", ".", "", reasonInvalidHost},
-		{"star alone", "*", "", reasonInvalidHost},
-		{"partial wildcard", "*foo.example.com", "", reasonPartialWildcard},
-		{"partial wildcard with hyphen", "*-foo.example.com", "", reasonPartialWildcard},
-		{"inner star", "a.*.example.com", "", reasonInvalidHost},
-		{"64-byte label", label63 + "a.com", "", reasonInvalidHost},
-		{"254-byte name", name253 + "b", "", reasonInvalidHost},
-		{"empty label", "a..com", "", reasonInvalidHost},
-		{"leading hyphen", "-a.com", "", reasonInvalidHost},
-		{"trailing hyphen", "a-.com", "", reasonInvalidHost},
-		{"underscore", "_srv.a.com", "", reasonInvalidHost},
-		{"non-ASCII", "bücher.example", "", reasonInvalidHost},
-		{"space", "a b.com", "", reasonInvalidHost},
+		{"empty", "", "", ReasonInvalidHost},
+		{"dot only", ".", "", ReasonInvalidHost},
+		{"star alone", "*", "", ReasonInvalidHost},
+		{"partial wildcard", "*foo.example.com", "", ReasonPartialWildcard},
+		{"partial wildcard with hyphen", "*-foo.example.com", "", ReasonPartialWildcard},
+		{"inner star", "a.*.example.com", "", ReasonInvalidHost},
+		{"64-byte label", label63 + "a.com", "", ReasonInvalidHost},
+		{"254-byte name", name253 + "b", "", ReasonInvalidHost},
+		{"empty label", "a..com", "", ReasonInvalidHost},
+		{"leading hyphen", "-a.com", "", ReasonInvalidHost},
+		{"trailing hyphen", "a-.com", "", ReasonInvalidHost},
+		{"underscore", "_srv.a.com", "", ReasonInvalidHost},
+		{"non-ASCII", "bücher.example", "", ReasonInvalidHost},
+		{"space", "a b.com", "", ReasonInvalidHost},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			got, reason := normalizeHost(c.in)
@@ -65,7 +67,7 @@ func TestParseAddresses(t *testing.T) {
 				got = append(got, a.String())
 			}
 			for _, s := range skips {
-				reasons = append(reasons, s.reason)
+				reasons = append(reasons, s.Reason)
 			}
 			if strings.Join(got, ",") != c.want || strings.Join(reasons, ",") != c.reasons {
 				t.Errorf("got %v %v, want %s / %s", got, reasons, c.want, c.reasons)
@@ -77,19 +79,24 @@ func TestParseAddresses(t *testing.T) {
 // TestConvertSkipsOnlyTheBadItem: a bad host or address leaves the rest of the
 // entry served.
 func TestConvertSkipsOnlyTheBadItem(t *testing.T) {
-	entries, err := parseManifests("test.yaml", []byte(`
+	// As the manifests source reads a document: YAML to JSON, then the slim
+	// struct (the source's own tests read whole streams).
+	var se ServiceEntry
+	if err := yaml.Unmarshal([]byte(`
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: mixed, namespace: ns}
 spec:
   hosts: [good.internal, "bad_host.internal", "*bad.internal", Good.Internal]
   addresses: [192.0.2.1, not-an-ip, 10.0.0.0/8]
-`), convertOptions{}, new(skipTally))
-	if err != nil || len(entries) != 1 {
-		t.Fatalf("%v, %d entries", err, len(entries))
+`), &se); err != nil {
+		t.Fatal(err)
 	}
-	e := entries[0]
-	if len(e.hosts) != 1 || e.hosts[0].name != "good.internal" || len(e.hosts[0].addrs) != 1 {
-		t.Fatalf("got %+v, want good.internal with one address", e.hosts)
+	e, _, err := se.Entry(Options{})
+	if err != nil || e == nil {
+		t.Fatalf("%v, entry %v", err, e)
+	}
+	if len(e.Hosts) != 1 || e.Hosts[0].Name != "good.internal" || len(e.Hosts[0].Addrs) != 1 {
+		t.Fatalf("got %+v, want good.internal with one address", e.Hosts)
 	}
 }

@@ -1,4 +1,4 @@
-package serviceentry
+package table
 
 import (
 	"hash/maphash"
@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/coredns-serviceentry/serviceentry/internal/entry"
+	"github.com/coredns-serviceentry/serviceentry/internal/reach"
 	"github.com/miekg/dns"
 )
 
@@ -99,14 +101,43 @@ func (s *sharded[K, V]) del(h uint64, k K, copied map[any]bool) {
 	}
 }
 
-// answer is what one name resolves to. Its slices are never modified after the
-// table that holds it is published.
-type answer struct {
-	a    []net.IP // IPv4, 4-byte form
-	aaaa []net.IP // IPv6, 16-byte form
+// Answer is what one name resolves to for the clients that can route its
+// addresses, and, through Else, for those that cannot. It is never modified
+// after the table that holds it is published.
+type Answer struct {
+	A    []net.IP // IPv4, 4-byte form
+	AAAA []net.IP // IPv6, 16-byte form
+	// Target, when set, is the host the name is an alias of (a CNAME): what
+	// Envoy connects to for it. The answer then has no address of its own.
+	Target string
+	// Reach is the least class of client that routes the addresses:
+	// auto-allocated ones need a mesh client, declared ones a sidecar,
+	// real destinations (endpoints, a NONE entry's addresses) none.
+	Reach reach.Class
+	// Else answers the clients of a class below Reach; nil when nothing
+	// of ours reaches them: the name is then passed on.
+	Else *Answer
+	// Resolved says Envoy itself resolves the name (a DNS entry without
+	// endpoints): a sidecar's Envoy asks from the pod's address and must
+	// get the real answer, so for a pod with a sidecar the name is passed
+	// on whatever its class.
+	Resolved bool
 }
 
-// table is an immutable snapshot of every name the plugin answers. Exact names
+// For returns the answer for a client of class c, with or without a sidecar,
+// or nil when the plugin has nothing that client can use and the name goes
+// on to the next plugin.
+func (a *Answer) For(c reach.Class, sidecar bool) *Answer {
+	if a != nil && sidecar && a.Resolved {
+		return nil
+	}
+	for a != nil && a.Reach > c {
+		a = a.Else
+	}
+	return a
+}
+
+// Table is an immutable snapshot of every name the plugin answers. Exact names
 // and wildcards ("*.a.com" is stored as "a.com" in wild) are kept apart so that
 // a lookup never has to build a string. A new table shares every shard it did
 // not change with the previous one.
@@ -114,10 +145,10 @@ type answer struct {
 // Names are compared label by label: keys are validated hostnames, which hold
 // no escapes, and a query name's labels are found with miekg/dns's label
 // functions, so an escaped dot ("a\.b") stays inside its label.
-type table struct {
+type Table struct {
 	seed  maphash.Seed
-	exact sharded[string, *answer]
-	wild  sharded[string, *answer]
+	exact sharded[string, *Answer]
+	wild  sharded[string, *Answer]
 
 	// below counts, for every proper ancestor of a served owner name (an
 	// exact host, or "*.a.com" for a wildcard), the served names under it.
@@ -129,7 +160,7 @@ type table struct {
 
 	// ports holds the SRV ports of the hosts that have some, by host as
 	// declared ("*.a.com" for a wildcard).
-	ports sharded[string, []srvPort]
+	ports sharded[string, []entry.Port]
 
 	// reverse maps every address an exact host answers with to those hosts,
 	// fully qualified, sorted: the PTR answer, built with the table.
@@ -137,41 +168,41 @@ type table struct {
 
 	// overlays are, by client namespace, what that namespace sees
 	// differently with "exportto client"; nil otherwise.
-	overlays map[string]*overlay
+	Overlays map[string]*Overlay
 
 	// What the table's metrics report.
-	hosts             int
-	entries           int       // ServiceEntries that take part
-	published         time.Time // when the table was built
-	legacyUnallocated int       // legacy-eligible hosts left without an address
+	Hosts             int
+	Entries           int       // ServiceEntries that take part
+	Published         time.Time // when the table was built
+	LegacyUnallocated int       // legacy-eligible hosts left without an address
 }
 
-func newTable(seed maphash.Seed) *table {
-	return &table{seed: seed}
+func NewTable(seed maphash.Seed) *Table {
+	return &Table{seed: seed}
 }
 
 // hash is the hash of a name that picks its shard.
-func (t *table) hash(name string) uint64 {
+func (t *Table) hash(name string) uint64 {
 	return maphash.String(t.seed, name)
 }
 
-// hit is what serves a name: a host, or one of its service names,
+// Hit is what serves a name: a host, or one of its service names,
 // "_<port>._<proto>.<host>" or "_<proto>.<host>", which hold its SRV records.
-type hit struct {
-	ans     *answer
-	key     string // the exact host, or the wildcard's suffix ("a.com" for "*.a.com")
-	wild    bool
-	service bool   // the name is one of the host's service names
-	port    string // of "_<port>._<proto>.<host>", lower case; "" for "_<proto>.<host>"
-	proto   string
-	hostOff int // where the host starts in the name
+type Hit struct {
+	Answer     *Answer
+	Key        string // the exact host, or the wildcard's suffix ("a.com" for "*.a.com")
+	Wild       bool
+	Service    bool   // the name is one of the host's service names
+	Port       string // of "_<port>._<proto>.<host>", lower case; "" for "_<proto>.<host>"
+	Proto      string
+	HostOffset int // where the host starts in the name
 }
 
-// with returns a copy of t with the given names set (a nil answer deletes the
+// With returns a copy of t with the given names set (a nil answer deletes the
 // name) and their ports (nil: none). Only the groups and shards that the
 // changes touch are copied; the reverse entries of the addresses they touch
 // are rebuilt.
-func (t *table) with(changes map[string]*answer, ports map[string][]srvPort) *table {
+func (t *Table) With(changes map[string]*Answer, ports map[string][]entry.Port) *Table {
 	next := *t
 	copied := make(map[any]bool)
 	rev := make(reverseChanges)
@@ -189,7 +220,7 @@ func (t *table) with(changes map[string]*answer, ports map[string][]srvPort) *ta
 		switch {
 		case ans == nil && had:
 			shards.del(h, key, copied)
-			next.hosts--
+			next.Hosts--
 			next.countAncestors(host, -1, copied)
 		case ans != nil:
 			// Setting the answer a name already has copies nothing.
@@ -197,7 +228,7 @@ func (t *table) with(changes map[string]*answer, ports map[string][]srvPort) *ta
 				shards.set(h, key, ans, copied)
 			}
 			if !had {
-				next.hosts++
+				next.Hosts++
 				next.countAncestors(host, 1, copied)
 			}
 		}
@@ -221,7 +252,7 @@ func (t *table) with(changes map[string]*answer, ports map[string][]srvPort) *ta
 
 // countAncestors adds delta to the count of every proper ancestor of the
 // owner name host ("*.a.com" counts for a.com and com).
-func (t *table) countAncestors(host string, delta int32, copied map[any]bool) {
+func (t *Table) countAncestors(host string, delta int32, copied map[any]bool) {
 	for off, end := dns.NextLabel(host, 0); !end; off, end = dns.NextLabel(host, off) {
 		anc := host[off:]
 		h := t.hash(anc)
@@ -243,4 +274,47 @@ func own[M ~map[K]V, K comparable, V any](m *M, copied map[any]bool) {
 	maps.Copy(fresh, *m)
 	*m = fresh
 	copied[m] = true
+}
+
+// PortsOf returns the ports of the host h was found under.
+func (t *Table) PortsOf(h Hit) []entry.Port {
+	key := h.Key
+	if h.Wild {
+		key = "*." + key
+	}
+	return t.ports.at(t.hash(key), key)
+}
+
+// NewAnswer splits addresses, in order, into the records' two families. The
+// bytes of all the IPs share one array and the two lists one slice: three
+// objects per answer whatever its size, which keeps the garbage collector's
+// work per name small when there are many names.
+func NewAnswer(addrs []netip.Addr) *Answer {
+	v4 := 0
+	for _, ip := range addrs {
+		if ip.Is4() {
+			v4++
+		}
+	}
+	bytes := make([]byte, 0, v4*net.IPv4len+(len(addrs)-v4)*net.IPv6len)
+	ips := make([]net.IP, len(addrs))
+	next4, next6 := 0, v4
+	for _, ip := range addrs {
+		start := len(bytes)
+		if ip.Is4() {
+			b := ip.As4()
+			bytes = append(bytes, b[:]...)
+		} else {
+			b := ip.As16()
+			bytes = append(bytes, b[:]...)
+		}
+		if ip.Is4() {
+			ips[next4] = bytes[start:len(bytes):len(bytes)]
+			next4++
+		} else {
+			ips[next6] = bytes[start:len(bytes):len(bytes)]
+			next6++
+		}
+	}
+	return &Answer{A: ips[:v4:v4], AAAA: ips[v4:]}
 }

@@ -1,24 +1,25 @@
-package serviceentry
+package table
 
 import (
 	"net/netip"
 	"slices"
 	"strings"
 
+	"github.com/coredns-serviceentry/serviceentry/internal/entry"
 	"github.com/miekg/dns"
 )
 
-// overlay is what one client namespace sees differently from the public
+// Overlay is what one client namespace sees differently from the public
 // table with "exportto client": only the hosts whose answer differs for it,
 // because an entry is exported to it without being public. It is immutable
 // once published, like the table that holds it.
-type overlay struct {
+type Overlay struct {
 	// exact and wild (keyed by the wildcard's suffix, as in table) hold the
 	// namespace's own answer and ports for a host; a nil answer means the
 	// host is not served to this namespace although it is public (a private
 	// claimant won it and gives it no address).
-	exact map[string]overlayHost
-	wild  map[string]overlayHost
+	exact map[string]OverlayHost
+	wild  map[string]OverlayHost
 	// below is added to the table's counts of served names under a name.
 	below map[string]int32
 	// reverse lists, by address, the exact hosts of the overlay answering
@@ -26,52 +27,52 @@ type overlay struct {
 	reverse map[netip.Addr][]string
 }
 
-type overlayHost struct {
-	ans   *answer
-	ports []srvPort
+type OverlayHost struct {
+	Answer *Answer
+	Ports  []entry.Port
 }
 
-// view is the table as one client sees it: the public table, through the
+// View is the table as one client sees it: the public table, through the
 // overlay of the client's namespace when it has one. Clients of a namespace
 // without overlay, and clients of no known namespace, read the table alone.
-type view struct {
-	*table
-	o *overlay
+type View struct {
+	*Table
+	o *Overlay
 }
 
-// viewFor returns the view of the clients of namespace ns ("" for unknown).
-func (t *table) viewFor(ns string) view {
-	if ns == "" || t.overlays == nil {
-		return view{table: t}
+// ViewFor returns the view of the clients of namespace ns ("" for unknown).
+func (t *Table) ViewFor(ns string) View {
+	if ns == "" || t.Overlays == nil {
+		return View{Table: t}
 	}
-	return view{table: t, o: t.overlays[ns]}
+	return View{Table: t, o: t.Overlays[ns]}
 }
 
-// lookup finds the answer for a lower-case name without a trailing dot, in
+// Lookup finds the answer for a lower-case name without a trailing dot, in
 // presentation format. An exact name beats any wildcard; among wildcards the
 // most specific wins; a wildcard never covers its own apex.
-func (v view) lookup(name string) *answer {
+func (v View) Lookup(name string) *Answer {
 	h, _ := v.host(name, true)
-	return h.ans
+	return h.Answer
 }
 
-// find returns what serves name (same form as lookup's): a service name of a
+// Find returns what serves name (same form as lookup's): a service name of a
 // host before the host itself, since underscore labels never belong to a
 // valid host; with wild false, exact hosts only.
-func (v view) find(name string, wild bool) (hit, bool) {
+func (v View) Find(name string, wild bool) (Hit, bool) {
 	if name != "" && name[0] == '_' {
 		if off, end := dns.NextLabel(name, 0); !end {
 			if name[off] == '_' {
 				if off2, end := dns.NextLabel(name, off); !end {
 					if h, ok := v.host(name[off2:], wild); ok {
-						h.service, h.hostOff = true, off2
-						h.port, h.proto = name[1:off-1], name[off+1:off2-1]
+						h.Service, h.HostOffset = true, off2
+						h.Port, h.Proto = name[1:off-1], name[off+1:off2-1]
 						return h, true
 					}
 				}
 			}
 			if h, ok := v.host(name[off:], wild); ok {
-				h.service, h.hostOff = true, off
+				h.Service, h.HostOffset = true, off
 				return h, true
 			}
 		}
@@ -82,35 +83,35 @@ func (v view) find(name string, wild bool) (hit, bool) {
 // host finds the host that serves name: the exact one, else (with wild) the
 // most specific wildcard. The overlay's word on an exact name or a wildcard
 // suffix replaces the table's.
-func (v view) host(name string, wild bool) (hit, bool) {
+func (v View) host(name string, wild bool) (Hit, bool) {
 	if oh, ok := v.o.exactHost(name); ok {
-		if oh.ans != nil {
-			return hit{ans: oh.ans, key: name}, true
+		if oh.Answer != nil {
+			return Hit{Answer: oh.Answer, Key: name}, true
 		}
 	} else if ans := v.exact.at(v.hash(name), name); ans != nil {
-		return hit{ans: ans, key: name}, true
+		return Hit{Answer: ans, Key: name}, true
 	}
 	if !wild {
-		return hit{}, false
+		return Hit{}, false
 	}
 	for off, end := dns.NextLabel(name, 0); !end; off, end = dns.NextLabel(name, off) {
 		suffix := name[off:]
 		if oh, ok := v.o.wildHost(suffix); ok {
-			if oh.ans != nil {
-				return hit{ans: oh.ans, key: suffix, wild: true}, true
+			if oh.Answer != nil {
+				return Hit{Answer: oh.Answer, Key: suffix, Wild: true}, true
 			}
 			continue
 		}
 		if ans := v.wild.at(v.hash(suffix), suffix); ans != nil {
-			return hit{ans: ans, key: suffix, wild: true}, true
+			return Hit{Answer: ans, Key: suffix, Wild: true}, true
 		}
 	}
-	return hit{}, false
+	return Hit{}, false
 }
 
-// hasBelow reports whether served names lie below name (same form as
+// HasBelow reports whether served names lie below name (same form as
 // lookup's): an empty non-terminal when lookup finds nothing for it.
-func (v view) hasBelow(name string) bool {
+func (v View) HasBelow(name string) bool {
 	n := v.below.at(v.hash(name), name)
 	if v.o != nil {
 		n += v.o.below[name]
@@ -118,52 +119,52 @@ func (v view) hasBelow(name string) bool {
 	return n > 0
 }
 
-// closestServed returns the closest proper ancestor of name (same form as
+// ClosestServed returns the closest proper ancestor of name (same form as
 // lookup's) that exists, as a served exact name or with served names below
 // it, or "" if none does.
-func (v view) closestServed(name string) string {
+func (v View) ClosestServed(name string) string {
 	for off, end := dns.NextLabel(name, 0); !end; off, end = dns.NextLabel(name, off) {
 		anc := name[off:]
-		if _, ok := v.host(anc, false); ok || v.hasBelow(anc) {
+		if _, ok := v.host(anc, false); ok || v.HasBelow(anc) {
 			return anc
 		}
 	}
 	return ""
 }
 
-func (v view) portsOf(h hit) []srvPort {
-	oh, ok := v.o.exactHost(h.key)
-	if h.wild {
-		oh, ok = v.o.wildHost(h.key)
+func (v View) PortsOf(h Hit) []entry.Port {
+	oh, ok := v.o.exactHost(h.Key)
+	if h.Wild {
+		oh, ok = v.o.wildHost(h.Key)
 	}
 	if ok {
-		return oh.ports
+		return oh.Ports
 	}
-	return v.table.portsOf(h)
+	return v.Table.PortsOf(h)
 }
 
 // exactHost and wildHost (by the wildcard's suffix) return the overlay's word
 // on a name, if it has one; a nil overlay (the public view) has none.
-func (o *overlay) exactHost(name string) (overlayHost, bool) {
+func (o *Overlay) exactHost(name string) (OverlayHost, bool) {
 	if o == nil {
-		return overlayHost{}, false
+		return OverlayHost{}, false
 	}
 	oh, ok := o.exact[name]
 	return oh, ok
 }
 
-func (o *overlay) wildHost(suffix string) (overlayHost, bool) {
+func (o *Overlay) wildHost(suffix string) (OverlayHost, bool) {
 	if o == nil {
-		return overlayHost{}, false
+		return OverlayHost{}, false
 	}
 	oh, ok := o.wild[suffix]
 	return oh, ok
 }
 
-// ptr returns the hosts answering with addr for this view, sorted: the
+// PTR returns the hosts answering with addr for this view, sorted: the
 // table's, less those the overlay answers otherwise, plus the overlay's.
-func (v view) ptr(addr netip.Addr) []string {
-	all := v.table.ptr(addr)
+func (v View) PTR(addr netip.Addr) []string {
+	all := v.Table.PTR(addr)
 	if v.o == nil {
 		return all
 	}
@@ -182,10 +183,10 @@ func (v view) ptr(addr netip.Addr) []string {
 	return slices.Compact(out)
 }
 
-// hosts returns a fresh map of the overlay's hosts by owner name ("*.a.com"
+// Hosts returns a fresh map of the overlay's hosts by owner name ("*.a.com"
 // for a wildcard); empty for a nil overlay.
-func (o *overlay) hosts() map[string]overlayHost {
-	out := make(map[string]overlayHost)
+func (o *Overlay) Hosts() map[string]OverlayHost {
+	out := make(map[string]OverlayHost)
 	if o == nil {
 		return out
 	}
@@ -198,13 +199,13 @@ func (o *overlay) hosts() map[string]overlayHost {
 	return out
 }
 
-// newOverlay builds the overlay of namespace-specific hosts (owner names,
+// NewOverlay builds the overlay of namespace-specific hosts (owner names,
 // "*.a.com" for a wildcard) against the public table t. The counts and the
 // reverse index are derived from the hosts, which are few.
-func newOverlay(hosts map[string]overlayHost, t *table) *overlay {
+func NewOverlay(hosts map[string]OverlayHost, t *Table) *Overlay {
 	// Most overlays hold a host or two: maps are made only when used (a nil
 	// map reads as empty), which keeps a thousand of them small.
-	o := &overlay{}
+	o := &Overlay{}
 	for host, oh := range hosts {
 		suffix, wild := strings.CutPrefix(host, "*.")
 		var public bool
@@ -214,16 +215,16 @@ func newOverlay(hosts map[string]overlayHost, t *table) *overlay {
 		} else {
 			setIn(&o.exact, host, oh)
 			public = t.exact.at(t.hash(host), host) != nil
-			for _, ip := range addressesOf(oh.ans) {
+			for _, ip := range AddressesOf(oh.Answer) {
 				addr, _ := netip.AddrFromSlice(ip)
 				setIn(&o.reverse, addr, append(o.reverse[addr], host+"."))
 			}
 		}
 		var delta int32
 		switch {
-		case oh.ans != nil && !public:
+		case oh.Answer != nil && !public:
 			delta = 1
-		case oh.ans == nil && public:
+		case oh.Answer == nil && public:
 			delta = -1
 		}
 		if delta != 0 {

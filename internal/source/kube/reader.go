@@ -1,10 +1,11 @@
-package serviceentry
+package kube
 
 import (
 	"fmt"
 	"slices"
 	"strings"
 
+	"github.com/coredns-serviceentry/serviceentry/internal/entry"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -20,8 +21,8 @@ import (
 type cachedEntry struct {
 	key string // namespace/name; the entry's own key when there is an entry
 
-	entry *entry // nil: nothing to serve or allocate
-	skips []skip // what the conversion left out, reported when it is applied
+	entry *entry.Entry // nil: nothing to serve or allocate
+	skips []entry.Skip // what the conversion left out, reported when it is applied
 }
 
 // GetObjectMeta lets a cache key the object (meta.Accessor accepts it); it
@@ -43,22 +44,22 @@ func (c *cachedEntry) DeepCopyObject() runtime.Object {
 // toCached is the reflectors' transform. An object may reach it twice (the
 // initial events of a WatchList, then their Replace), so an already converted
 // one passes through unchanged.
-func (k *kubeSource) toCached(obj any) (any, error) {
+func (k *Source) toCached(obj any) (any, error) {
 	if _, done := obj.(*cachedEntry); done {
 		return obj, nil
 	}
-	if se, ok := obj.(*slimServiceEntry); ok {
-		e, skips, err := se.entry(k.opts)
+	if se, ok := obj.(*entry.ServiceEntry); ok {
+		e, skips, err := se.Entry(k.opts)
 		switch {
 		case err != nil:
 			// The typed decoder fails the whole object (and the list
 			// holding it): serve nothing of it, and say why.
-			_, key := identity(&se.ObjectMeta)
-			return &cachedEntry{key: key, skips: []skip{{reason: reasonInvalidObject, item: err.Error()}}}, nil
+			_, key := entry.Identity(&se.ObjectMeta)
+			return &cachedEntry{key: key, skips: []entry.Skip{{Reason: entry.ReasonInvalidObject, Item: err.Error()}}}, nil
 		case e != nil:
-			return &cachedEntry{key: e.key, entry: e, skips: skips}, nil
+			return &cachedEntry{key: e.Key, entry: e, skips: skips}, nil
 		}
-		_, key := identity(&se.ObjectMeta)
+		_, key := entry.Identity(&se.ObjectMeta)
 		return &cachedEntry{key: key, skips: skips}, nil
 	}
 	return obj, nil
@@ -71,13 +72,13 @@ func (k *kubeSource) toCached(obj any) (any, error) {
 // set a relist is compared with too. The reflector calls it from one
 // goroutine.
 type readerStore struct {
-	k      *kubeSource
-	skips  map[string][]skip
+	k      *Source
+	skips  map[string][]entry.Skip
 	synced chan struct{} // closed by the first Replace: the namespace is read whole
 }
 
-func newReaderStore(k *kubeSource) *readerStore {
-	return &readerStore{k: k, skips: make(map[string][]skip), synced: make(chan struct{})}
+func newReaderStore(k *Source) *readerStore {
+	return &readerStore{k: k, skips: make(map[string][]entry.Skip), synced: make(chan struct{})}
 }
 
 // Transformer converts WatchList's initial events as they arrive (the
@@ -93,7 +94,7 @@ func (r *readerStore) Update(obj any) error {
 		return err
 	}
 	r.note(r.skips, c)
-	r.k.store.upsert(c.key, c.entry)
+	r.k.sink.Upsert(c.key, c.entry)
 	return nil
 }
 
@@ -103,15 +104,15 @@ func (r *readerStore) Delete(obj any) error {
 		return err
 	}
 	delete(r.skips, c.key)
-	r.k.store.upsert(c.key, nil)
+	r.k.sink.Upsert(c.key, nil)
 	return nil
 }
 
 // Replace is a full read of the namespace, the first one or a relist:
 // applied as one change, what it no longer holds removed.
 func (r *readerStore) Replace(list []any, _ string) error {
-	read := make(map[string][]skip, len(list))
-	changes := make(map[string]*entry, len(list))
+	read := make(map[string][]entry.Skip, len(list))
+	changes := make(map[string]*entry.Entry, len(list))
 	for _, obj := range list {
 		c, err := r.cached(obj)
 		if err != nil {
@@ -126,7 +127,7 @@ func (r *readerStore) Replace(list []any, _ string) error {
 		}
 	}
 	r.skips = read
-	r.k.store.upsertAll(changes)
+	r.k.sink.UpsertAll(changes)
 	select {
 	case <-r.synced:
 	default:
@@ -152,9 +153,9 @@ func (r *readerStore) cached(obj any) (*cachedEntry, error) {
 // note records c's skips in into, logging and counting them when they are
 // new for its key: problems are reported when they first appear, not again
 // on every update or relist.
-func (r *readerStore) note(into map[string][]skip, c *cachedEntry) {
+func (r *readerStore) note(into map[string][]entry.Skip, c *cachedEntry) {
 	if prev, seen := r.skips[c.key]; !seen || !slices.Equal(prev, c.skips) {
-		r.k.skips.report(c.key, c.skips)
+		r.k.sink.Skipped(c.key, c.skips)
 	}
 	into[c.key] = c.skips
 }

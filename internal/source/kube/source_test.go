@@ -1,4 +1,4 @@
-package serviceentry
+package kube
 
 import (
 	"bytes"
@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"net/http"
 	"net/http/httptest"
@@ -17,6 +18,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coredns-serviceentry/serviceentry/internal/entry"
+	"github.com/coredns-serviceentry/serviceentry/internal/podindex"
+	"github.com/coredns-serviceentry/serviceentry/internal/source"
+	"github.com/coredns-serviceentry/serviceentry/internal/source/manifest"
+	"github.com/coredns-serviceentry/serviceentry/internal/sourcetest"
 	"go.uber.org/goleak"
 	networking "istio.io/api/networking/v1alpha3"
 	clientv1 "istio.io/client-go/pkg/apis/networking/v1"
@@ -46,7 +52,7 @@ func newFakeKube(t *testing.T, versions ...string) *fake.Clientset {
 	disco := client.Discovery().(*fakediscovery.FakeDiscovery)
 	for _, v := range versions {
 		disco.Resources = append(disco.Resources, &metav1.APIResourceList{
-			GroupVersion: istioGroup + "/" + v,
+			GroupVersion: entry.Group + "/" + v,
 			APIResources: []metav1.APIResource{{Name: "serviceentries", Kind: "ServiceEntry", Namespaced: true}},
 		})
 	}
@@ -55,12 +61,8 @@ func newFakeKube(t *testing.T, versions ...string) *fake.Clientset {
 
 // fakeSource is a Kubernetes source on a fake clientset, reading discovery
 // from it and retrying discovery every few milliseconds.
-func fakeSource(client *fake.Clientset, sink entrySink, opts convertOptions, namespaces ...string) *kubeSource {
-	skips := new(skipTally)
-	if st, ok := sink.(*store); ok {
-		skips = &st.skipped
-	}
-	return &kubeSource{lister: fakeLister(client), store: sink, skips: skips, opts: opts, namespaces: namespaces,
+func fakeSource(client *fake.Clientset, sink source.Sink, opts entry.Options, namespaces ...string) *Source {
+	return &Source{lister: fakeLister(client), sink: sink, opts: opts, namespaces: namespaces,
 		resources: func(_ context.Context, gv string) (*metav1.APIResourceList, error) {
 			return client.Discovery().ServerResourcesForGroupVersion(gv)
 		},
@@ -86,7 +88,7 @@ func fakeLister(client *fake.Clientset) func(namespace, version string) (listWat
 		default:
 			return listWatchFuncs{}, fmt.Errorf("no fake for %s", version)
 		}
-		gv := istioGroup + "/" + version
+		gv := entry.Group + "/" + version
 		reencode := func(obj runtime.Object) (runtime.Object, error) {
 			raw, err := json.Marshal(obj)
 			if err != nil {
@@ -125,19 +127,64 @@ func fakeLister(client *fake.Clientset) func(namespace, version string) (listWat
 	}
 }
 
-// startKube runs a source on client and waits for its first table.
-func startKube(t *testing.T, client *fake.Clientset, namespaces ...string) *store {
+// startKube runs a source on client into a recording sink and waits for its
+// first full read.
+func startKube(t *testing.T, client *fake.Clientset, namespaces ...string) *sourcetest.Sink {
 	t.Helper()
-	st := newStore(false)
-	k := fakeSource(client, st, convertOptions{}, namespaces...)
-	if err := k.start(); err != nil {
+	return startKubeWith(t, client, "", namespaces...)
+}
+
+// startKubeWith is startKube with a label selector.
+func startKubeWith(t *testing.T, client *fake.Clientset, labels string, namespaces ...string) *sourcetest.Sink {
+	t.Helper()
+	sink := sourcetest.NewSink()
+	k := fakeSource(client, sink, entry.Options{}, namespaces...)
+	k.labels = labels
+	watching := signalWatches(k)
+	if err := k.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(k.stop)
-	if !st.waitSynced(10 * time.Second) {
+	t.Cleanup(k.Stop)
+	if !sink.WaitSynced(10 * time.Second) {
 		t.Fatal("not synced within 10s")
 	}
-	return st
+	// The fake clientset does not replay to a watch what changed before it
+	// began: wait for every reader's watch, so that the test's changes reach
+	// the source.
+	for range max(len(namespaces), 1) {
+		select {
+		case <-watching:
+		case <-time.After(10 * time.Second):
+			t.Fatal("no watch within 10s")
+		}
+	}
+	return sink
+}
+
+// signalWatches makes k's lister signal on the returned channel each watch it
+// has begun, once the fake clientset delivers its events.
+func signalWatches(k *Source) <-chan struct{} {
+	watching := make(chan struct{}, 100)
+	lister := k.lister
+	k.lister = func(namespace, version string) (listWatchFuncs, error) {
+		lw, err := lister(namespace, version)
+		if err != nil {
+			return lw, err
+		}
+		inner := lw.watch
+		lw.watch = func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			w, err := inner(ctx, o)
+			if err == nil {
+				select {
+				case watching <- struct{}{}:
+				default:
+				}
+			}
+			return w, err
+		}
+		return lw, nil
+	}
+	return watching
 }
 
 func v1Entry(ns, name, host string, addrs ...string) *clientv1.ServiceEntry {
@@ -158,30 +205,30 @@ func TestKubeSourceEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	st := startKube(t, client)
-	if st.table() == nil {
+	if !st.Synced() {
 		t.Fatal("not synced after start")
 	}
-	if got := lookupA(st, "a.internal"); got != "192.0.2.1" {
+	if got := st.FirstA("a.internal"); got != "192.0.2.1" {
 		t.Fatalf("initial list: got %q", got)
 	}
 
 	if _, err := ses.Create(ctx, v1Entry("ns", "b", "b.internal", "192.0.2.2"), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "add", func() bool { return lookupA(st, "b.internal") == "192.0.2.2" })
+	sourcetest.Eventually(t, "add", func() bool { return st.FirstA("b.internal") == "192.0.2.2" })
 
 	updated := v1Entry("ns", "a", "renamed.internal", "192.0.2.11")
 	if _, err := ses.Update(ctx, updated, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "update", func() bool {
-		return lookupA(st, "renamed.internal") == "192.0.2.11" && lookupA(st, "a.internal") == ""
+	sourcetest.Eventually(t, "update", func() bool {
+		return st.FirstA("renamed.internal") == "192.0.2.11" && st.FirstA("a.internal") == ""
 	})
 
 	if err := ses.Delete(ctx, "b", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "delete", func() bool { return lookupA(st, "b.internal") == "" })
+	sourcetest.Eventually(t, "delete", func() bool { return st.FirstA("b.internal") == "" })
 }
 
 // TestKubeSourceOlderVersion: a cluster serving only v1beta1 is read through
@@ -196,7 +243,7 @@ func TestKubeSourceOlderVersion(t *testing.T) {
 		t.Fatal(err)
 	}
 	st := startKube(t, client)
-	if got := lookupA(st, "old.internal"); got != "192.0.2.5" {
+	if got := st.FirstA("old.internal"); got != "192.0.2.5" {
 		t.Fatalf("got %q", got)
 	}
 }
@@ -205,7 +252,7 @@ func TestKubeSourceOlderVersion(t *testing.T) {
 // publishes an empty table (ready), keeps checking, and reads the entries once
 // the CRD appears, publishing them whole.
 func TestKubeSourceNoCRD(t *testing.T) {
-	defer verifyNoLeaks(t, goleak.IgnoreCurrent())
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	client := newFakeKube(t, "v1")
 	ctx := context.Background()
 	for i := range 50 {
@@ -215,28 +262,27 @@ func TestKubeSourceNoCRD(t *testing.T) {
 		}
 	}
 	var crd atomic.Bool
-	st := newStore(false)
-	sink := &recordingSink{store: st}
-	k := fakeSource(client, sink, convertOptions{})
+	sink := sourcetest.NewSink()
+	k := fakeSource(client, sink, entry.Options{})
 	k.resources = func(ctx context.Context, gv string) (*metav1.APIResourceList, error) {
 		if !crd.Load() {
 			return nil, apierrors.NewNotFound(schema.GroupResource{}, gv)
 		}
 		return client.Discovery().ServerResourcesForGroupVersion(gv)
 	}
-	if err := k.start(); err != nil {
+	if err := k.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer k.stop() // before the leak check
-	if !st.waitSynced(5 * time.Second) {
+	defer k.Stop() // before the leak check
+	if !sink.WaitSynced(5 * time.Second) {
 		t.Fatal("no empty table published without a CRD")
 	}
-	if n := st.table().hosts; n != 0 {
+	if n := sink.Hosts(); n != 0 {
 		t.Fatalf("without a CRD the table has %d hosts", n)
 	}
 	crd.Store(true)
-	eventually(t, "entries read once the CRD appears", func() bool { return st.table().hosts == 50 })
-	if got := sink.partial(); got != "" {
+	sourcetest.Eventually(t, "entries read once the CRD appears", func() bool { return sink.Hosts() == 50 })
+	if got := sink.Partial(); got != "" {
 		t.Fatalf("published from a partial read: %s", got)
 	}
 }
@@ -255,7 +301,7 @@ func TestKubeSourceStopIsPrompt(t *testing.T) {
 		{"list hangs", "/apis/networking.istio.io/v1"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			defer verifyNoLeaks(t, goleak.IgnoreCurrent())
+			defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 			hung := make(chan string, 16)
 			server := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				if r.URL.Path == c.answered {
@@ -268,11 +314,12 @@ func TestKubeSourceStopIsPrompt(t *testing.T) {
 			}))
 			defer server.Close()
 			defer server.CloseClientConnections()
-			src, st, err := newSource(&config{kubeconfig: kubeconfigFor(t, server.URL)})
+			sink := sourcetest.NewSink()
+			src, err := New(Config{Kubeconfig: sourcetest.Kubeconfig(t, server.URL)}, sink, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := src.start(); err != nil {
+			if err := src.Start(); err != nil {
 				t.Fatal(err)
 			}
 			select {
@@ -282,12 +329,12 @@ func TestKubeSourceStopIsPrompt(t *testing.T) {
 				t.Fatal("no request reached the server")
 			}
 			began := time.Now()
-			src.stop()
+			src.Stop()
 			if took := time.Since(began); took > time.Second {
 				t.Errorf("stop took %v, want < 1s", took)
 			}
-			if st.table() != nil {
-				t.Error("a table was published without any read")
+			if sink.Synced() {
+				t.Error("a read was marked synced without any read")
 			}
 		})
 	}
@@ -306,76 +353,22 @@ func TestKubeSourceSyncedMeansHandled(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	st := newStore(false)
-	sink := &recordingSink{store: st, delay: 500 * time.Microsecond}
-	k := fakeSource(client, sink, convertOptions{})
-	if err := k.start(); err != nil {
+	sink := sourcetest.NewSink()
+	sink.Delay = 500 * time.Microsecond
+	k := fakeSource(client, sink, entry.Options{})
+	if err := k.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(k.stop)
-	if !st.waitSynced(30 * time.Second) {
+	t.Cleanup(k.Stop)
+	if !sink.WaitSynced(30 * time.Second) {
 		t.Fatal("not synced within 30s")
 	}
-	if got := sink.partial(); got != "" {
+	if got := sink.Partial(); got != "" {
 		t.Fatalf("published from a partial read: %s", got)
 	}
-	if hosts := st.table().hosts; hosts != n {
+	if hosts := sink.Hosts(); hosts != n {
 		t.Fatalf("first table has %d hosts, want %d", hosts, n)
 	}
-}
-
-// recordingSink passes a source's calls on to a store, optionally slowing
-// every upsert, and records how many entries were applied at each markSynced.
-type recordingSink struct {
-	*store
-	delay time.Duration
-
-	mu       sync.Mutex
-	applied  map[string]bool
-	atSynced []int
-}
-
-func (r *recordingSink) upsert(key string, e *entry) {
-	r.record(key, e)
-	r.store.upsert(key, e)
-}
-
-func (r *recordingSink) upsertAll(changes map[string]*entry) {
-	for key, e := range changes {
-		r.record(key, e)
-	}
-	r.store.upsertAll(changes)
-}
-
-// record notes one entry applied, after the sink's delay.
-func (r *recordingSink) record(key string, e *entry) {
-	time.Sleep(r.delay)
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.applied == nil {
-		r.applied = make(map[string]bool)
-	}
-	r.applied[key] = e != nil
-}
-
-func (r *recordingSink) markSynced() {
-	r.mu.Lock()
-	r.atSynced = append(r.atSynced, len(r.applied))
-	r.mu.Unlock()
-	r.store.markSynced()
-}
-
-// partial describes a markSynced that came after some but not all of the
-// entries were applied (an empty table before any entry is whole).
-func (r *recordingSink) partial() string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for i, n := range r.atSynced {
-		if n != 0 && n != len(r.applied) {
-			return fmt.Sprintf("markSynced #%d after %d of %d entries", i+1, n, len(r.applied))
-		}
-	}
-	return ""
 }
 
 func TestKubeSourceNamespaces(t *testing.T) {
@@ -388,8 +381,73 @@ func TestKubeSourceNamespaces(t *testing.T) {
 	}
 	st := startKube(t, client, "in1", "in2")
 	for host, want := range map[string]string{"in1.internal": "192.0.2.1", "in2.internal": "192.0.2.1", "out.internal": ""} {
-		if got := lookupA(st, host); got != want {
+		if got := st.FirstA(host); got != want {
 			t.Errorf("%s: got %q, want %q", host, got, want)
+		}
+	}
+}
+
+// TestKubeSourceSecurityNarrowing: the Security examples (docs/security.md),
+// the part that is the source's. A namespace that can write ServiceEntries
+// declares hosts for everyone's DNS; namespaces and labels each narrow which
+// entries are read, so which are delivered. (ZONES, the handler's part, is
+// the plugin's TestSecurityNarrowing; RBAC is TestRBAC's, in
+// test/integration.)
+func TestKubeSourceSecurityNarrowing(t *testing.T) {
+	client := newFakeKube(t, "v1")
+	ctx := context.Background()
+	for _, se := range []struct {
+		ns, name, host, addr string
+		published            bool
+	}{
+		{"platform", "api", "api.mesh.internal", "192.0.2.1", true},
+		{"platform", "draft", "draft.mesh.internal", "192.0.2.2", false},
+		{"team-a", "team", "team.mesh.internal", "192.0.2.3", true},
+		{"team-a", "squat", "login.bank.example", "203.0.113.66", true},
+	} {
+		obj := v1Entry(se.ns, se.name, se.host, se.addr)
+		if se.published {
+			obj.Labels = map[string]string{"dns.example.com/publish": "true"}
+		}
+		if _, err := client.NetworkingV1().ServiceEntries(se.ns).Create(ctx, obj, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	everything := startKube(t, client)
+	namespaces := startKube(t, client, "platform")
+	labels := startKubeWith(t, client, "dns.example.com/publish=true")
+	for _, c := range []struct {
+		name string
+		sink *sourcetest.Sink
+		host string
+		want string
+	}{
+		{"no narrowing: any host a namespace declares is delivered", everything, "login.bank.example", "203.0.113.66"},
+		{"no narrowing: an entry without the label too", everything, "draft.mesh.internal", "192.0.2.2"},
+		{"namespaces: other namespaces' hosts are not read", namespaces, "team.mesh.internal", ""},
+		{"namespaces: nor their squatting", namespaces, "login.bank.example", ""},
+		{"namespaces: the trusted namespace's are", namespaces, "api.mesh.internal", "192.0.2.1"},
+		{"labels: an entry without the label is not read", labels, "draft.mesh.internal", ""},
+		{"labels: one with it is", labels, "api.mesh.internal", "192.0.2.1"},
+		{"labels: whatever its namespace", labels, "login.bank.example", "203.0.113.66"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if got := c.sink.FirstA(c.host); got != c.want {
+				t.Errorf("%s: got %q, want %q", c.host, got, c.want)
+			}
+		})
+	}
+	for _, c := range []struct {
+		name string
+		sink *sourcetest.Sink
+		want []string
+	}{
+		{"everything", everything, []string{"platform/api", "platform/draft", "team-a/squat", "team-a/team"}},
+		{"namespaces", namespaces, []string{"platform/api", "platform/draft"}},
+		{"labels", labels, []string{"platform/api", "team-a/squat", "team-a/team"}},
+	} {
+		if got := slices.Sorted(maps.Keys(c.sink.Entries())); !slices.Equal(got, c.want) {
+			t.Errorf("%s: delivered %q, want %q", c.name, got, c.want)
 		}
 	}
 }
@@ -397,8 +455,8 @@ func TestKubeSourceNamespaces(t *testing.T) {
 // TestToCached: the reader keeps the converted entry and the object's
 // key only; the transform is idempotent and deep copies keep the entry.
 func TestToCached(t *testing.T) {
-	k := &kubeSource{opts: convertOptions{autoAllocate: autoAllocateStatus}}
-	se, _, err := slimSerializer.Decode([]byte(strings.Replace(apiObject("ns", "a", "a.internal", "192.0.2.1"),
+	k := &Source{opts: entry.Options{AutoAllocate: entry.AutoAllocateStatus}}
+	se, _, err := slimSerializer.Decode([]byte(strings.Replace(sourcetest.APIObject("ns", "a", "a.internal", "192.0.2.1"),
 		`"hosts":["a.internal"]`, `"hosts":["a.internal","bad_host!"]`, 1)), nil, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -411,16 +469,16 @@ func TestToCached(t *testing.T) {
 	if !ok {
 		t.Fatalf("transform returned %T", out)
 	}
-	if c.key != "ns/a" || c.entry == nil || c.entry.key != "ns/a" || c.entry.namespace != "ns" || c.entry.name != "a" {
+	if c.key != "ns/a" || c.entry == nil || c.entry.Key != "ns/a" || c.entry.Namespace != "ns" || c.entry.Name != "a" {
 		t.Errorf("cached key %q, entry %+v", c.key, c.entry)
 	}
 	if key, err := cache.MetaNamespaceKeyFunc(c); err != nil || key != "ns/a" {
 		t.Errorf("cache key: %q, %v", key, err)
 	}
-	if c.entry == nil || len(c.entry.hosts) != 1 || c.entry.hosts[0].addrs[0].String() != "192.0.2.1" {
+	if c.entry == nil || len(c.entry.Hosts) != 1 || c.entry.Hosts[0].Addrs[0].String() != "192.0.2.1" {
 		t.Errorf("cached entry: %+v", c.entry)
 	}
-	if len(c.skips) != 1 || c.skips[0].reason != reasonInvalidHost {
+	if len(c.skips) != 1 || c.skips[0].Reason != entry.ReasonInvalidHost {
 		t.Errorf("skips: %+v", c.skips)
 	}
 	again, err := k.toCached(c)
@@ -433,11 +491,20 @@ func TestToCached(t *testing.T) {
 }
 
 // TestLegacySameAcrossSources: the same ServiceEntries read through the
-// Kubernetes source and through manifests give the same legacy addresses.
+// Kubernetes source and through manifests give the same legacy addresses:
+// both sources deliver the same entries, so the allocator, which positions
+// hosts by what the entries hold, gives them the same addresses.
 func TestLegacySameAcrossSources(t *testing.T) {
-	docs := legacyEntries(60)
-	opts := convertOptions{autoAllocate: autoAllocateLegacy, dualStack: true}
-	fromFiles := storeFrom(t, opts, strings.Join(docs, "---\n"))
+	docs := sourcetest.LegacyEntries(60)
+	opts := entry.Options{AutoAllocate: entry.AutoAllocateLegacy, DualStack: true}
+	parsed, err := manifest.Parse("test.yaml", []byte(strings.Join(docs, "---\n")), opts, sourcetest.NewSink())
+	if err != nil {
+		t.Fatal(err)
+	}
+	fromFiles := make(map[string]*entry.Entry, len(parsed))
+	for _, e := range parsed {
+		fromFiles[e.Key] = e
+	}
 
 	client := newFakeKube(t, "v1")
 	for _, d := range docs {
@@ -449,20 +516,25 @@ func TestLegacySameAcrossSources(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	st := newStore(true)
-	k := fakeSource(client, st, opts)
-	if err := k.start(); err != nil {
+	sink := sourcetest.NewSink()
+	k := fakeSource(client, sink, opts)
+	if err := k.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(k.stop)
-	if !st.waitSynced(10 * time.Second) {
+	t.Cleanup(k.Stop)
+	if !sink.WaitSynced(10 * time.Second) {
 		t.Fatal("not synced")
 	}
+	fromKube := sink.Published()
+	if len(fromFiles) != len(docs) || len(fromKube) != len(docs) {
+		t.Fatalf("%d entries from manifests, %d from Kubernetes, want %d each", len(fromFiles), len(fromKube), len(docs))
+	}
 	for i := range docs {
-		name := fmt.Sprintf("h%d.legacy.internal", i)
-		a, b := fromFiles.table().lookup(name), st.table().lookup(name)
-		if a == nil || b == nil || !a.a[0].Equal(b.a[0]) || !a.aaaa[0].Equal(b.aaaa[0]) {
-			t.Fatalf("%s: manifests %v, kubernetes %v", name, a, b)
+		meta, _ := sourcetest.LegacyFixture(i)
+		key := meta.Namespace + "/" + meta.Name
+		a, b := fromFiles[key], fromKube[key]
+		if a == nil || b == nil || len(a.LegacyHosts) != 1 || !reflect.DeepEqual(a, b) {
+			t.Fatalf("%s: manifests %+v, kubernetes %+v", key, a, b)
 		}
 	}
 }
@@ -480,7 +552,7 @@ func TestKubeSourceReportsSkipsOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	st := startKube(t, client)
-	invalid := func() uint64 { return st.skipped.counts()[reasonInvalidHost] }
+	invalid := func() uint64 { return st.Count(entry.ReasonInvalidHost) }
 	if got := invalid(); got != 1 {
 		t.Fatalf("after the add: %v skips counted, want 1", got)
 	}
@@ -491,7 +563,7 @@ func TestKubeSourceReportsSkipsOnce(t *testing.T) {
 			t.Fatal(err)
 		}
 		want := fmt.Sprintf("192.0.2.%d", 10+i)
-		eventually(t, "update "+want, func() bool { return lookupA(st, "a.internal") == want })
+		sourcetest.Eventually(t, "update "+want, func() bool { return st.FirstA("a.internal") == want })
 	}
 	if got := invalid(); got != 1 {
 		t.Fatalf("after updates with the same problem: %v skips counted, want 1", got)
@@ -500,13 +572,13 @@ func TestKubeSourceReportsSkipsOnce(t *testing.T) {
 	if _, err := ses.Update(ctx, se, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the new problem counted", func() bool { return invalid() == 3 })
+	sourcetest.Eventually(t, "the new problem counted", func() bool { return invalid() == 3 })
 }
 
 // TestKubeSourceExportToClient: with "exportto client" the source places
 // clients through a pod informer of its own, started and stopped with it.
 func TestKubeSourceExportToClient(t *testing.T) {
-	defer verifyNoLeaks(t, goleak.IgnoreCurrent())
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	asked := make(chan string, 100)
 	server := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		select {
@@ -516,14 +588,15 @@ func TestKubeSourceExportToClient(t *testing.T) {
 		http.NotFound(w, r)
 	}))
 	defer server.Close()
-	src, st, err := newSource(&config{kubeconfig: kubeconfigFor(t, server.URL), convert: convertOptions{exportTo: exportClient}})
+	src, err := New(Config{Kubeconfig: sourcetest.Kubeconfig(t, server.URL), Convert: entry.Options{ExportTo: entry.ExportClient}},
+		sourcetest.NewSink(), podindex.New())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.clients == nil {
-		t.Fatal("no client index with exportto client")
+	if src.pods == nil {
+		t.Fatal("no pod source for the client index")
 	}
-	if err := src.start(); err != nil {
+	if err := src.Start(); err != nil {
 		t.Fatal(err)
 	}
 	timeout := time.After(10 * time.Second)
@@ -535,8 +608,7 @@ func TestKubeSourceExportToClient(t *testing.T) {
 			t.Fatal("the pods were never listed")
 		}
 	}
-	src.stop()
-	st.close()
+	src.Stop()
 }
 
 // fakeAPIServer serves ServiceEntries in v1 as the API server does: a list,
@@ -594,14 +666,6 @@ func (f *fakeAPIServer) seen() []string {
 	return slices.Clone(f.queries)
 }
 
-func apiObject(ns, name, host, addr string) string {
-	return fmt.Sprintf(`{"apiVersion":"networking.istio.io/v1","kind":"ServiceEntry","metadata":{"name":%q,"namespace":%q,`+
-		`"resourceVersion":"5","labels":{"app":"x"},"annotations":{"kubectl.kubernetes.io/last-applied-configuration":"{\"big\":true}"},`+
-		`"managedFields":[{"manager":"kubectl","operation":"Apply","fieldsType":"FieldsV1","fieldsV1":{"f:spec":{"f:hosts":{}}}}]},`+
-		`"spec":{"hosts":[%q],"addresses":[%q],"ports":[{"number":53,"name":"dns","protocol":"UDP"}],"resolution":"STATIC","location":"MESH_INTERNAL"},`+
-		`"status":{"conditions":[{"type":"Reconciled","status":"True"}]}}`, name, ns, host, addr)
-}
-
 // TestKubeSourceSlimREST: the source's own REST client reads ServiceEntries
 // from an API server, with WatchList (the reflector's default, which needs the
 // bookmark's annotation to end its sync) and with a list then a watch, for
@@ -619,25 +683,26 @@ func TestKubeSourceSlimREST(t *testing.T) {
 		{"list and watch, two namespaces", false, []string{"ns1", "ns2"}, map[string]string{"a.internal": "192.0.2.1", "b.internal": "192.0.2.2"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			defer verifyNoLeaks(t, goleak.IgnoreCurrent())
+			defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 			clientfeaturestesting.SetFeatureDuringTest(t, features.WatchListClient, c.watchList)
-			api := &fakeAPIServer{objects: []string{apiObject("ns1", "a", "a.internal", "192.0.2.1"), apiObject("ns2", "b", "b.internal", "192.0.2.2")}}
+			api := &fakeAPIServer{objects: []string{sourcetest.APIObject("ns1", "a", "a.internal", "192.0.2.1"), sourcetest.APIObject("ns2", "b", "b.internal", "192.0.2.2")}}
 			server := httptest.NewServer(api)
 			defer server.Close()
 			defer server.CloseClientConnections()
-			src, st, err := newSource(&config{kubeconfig: kubeconfigFor(t, server.URL), namespaces: c.namespaces, labels: "app=x"})
+			st := sourcetest.NewSink()
+			src, err := New(Config{Kubeconfig: sourcetest.Kubeconfig(t, server.URL), Namespaces: c.namespaces, Labels: "app=x"}, st, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := src.start(); err != nil {
+			if err := src.Start(); err != nil {
 				t.Fatal(err)
 			}
-			defer src.stop()
-			if !st.waitSynced(10 * time.Second) {
+			defer src.Stop()
+			if !st.WaitSynced(10 * time.Second) {
 				t.Fatalf("not synced within 10s; requests: %q", api.seen())
 			}
 			for host, want := range c.want {
-				if got := lookupA(st, host); got != want {
+				if got := st.FirstA(host); got != want {
 					t.Errorf("%s: got %q, want %q", host, got, want)
 				}
 			}
@@ -665,8 +730,8 @@ func TestKubeSourceNoPartialRead(t *testing.T) {
 		v1Entry("a", "e", "a.internal", "192.0.2.1"), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	st := newStore(false)
-	k := fakeSource(client, st, convertOptions{}, "a", "b")
+	st := sourcetest.NewSink()
+	k := fakeSource(client, st, entry.Options{}, "a", "b")
 	lister := k.lister
 	k.lister = func(namespace, version string) (listWatchFuncs, error) {
 		if namespace == "b" {
@@ -674,12 +739,12 @@ func TestKubeSourceNoPartialRead(t *testing.T) {
 		}
 		return lister(namespace, version)
 	}
-	if err := k.start(); err != nil {
+	if err := k.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer k.stop()
-	if st.waitSynced(time.Second) {
-		t.Fatalf("published a read of namespace a alone: a.internal = %q", lookupA(st, "a.internal"))
+	defer k.Stop()
+	if st.WaitSynced(time.Second) {
+		t.Fatalf("published a read of namespace a alone: a.internal = %q", st.FirstA("a.internal"))
 	}
 }
 
@@ -706,7 +771,7 @@ func BenchmarkWatchEvents(b *testing.B) {
 		_, _ = w.Write(events.Bytes())
 	}))
 	defer server.Close()
-	cfg, err := restConfig(kubeconfigFor(b, server.URL), "")
+	cfg, err := RESTConfig(sourcetest.Kubeconfig(b, server.URL), "")
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -724,11 +789,11 @@ func BenchmarkWatchEvents(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer w.Stop()
-	var last *slimServiceEntry
+	var last *entry.ServiceEntry
 	for i := range b.N {
 		ev := <-w.ResultChan()
 		var ok bool
-		if last, ok = ev.Object.(*slimServiceEntry); !ok || ev.Type != watch.Modified {
+		if last, ok = ev.Object.(*entry.ServiceEntry); !ok || ev.Type != watch.Modified {
 			b.Fatalf("event %d: %v %v", i, ev.Type, ev.Object)
 		}
 	}
@@ -739,8 +804,9 @@ func BenchmarkWatchEvents(b *testing.B) {
 
 // BenchmarkSourceMemory reports the live heap per entry of a kube source
 // that has read 20,000 ServiceEntries from an API server (WatchList, as by
-// default): the reader's keys, the store and the table, as CoreDNS holds
-// them. The timed part is the whole read.
+// default): the reader's keys and the entries delivered, which a recording
+// sink holds by key (the plugin's store and table are measured with the
+// plugin). The timed part is the whole read.
 func BenchmarkSourceMemory(b *testing.B) {
 	const n = 20_000
 	api := &fakeAPIServer{}
@@ -750,24 +816,25 @@ func BenchmarkSourceMemory(b *testing.B) {
 	server := httptest.NewServer(api)
 	defer server.Close()
 	defer server.CloseClientConnections()
-	kubeconfig := kubeconfigFor(b, server.URL)
+	kubeconfig := sourcetest.Kubeconfig(b, server.URL)
 	for b.Loop() {
 		base := liveHeap()
-		src, st, err := newSource(&config{kubeconfig: kubeconfig})
+		st := sourcetest.NewSink()
+		src, err := New(Config{Kubeconfig: kubeconfig}, st, nil)
 		if err != nil {
 			b.Fatal(err)
 		}
-		if err := src.start(); err != nil {
+		if err := src.Start(); err != nil {
 			b.Fatal(err)
 		}
-		if !st.waitSynced(time.Minute) {
+		if !st.WaitSynced(time.Minute) {
 			b.Fatal("not synced within a minute")
 		}
-		if got := st.table().hosts; got != n {
+		if got := st.Hosts(); got != n {
 			b.Fatalf("%d hosts, want %d", got, n)
 		}
 		b.ReportMetric(float64(liveHeap()-base)/n, "B/entry")
-		src.stop()
+		src.Stop()
 	}
 }
 
@@ -776,17 +843,17 @@ func BenchmarkSourceMemory(b *testing.B) {
 // problem in an object is counted once, not again at each relist.
 func TestReaderStore(t *testing.T) {
 	obj := func(name, host string) any {
-		o, _, err := slimSerializer.Decode([]byte(strings.Replace(apiObject("ns", name, host, "192.0.2.1"),
+		o, _, err := slimSerializer.Decode([]byte(strings.Replace(sourcetest.APIObject("ns", name, host, "192.0.2.1"),
 			`"hosts":[`, `"hosts":["bad_host!",`, 1)), nil, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return o
 	}
-	st := newStore(false)
-	rs := newReaderStore(&kubeSource{store: st, skips: &st.skipped})
+	st := sourcetest.NewSink()
+	rs := newReaderStore(&Source{sink: st})
 	served := func() string {
-		return lookupA(st, "a.internal") + "," + lookupA(st, "b.internal")
+		return st.FirstA("a.internal") + "," + st.FirstA("b.internal")
 	}
 	steps := []struct {
 		name   string
@@ -810,12 +877,12 @@ func TestReaderStore(t *testing.T) {
 			default:
 				t.Fatal("the first Replace did not mark the namespace read")
 			}
-			st.markSynced()
+			st.MarkSynced()
 		}
 		if got := served(); got != s.served {
 			t.Errorf("%s: serves %q, want %q", s.name, got, s.served)
 		}
-		if got := st.skipped.counts()[reasonInvalidHost]; got != s.skips {
+		if got := st.Count(entry.ReasonInvalidHost); got != s.skips {
 			t.Errorf("%s: %d skips counted, want %d", s.name, got, s.skips)
 		}
 	}

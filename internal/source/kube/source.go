@@ -1,4 +1,4 @@
-package serviceentry
+package kube
 
 import (
 	"context"
@@ -10,9 +10,9 @@ import (
 	"sync"
 	"time"
 
-	clientv1 "istio.io/client-go/pkg/apis/networking/v1"
-	clientv1alpha3 "istio.io/client-go/pkg/apis/networking/v1alpha3"
-	clientv1beta1 "istio.io/client-go/pkg/apis/networking/v1beta1"
+	"github.com/coredns-serviceentry/serviceentry/internal/entry"
+	"github.com/coredns-serviceentry/serviceentry/internal/podindex"
+	"github.com/coredns-serviceentry/serviceentry/internal/source"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -26,34 +26,33 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 )
 
-// istioGroup is the API group of ServiceEntries, as Istio's client names it.
-var istioGroup = clientv1.SchemeGroupVersion.Group
-
-// servedVersions are the ServiceEntry API versions we can read, newest first:
-// v1 from Istio 1.22, v1beta1 and v1alpha3 before. All share one schema.
-var servedVersions = []string{clientv1.SchemeGroupVersion.Version, clientv1beta1.SchemeGroupVersion.Version, clientv1alpha3.SchemeGroupVersion.Version}
-
 // discoveryBackoff spaces the attempts to find the ServiceEntry API: the API
 // server down, or no Istio CRD yet (then at most every 30 s, as promised).
 var discoveryBackoff = wait.Backoff{Duration: time.Second, Factor: 2, Cap: 30 * time.Second, Steps: math.MaxInt32}
 
-// kubeSource reads ServiceEntries with one client-go reflector per namespace
+// Config is what the Kubernetes source reads, and how.
+type Config struct {
+	Kubeconfig string // empty: the in-cluster service account
+	Context    string
+	Namespaces []string // empty: all
+	Labels     string   // a label selector of ServiceEntries
+	Convert    entry.Options
+}
+
+// Source reads ServiceEntries with one client-go reflector per namespace
 // read (all, or those configured). It finds which API version the cluster
-// serves, then applies every add, update and delete to the store as it
-// arrives. A reflector rather than an informer: the store is the only cache
-// the table needs, and each event goes from the reflector's goroutine
-// straight into it, without an informer's queue, cache and handler
-// goroutines.
-type kubeSource struct {
+// serves, then applies every add, update and delete to the sink as it
+// arrives. The sink is the only cache the table needs: each event goes from
+// the reflector's goroutine straight into it.
+type Source struct {
 	// lister lists and watches ServiceEntries of one namespace (all when
 	// empty) through one version.
 	lister     func(namespace, version string) (listWatchFuncs, error)
 	resources  resourceLister
 	namespaces []string // empty: all
 	labels     string
-	opts       convertOptions
-	store      entrySink
-	skips      *skipTally   // the store's
+	opts       entry.Options
+	sink       source.Sink
 	backoff    wait.Backoff // between discovery attempts
 	// pods places clients in their namespaces with "exportto client"; nil
 	// otherwise.
@@ -63,21 +62,15 @@ type kubeSource struct {
 	done   chan struct{} // closed when run has returned
 }
 
-// entrySink is what the source needs of the store.
-type entrySink interface {
-	upsert(key string, e *entry)
-	upsertAll(changes map[string]*entry)
-	beginFullRead()
-	markSynced()
-	table() *table
-}
-
 // resourceLister lists the resources the API server serves in one group
 // version. It must honour ctx, so that stop never waits for a request.
 type resourceLister func(ctx context.Context, groupVersion string) (*metav1.APIResourceList, error)
 
-func newKubeSource(cfg *config, st *store) (*kubeSource, error) {
-	restCfg, err := restConfig(cfg.kubeconfig, cfg.kubecontext)
+// New returns a source reading what cfg says into sink and, when clients is
+// not nil, the pods of the namespaces read into clients. Nothing runs until
+// Start.
+func New(cfg Config, sink source.Sink, clients *podindex.Index) (*Source, error) {
+	restCfg, err := RESTConfig(cfg.Kubeconfig, cfg.Context)
 	if err != nil {
 		return nil, err
 	}
@@ -86,17 +79,36 @@ func newKubeSource(cfg *config, st *store) (*kubeSource, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating the discovery client: %w", err)
 	}
-	k := &kubeSource{lister: slimLister(restCfg), resources: discoveryLister(disco.RESTClient()),
-		namespaces: cfg.namespaces, labels: cfg.labels, opts: cfg.convert, store: st, skips: &st.skipped, backoff: discoveryBackoff}
-	if cfg.convert.exportTo == exportClient {
-		pods, err := kubernetes.NewForConfig(restCfg)
+	k := &Source{lister: slimLister(restCfg), resources: discoveryLister(disco.RESTClient()),
+		namespaces: cfg.Namespaces, labels: cfg.Labels, opts: cfg.Convert, sink: sink, backoff: discoveryBackoff}
+	if clients != nil {
+		pods, err := kubernetes.NewForConfig(podConfig(cfg.Kubeconfig, restCfg))
 		if err != nil {
 			return nil, fmt.Errorf("creating Kubernetes client: %w", err)
 		}
-		st.clients = newClientIndex()
-		k.pods = newPodSource(pods, cfg.namespaces, st.clients)
+		k.pods = newPodSource(pods, cfg.Namespaces, clients, sink)
 	}
 	return k, nil
+}
+
+// podConfig is how pods are read: the clients are the pods of the cluster the
+// server runs in, so inside a pod they are read with the in-cluster account
+// even when the entries come from another cluster's kubeconfig (a
+// primary-remote mesh's config cluster); outside a pod, with the entries'
+// config. Pods are read as protobuf, which decodes several times faster than
+// JSON: a list holds every pod of the cluster.
+func podConfig(kubeconfig string, entries *rest.Config) *rest.Config {
+	c := entries
+	if kubeconfig != "" {
+		if in, err := rest.InClusterConfig(); err == nil {
+			in.UserAgent = entries.UserAgent
+			c = in
+		}
+	}
+	c = rest.CopyConfig(c)
+	c.ContentType = runtime.ContentTypeProtobuf
+	c.AcceptContentTypes = runtime.ContentTypeProtobuf + "," + runtime.ContentTypeJSON
+	return c
 }
 
 // discoveryLister asks the API server's discovery endpoint with the caller's
@@ -115,9 +127,9 @@ func discoveryLister(rc rest.Interface) resourceLister {
 	}
 }
 
-// restConfig loads a kubeconfig (and context) when given, else the in-cluster
+// RESTConfig loads a kubeconfig (and context) when given, else the in-cluster
 // service account.
-func restConfig(kubeconfig, context string) (*rest.Config, error) {
+func RESTConfig(kubeconfig, context string) (*rest.Config, error) {
 	if kubeconfig == "" {
 		c, err := rest.InClusterConfig()
 		if err != nil {
@@ -134,7 +146,8 @@ func restConfig(kubeconfig, context string) (*rest.Config, error) {
 	return c, nil
 }
 
-func (k *kubeSource) start() error {
+// Start begins reading in the background.
+func (k *Source) Start() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	k.cancel = cancel
 	k.done = make(chan struct{})
@@ -145,7 +158,8 @@ func (k *kubeSource) start() error {
 	return nil
 }
 
-func (k *kubeSource) stop() {
+// Stop ends every goroutine of the source before it returns.
+func (k *Source) Stop() {
 	if k.cancel == nil {
 		return
 	}
@@ -157,18 +171,16 @@ func (k *kubeSource) stop() {
 	}
 }
 
-func (k *kubeSource) run(ctx context.Context) {
+func (k *Source) run(ctx context.Context) {
 	defer close(k.done)
 	version, err := k.discover(ctx)
 	if err != nil {
 		return // cancelled
 	}
-	log.Infof("reading ServiceEntries through %s/%s", istioGroup, version)
-	if k.store.table() != nil {
-		// An empty table is served (no CRD until now): keep serving it
-		// until the first full read is complete.
-		k.store.beginFullRead()
-	}
+	log.Infof("reading ServiceEntries through %s/%s", entry.Group, version)
+	// An empty table may be served (no CRD until now): it keeps answering
+	// until the first full read is complete.
+	k.sink.BeginFullRead()
 
 	namespaces := k.namespaces
 	if len(namespaces) == 0 {
@@ -195,14 +207,14 @@ func (k *kubeSource) run(ctx context.Context) {
 			return
 		}
 	}
-	k.store.markSynced()
+	k.sink.MarkSynced()
 	<-ctx.Done()
 }
 
 // reader reads one namespace (or all) through version into a readerStore,
 // with the reflector's own context (a request hanging at the API server must
 // not hold up stop).
-func (k *kubeSource) reader(namespace, version string) (*cache.Reflector, *readerStore, error) {
+func (k *Source) reader(namespace, version string) (*cache.Reflector, *readerStore, error) {
 	lw, err := k.lister(namespace, version)
 	if err != nil {
 		return nil, nil, err
@@ -221,7 +233,7 @@ func (k *kubeSource) reader(namespace, version string) (*cache.Reflector, *reade
 			k.readError(err)
 			return w, err
 		},
-	}, &slimServiceEntry{}, rs, cache.ReflectorOptions{Name: "serviceentry " + namespace, TypeDescription: "ServiceEntry"})
+	}, &entry.ServiceEntry{}, rs, cache.ReflectorOptions{Name: "serviceentry " + namespace, TypeDescription: "ServiceEntry"})
 	return r, rs, nil
 }
 
@@ -237,7 +249,7 @@ type listWatchFuncs struct {
 func slimLister(cfg *rest.Config) func(namespace, version string) (listWatchFuncs, error) {
 	return func(namespace, version string) (listWatchFuncs, error) {
 		c := rest.CopyConfig(cfg)
-		c.GroupVersion = &schema.GroupVersion{Group: istioGroup, Version: version}
+		c.GroupVersion = &schema.GroupVersion{Group: entry.Group, Version: version}
 		c.APIPath = "/apis"
 		c.ContentType = runtime.ContentTypeJSON
 		c.AcceptContentTypes = runtime.ContentTypeJSON
@@ -255,7 +267,7 @@ func slimLister(cfg *rest.Config) func(namespace, version string) (listWatchFunc
 		}
 		return listWatchFuncs{
 			list: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-				out := &slimServiceEntryList{}
+				out := &entry.ServiceEntryList{}
 				if err := request(&o).Do(ctx).Into(out); err != nil {
 					return nil, err
 				}
@@ -273,7 +285,7 @@ func slimLister(cfg *rest.Config) func(namespace, version string) (listWatchFunc
 // retrying while the server is unreachable or has no Istio CRD. A cluster
 // without Istio is a valid state, not an outage: the plugin then serves an
 // empty table (and is ready) until the CRD appears.
-func (k *kubeSource) discover(ctx context.Context) (string, error) {
+func (k *Source) discover(ctx context.Context) (string, error) {
 	var version, lastErr string
 	err := wait.ExponentialBackoffWithContext(ctx, k.backoff, func(ctx context.Context) (bool, error) {
 		v, err := k.servedVersion(ctx)
@@ -286,7 +298,7 @@ func (k *kubeSource) discover(ctx context.Context) (string, error) {
 		case errors.Is(err, errNoServiceEntryAPI):
 			if lastErr != err.Error() {
 				log.Infof("%v; serving no ServiceEntries until it is (checking every %s at most)", err, k.backoff.Cap)
-				k.store.markSynced()
+				k.sink.MarkSynced()
 			}
 		case lastErr != err.Error():
 			log.Errorf("%v; retrying", err)
@@ -299,14 +311,14 @@ func (k *kubeSource) discover(ctx context.Context) (string, error) {
 
 var errNoServiceEntryAPI = errors.New("the API server serves no ServiceEntry resource (networking.istio.io v1, v1beta1 or v1alpha3): Istio's CRD is not installed")
 
-func (k *kubeSource) servedVersion(ctx context.Context) (string, error) {
-	for _, v := range servedVersions {
-		list, err := k.resources(ctx, istioGroup+"/"+v)
+func (k *Source) servedVersion(ctx context.Context) (string, error) {
+	for _, v := range entry.ServedVersions {
+		list, err := k.resources(ctx, entry.Group+"/"+v)
 		if apierrors.IsNotFound(err) {
 			continue
 		}
 		if err != nil {
-			return "", fmt.Errorf("discovering %s/%s: %w", istioGroup, v, err)
+			return "", fmt.Errorf("discovering %s/%s: %w", entry.Group, v, err)
 		}
 		if slices.ContainsFunc(list.APIResources, func(r metav1.APIResource) bool { return r.Name == "serviceentries" }) {
 			return v, nil
@@ -319,13 +331,8 @@ func (k *kubeSource) servedVersion(ctx context.Context) (string, error) {
 // CoreDNS's log with what the plugin needs. Other failures are the
 // reflector's to retry and client-go's to log (a bare reflector keeps its
 // own error handler): one more line per attempt would only add noise.
-func (k *kubeSource) readError(err error) {
+func (k *Source) readError(err error) {
 	if apierrors.IsForbidden(err) {
-		log.Errorf("reading ServiceEntries is forbidden: %v (the plugin needs get, list and watch on serviceentries.%s)", err, istioGroup)
+		log.Errorf("reading ServiceEntries is forbidden: %v (the plugin needs get, list and watch on serviceentries.%s)", err, entry.Group)
 	}
 }
-
-// reasonInvalidObject: a ServiceEntry from the API server that Istio's own
-// decoder would refuse whole (a resolution this build does not know), a value
-// of the "reason" label of coredns_serviceentry_skipped_items_total.
-const reasonInvalidObject = "invalid_object"

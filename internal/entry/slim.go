@@ -1,4 +1,4 @@
-package serviceentry
+package entry
 
 import (
 	"bytes"
@@ -10,12 +10,10 @@ import (
 	networking "istio.io/api/networking/v1alpha3"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/apimachinery/pkg/runtime/serializer"
 	kjson "sigs.k8s.io/json"
 )
 
-// slimServiceEntry holds what convert reads of a ServiceEntry and nothing
+// ServiceEntry holds what convert reads of a ServiceEntry and nothing
 // else. Istio's generated types decode their spec and status through
 // golang/protobuf's legacy jsonpb, which re-parses the bytes into maps at every
 // message level; this struct decodes in one pass of the standard JSON decoder,
@@ -23,7 +21,7 @@ import (
 // rules for the fields they keep (exact-case keys, proto names, quoted
 // numbers, enum names), so that both decoders give convert the same input;
 // the differential tests hold them to it.
-type slimServiceEntry struct {
+type ServiceEntry struct {
 	metav1.TypeMeta `json:",inline"`
 	slimMeta        `json:"metadata"`
 	Spec            slimSpec   `json:"spec"`
@@ -78,6 +76,7 @@ type slimSpec struct {
 	Ports      []slimPort
 	Resolution slimResolution
 	ExportTo   []string
+	Endpoints  []slimEndpoint
 }
 
 // slimSpecJSON is slimSpec as jsonpb reads it: keys match exactly, as
@@ -92,6 +91,13 @@ type slimSpecJSON struct {
 	Resolution    slimResolution  `json:"resolution"`
 	ExportTo      presentStrings  `json:"exportTo"`
 	ExportToProto json.RawMessage `json:"export_to"`
+	Endpoints     []slimEndpoint  `json:"endpoints"`
+}
+
+// slimEndpoint is what convert reads of one of spec.endpoints (a
+// WorkloadEntry): where Envoy connects for a STATIC or DNS entry.
+type slimEndpoint struct {
+	Address string `json:"address"`
 }
 
 func (s *slimSpec) UnmarshalJSON(b []byte) error {
@@ -99,7 +105,8 @@ func (s *slimSpec) UnmarshalJSON(b []byte) error {
 	if err := kjson.UnmarshalCaseSensitivePreserveInts(b, &in); err != nil {
 		return err
 	}
-	*s = slimSpec{Hosts: in.Hosts, Addresses: in.Addresses, Ports: in.Ports, Resolution: in.Resolution, ExportTo: in.ExportTo.values}
+	*s = slimSpec{Hosts: in.Hosts, Addresses: in.Addresses, Ports: in.Ports, Resolution: in.Resolution, ExportTo: in.ExportTo.values,
+		Endpoints: in.Endpoints}
 	if !in.ExportTo.present && in.ExportToProto != nil {
 		// Read only when exportTo is absent: jsonpb never parses a
 		// value that the JSON name overrides.
@@ -207,57 +214,43 @@ func (e errUnknownResolution) Error() string {
 	return fmt.Sprintf("unknown value %q for enum istio.networking.v1alpha3.ServiceEntry.Resolution", string(e))
 }
 
-// istio fills Istio's structs from the slim object, so that convert stays the
-// one conversion path whichever decoder read the object.
-func (se *slimServiceEntry) istio() (*networking.ServiceEntry, *networking.ServiceEntryStatus, error) {
+// Entry converts the slim object; err is what jsonpb would have refused the
+// object for (an enum name this build of Istio's API does not know).
+func (se *ServiceEntry) Entry(opts Options) (*Entry, []Skip, error) {
 	if name := se.Spec.Resolution.unknown; name != nil {
 		return nil, nil, errUnknownResolution(*name)
 	}
-	spec := &networking.ServiceEntry{
-		Hosts:      se.Spec.Hosts,
-		Addresses:  se.Spec.Addresses,
-		Resolution: se.Spec.Resolution.value,
-		ExportTo:   se.Spec.ExportTo,
-	}
-	if n := len(se.Spec.Ports); n > 0 {
-		ports := make([]networking.ServicePort, n)
-		spec.Ports = make([]*networking.ServicePort, n)
-		for i, p := range se.Spec.Ports {
-			ports[i].Number, ports[i].Protocol, ports[i].Name = uint32(p.Number), p.Protocol, p.Name
-			spec.Ports[i] = &ports[i]
-		}
-	}
-	status := &networking.ServiceEntryStatus{}
-	if n := len(se.Status.Addresses); n > 0 {
-		addrs := make([]networking.ServiceEntryAddress, n)
-		status.Addresses = make([]*networking.ServiceEntryAddress, n)
-		for i, a := range se.Status.Addresses {
-			addrs[i].Value, addrs[i].Host = a.Value, a.Host
-			status.Addresses[i] = &addrs[i]
-		}
-	}
-	return spec, status, nil
-}
-
-// entry converts the slim object as convert converts Istio's; err is what
-// jsonpb would have refused the object for.
-func (se *slimServiceEntry) entry(opts convertOptions) (*entry, []skip, error) {
-	spec, status, err := se.istio()
-	if err != nil {
-		return nil, nil, err
-	}
-	e, skips := convert(&se.ObjectMeta, spec, status, opts)
+	e, skips := convert(&se.ObjectMeta, &se.Spec, &se.Status, opts)
 	return e, skips, nil
 }
 
-// slimServiceEntryList is a list response of any served version.
-type slimServiceEntryList struct {
-	metav1.TypeMeta `json:",inline"`
-	metav1.ListMeta `json:"metadata"`
-	Items           []slimServiceEntry `json:"items"`
+// Convert converts a ServiceEntry in Istio's generated types, as Istio's own
+// client decodes it. The sources decode into the slim struct instead; this is
+// the reference the tests hold the slim decoder to: both feed one conversion.
+func Convert(meta *metav1.ObjectMeta, spec *networking.ServiceEntry, status *networking.ServiceEntryStatus, opts Options) (*Entry, []Skip) {
+	slim := slimSpec{Hosts: spec.GetHosts(), Addresses: spec.GetAddresses(), Resolution: slimResolution{value: spec.GetResolution()},
+		ExportTo: spec.GetExportTo()}
+	for _, p := range spec.GetPorts() {
+		slim.Ports = append(slim.Ports, slimPort{Number: portNumber(p.GetNumber()), Protocol: p.GetProtocol(), Name: p.GetName()})
+	}
+	for _, ep := range spec.GetEndpoints() {
+		slim.Endpoints = append(slim.Endpoints, slimEndpoint{Address: ep.GetAddress()})
+	}
+	var st slimStatus
+	for _, a := range status.GetAddresses() {
+		st.Addresses = append(st.Addresses, slimStatusAddress{Value: a.GetValue(), Host: a.GetHost()})
+	}
+	return convert(meta, &slim, &st, opts)
 }
 
-func (se *slimServiceEntry) DeepCopyObject() runtime.Object {
+// ServiceEntryList is a list response of any served version.
+type ServiceEntryList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata"`
+	Items           []ServiceEntry `json:"items"`
+}
+
+func (se *ServiceEntry) DeepCopyObject() runtime.Object {
 	out := *se
 	out.ObjectMeta = *se.ObjectMeta.DeepCopy()
 	out.Annotations = maps.Clone(se.Annotations)
@@ -265,91 +258,18 @@ func (se *slimServiceEntry) DeepCopyObject() runtime.Object {
 	out.Spec.Addresses = slices.Clone(se.Spec.Addresses)
 	out.Spec.Ports = slices.Clone(se.Spec.Ports)
 	out.Spec.ExportTo = slices.Clone(se.Spec.ExportTo)
+	out.Spec.Endpoints = slices.Clone(se.Spec.Endpoints)
 	out.Status.Addresses = slices.Clone(se.Status.Addresses)
 	return &out
 }
 
-func (l *slimServiceEntryList) DeepCopyObject() runtime.Object {
-	out := &slimServiceEntryList{TypeMeta: l.TypeMeta, ListMeta: *l.ListMeta.DeepCopy()}
+func (l *ServiceEntryList) DeepCopyObject() runtime.Object {
+	out := &ServiceEntryList{TypeMeta: l.TypeMeta, ListMeta: *l.ListMeta.DeepCopy()}
 	if l.Items != nil {
-		out.Items = make([]slimServiceEntry, len(l.Items))
+		out.Items = make([]ServiceEntry, len(l.Items))
 		for i := range l.Items {
-			out.Items[i] = *l.Items[i].DeepCopyObject().(*slimServiceEntry)
+			out.Items[i] = *l.Items[i].DeepCopyObject().(*ServiceEntry)
 		}
 	}
 	return out
-}
-
-// slimNegotiator is slimCodecs for the source's REST client, with the JSON
-// serializer replaced by slimJSON.
-type slimNegotiator struct{ runtime.NegotiatedSerializer }
-
-func (n slimNegotiator) SupportedMediaTypes() []runtime.SerializerInfo {
-	infos := slices.Clone(n.NegotiatedSerializer.SupportedMediaTypes())
-	for i, info := range infos {
-		if info.MediaType != runtime.ContentTypeJSON {
-			continue
-		}
-		infos[i].Serializer = slimJSON{info.Serializer}
-		if info.StreamSerializer != nil {
-			stream := *info.StreamSerializer
-			stream.Serializer = slimJSON{stream.Serializer}
-			infos[i].StreamSerializer = &stream
-		}
-	}
-	return infos
-}
-
-// slimJSON decodes what a list or a watch brings (watch events, the
-// ServiceEntries in them, lists of them) with one call of the same JSON
-// decoder as apimachinery's serializer, which first reads the whole
-// document once more to find its kind: a watch event's object is otherwise
-// read four times, its envelope four more. Any other document (a Status in
-// an error event or response, an unexpected kind) goes to the serializer.
-type slimJSON struct{ runtime.Serializer }
-
-func (s slimJSON) Decode(data []byte, defaults *schema.GroupVersionKind, into runtime.Object) (runtime.Object, *schema.GroupVersionKind, error) {
-	switch into := into.(type) {
-	case nil:
-		se := &slimServiceEntry{}
-		if kjson.UnmarshalCaseSensitivePreserveInts(data, se) == nil && se.Kind == "ServiceEntry" && isServiceEntryVersion(se.APIVersion) {
-			gvk := se.GroupVersionKind()
-			return se, &gvk, nil
-		}
-	case *metav1.WatchEvent:
-		var ev metav1.WatchEvent
-		if kjson.UnmarshalCaseSensitivePreserveInts(data, &ev) == nil {
-			*into = ev
-			// As the serializer names it: the first of the scheme's
-			// registrations, the core group's.
-			return into, &schema.GroupVersionKind{Version: "v1", Kind: "WatchEvent"}, nil
-		}
-	case *slimServiceEntryList:
-		var l slimServiceEntryList
-		if kjson.UnmarshalCaseSensitivePreserveInts(data, &l) == nil && l.Kind == "ServiceEntryList" && isServiceEntryVersion(l.APIVersion) {
-			*into = l
-			gvk := l.GroupVersionKind()
-			return into, &gvk, nil
-		}
-	}
-	return s.Serializer.Decode(data, defaults, into)
-}
-
-// slimScheme knows the slim types under every served version, with the
-// meta types list and watch requests need; slimCodecs decodes with it.
-var (
-	slimScheme = runtime.NewScheme()
-	slimCodecs = serializer.NewCodecFactory(slimScheme)
-	// slimParams encodes list options into query parameters.
-	slimParams = runtime.NewParameterCodec(slimScheme)
-)
-
-func init() {
-	metav1.AddToGroupVersion(slimScheme, schema.GroupVersion{Version: "v1"})
-	for _, v := range servedVersions {
-		gv := schema.GroupVersion{Group: istioGroup, Version: v}
-		slimScheme.AddKnownTypeWithName(gv.WithKind("ServiceEntry"), &slimServiceEntry{})
-		slimScheme.AddKnownTypeWithName(gv.WithKind("ServiceEntryList"), &slimServiceEntryList{})
-		metav1.AddToGroupVersion(slimScheme, gv)
-	}
 }

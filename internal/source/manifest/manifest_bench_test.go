@@ -1,4 +1,4 @@
-package serviceentry
+package manifest
 
 import (
 	"fmt"
@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coredns-serviceentry/serviceentry/internal/entry"
+	"github.com/coredns-serviceentry/serviceentry/internal/sourcetest"
 	"sigs.k8s.io/yaml"
 )
 
@@ -62,7 +64,7 @@ func writeBenchManifests(b *testing.B, dir string, n, perFile int, asJSON bool) 
 		if asJSON {
 			ext = ".json"
 		}
-		writeFile(b, filepath.Join(dir, fmt.Sprintf("entries-%03d%s", f, ext)), sb.String())
+		sourcetest.WriteFile(b, filepath.Join(dir, fmt.Sprintf("entries-%03d%s", f, ext)), sb.String())
 	}
 }
 
@@ -80,9 +82,9 @@ func benchManifests(b *testing.B, asJSON bool) {
 	writeBenchManifests(b, dir, n, 10_000, asJSON)
 	b.ResetTimer()
 	for b.Loop() {
-		m := newManifestSource([]string{dir}, convertOptions{}, newStore(false))
+		m := New([]string{dir}, entry.Options{}, sourcetest.NewSink())
 		var got int
-		m.publish = func(entries map[string]*entry) { got = len(entries) }
+		m.publish = func(entries map[string]*entry.Entry) { got = len(entries) }
 		m.check(time.Now(), true)
 		if got != n {
 			b.Fatalf("read %d entries, want %d", got, n)

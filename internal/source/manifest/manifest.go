@@ -1,4 +1,4 @@
-package serviceentry
+package manifest
 
 import (
 	"bufio"
@@ -16,6 +16,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/coredns-serviceentry/serviceentry/internal/entry"
+	"github.com/coredns-serviceentry/serviceentry/internal/source"
 	"github.com/fsnotify/fsnotify"
 	"golang.org/x/sync/semaphore"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -26,30 +28,30 @@ import (
 
 // Timing of the manifests source. A changed file is read once it is stable:
 // the same file (identity, size and modification time) at two checks at least
-// manifestSettle apart. fsnotify's events trigger the checks; a poll is the
+// Settle apart. fsnotify's events trigger the checks; a poll is the
 // fallback for what events miss (network filesystems, files symlinked from
 // folders nobody watches, a queue overflow), and the only way when fsnotify
 // cannot watch (inotify limits).
 const (
-	manifestSettle        = 200 * time.Millisecond
+	Settle                = 200 * time.Millisecond
 	manifestPollInterval  = 5 * time.Second        // while fsnotify watches every path
 	manifestPollUnwatched = 500 * time.Millisecond // while it does not
 )
 
-// manifestSource reads ServiceEntries from YAML or JSON files and folders and
-// keeps the store in step with them.
-type manifestSource struct {
+// Source reads ServiceEntries from YAML or JSON files and folders and
+// keeps the sink in step with them.
+type Source struct {
 	paths []string
-	opts  convertOptions
-	store *store
+	opts  entry.Options
+	sink  source.Sink
 
-	// Intervals (see manifestSettle), the sink for new sets of entries (the
-	// store's replaceAll) and the watcher's maker; tests change them before
+	// Intervals (see Settle), the sink for new sets of entries (the
+	// sink's ReplaceAll) and the watcher's maker; tests change them before
 	// start.
 	settle        time.Duration
 	poll          time.Duration
 	pollUnwatched time.Duration
-	publish       func(map[string]*entry)
+	publish       func(map[string]*entry.Entry)
 	newWatcher    func() (*fsnotify.Watcher, error)
 
 	// Only touched by start and then by the source's goroutine.
@@ -64,8 +66,8 @@ type manifestSource struct {
 // manifestFile is the last good read of one file and the change, if any,
 // that waits to be read.
 type manifestFile struct {
-	stamp   fileStamp // of the last read
-	entries []*entry  // the last good content
+	stamp   fileStamp      // of the last read
+	entries []*entry.Entry // the last good content
 
 	seen    fileStamp // the file as a pending check saw it
 	seenAt  time.Time // when; zero when nothing is pending
@@ -92,18 +94,20 @@ func (a fileStamp) equal(b fileStamp) bool {
 	return a.size == b.size && a.modTime.Equal(b.modTime) && os.SameFile(a.info, b.info)
 }
 
-func newManifestSource(paths []string, opts convertOptions, st *store) *manifestSource {
+// New returns a source reading the files and folders at paths into sink.
+// Nothing is read until Start.
+func New(paths []string, opts entry.Options, sink source.Sink) *Source {
 	clean := make([]string, len(paths))
 	for i, p := range paths {
 		clean[i] = filepath.Clean(p)
 	}
-	return &manifestSource{paths: clean, opts: opts, store: st, files: make(map[string]*manifestFile),
-		settle: manifestSettle, poll: manifestPollInterval, pollUnwatched: manifestPollUnwatched,
-		publish: st.replaceAll, newWatcher: fsnotify.NewWatcher}
+	return &Source{paths: clean, opts: opts, sink: sink, files: make(map[string]*manifestFile),
+		settle: Settle, poll: manifestPollInterval, pollUnwatched: manifestPollUnwatched,
+		publish: sink.ReplaceAll, newWatcher: fsnotify.NewWatcher}
 }
 
-// start reads every file at once, then watches them in the background.
-func (m *manifestSource) start() error {
+// Start reads every file at once, then watches them in the background.
+func (m *Source) Start() error {
 	for _, p := range m.paths {
 		if _, err := os.Stat(p); err != nil {
 			return fmt.Errorf("manifests: %w", err)
@@ -117,16 +121,16 @@ func (m *manifestSource) start() error {
 		m.rewatch()
 	}
 	m.check(time.Now(), true)
-	m.store.markSynced()
+	m.sink.MarkSynced()
 	m.done = make(chan struct{})
 	m.wg.Add(1)
 	go m.run()
 	return nil
 }
 
-// stop ends the source's goroutine and closes its watcher (which waits for
+// Stop ends the source's goroutine and closes its watcher (which waits for
 // fsnotify's own goroutine).
-func (m *manifestSource) stop() {
+func (m *Source) Stop() {
 	if m.done == nil {
 		return
 	}
@@ -142,7 +146,7 @@ func (m *manifestSource) stop() {
 // run checks the files on every event (at most one check per settle
 // interval, however busy the folder), on every poll, and again a settle
 // interval after a check that left a change pending.
-func (m *manifestSource) run() {
+func (m *Source) run() {
 	defer m.wg.Done()
 	var events <-chan fsnotify.Event
 	var errs <-chan error
@@ -200,7 +204,7 @@ func (m *manifestSource) run() {
 	}
 }
 
-func (m *manifestSource) pollEvery() time.Duration {
+func (m *Source) pollEvery() time.Duration {
 	if m.watched {
 		return m.poll
 	}
@@ -210,7 +214,7 @@ func (m *manifestSource) pollEvery() time.Duration {
 // rewatch (re)adds the watches: each folder, and the folder of each file (a
 // ConfigMap volume swaps its ..data symlink there). Adding is idempotent, and
 // repeating it recovers a folder that was removed and made again.
-func (m *manifestSource) rewatch() {
+func (m *Source) rewatch() {
 	if m.watcher == nil {
 		return
 	}
@@ -238,14 +242,14 @@ func (m *manifestSource) rewatch() {
 // check reads the files that changed, several at a time, and hands the store
 // the union of every file's entries, once per check. The first check reads
 // every file as it is; later ones read a changed file only once it is stable
-// (see manifestSettle), and let a file that lost all its entries (emptied, or
+// (see Settle), and let a file that lost all its entries (emptied, or
 // removed) go only when a second look a settle interval later finds it so
 // again, so that a file being rewritten in place is not served empty or
 // half-written. A file that cannot be read or parsed keeps its last good
 // entries, so nothing already served is lost to a bad edit. check reports
 // whether a change is pending: the caller checks again a settle interval
 // later.
-func (m *manifestSource) check(now time.Time, first bool) (pending bool) {
+func (m *Source) check(now time.Time, first bool) (pending bool) {
 	present := m.listFiles()
 	changed := false
 	for path, f := range m.files {
@@ -306,7 +310,7 @@ func (m *manifestSource) check(now time.Time, first bool) (pending bool) {
 // found it (no info if that is unknown), which tells whether the file changed
 // during the read.
 type fileRead struct {
-	entries []*entry
+	entries []*entry.Entry
 	stamp   fileStamp
 	err     error
 }
@@ -314,15 +318,15 @@ type fileRead struct {
 // readFiles reads the files at paths, up to GOMAXPROCS at a time: a folder of
 // many small files (a ConfigMap volume with a key per ServiceEntry) is read
 // in parallel as a large file's documents are. The files read at once hold
-// at most maxManifestBytes between them (by their listed sizes), so that
+// at most MaxFileBytes between them (by their listed sizes), so that
 // reading in parallel needs no more memory than the largest file alone.
-func (m *manifestSource) readFiles(paths []string, listed map[string]fileStamp) []fileRead {
+func (m *Source) readFiles(paths []string, listed map[string]fileStamp) []fileRead {
 	reads := make([]fileRead, len(paths))
 	slots := make(chan struct{}, goruntime.GOMAXPROCS(0))
-	budget := semaphore.NewWeighted(maxManifestBytes)
+	budget := semaphore.NewWeighted(MaxFileBytes)
 	var wg sync.WaitGroup
 	for i, path := range paths {
-		weight := min(max(listed[path].size, 1), maxManifestBytes)
+		weight := min(max(listed[path].size, 1), MaxFileBytes)
 		slots <- struct{}{}
 		_ = budget.Acquire(context.Background(), weight) // never fails without a deadline
 		wg.Go(func() {
@@ -338,18 +342,18 @@ func (m *manifestSource) readFiles(paths []string, listed map[string]fileStamp) 
 // take applies the read of file f, which the listing before the read found
 // with stamp. It reports whether the file's entries changed, and whether a
 // change is pending: the caller checks again a settle interval later.
-func (m *manifestSource) take(f *manifestFile, stamp fileStamp, r fileRead, now time.Time, first bool) (changed, pending bool) {
+func (m *Source) take(f *manifestFile, stamp fileStamp, r fileRead, now time.Time, first bool) (changed, pending bool) {
 	if !first && r.stamp.info != nil && !r.stamp.equal(stamp) {
 		// Written while it was read: wait for it to settle again.
 		f.seen, f.seenAt = r.stamp, now
 		return false, true
 	}
 	if r.err != nil {
-		reason := reasonInvalidManifest
+		reason := ReasonInvalidManifest
 		if errors.Is(r.err, errManifestTooLarge) {
-			reason = reasonManifestTooLarge
+			reason = ReasonManifestTooLarge
 		}
-		m.store.skipped.add(reason)
+		m.sink.Rejected(reason)
 		if f.stamp.info != nil { // read before
 			log.Errorf("manifests: %v; keeping its last good content", r.err)
 			f.stamp, f.emptyAt = stamp, time.Time{} // report once per change, not on every check
@@ -370,19 +374,19 @@ func (m *manifestSource) take(f *manifestFile, stamp fileStamp, r fileRead, now 
 
 // merge combines the files' entries. Should two files define the same
 // namespace/name, the one whose path sorts last wins, whatever the read order.
-func (m *manifestSource) merge() map[string]*entry {
+func (m *Source) merge() map[string]*entry.Entry {
 	paths := make([]string, 0, len(m.files))
 	for p := range m.files {
 		paths = append(paths, p)
 	}
 	slices.Sort(paths)
-	merged := make(map[string]*entry)
+	merged := make(map[string]*entry.Entry)
 	for _, p := range paths {
 		for _, e := range m.files[p].entries {
-			if _, dup := merged[e.key]; dup {
-				log.Warningf("manifests: ServiceEntry %s is defined more than once; the one in %s wins", e.key, p)
+			if _, dup := merged[e.Key]; dup {
+				log.Warningf("manifests: ServiceEntry %s is defined more than once; the one in %s wins", e.Key, p)
 			}
-			merged[e.key] = e
+			merged[e.Key] = e
 		}
 	}
 	return merged
@@ -391,7 +395,7 @@ func (m *manifestSource) merge() map[string]*entry {
 // listFiles returns every manifest file under the configured paths with its
 // stamp. Folders are read one level deep for *.yaml, *.yml and *.json, leaving
 // out hidden names (a ConfigMap volume's ..data and its timestamped folders).
-func (m *manifestSource) listFiles() map[string]fileStamp {
+func (m *Source) listFiles() map[string]fileStamp {
 	out := make(map[string]fileStamp)
 	for _, p := range m.paths {
 		info, err := os.Stat(p)
@@ -435,22 +439,22 @@ func isManifestName(name string) bool {
 // Reasons a whole manifest or document is skipped, values of the "reason"
 // label of coredns_serviceentry_skipped_items_total beside those of entry.go.
 const (
-	reasonInvalidManifest  = "invalid_manifest"
-	reasonManifestTooLarge = "manifest_too_large"
+	ReasonInvalidManifest  = "invalid_manifest"
+	ReasonManifestTooLarge = "manifest_too_large"
 )
 
-// maxManifestBytes bounds one manifest file. A ServiceEntry is at most the
+// MaxFileBytes bounds one manifest file. A ServiceEntry is at most the
 // API server's 1.5 MiB object limit and a typical one a few hundred bytes, so
 // 64 MiB holds a couple of hundred thousand entries; anything larger is
 // refused whole (its last good content stays served) rather than decoded.
-const maxManifestBytes = 64 << 20
+const MaxFileBytes = 64 << 20
 
-var errManifestTooLarge = fmt.Errorf("larger than the %d MiB limit for one manifest file: not read", maxManifestBytes>>20)
+var errManifestTooLarge = fmt.Errorf("larger than the %d MiB limit for one manifest file: not read", MaxFileBytes>>20)
 
 // readFile reads and parses one file. It also returns the file's stamp as it
 // was once read (no info if that is unknown), which tells whether the file
 // changed during the read.
-func (m *manifestSource) readFile(path string) ([]*entry, fileStamp, error) {
+func (m *Source) readFile(path string) ([]*entry.Entry, fileStamp, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fileStamp{}, err
@@ -458,7 +462,7 @@ func (m *manifestSource) readFile(path string) ([]*entry, fileStamp, error) {
 	defer f.Close()
 	// Read one byte past the limit rather than trusting a size taken
 	// before the read: the file may grow in between.
-	data, err := io.ReadAll(io.LimitReader(f, maxManifestBytes+1))
+	data, err := io.ReadAll(io.LimitReader(f, MaxFileBytes+1))
 	if err != nil {
 		return nil, fileStamp{}, err
 	}
@@ -466,17 +470,23 @@ func (m *manifestSource) readFile(path string) ([]*entry, fileStamp, error) {
 	if fi, err := f.Stat(); err == nil {
 		read = stampOf(fi)
 	}
-	if len(data) > maxManifestBytes {
+	if len(data) > MaxFileBytes {
 		return nil, read, fmt.Errorf("%s: %w", path, errManifestTooLarge)
 	}
-	entries, err := parseManifests(path, data, m.opts, &m.store.skipped)
+	entries, err := Parse(path, data, m.opts, m.sink)
 	if err != nil {
 		return entries, read, fmt.Errorf("%s: %w", path, err)
 	}
 	return entries, read, nil
 }
 
-// parseManifests decodes a stream of YAML or JSON documents, read from source
+// Reporter is what Parse tells of what it leaves out: Sink's methods.
+type Reporter interface {
+	Skipped(key string, skips []entry.Skip)
+	Rejected(reason string)
+}
+
+// Parse decodes a stream of YAML or JSON documents, read from source
 // (a file, which its log lines name), and converts the ServiceEntries among
 // them, also those among the items of a List. A document that is not a valid
 // ServiceEntry is skipped (logged and counted) and the rest are kept; an
@@ -486,8 +496,8 @@ func (m *manifestSource) readFile(path string) ([]*entry, fileStamp, error) {
 // Documents are converted on several goroutines (see convertDocuments) but
 // reported here in stream order, so that the log, the counts and which of two
 // definitions of a name comes last are those of a sequential read.
-func parseManifests(source string, data []byte, opts convertOptions, tally *skipTally) ([]*entry, error) {
-	var entries []*entry
+func Parse(source string, data []byte, opts entry.Options, tally Reporter) ([]*entry.Entry, error) {
+	var entries []*entry.Entry
 	for _, b := range convertDocuments(data, opts) {
 		entries = b.report(source, entries, tally)
 		if b.err != nil {
@@ -524,9 +534,9 @@ type manifestBatch struct {
 type manifestItem struct {
 	doc   int
 	item  int // its number in a List, from 1; 0 outside a List
-	entry *entry
+	entry *entry.Entry
 	key   string
-	skips []skip
+	skips []entry.Skip
 	err   error
 }
 
@@ -534,7 +544,7 @@ type manifestItem struct {
 // is quick) and converts them, the bulk of the work, on GOMAXPROCS
 // goroutines, a batch at a time. It returns the batches in stream order, the
 // last one holding the error that stopped the stream, if any.
-func convertDocuments(data []byte, opts convertOptions) []*manifestBatch {
+func convertDocuments(data []byte, opts entry.Options) []*manifestBatch {
 	workers := goruntime.GOMAXPROCS(0)
 	work := make(chan *manifestBatch, workers)
 	var wg sync.WaitGroup
@@ -595,7 +605,7 @@ func documentsOf(data []byte) (next func() ([]byte, error), isJSON bool) {
 
 // convert converts the batch's documents, up to the first that is not valid
 // YAML: that one stops the stream, so the documents after it do not count.
-func (b *manifestBatch) convert(opts convertOptions) {
+func (b *manifestBatch) convert(opts entry.Options) {
 	for i, doc := range b.docs {
 		if !b.json {
 			var err error
@@ -623,17 +633,17 @@ func yamlToJSON(doc []byte) ([]byte, error) {
 
 // report logs (naming source, the file: files are read in parallel) and
 // counts what the batch's documents left out, and appends their entries.
-func (b *manifestBatch) report(source string, entries []*entry, tally *skipTally) []*entry {
+func (b *manifestBatch) report(source string, entries []*entry.Entry, tally Reporter) []*entry.Entry {
 	for _, it := range b.items {
 		switch {
 		case it.err != nil && it.item > 0:
-			tally.add(reasonInvalidManifest)
+			tally.Rejected(ReasonInvalidManifest)
 			log.Errorf("manifests: %s: document %d, item %d: %v", source, it.doc, it.item, it.err)
 		case it.err != nil:
-			tally.add(reasonInvalidManifest)
+			tally.Rejected(ReasonInvalidManifest)
 			log.Errorf("manifests: %s: document %d: %v", source, it.doc, it.err)
 		default:
-			tally.report(it.key, it.skips)
+			tally.Skipped(it.key, it.skips)
 			if it.entry != nil {
 				entries = append(entries, it.entry)
 			}
@@ -644,7 +654,7 @@ func (b *manifestBatch) report(source string, entries []*entry, tally *skipTally
 
 // appendItems converts one JSON document: a ServiceEntry, each item of a
 // List, or nothing (other kinds).
-func appendItems(items []manifestItem, doc int, raw []byte, opts convertOptions) []manifestItem {
+func appendItems(items []manifestItem, doc int, raw []byte, opts entry.Options) []manifestItem {
 	d := decodeJSONDocument(raw)
 	if !d.isList() {
 		return append(items, convertItem(doc, 0, d, opts))
@@ -659,7 +669,7 @@ func appendItems(items []manifestItem, doc int, raw []byte, opts convertOptions)
 	return items
 }
 
-func convertItem(doc, item int, d *jsonDocument, opts convertOptions) manifestItem {
+func convertItem(doc, item int, d *jsonDocument, opts entry.Options) manifestItem {
 	e, key, skips, err := d.convert(opts)
 	return manifestItem{doc: doc, item: item, entry: e, key: key, skips: skips, err: err}
 }
@@ -673,7 +683,7 @@ type jsonDocument struct {
 	raw   []byte
 	tm    metav1.TypeMeta
 	tmErr error // not a JSON object
-	se    slimServiceEntry
+	se    entry.ServiceEntry
 	seErr error
 }
 
@@ -702,14 +712,14 @@ func decodeList(raw []byte) ([]runtime.RawExtension, error) {
 	return list.Items, nil
 }
 
-func (d *jsonDocument) convert(opts convertOptions) (e *entry, key string, skips []skip, err error) {
+func (d *jsonDocument) convert(opts entry.Options) (e *entry.Entry, key string, skips []entry.Skip, err error) {
 	if len(d.raw) == 0 || string(d.raw) == "null" {
 		return nil, "", nil, nil
 	}
 	if d.tmErr != nil {
 		return nil, "", nil, d.tmErr
 	}
-	if d.tm.Kind != "ServiceEntry" || !isServiceEntryVersion(d.tm.APIVersion) {
+	if d.tm.Kind != "ServiceEntry" || !entry.IsServiceEntryVersion(d.tm.APIVersion) {
 		return nil, "", nil, nil
 	}
 	if d.seErr != nil {
@@ -718,18 +728,10 @@ func (d *jsonDocument) convert(opts convertOptions) (e *entry, key string, skips
 	if d.se.Name == "" {
 		return nil, "", nil, errors.New("ServiceEntry without metadata.name")
 	}
-	e, skips, err = d.se.entry(opts)
+	e, skips, err = d.se.Entry(opts)
 	if err != nil {
 		return nil, "", nil, fmt.Errorf("ServiceEntry: %w", err)
 	}
-	_, key = identity(&d.se.ObjectMeta)
+	_, key = entry.Identity(&d.se.ObjectMeta)
 	return e, key, skips, nil
-}
-
-func isServiceEntryVersion(apiVersion string) bool {
-	switch apiVersion {
-	case "networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3":
-		return true
-	}
-	return false
 }

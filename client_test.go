@@ -1,0 +1,193 @@
+package serviceentry
+
+import (
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/coredns-serviceentry/serviceentry/internal/entry"
+	"github.com/coredns-serviceentry/serviceentry/internal/podindex"
+	"github.com/coredns-serviceentry/serviceentry/internal/reach"
+	"github.com/miekg/dns"
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/yaml"
+)
+
+// reachEntries has an entry of each form the answers of a client outside the
+// mesh depend on. Auto-allocated addresses are in status, as istiod writes
+// them.
+const reachEntries = `
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: auto, namespace: ns}
+spec: {hosts: [auto.internal], resolution: DNS, ports: [{name: https, number: 443, protocol: TLS}]}
+status: {addresses: [{host: auto.internal, value: 240.240.0.1}]}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: static, namespace: ns}
+spec:
+  hosts: [static.internal]
+  resolution: STATIC
+  endpoints: [{address: 192.0.2.10}, {address: "2001:db8::10"}, {address: "unix:///var/run/x.sock"}]
+status: {addresses: [{host: static.internal, value: 240.240.0.2}]}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: declared, namespace: ns}
+spec: {hosts: [declared.internal], addresses: [10.9.0.1], resolution: STATIC, endpoints: [{address: 192.0.2.20}]}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: declared-dns, namespace: ns}
+spec: {hosts: [declared-dns.internal], addresses: [10.9.0.2], resolution: DNS}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: none, namespace: ns}
+spec: {hosts: [none.internal], addresses: [192.0.2.30], resolution: NONE}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: alias, namespace: ns}
+spec: {hosts: [alias.internal], resolution: DNS, endpoints: [{address: Real.Example.COM}, {address: other.example.com}]}
+status: {addresses: [{host: alias.internal, value: 240.240.0.5}]}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: rr, namespace: ns}
+spec: {hosts: [rr.internal], resolution: DNS_ROUND_ROBIN, endpoints: [{address: 192.0.2.60}]}
+status: {addresses: [{host: rr.internal, value: 240.240.0.6}]}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: dns-ips, namespace: ns}
+spec: {hosts: [dns-ips.internal], resolution: DNS, endpoints: [{address: 192.0.2.70}, {address: 192.0.2.71}, {address: ep.example.com}]}
+status: {addresses: [{host: dns-ips.internal, value: 240.240.0.7}]}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: dynamic, namespace: ns}
+spec: {hosts: ["*.dyn.internal"], resolution: DYNAMIC_DNS}
+status: {addresses: [{host: "*.dyn.internal", value: 240.240.0.8}]}
+`
+
+// The clients, by the pod fixtures of package reach that hold their address.
+const (
+	ambientClient   = "10.1.0.1" // ambient-enabled: mesh, no sidecar
+	captureClient   = "10.1.0.2" // sidecar-dns-capture: mesh, with a sidecar
+	sidecarClient   = "10.1.0.3" // sidecar-no-dns: declared only, with a sidecar
+	plainClient     = "10.1.0.4" // plain: outside
+	unknownClient   = "10.1.0.9" // no pod: outside
+	pendingClient   = "10.1.0.5" // ambient-pending: outside
+	initingClient   = "10.1.0.6" // sidecar-initializing: outside, with a sidecar
+	fixturesOfReach = "internal/reach/testdata"
+)
+
+// reachClients is a synced pod index holding each fixture pod at its client
+// address.
+func reachClients(t *testing.T) *podindex.Index {
+	t.Helper()
+	idx := podindex.New()
+	for ip, file := range map[string]string{ambientClient: "ambient-enabled.yaml", captureClient: "sidecar-dns-capture.yaml",
+		sidecarClient: "sidecar-no-dns.yaml", plainClient: "plain.yaml", pendingClient: "ambient-pending.yaml",
+		initingClient: "sidecar-initializing.yaml"} {
+		raw, err := os.ReadFile(filepath.Join(fixturesOfReach, file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var pod corev1.Pod
+		if err := yaml.Unmarshal(raw, &pod); err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+		marks, _ := reach.MarksOf(&pod)
+		idx.Set(pod.Namespace+"/"+pod.Name, &podindex.Claim{Namespace: pod.Namespace, Name: pod.Name, Marks: marks,
+			IPs: []netip.Addr{netip.MustParseAddr(ip)}})
+	}
+	idx.MarkSynced()
+	return idx
+}
+
+// TestAnswersThatReach: each client is answered with what it can route:
+// mesh clients with the mesh's addresses; a sidecar without DNS capture with
+// declared addresses only; a client outside the mesh with where Envoy would
+// connect (endpoint addresses, a CNAME to the endpoint host), or nothing, so
+// that the query goes on to the next plugin; and a sidecar's Envoy with the
+// real answer of a host it resolves itself.
+func TestAnswersThatReach(t *testing.T) {
+	st := storeFrom(t, entry.Options{}, reachEntries)
+	st.clients = reachClients(t)
+	se := (&ServiceEntry{Zones: []string{"internal.", "in-addr.arpa."}, TTL: 30, clients: clientsByPod}).attach(st)
+	const passed = passedOn
+	for _, c := range []struct {
+		name    string
+		qtype   uint16
+		answers map[string]string // by client
+	}{
+		{"auto.internal.", dns.TypeA, map[string]string{
+			ambientClient: "NOERROR 240.240.0.1", captureClient: passed, sidecarClient: passed,
+			plainClient: passed, unknownClient: passed, pendingClient: passed, initingClient: passed}},
+		{"static.internal.", dns.TypeA, map[string]string{
+			ambientClient: "NOERROR 240.240.0.2", captureClient: "NOERROR 240.240.0.2", sidecarClient: "NOERROR 192.0.2.10",
+			plainClient: "NOERROR 192.0.2.10", unknownClient: "NOERROR 192.0.2.10"}},
+		{"static.internal.", dns.TypeAAAA, map[string]string{
+			ambientClient: "NOERROR", plainClient: "NOERROR 2001:db8::10"}},
+		{"declared.internal.", dns.TypeA, map[string]string{
+			ambientClient: "NOERROR 10.9.0.1", captureClient: "NOERROR 10.9.0.1", sidecarClient: "NOERROR 10.9.0.1",
+			plainClient: "NOERROR 192.0.2.20", initingClient: "NOERROR 192.0.2.20"}},
+		{"declared-dns.internal.", dns.TypeA, map[string]string{
+			ambientClient: "NOERROR 10.9.0.2", captureClient: passed, sidecarClient: passed, plainClient: passed}},
+		{"none.internal.", dns.TypeA, map[string]string{
+			ambientClient: "NOERROR 192.0.2.30", sidecarClient: "NOERROR 192.0.2.30", plainClient: "NOERROR 192.0.2.30"}},
+		{"alias.internal.", dns.TypeA, map[string]string{
+			ambientClient: "NOERROR 240.240.0.5", plainClient: "NOERROR real.example.com.", captureClient: "NOERROR 240.240.0.5"}},
+		{"alias.internal.", dns.TypeMX, map[string]string{
+			ambientClient: "NOERROR", plainClient: "NOERROR real.example.com."}},
+		{"rr.internal.", dns.TypeA, map[string]string{
+			ambientClient: "NOERROR 240.240.0.6", plainClient: "NOERROR 192.0.2.60", captureClient: "NOERROR 240.240.0.6"}},
+		{"dns-ips.internal.", dns.TypeA, map[string]string{
+			ambientClient: "NOERROR 240.240.0.7", plainClient: "NOERROR 192.0.2.70 192.0.2.71"}},
+		{"x.dyn.internal.", dns.TypeA, map[string]string{
+			ambientClient: "NOERROR 240.240.0.8", plainClient: passed}},
+		{"_https._tcp.auto.internal.", dns.TypeSRV, map[string]string{
+			ambientClient: "NOERROR 0 100 443 auto.internal.", plainClient: passed}},
+		{"1.0.240.240.in-addr.arpa.", dns.TypePTR, map[string]string{
+			ambientClient: "NOERROR auto.internal.", plainClient: "NXDOMAIN"}},
+	} {
+		for client, want := range c.answers {
+			if got := askFrom(t, se, client, c.name, c.qtype); got != want {
+				t.Errorf("%s %s from %s: got %q, want %q", c.name, dns.TypeToString[c.qtype], client, got, want)
+			}
+		}
+	}
+}
+
+// TestClientsOption: "clients mesh" answers every client as a mesh client,
+// "clients outside" as one outside the mesh, whatever pod holds its address.
+func TestClientsOption(t *testing.T) {
+	for _, c := range []struct {
+		mode clientMode
+		want string
+	}{{clientsMesh, "NOERROR 240.240.0.1"}, {clientsOutside, passedOn}} {
+		st := storeFrom(t, entry.Options{}, reachEntries)
+		st.clients = reachClients(t)
+		se := (&ServiceEntry{Zones: []string{"internal."}, TTL: 30, clients: c.mode}).attach(st)
+		for _, client := range []string{ambientClient, plainClient, unknownClient} {
+			if got := askFrom(t, se, client, "auto.internal.", dns.TypeA); got != c.want {
+				t.Errorf("mode %d, client %s: got %q, want %q", c.mode, client, got, c.want)
+			}
+		}
+	}
+}
+
+// TestClientsBeforePodsAreRead: until the first list of pods is in, every
+// client is one outside the mesh.
+func TestClientsBeforePodsAreRead(t *testing.T) {
+	st := storeFrom(t, entry.Options{}, reachEntries)
+	st.clients = podindex.New()
+	se := (&ServiceEntry{Zones: []string{"internal."}, TTL: 30, clients: clientsByPod}).attach(st)
+	if got := askFrom(t, se, ambientClient, "auto.internal.", dns.TypeA); got != passedOn {
+		t.Errorf("before the pods are read: got %q, want the query passed on", got)
+	}
+}

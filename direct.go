@@ -1,0 +1,95 @@
+package serviceentry
+
+import (
+	"net/netip"
+	"slices"
+
+	"github.com/coredns-serviceentry/serviceentry/internal/entry"
+	"github.com/coredns-serviceentry/serviceentry/internal/reach"
+	"github.com/coredns-serviceentry/serviceentry/internal/table"
+	networking "istio.io/api/networking/v1alpha3"
+)
+
+// minReach is the class every client is at least: an answer that reaches it
+// needs no other.
+const minReach = reach.Outside
+
+// reachOf is the least class of client that routes the addresses host h of e
+// answers with. Auto-allocated addresses have a listener only in proxies that
+// capture DNS, and in ztunnel; declared ones have one in every sidecar; the
+// declared addresses of a NONE entry are where the client connects
+// (Envoy's original destination), real for everyone. docs/reach.md has the
+// Istio sources.
+func reachOf(e *entry.Entry, h *entry.Host) reach.Class {
+	switch {
+	case h.Auto:
+		return reach.Mesh
+	case e.Resolution == networking.ServiceEntry_NONE:
+		return reach.Outside
+	}
+	return reach.DeclaredOnly
+}
+
+// directOf is what a client that cannot route a host's mesh addresses is
+// answered with: where Envoy would connect for it (convertResolution,
+// pilot/pkg/networking/core/cluster.go), decided by the oldest contributing
+// entry (contributors come oldest first):
+//
+//   - STATIC: the addresses of the endpoints, of every contributing STATIC
+//     entry;
+//   - DNS (STRICT_DNS, Envoy uses every endpoint): the addresses of the IP
+//     endpoints when the first endpoint is an IP, else a CNAME to the first
+//     host-name endpoint (one name can alias one target);
+//   - DNS_ROUND_ROBIN (LOGICAL_DNS, Envoy uses the first endpoint only): that
+//     endpoint, as an address or a CNAME;
+//   - DNS or DNS_ROUND_ROBIN without endpoints: Envoy resolves the host
+//     itself, so the real answer is the next plugin's: nil, and resolved is
+//     true (a sidecar's Envoy asking for it must get it too);
+//   - anything else (DYNAMIC_DNS, NONE without reachable addresses): nil,
+//     the name is passed on.
+//
+// Answers are shared through shared by entry, so an entry's many hosts hold
+// one.
+func directOf(contributors []*entry.Entry, shared map[any]*table.Answer) (ans *table.Answer, resolved bool) {
+	oldest := contributors[0]
+	resolution := oldest.Resolution
+	switch resolution {
+	case networking.ServiceEntry_STATIC, networking.ServiceEntry_DNS, networking.ServiceEntry_DNS_ROUND_ROBIN:
+	default:
+		return nil, false
+	}
+	if len(oldest.Endpoints) == 0 {
+		return nil, resolution != networking.ServiceEntry_STATIC
+	}
+	type directKey struct{ e *entry.Entry }
+	if len(contributors) == 1 {
+		if ans := shared[directKey{oldest}]; ans != nil {
+			return ans, false
+		}
+	}
+	first := oldest.Endpoints[0]
+	switch {
+	case resolution == networking.ServiceEntry_DNS_ROUND_ROBIN && first.Host != "",
+		resolution == networking.ServiceEntry_DNS && first.Host != "":
+		ans = &table.Answer{Target: first.Host}
+	case resolution == networking.ServiceEntry_DNS_ROUND_ROBIN:
+		ans = table.NewAnswer([]netip.Addr{first.IP})
+	default:
+		var ips []netip.Addr
+		for _, e := range contributors {
+			if e.Resolution != resolution {
+				continue
+			}
+			for _, ep := range e.Endpoints {
+				if ep.IP.IsValid() && !slices.Contains(ips, ep.IP) {
+					ips = append(ips, ep.IP)
+				}
+			}
+		}
+		ans = table.NewAnswer(ips)
+	}
+	if len(contributors) == 1 {
+		shared[directKey{oldest}] = ans
+	}
+	return ans, false
+}

@@ -1,0 +1,409 @@
+package entry
+
+import (
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	networking "istio.io/api/networking/v1alpha3"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/validation"
+)
+
+// autoAllocateLabel lets a ServiceEntry opt out of auto-allocated addresses
+// (istiod's ipallocate controller honours it; so do we).
+const autoAllocateLabel = "networking.istio.io/enable-autoallocate-ip"
+
+// Entry is what the table needs of one ServiceEntry: validated, lower-cased
+// hosts with the addresses each should answer with. Both sources (the
+// Kubernetes reader and manifest files) convert to it once per change, so the
+// table builder and the query path never see Istio's types.
+type Entry struct {
+	Key       string // namespace/name: the identity used by the store
+	Namespace string
+	Name      string
+	Created   time.Time
+	// hosts are the hosts this entry declares to the plugin's clients, each
+	// with its addresses or none: a host without addresses still claims the
+	// host for its namespace (see store.answerFor), but never reaches the table.
+	Hosts []Host
+	Ports []Port // spec.ports that are valid, for SRV answers
+
+	// Resolution is spec.resolution: with Endpoints, where Envoy connects
+	// for the entry's hosts, which is what a client that cannot route the
+	// hosts' mesh addresses is answered with.
+	Resolution networking.ServiceEntry_Resolution
+	// Endpoints are the addresses of spec.endpoints that DNS can give, in
+	// order: read for STATIC, DNS and DNS_ROUND_ROBIN entries only.
+	Endpoints []Endpoint
+
+	// exportedTo is nil for a public entry, visible to every client
+	// namespace (exportTo empty, the mesh default, or holding "*"; every
+	// entry with "exportto all"). With "exportto client" an entry that is
+	// not public lists the namespaces it is visible to ("." is its own).
+	ExportedTo []string
+
+	// legacyHosts are the hosts the v1 allocator counts ("autoallocate
+	// legacy"): every eligible host, even of an entry not exported to us,
+	// because istiod allocates mesh-wide and positions depend on all of them.
+	LegacyHosts []LegacyHost
+}
+
+// Host is one host of an entry and its addresses in declaration order, or,
+// when legacy is set, the allocator slot its addresses come from.
+type Host struct {
+	Name   string // lower case, no trailing dot; wildcards as "*.example.com"
+	Addrs  []netip.Addr
+	Legacy *LegacyHost
+	// Auto says Addrs are auto-allocated (status.addresses): virtual
+	// addresses only clients whose proxy captures DNS can route, where
+	// declared ones have a listener in every sidecar.
+	Auto bool
+}
+
+// Endpoint is one address of spec.endpoints: an IP, or a host name that
+// Envoy resolves (DNS and DNS_ROUND_ROBIN entries).
+type Endpoint struct {
+	IP   netip.Addr // valid for an IP
+	Host string     // lower case, no trailing dot, for a host name
+}
+
+// AutoAllocateMode says where addresses for ServiceEntries without
+// spec.addresses come from.
+type AutoAllocateMode int
+
+const (
+	AutoAllocateStatus AutoAllocateMode = iota // istiod's status.addresses (Istio >= 1.23 controller)
+	AutoAllocateLegacy                         // our copy of istiod's v1 in-memory allocator
+	AutoAllocateOff                            // declared addresses only
+)
+
+// ExportMode says which ServiceEntries a client sees ("exportto").
+type ExportMode int
+
+const (
+	ExportPublic ExportMode = iota // public entries only, to every client
+	ExportAll                      // every entry, exportTo ignored
+	ExportClient                   // per the client's namespace, as Istio's proxy does per pod
+)
+
+// Options are the Corefile options that decide which addresses count.
+type Options struct {
+	AutoAllocate AutoAllocateMode
+	ExportTo     ExportMode
+	// dualStack serves auto-allocated IPv6 addresses too ("autoallocate MODE
+	// dualstack"). Istio's agent gives a pod the auto-allocated addresses of
+	// its first IP family only, unless ISTIO_DUAL_STACK is on and the pod is
+	// dual-stack; declared addresses are served whatever their family.
+	DualStack bool
+}
+
+// Skip records one item of a ServiceEntry that was left out, and why. reason is
+// the label value of the skipped-items metric.
+type Skip struct {
+	Reason string
+	Item   string
+}
+
+// Reasons an item is skipped; they are the values of the "reason" label of
+// coredns_serviceentry_skipped_items_total.
+const (
+	ReasonInvalidHost          = "invalid_host"
+	ReasonPartialWildcard      = "partial_wildcard"
+	ReasonInvalidAddress       = "invalid_address"
+	ReasonWideCIDR             = "cidr_not_host"
+	ReasonStatusInvalidAddress = "status_invalid_address"
+	ReasonStatusUnknownHost    = "status_unknown_host"
+	ReasonInvalidPort          = "invalid_port"
+	ReasonInvalidEndpoint      = "invalid_endpoint"
+)
+
+// Identity returns an entry's namespace ("default" when a manifest leaves it
+// out, as kubectl would apply it) and the key the store knows it by.
+func Identity(meta *metav1.ObjectMeta) (namespace, key string) {
+	namespace = meta.Namespace
+	if namespace == "" {
+		namespace = metav1.NamespaceDefault
+	}
+	return namespace, types.NamespacedName{Namespace: namespace, Name: meta.Name}.String()
+}
+
+// convert turns one ServiceEntry, as the slim decoder reads it, into an entry.
+// Hosts without an address stay in the entry (with none): they take part in
+// choosing which namespace wins a host declared by several entries, as in
+// Istio, but never reach the table. It returns nil when the entry declares no
+// host the client sees and takes no part in the legacy allocation; skips
+// lists what was left out so the caller can log it and count it, once per
+// change.
+func convert(meta *metav1.ObjectMeta, spec *slimSpec, status *slimStatus, opts Options) (*Entry, []Skip) {
+	namespace, key := Identity(meta)
+	// The namespace and name are the key's own bytes: one string per
+	// entry instead of three.
+	e := &Entry{
+		Key:       key,
+		Namespace: key[:len(namespace)],
+		Name:      key[len(namespace)+1:],
+		Created:   meta.CreationTimestamp.Time,
+	}
+	exported := opts.ExportTo == ExportAll || exportedToAll(spec.ExportTo)
+	if !exported && opts.ExportTo == ExportClient {
+		e.ExportedTo = exportedNamespaces(namespace, spec.ExportTo)
+		exported = len(e.ExportedTo) > 0
+	}
+	var skips []Skip
+
+	declared, addrSkips := parseAddresses(spec.Addresses)
+	skips = append(skips, addrSkips...)
+	// Istio makes one service per host and address that parses as an IP or a
+	// CIDR: an entry whose addresses are all invalid declares no service at
+	// all, while one with only wide CIDRs declares services without an
+	// address, which still claim the host.
+	claims := len(spec.Addresses) == 0 || len(declared) > 0 || slices.ContainsFunc(addrSkips, func(s Skip) bool { return s.Reason == ReasonWideCIDR })
+
+	resolution := spec.Resolution.value
+	var fromStatus map[string][]netip.Addr
+	if opts.AutoAllocate == AutoAllocateStatus && statusQualifies(meta, spec) {
+		var statusSkips []Skip
+		fromStatus, statusSkips = statusAddresses(spec.Hosts, status.Addresses, opts.DualStack)
+		skips = append(skips, statusSkips...)
+	}
+	legacy := opts.AutoAllocate == AutoAllocateLegacy &&
+		len(spec.Addresses) == 0 && resolution != networking.ServiceEntry_NONE
+
+	seen := make(map[string]bool, len(spec.Hosts))
+	legacyOf := make(map[int]int) // index in e.hosts -> index in e.legacyHosts
+	for _, raw := range spec.Hosts {
+		name, reason := normalizeHost(raw)
+		if reason != "" {
+			skips = append(skips, Skip{Reason: reason, Item: raw})
+			continue
+		}
+		if seen[name] {
+			continue
+		}
+		seen[name] = true
+		wildcard := strings.HasPrefix(name, "*.")
+		h := Host{Name: name}
+		switch {
+		case len(declared) > 0:
+			h.Addrs = declared
+		case fromStatus != nil && (!wildcard || resolution == networking.ServiceEntry_DYNAMIC_DNS):
+			h.Addrs, h.Auto = fromStatus[raw], true
+		case legacy && !wildcard:
+			e.LegacyHosts = append(e.LegacyHosts, LegacyHost{
+				Namespace: namespace,
+				Host:      raw,
+				Created:   e.Created.Truncate(time.Second),
+				Entry:     meta.Name,
+				Name:      name,
+				V6:        opts.DualStack,
+			})
+			legacyOf[len(e.Hosts)] = len(e.LegacyHosts) - 1
+		}
+		if exported && claims {
+			e.Hosts = append(e.Hosts, h)
+		} else {
+			delete(legacyOf, len(e.Hosts))
+		}
+	}
+	// A legacy host's slot is the one in e.legacyHosts, pointed at once the
+	// slice has stopped growing: one copy of it, not two.
+	for i, j := range legacyOf {
+		e.Hosts[i].Legacy = &e.LegacyHosts[j]
+	}
+	if len(e.Hosts) == 0 && len(e.LegacyHosts) == 0 {
+		return nil, skips
+	}
+	var portSkips, endpointSkips []Skip
+	e.Ports, portSkips = parsePorts(spec.Ports)
+	e.Resolution = resolution
+	switch resolution {
+	case networking.ServiceEntry_STATIC, networking.ServiceEntry_DNS, networking.ServiceEntry_DNS_ROUND_ROBIN:
+		e.Endpoints, endpointSkips = parseEndpoints(spec.Endpoints)
+	}
+	return e, append(append(skips, portSkips...), endpointSkips...)
+}
+
+// parseEndpoints validates the addresses of spec.endpoints one by one: an IP
+// (a scoped one means nothing to another host), or a host name as
+// normalizeHost accepts it, without wildcard. Anything else, a Unix socket
+// (unix://) included, is nothing DNS can answer with. Duplicates are
+// dropped; order is kept.
+func parseEndpoints(raw []slimEndpoint) ([]Endpoint, []Skip) {
+	var out []Endpoint
+	var skips []Skip
+	for _, ep := range raw {
+		var e Endpoint
+		if ip, err := netip.ParseAddr(ep.Address); err == nil && ip.Zone() == "" {
+			e.IP = ip.Unmap()
+		} else if name, reason := normalizeHost(ep.Address); err != nil && reason == "" && !strings.HasPrefix(name, "*") {
+			e.Host = name
+		} else {
+			skips = append(skips, Skip{Reason: ReasonInvalidEndpoint, Item: ep.Address})
+			continue
+		}
+		if !slices.Contains(out, e) {
+			out = append(out, e)
+		}
+	}
+	return out, skips
+}
+
+// exportedToAll reports whether an entry is visible to every namespace: exportTo
+// empty (the mesh default) or containing "*".
+func exportedToAll(exportTo []string) bool {
+	return len(exportTo) == 0 || slices.Contains(exportTo, "*")
+}
+
+// exportedNamespaces lists the namespaces an entry that is not public is
+// visible to, as Istio's service index reads exportTo: "~" hides it from
+// every namespace, "." is its own namespace, any other value names one.
+func exportedNamespaces(own string, exportTo []string) []string {
+	if slices.Contains(exportTo, "~") {
+		return nil
+	}
+	var out []string
+	for _, ns := range exportTo {
+		if ns == "." {
+			ns = own
+		}
+		if !slices.Contains(out, ns) {
+			out = append(out, ns)
+		}
+	}
+	return out
+}
+
+// VisibleTo reports whether clients of namespace ns ("" for a client of no
+// known namespace) see e.
+func (e *Entry) VisibleTo(ns string) bool {
+	return e.ExportedTo == nil || (ns != "" && slices.Contains(e.ExportedTo, ns))
+}
+
+// statusQualifies applies istiod's rules for when status.addresses, written by
+// its ipallocate controller, are in force. Status left over from before the
+// entry stopped qualifying is stale and must be ignored.
+func statusQualifies(meta *metav1.ObjectMeta, spec *slimSpec) bool {
+	if spec.Resolution.value == networking.ServiceEntry_NONE || len(spec.Addresses) > 0 {
+		return false
+	}
+	return !strings.EqualFold(meta.Labels[autoAllocateLabel], "false")
+}
+
+// statusAddresses maps each spec host (compared exactly, as istiod does) to its
+// auto-allocated addresses: the last IPv4 and, with dualStack, the last IPv6
+// value written for it.
+func statusAddresses(hosts []string, addrs []slimStatusAddress, dualStack bool) (map[string][]netip.Addr, []Skip) {
+	var skips []Skip
+	last := make(map[string]*[2]netip.Addr, len(hosts))
+	for _, a := range addrs {
+		if !slices.Contains(hosts, a.Host) {
+			skips = append(skips, Skip{Reason: ReasonStatusUnknownHost, Item: a.Host + "=" + a.Value})
+			continue
+		}
+		ip, err := netip.ParseAddr(a.Value)
+		if err != nil || ip.Zone() != "" {
+			skips = append(skips, Skip{Reason: ReasonStatusInvalidAddress, Item: a.Host + "=" + a.Value})
+			continue
+		}
+		pair := last[a.Host]
+		if pair == nil {
+			pair = new([2]netip.Addr)
+			last[a.Host] = pair
+		}
+		if ip.Is4() {
+			pair[0] = ip
+		} else {
+			pair[1] = ip
+		}
+	}
+	out := make(map[string][]netip.Addr, len(last))
+	for host, pair := range last {
+		for i, ip := range pair {
+			if ip.IsValid() && (i == 0 || dualStack) {
+				out[host] = append(out[host], ip)
+			}
+		}
+	}
+	return out, skips
+}
+
+// parseAddresses validates spec.addresses one by one. Plain IPs and /32 or /128
+// prefixes are served as addresses; wider CIDRs never resolve (as in Istio).
+// Duplicates are dropped; order is kept.
+func parseAddresses(raw []string) ([]netip.Addr, []Skip) {
+	var out []netip.Addr
+	var skips []Skip
+	for _, s := range raw {
+		ip, err := netip.ParseAddr(s)
+		if err != nil {
+			prefix, perr := netip.ParsePrefix(s)
+			if perr != nil {
+				skips = append(skips, Skip{Reason: ReasonInvalidAddress, Item: s})
+				continue
+			}
+			if prefix.Bits() != prefix.Addr().BitLen() {
+				skips = append(skips, Skip{Reason: ReasonWideCIDR, Item: s})
+				continue
+			}
+			ip = prefix.Addr()
+		}
+		if ip.Zone() != "" {
+			// A scoped address (fe80::1%eth0) means nothing to another host.
+			skips = append(skips, Skip{Reason: ReasonInvalidAddress, Item: s})
+			continue
+		}
+		if !slices.Contains(out, ip) {
+			out = append(out, ip)
+		}
+	}
+	return out, skips
+}
+
+// parsePorts validates spec.ports one by one, as Istio does: a number from 1
+// to 65535 and a name that is an RFC 1123 label. Protocol UDP is served as
+// _udp, every other protocol (TCP, HTTP, TLS, GRPC, none...) as _tcp.
+// Duplicates are dropped; order is kept.
+func parsePorts(raw []slimPort) ([]Port, []Skip) {
+	var out []Port
+	var skips []Skip
+	for _, p := range raw {
+		if uint32(p.Number) < 1 || uint32(p.Number) > 65535 || len(validation.IsDNS1123Label(p.Name)) > 0 {
+			skips = append(skips, Skip{Reason: ReasonInvalidPort, Item: p.Name + "/" + strconv.FormatUint(uint64(uint32(p.Number)), 10)})
+			continue
+		}
+		port := Port{Name: p.Name, Number: uint16(uint32(p.Number)), UDP: strings.EqualFold(p.Protocol, "UDP")}
+		if !slices.Contains(out, port) {
+			out = append(out, port)
+		}
+	}
+	return out, skips
+}
+
+// normalizeHost validates a ServiceEntry host and returns it lower-cased without
+// a trailing dot, or the reason it is skipped. The name is an RFC 1123
+// subdomain (apimachinery's check: at most 253 bytes, letters, digits and inner
+// hyphens; single labels allowed), with Istio's rule on top that every label
+// has at most 63 bytes. The first label may be "*" (a wildcard covering every
+// name below, never the apex); a partial wildcard ("*foo.example.com") is
+// accepted by Istio with a warning but never resolves, so it is skipped. "*"
+// alone would capture every name in the zone and is skipped as invalid.
+func normalizeHost(raw string) (string, string) {
+	name := strings.ToLower(strings.TrimSuffix(raw, "."))
+	if rest, ok := strings.CutPrefix(name, "*"); ok && rest != "" && rest[0] != '.' {
+		return "", ReasonPartialWildcard
+	}
+	var problems []string
+	if strings.HasPrefix(name, "*.") {
+		problems = validation.IsWildcardDNS1123Subdomain(name)
+	} else {
+		problems = validation.IsDNS1123Subdomain(name)
+	}
+	if len(problems) > 0 || slices.ContainsFunc(strings.Split(name, "."), func(label string) bool { return len(label) > validation.DNS1123LabelMaxLength }) {
+		return "", ReasonInvalidHost
+	}
+	return name, ""
+}

@@ -1,0 +1,214 @@
+package podindex
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// epoch is the creation time of the test pods.
+var epoch = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// filledIndex is a synced index of n pods, spread over namespaces, at
+// 10.x.y.z and at fd00::x:y:z.
+func filledIndex(n int) (*Index, []netip.Addr) {
+	idx := New()
+	ips := make([]netip.Addr, 0, 2*n)
+	for i := range n {
+		v4 := netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
+		v6 := netip.AddrFrom16([16]byte{0: 0xfd, 13: byte(i >> 16), 14: byte(i >> 8), 15: byte(i)})
+		ns := fmt.Sprintf("ns%d", i%50)
+		name := fmt.Sprintf("pod%d", i)
+		idx.Set(ns+"/"+name, &Claim{Namespace: ns, Name: name, IPs: []netip.Addr{v4, v6}})
+		ips = append(ips, v4, v6)
+	}
+	idx.MarkSynced()
+	return idx, ips
+}
+
+// TestClientIndexNamespaceOfAllocs: the lookup is on the query path.
+func TestClientIndexNamespaceOfAllocs(t *testing.T) {
+	idx, _ := filledIndex(1000)
+	unsynced := New()
+	for _, tc := range []struct {
+		name string
+		idx  *Index
+		ip   netip.Addr
+		want string
+	}{
+		{"IPv4 hit", idx, netip.MustParseAddr("10.0.0.7"), "ns7"},
+		{"IPv4-mapped hit", idx, netip.MustParseAddr("::ffff:10.0.0.7"), "ns7"},
+		{"IPv6 hit", idx, netip.MustParseAddr("fd00::7"), "ns7"},
+		{"miss", idx, netip.MustParseAddr("192.0.2.1"), ""},
+		{"zero address", idx, netip.Addr{}, ""},
+		{"not synced", unsynced, netip.MustParseAddr("10.0.0.7"), ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := tc.idx.NamespaceOf(tc.ip); got != tc.want {
+				t.Fatalf("%s -> %q, want %q", tc.ip, got, tc.want)
+			}
+			if n := testing.AllocsPerRun(1000, func() { tc.idx.NamespaceOf(tc.ip) }); n != 0 {
+				t.Fatalf("%v allocations per lookup, want 0", n)
+			}
+		})
+	}
+}
+
+// TestClientIndexCopiesOnlyTouchedShards: an event replaces the shards of the
+// IPs it touched and leaves every other shard, and any map a reader holds,
+// as it was.
+func TestClientIndexCopiesOnlyTouchedShards(t *testing.T) {
+	idx, _ := filledIndex(1000)
+	var before [clientShards]*map[netip.Addr]Client
+	for i := range idx.shards {
+		before[i] = idx.shards[i].Load()
+	}
+	moved := netip.MustParseAddr("10.0.0.7")
+	fresh := netip.MustParseAddr("10.200.0.1")
+	idx.Set("ns7/pod7", &Claim{Namespace: "ns7", Name: "pod7", IPs: []netip.Addr{fresh}})
+
+	touched := map[int]bool{shardOf(moved): true, shardOf(fresh): true,
+		shardOf(netip.MustParseAddr("fd00::7")): true}
+	for i := range idx.shards {
+		if changed := idx.shards[i].Load() != before[i]; changed != touched[i] {
+			t.Errorf("shard %d: replaced %v, touched %v", i, changed, touched[i])
+		}
+	}
+	if got := (*before[shardOf(moved)])[moved]; got.Namespace != "ns7" {
+		t.Errorf("a reader's old shard changed under it: %q", got.Namespace)
+	}
+	if got := idx.NamespaceOf(moved); got != "" {
+		t.Errorf("old IP: %q, want none", got)
+	}
+	if got := idx.NamespaceOf(fresh); got != "ns7" {
+		t.Errorf("new IP: %q, want ns7", got)
+	}
+}
+
+// TestClientIndexShardSpread: pod IPs of one small CIDR, as a cluster gives
+// them, reach every shard, so no shard grows to hold most of the index.
+func TestClientIndexShardSpread(t *testing.T) {
+	counts := make([]int, clientShards)
+	const n = 4096
+	for i := range n {
+		counts[shardOf(netip.AddrFrom4([4]byte{10, 244, byte(i >> 8), byte(i)}))]++
+	}
+	for s, c := range counts {
+		if c == 0 || c > 3*n/clientShards {
+			t.Errorf("shard %d holds %d of %d addresses", s, c, n)
+		}
+	}
+}
+
+// TestClientIndexConcurrentReaders runs lookups while pods come and go: under
+// the race detector, and checking what the readers read. Every IP keeps a
+// claimant throughout (its filled pod), so each lookup must return one of the
+// namespaces ever set for that IP, never none or another IP's; once the
+// writes are done, the index answers as one built from the last claims.
+func TestClientIndexConcurrentReaders(t *testing.T) {
+	idx, ips := filledIndex(256)
+	type change struct {
+		key   string
+		claim *Claim
+	}
+	// The namespaces each IP may give: its filled pod's, and those of the
+	// claims the churn makes to it.
+	allowed := make(map[netip.Addr][]string, len(ips))
+	for i, ip := range ips {
+		allowed[ip] = []string{fmt.Sprintf("ns%d", i/2%50)}
+	}
+	var changes []change
+	for i := range 2000 {
+		ns, name := fmt.Sprintf("ns%d", i%7), fmt.Sprintf("churn%d", i%100)
+		ip := netip.AddrFrom4([4]byte{10, 0, 0, byte(i)})
+		if i%3 == 0 {
+			changes = append(changes, change{ns + "/" + name, nil})
+			continue
+		}
+		changes = append(changes, change{ns + "/" + name, &Claim{Namespace: ns, Name: name, Created: epoch.Add(time.Duration(i)), IPs: []netip.Addr{ip}}})
+		if !slices.Contains(allowed[ip], ns) {
+			allowed[ip] = append(allowed[ip], ns)
+		}
+	}
+
+	// Half the readers read every IP, half only those the churn claims.
+	var churned []netip.Addr
+	for _, ip := range ips {
+		if len(allowed[ip]) > 1 {
+			churned = append(churned, ip)
+		}
+	}
+	var stop atomic.Bool
+	var reads atomic.Int64
+	var mu sync.Mutex
+	var bad []string
+	var readers, started sync.WaitGroup
+	for r := range 4 {
+		read := ips
+		if r%2 == 1 {
+			read = churned
+		}
+		started.Add(1)
+		readers.Go(func() {
+			for i := r; !stop.Load(); i++ {
+				if i == r+1 {
+					started.Done()
+				}
+				ip := read[i%len(read)]
+				got := idx.NamespaceOf(ip)
+				reads.Add(1)
+				if !slices.Contains(allowed[ip], got) {
+					mu.Lock()
+					if len(bad) < 10 {
+						bad = append(bad, fmt.Sprintf("%s -> %q, want one of %q", ip, got, allowed[ip]))
+					}
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	started.Wait() // every reader is reading
+	last := make(map[string]*Claim)
+	for range 20 { // the same changes again leave the same claims
+		for _, c := range changes {
+			idx.Set(c.key, c.claim)
+			if c.claim == nil {
+				delete(last, c.key)
+			} else {
+				last[c.key] = c.claim
+			}
+		}
+	}
+	stop.Store(true)
+	readers.Wait()
+	if reads.Load() == 0 {
+		t.Fatal("no lookup ran")
+	}
+	for _, b := range bad {
+		t.Error(b)
+	}
+
+	want, _ := filledIndex(256)
+	for key, c := range last {
+		want.Set(key, c)
+	}
+	for _, ip := range ips {
+		if got, w := idx.NamespaceOf(ip), want.NamespaceOf(ip); got != w {
+			t.Errorf("after the churn %s -> %q, but %q in an index built from the last claims", ip, got, w)
+		}
+	}
+}
+
+func BenchmarkNamespaceOf(b *testing.B) {
+	idx, ips := filledIndex(10000)
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		idx.NamespaceOf(ips[i%len(ips)])
+		i++
+	}
+}

@@ -1,0 +1,309 @@
+package kube
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/coredns-serviceentry/serviceentry/internal/entry"
+	"github.com/coredns-serviceentry/serviceentry/internal/podindex"
+	"github.com/coredns-serviceentry/serviceentry/internal/reach"
+	"github.com/coredns-serviceentry/serviceentry/internal/source"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+)
+
+// podClaim is a pod as the pod reader hands it on: its key and its claim,
+// converted in the reflector's transform so that nothing holds a decoded pod
+// past its event.
+type podClaim struct {
+	key      string
+	claim    *podindex.Claim // nil: the pod claims no address
+	problems []entry.Skip    // odd Istio marks, reported once per change
+}
+
+// GetObjectMeta lets a cache key the object: WatchList's initial events are
+// held in one until their end.
+func (p *podClaim) GetObjectMeta() metav1.Object {
+	namespace, name, _ := strings.Cut(p.key, "/")
+	return &metav1.ObjectMeta{Namespace: namespace, Name: name}
+}
+
+// GetObjectKind and DeepCopyObject make podClaim a runtime.Object. The claim
+// is immutable once converted, so sharing it is a deep copy.
+func (p *podClaim) GetObjectKind() schema.ObjectKind { return schema.EmptyObjectKind }
+
+func (p *podClaim) DeepCopyObject() runtime.Object {
+	out := *p
+	return &out
+}
+
+// toClaim is the pod reflectors' transform: what the index needs of a pod.
+// A pod that has ended, or runs on the host network (its address is the
+// node's, shared by every host-network pod and the node itself), claims no
+// address. An object already converted passes through unchanged.
+func toClaim(obj any) (any, error) {
+	pod, ok := obj.(*corev1.Pod)
+	if !ok {
+		return obj, nil
+	}
+	p := &podClaim{key: pod.Namespace + "/" + pod.Name}
+	if pod.Spec.HostNetwork || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+		return p, nil
+	}
+	claim := &podindex.Claim{Namespace: pod.Namespace, Name: pod.Name, Created: pod.CreationTimestamp.Time}
+	add := func(s string) {
+		ip, err := netip.ParseAddr(s)
+		if err != nil {
+			return // empty before the pod is scheduled
+		}
+		if ip = ip.Unmap(); !slices.Contains(claim.IPs, ip) {
+			claim.IPs = append(claim.IPs, ip)
+		}
+	}
+	add(pod.Status.PodIP)
+	for _, ip := range pod.Status.PodIPs {
+		add(ip.IP)
+	}
+	if len(claim.IPs) == 0 {
+		return p, nil
+	}
+	var problems []reach.Problem
+	claim.Marks, problems = reach.MarksOf(pod)
+	for _, pr := range problems {
+		p.problems = append(p.problems, entry.Skip{Reason: pr.Reason, Item: pr.Item})
+	}
+	p.claim = claim
+	return p, nil
+}
+
+// podStore is the store of one namespace's pod reflector: it takes each
+// change straight to the index. It keeps only the problems of the pods that
+// have some, so that each is reported when it first appears.
+type podStore struct {
+	namespace string // "" for all
+	idx       *podindex.Index
+	sink      source.Sink
+	problems  map[string][]entry.Skip
+	synced    chan struct{} // closed by the first Replace: the namespace is read whole
+}
+
+func newPodStore(namespace string, idx *podindex.Index, sink source.Sink) *podStore {
+	return &podStore{namespace: namespace, idx: idx, sink: sink, problems: make(map[string][]entry.Skip), synced: make(chan struct{})}
+}
+
+func (s *podStore) Transformer() cache.TransformFunc { return toClaim }
+
+func (s *podStore) Add(obj any) error { return s.Update(obj) }
+
+func (s *podStore) Update(obj any) error {
+	p, err := claimOf(obj)
+	if err != nil {
+		return err
+	}
+	s.note(p)
+	s.idx.Set(p.key, p.claim)
+	return nil
+}
+
+func (s *podStore) Delete(obj any) error {
+	p, err := claimOf(obj)
+	if err != nil {
+		return err
+	}
+	delete(s.problems, p.key)
+	s.idx.Set(p.key, nil)
+	return nil
+}
+
+// Replace is a full list of the namespace, the first one or a relist.
+func (s *podStore) Replace(list []any, _ string) error {
+	claims := make(map[string]*podindex.Claim, len(list))
+	for _, obj := range list {
+		p, err := claimOf(obj)
+		if err != nil {
+			return err
+		}
+		s.note(p)
+		if p.claim != nil {
+			claims[p.key] = p.claim
+		}
+	}
+	s.idx.Replace(s.namespace, claims)
+	select {
+	case <-s.synced:
+	default:
+		close(s.synced)
+	}
+	return nil
+}
+
+func (s *podStore) Resync() error { return nil }
+
+// note reports p's problems when they are new for its pod.
+func (s *podStore) note(p *podClaim) {
+	prev, had := s.problems[p.key]
+	if len(p.problems) == 0 {
+		delete(s.problems, p.key)
+		return
+	}
+	if !had || !slices.Equal(prev, p.problems) {
+		s.sink.Skipped("Pod "+p.key, p.problems)
+	}
+	s.problems[p.key] = p.problems
+}
+
+func claimOf(obj any) (*podClaim, error) {
+	out, err := toClaim(obj)
+	if err != nil {
+		return nil, err
+	}
+	p, ok := out.(*podClaim)
+	if !ok {
+		return nil, fmt.Errorf("unexpected object %T from the pod reader", out)
+	}
+	return p, nil
+}
+
+// podReflector reads the pods of one namespace (or all) into s, listing and
+// watching with the reflector's own context, so that a request hanging at the
+// API server does not hold up stop.
+func podReflector(client kubernetes.Interface, s *podStore, lists *listCalls) *cache.Reflector {
+	pods := client.CoreV1().Pods(s.namespace)
+	lw := &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			if !lists.begin() {
+				return nil, fmt.Errorf("listing pods in %q: %w", s.namespace, context.Canceled)
+			}
+			defer lists.end()
+			list, err := pods.List(ctx, o)
+			podReadError(err)
+			return list, err
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			w, err := pods.Watch(ctx, o)
+			podReadError(err)
+			return w, err
+		},
+	}
+	return cache.NewReflectorWithOptions(lw, &corev1.Pod{}, s, cache.ReflectorOptions{Name: "serviceentry pods " + s.namespace, TypeDescription: "Pod"})
+}
+
+// podReadError makes a refused list or watch (RBAC above all) visible in
+// CoreDNS's log with what the plugin needs; the reflector retries and
+// client-go logs the rest.
+func podReadError(err error) {
+	if apierrors.IsForbidden(err) {
+		log.Errorf("reading pods is forbidden: %v (the plugin needs list and watch on pods to tell what each client routes)", err)
+	}
+}
+
+// podSource reads the pods of some namespaces (or all) into the index with one
+// reflector per namespace, the same way the ServiceEntries are read: the
+// index is the only cache, and a pod's event goes from the reflector straight
+// into it.
+type podSource struct {
+	idx    *podindex.Index
+	stores []*podStore
+	client kubernetes.Interface
+	lists  *listCalls
+
+	cancel context.CancelFunc
+	done   chan struct{} // closed when run has returned
+}
+
+// newPodSource reads the pods of namespaces (empty: all) into idx, reporting
+// odd Istio marks to sink. Nothing runs until start.
+func newPodSource(client kubernetes.Interface, namespaces []string, idx *podindex.Index, sink source.Sink) *podSource {
+	p := &podSource{idx: idx, client: client, lists: &listCalls{}}
+	if len(namespaces) == 0 {
+		namespaces = []string{metav1.NamespaceAll}
+	}
+	for _, ns := range namespaces {
+		// Two reflectors on one namespace would replace each other's pods.
+		if !slices.ContainsFunc(p.stores, func(s *podStore) bool { return s.namespace == ns }) {
+			p.stores = append(p.stores, newPodStore(ns, idx, sink))
+		}
+	}
+	return p
+}
+
+// start runs the reflectors in the background until stop.
+func (p *podSource) start() {
+	ctx, cancel := context.WithCancel(context.Background())
+	p.cancel = cancel
+	p.done = make(chan struct{})
+	go p.run(ctx)
+}
+
+// stop returns once every goroutine start began has ended, lists in
+// progress included.
+func (p *podSource) stop() {
+	if p.cancel == nil {
+		return
+	}
+	p.cancel()
+	<-p.done
+	p.lists.closeAndWait()
+	p.cancel = nil
+}
+
+func (p *podSource) run(ctx context.Context) {
+	defer close(p.done)
+	var running sync.WaitGroup
+	defer running.Wait()
+	for _, s := range p.stores {
+		r := podReflector(p.client, s, p.lists)
+		running.Go(func() { r.RunWithContext(ctx) })
+	}
+	for _, s := range p.stores {
+		select {
+		case <-s.synced:
+		case <-ctx.Done():
+			return
+		}
+	}
+	p.idx.MarkSynced()
+	<-ctx.Done()
+}
+
+// listCalls tracks the list requests in progress. client-go's reflector
+// makes each list in a goroutine of its own and, when stopped, returns
+// without waiting for it; stop waits for them here instead, so that no
+// request outlives the source (they honour the cancelled context, so the wait
+// is short).
+type listCalls struct {
+	mu     sync.Mutex
+	closed bool
+	wg     sync.WaitGroup
+}
+
+// begin reports whether a list may start; if so, end must follow. None may
+// start once closing has begun, so every Add happens before the Wait.
+func (l *listCalls) begin() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return false
+	}
+	l.wg.Add(1)
+	return true
+}
+
+func (l *listCalls) end() { l.wg.Done() }
+
+func (l *listCalls) closeAndWait() {
+	l.mu.Lock()
+	l.closed = true
+	l.mu.Unlock()
+	l.wg.Wait()
+}

@@ -1,0 +1,29 @@
+// Package source holds what every source of entries shares: the Sink they
+// deliver to. The sources themselves are its subpackages (kube, manifest).
+package source
+
+import "github.com/coredns-serviceentry/serviceentry/internal/entry"
+
+// Sink is where a source delivers what it reads: the plugin's store. A source
+// calls it from its own goroutines; nothing a source reads goes anywhere else.
+type Sink interface {
+	// Upsert sets the entry stored under key; nil removes it.
+	Upsert(key string, e *entry.Entry)
+	// UpsertAll applies Upsert to every key of changes as one change.
+	UpsertAll(changes map[string]*entry.Entry)
+	// ReplaceAll makes the sink hold exactly all, as one change.
+	ReplaceAll(all map[string]*entry.Entry)
+	// BeginFullRead starts a new full read: changes are gathered, and what
+	// was published keeps answering, until MarkSynced.
+	BeginFullRead()
+	// MarkSynced says a full read is complete: from now on changes are
+	// published.
+	MarkSynced()
+	// Skipped reports the items the conversion of the object under key left
+	// out; the sink logs and counts them. Sources call it when a problem
+	// first appears, not again on every update or relist.
+	Skipped(key string, skips []entry.Skip)
+	// Rejected counts a whole object or file left out for reason; the source
+	// logs it with what only it knows (a file and document number).
+	Rejected(reason string)
+}

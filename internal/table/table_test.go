@@ -1,0 +1,159 @@
+package table
+
+import (
+	"fmt"
+	"hash/maphash"
+	"iter"
+	"maps"
+	"math/rand/v2"
+	"net/netip"
+	"reflect"
+	"slices"
+	"testing"
+
+	"github.com/coredns-serviceentry/serviceentry/internal/entry"
+)
+
+// all yields every key and value of a sharded map, in no order, for tests
+// that list a table.
+func (s *sharded[K, V]) all() iter.Seq2[K, V] {
+	return func(yield func(K, V) bool) {
+		for _, g := range s.groups {
+			if g == nil {
+				continue
+			}
+			for _, m := range g.shards {
+				for k, v := range m {
+					if !yield(k, v) {
+						return
+					}
+				}
+			}
+		}
+	}
+}
+
+// hostChange is one host's answer, as a store hands it to With.
+type hostChange struct {
+	host  string
+	addrs []netip.Addr
+}
+
+// churnAgainstFresh sets and removes random hosts of choices ops times on one
+// table, change by change as a store publishes them, and after each change
+// hands check that table and one built from scratch out of the hosts present.
+// It returns the last table and the hosts left in it.
+func churnAgainstFresh(t *testing.T, choices []hostChange, seed uint64, ops int, check func(op int, got, fresh *Table)) (*Table, map[string]bool) {
+	t.Helper()
+	seed1 := maphash.MakeSeed()
+	tbl := NewTable(seed1)
+	r := rand.New(rand.NewPCG(seed, seed+1))
+	present := make(map[string]*Answer)
+	for op := range ops {
+		c := choices[r.IntN(len(choices))]
+		var ans *Answer
+		if present[c.host] == nil || r.IntN(2) == 0 {
+			ans = NewAnswer(c.addrs)
+		}
+		tbl = tbl.With(map[string]*Answer{c.host: ans}, nil)
+		if ans == nil {
+			delete(present, c.host)
+		} else {
+			present[c.host] = ans
+		}
+		fresh := NewTable(maphash.MakeSeed()).With(maps.Clone(present), nil)
+		check(op, tbl, fresh)
+	}
+	left := make(map[string]bool)
+	for host := range present {
+		left[host] = true
+	}
+	return tbl, left
+}
+
+// TestReverseFollowsChanges: the reverse entries kept change by change always
+// equal those of a table built fresh, and none outlives its last host.
+func TestReverseFollowsChanges(t *testing.T) {
+	var choices []hostChange
+	for i := range 40 {
+		addrs := []netip.Addr{netip.AddrFrom4([4]byte{192, 0, 2, byte(i % 7)}), netip.MustParseAddr(fmt.Sprintf("2001:db8::%x", i%5))}
+		choices = append(choices,
+			hostChange{fmt.Sprintf("svc-%d.internal", i%13), addrs[:1+i%2]},
+			hostChange{fmt.Sprintf("*.w-%d.internal", i%3), addrs})
+	}
+	tbl, left := churnAgainstFresh(t, choices, 3, 600, func(op int, got, fresh *Table) {
+		if got, want := reverseOf(got), reverseOf(fresh); !maps.EqualFunc(got, want, slices.Equal) {
+			t.Fatalf("after change %d: reverse %v, want %v", op, got, want)
+		}
+	})
+	gone := make(map[string]*Answer)
+	for host := range left {
+		gone[host] = nil
+	}
+	if got := reverseOf(tbl.With(gone, nil)); len(got) != 0 {
+		t.Fatalf("reverse entries left with no hosts: %v", got)
+	}
+}
+
+func reverseOf(t *Table) map[netip.Addr][]string {
+	out := make(map[netip.Addr][]string)
+	maps.Insert(out, t.reverse.all())
+	return out
+}
+
+// TestEmptyNonTerminalsFollowChanges: the counts of names below each ancestor,
+// kept up to date change by change, always equal those of a table built fresh
+// from the hosts present, and no count outlives the last name below it.
+func TestEmptyNonTerminalsFollowChanges(t *testing.T) {
+	var choices []hostChange
+	for i := range 40 {
+		choices = append(choices,
+			hostChange{fmt.Sprintf("svc-%d.ns-%d.ent.internal", i, i%3), []netip.Addr{netip.MustParseAddr("192.0.2.1")}},
+			hostChange{fmt.Sprintf("*.w-%d.ns-%d.ent.internal", i%5, i%3), []netip.Addr{netip.MustParseAddr("192.0.2.2")}})
+		if i%4 == 0 { // a name that is served and also has names below it
+			choices = append(choices, hostChange{fmt.Sprintf("ns-%d.ent.internal", i%3), []netip.Addr{netip.MustParseAddr("192.0.2.3")}})
+		}
+	}
+	tbl, left := churnAgainstFresh(t, choices, 1, 600, func(op int, got, fresh *Table) {
+		if got, want := belowCounts(got), belowCounts(fresh); !maps.Equal(got, want) {
+			t.Fatalf("after change %d: counts %v, want %v", op, got, want)
+		}
+	})
+	gone := make(map[string]*Answer)
+	for host := range left {
+		gone[host] = nil
+	}
+	if got := belowCounts(tbl.With(gone, nil)); len(got) != 0 {
+		t.Fatalf("counts left with no names: %v", got)
+	}
+}
+
+func belowCounts(t *Table) map[string]int32 {
+	out := make(map[string]int32)
+	maps.Insert(out, t.below.all())
+	return out
+}
+
+// TestAddressChangeSharesPorts: a change of a host's addresses that leaves its
+// ports as they were (an update brings a new, equal slice) copies no ports
+// shard; a change of the ports does.
+func TestAddressChangeSharesPorts(t *testing.T) {
+	ports := []entry.Port{{Name: "http", Number: 80}}
+	before := NewTable(maphash.MakeSeed()).With(
+		map[string]*Answer{"a.internal": NewAnswer([]netip.Addr{netip.MustParseAddr("192.0.2.1")})},
+		map[string][]entry.Port{"a.internal": ports})
+	h := before.hash("a.internal")
+	portsShard := func(t *Table) map[string][]entry.Port { return t.ports.groups[groupOf(h)].shards[shardIn(h)] }
+
+	after := before.With(
+		map[string]*Answer{"a.internal": NewAnswer([]netip.Addr{netip.MustParseAddr("192.0.2.2")})},
+		map[string][]entry.Port{"a.internal": slices.Clone(ports)})
+	if reflect.ValueOf(portsShard(after)).UnsafePointer() != reflect.ValueOf(portsShard(before)).UnsafePointer() {
+		t.Error("an address change copied the ports shard")
+	}
+
+	renumbered := []entry.Port{{Name: "http", Number: 8080}}
+	if got := after.With(nil, map[string][]entry.Port{"a.internal": renumbered}).ports.at(h, "a.internal"); !slices.Equal(got, renumbered) {
+		t.Errorf("ports after a change of them: %v", got)
+	}
+}
