@@ -59,7 +59,7 @@ func (a *asker) class() (reach.Class, bool) {
 	m := a.client().Marks
 	// Pods' classes never depend on the mesh config: istiod's injector
 	// writes what decides DNS capture into the pod (docs/reach.md).
-	return m.Class(reach.MeshConfig{}), m.Sidecar()
+	return m.Class(), m.Sidecar()
 }
 
 // remoteIP is the address a query comes from.

@@ -217,7 +217,7 @@ func (c *Index) Classes() map[reach.Class]int {
 	defer c.mu.Unlock()
 	out := make(map[reach.Class]int, 3)
 	for _, claim := range c.pods {
-		out[claim.Marks.Class(reach.MeshConfig{})]++
+		out[claim.Marks.Class()]++
 	}
 	return out
 }

@@ -26,9 +26,7 @@ package reach
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
-	"path"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -95,22 +93,20 @@ const (
 	markNoCapture
 	// markDNSOn and markDNSOff: the pod's own marks decide DNS capture (on,
 	// or off, which includes "cannot be known"). Neither set: the pod is
-	// silent and only a mesh config file the proxy reads can decide.
+	// silent, which is off.
 	markDNSOn
 	markDNSOff
-	// markMeshFile: the proxy reads a mesh config file at start (the
-	// istio ConfigMap mounted where pilot-agent's --meshConfig points).
-	markMeshFile
 )
 
-// Class returns the class of a pod with these marks under mesh.
+// Class returns the class of a pod with these marks.
 //
-// The mesh config is consulted only for a sidecar that is silent on DNS
-// capture and reads the mesh config file: for every other injected pod the
-// injector already rendered the mesh's defaultConfig.proxyMetadata into the
-// istio-proxy container's env, and the agent never reads the live ConfigMap
-// (see docs/reach.md, "Where DNS capture comes from").
-func (m Marks) Class(mesh MeshConfig) Class {
+// The mesh config is never read: for every injected pod the injector already
+// rendered the mesh's defaultConfig.proxyMetadata into the istio-proxy
+// container's env, and the agent never reads the live ConfigMap (see
+// docs/reach.md, "Where DNS capture comes from"). A proxy silent on DNS
+// capture that reads a mounted mesh file (legacy gateway charts) counts as
+// capturing nothing: the lower class is the safe one.
+func (m Marks) Class() Class {
 	if m&markHostNetwork != 0 {
 		return Outside
 	}
@@ -124,7 +120,7 @@ func (m Marks) Class(mesh MeshConfig) Class {
 		if m&markNative == 0 && m&markInitialized == 0 {
 			return Outside
 		}
-		if m.dnsCapture(mesh) {
+		if m&markDNSOn != 0 {
 			return Mesh
 		}
 		return DeclaredOnly
@@ -147,22 +143,10 @@ func (m Marks) Sidecar() bool {
 	return m&markInjected != 0 && m&(markProxy|markNative) != 0
 }
 
-func (m Marks) dnsCapture(mesh MeshConfig) bool {
-	switch {
-	case m&markDNSOn != 0:
-		return true
-	case m&markDNSOff != 0:
-		return false
-	case m&markMeshFile != 0:
-		return mesh.DNSCapture
-	}
-	return false
-}
-
 // String lists the marks set, for logs and test failures.
 func (m Marks) String() string {
 	names := [...]string{"host_network", "ambient", "injected", "proxy", "native", "initialized",
-		"no_capture", "dns_on", "dns_off", "mesh_file"}
+		"no_capture", "dns_on", "dns_off"}
 	var b strings.Builder
 	for i, n := range names {
 		if m&(1<<i) == 0 {
@@ -284,9 +268,6 @@ func MarksOf(pod *corev1.Pod) (Marks, []Problem) {
 	if noCapture(proxy, e, ann) {
 		m |= markNoCapture
 	}
-	if mountsMeshFile(proxy) {
-		m |= markMeshFile
-	}
 	dns, probs := dnsCapture(proxy, e, ann, probs)
 	switch dns {
 	case dnsOn:
@@ -384,42 +365,6 @@ func noCapture(c *corev1.Container, e proxyEnv, ann map[string]string) bool {
 		mode = e.intercept.Value
 	}
 	return mode == "NONE"
-}
-
-// mountsMeshFile reports whether pilot-agent can read a mesh config file:
-// ConstructProxyConfig (pilot/cmd/pilot-agent/config/config.go) applies it
-// first, under PROXY_CONFIG and the annotation. The sidecar template never
-// mounts it; the legacy gateway charts do.
-func mountsMeshFile(c *corev1.Container) bool {
-	file := defaultMeshFile
-	for i, a := range c.Args {
-		switch {
-		case strings.HasPrefix(a, "--meshConfig="):
-			file = strings.TrimPrefix(a, "--meshConfig=")
-		case a == "--meshConfig" && i+1 < len(c.Args):
-			file = c.Args[i+1]
-		}
-	}
-	file = cleanAbs(file)
-	for _, vm := range c.VolumeMounts {
-		mp := cleanAbs(vm.MountPath)
-		if file == mp || strings.HasPrefix(file, mp) && (mp == "/" || file[len(mp)] == '/') {
-			return true
-		}
-	}
-	return false
-}
-
-// cleanAbs returns p as an absolute path from the proxy image's WORKDIR /,
-// calling path.Join only for a path that needs it: every pod update reads
-// every mount of istio-proxy.
-func cleanAbs(p string) string {
-	if p == "/" || strings.HasPrefix(p, "/") && !strings.HasSuffix(p, "/") &&
-		!strings.Contains(p, "//") && !strings.Contains(p, "/./") && !strings.Contains(p, "/../") &&
-		!strings.HasSuffix(p, "/.") && !strings.HasSuffix(p, "/..") {
-		return p
-	}
-	return path.Join("/", p)
 }
 
 type tri uint8
@@ -551,45 +496,6 @@ func proxyMetadataDNS(text string) (value string, found bool, err error) {
 		value, found = s, true
 	}
 	return value, found, nil
-}
-
-// MeshConfig is what the mesh config says that classing needs.
-type MeshConfig struct {
-	// DNSCapture is defaultConfig.proxyMetadata.ISTIO_META_DNS_CAPTURE. The
-	// injector renders it into every pod it injects from then on; Class
-	// uses it only for a proxy that reads the mesh file (see Marks.Class).
-	DNSCapture bool
-}
-
-// ParseMeshConfig reads the `mesh` key of the istio ConfigMap (YAML of
-// MeshConfig). On error the MeshConfig returned is the safe one (no DNS
-// capture). istiod refuses a mesh config whose proxyMetadata holds a value
-// that is not a string and keeps its last good one (meshwatcher,
-// pkg/config/mesh/meshwatcher/collection.go); callers should do the same.
-func ParseMeshConfig(text string) (MeshConfig, error) {
-	js, err := yaml.YAMLToJSON([]byte(text))
-	if err != nil {
-		return MeshConfig{}, err
-	}
-	var top map[string]json.RawMessage
-	if err := json.Unmarshal(js, &top); err != nil {
-		return MeshConfig{}, fmt.Errorf("mesh config is not a map: %w", err)
-	}
-	// mesh.ApplyMeshConfig (pkg/config/mesh/mesh.go) merges the proxy
-	// config found under the JSON name defaultConfig only.
-	pc := top["defaultConfig"]
-	if pc == nil || string(pc) == "null" {
-		return MeshConfig{}, nil
-	}
-	s, found, err := proxyMetadataDNS(string(pc))
-	if err != nil || !found {
-		return MeshConfig{}, err
-	}
-	b, err := strconv.ParseBool(s)
-	if err != nil {
-		return MeshConfig{}, errors.New("defaultConfig.proxyMetadata." + envDNSCapture + " is not a boolean: " + strconv.Quote(s))
-	}
-	return MeshConfig{DNSCapture: b}, nil
 }
 
 // isJSONObject reports whether s is a JSON object, as the status annotation

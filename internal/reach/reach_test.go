@@ -2,7 +2,6 @@ package reach
 
 import (
 	"os"
-	"path"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -10,11 +9,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
-)
-
-var (
-	meshOff = MeshConfig{}
-	meshOn  = MeshConfig{DNSCapture: true}
 )
 
 // loadPod decodes testdata/<name>.yaml strictly, so a typo in a manifest
@@ -69,155 +63,155 @@ func TestMarksOf(t *testing.T) {
 		name   string
 		file   string
 		mutate func(t testing.TB, pod *corev1.Pod)
-		// want is the class under a mesh config without and with DNS capture.
-		want     [2]Class
+		// want is the class.
+		want     Class
 		problems []string // reasons, in order
 		sidecar  bool
 	}{
 		// Pods as Istio 1.28's injector and istio-cni leave them.
-		{name: "classic sidecar with DNS capture", file: "sidecar-dns-capture", want: [2]Class{Mesh, Mesh}, sidecar: true},
-		{name: "classic sidecar without DNS capture", file: "sidecar-no-dns", want: [2]Class{DeclaredOnly, DeclaredOnly}, sidecar: true},
-		{name: "classic sidecar still initializing", file: "sidecar-initializing", want: [2]Class{Outside, Outside}, sidecar: true},
-		{name: "native sidecar, DNS capture from its annotation, app init running", file: "native-sidecar", want: [2]Class{Mesh, Mesh}, sidecar: true},
-		{name: "ambient, redirection enabled", file: "ambient-enabled", want: [2]Class{Mesh, Mesh}},
-		{name: "ambient, redirection pending", file: "ambient-pending", want: [2]Class{Outside, Outside}},
-		{name: "opted out of injection", file: "opted-out", want: [2]Class{Outside, Outside}},
-		{name: "plain pod", file: "plain", want: [2]Class{Outside, Outside}},
-		{name: "host network", file: "host-network", want: [2]Class{Outside, Outside}},
-		{name: "gateway: proxy router captures nothing", file: "gateway", want: [2]Class{Outside, Outside}, sidecar: true},
-		{name: "ztunnel: istio-proxy without status is normal", file: "ztunnel", want: [2]Class{Outside, Outside}},
+		{name: "classic sidecar with DNS capture", file: "sidecar-dns-capture", want: Mesh, sidecar: true},
+		{name: "classic sidecar without DNS capture", file: "sidecar-no-dns", want: DeclaredOnly, sidecar: true},
+		{name: "classic sidecar still initializing", file: "sidecar-initializing", want: Outside, sidecar: true},
+		{name: "native sidecar, DNS capture from its annotation, app init running", file: "native-sidecar", want: Mesh, sidecar: true},
+		{name: "ambient, redirection enabled", file: "ambient-enabled", want: Mesh},
+		{name: "ambient, redirection pending", file: "ambient-pending", want: Outside},
+		{name: "opted out of injection", file: "opted-out", want: Outside},
+		{name: "plain pod", file: "plain", want: Outside},
+		{name: "host network", file: "host-network", want: Outside},
+		{name: "gateway: proxy router captures nothing", file: "gateway", want: Outside, sidecar: true},
+		{name: "ztunnel: istio-proxy without status is normal", file: "ztunnel", want: Outside},
 
 		// Odd marks.
 		{name: "status not JSON, istio-proxy still proves the sidecar", file: "odd-status-not-json",
-			want: [2]Class{DeclaredOnly, DeclaredOnly}, problems: []string{ReasonSidecarStatus}, sidecar: true},
+			want: DeclaredOnly, problems: []string{ReasonSidecarStatus}, sidecar: true},
 		{name: "status without istio-proxy", file: "odd-status-no-proxy",
-			want: [2]Class{Outside, Outside}, problems: []string{ReasonSidecarStatus}},
+			want: Outside, problems: []string{ReasonSidecarStatus}},
 		{name: "proxy config annotation with an unquoted boolean", file: "odd-proxy-config",
-			want: [2]Class{DeclaredOnly, DeclaredOnly}, problems: []string{ReasonProxyConfig}, sidecar: true},
+			want: DeclaredOnly, problems: []string{ReasonProxyConfig}, sidecar: true},
 		{name: "DNS capture yes", file: "odd-dns-env",
-			want: [2]Class{DeclaredOnly, DeclaredOnly}, problems: []string{ReasonProxyEnv}, sidecar: true},
+			want: DeclaredOnly, problems: []string{ReasonProxyEnv}, sidecar: true},
 		{name: "ambient enabled on an injected pod", file: "odd-ambient-sidecar",
-			want: [2]Class{DeclaredOnly, DeclaredOnly}, problems: []string{ReasonAmbientRedirection}, sidecar: true},
+			want: DeclaredOnly, problems: []string{ReasonAmbientRedirection}, sidecar: true},
 
 		// Variants: how ParseBool reads the env.
 		{name: "env True", file: "sidecar-no-dns", mutate: func(t testing.TB, p *corev1.Pod) { setEnv(t, p, envDNSCapture, ptr("True")) },
-			want: [2]Class{Mesh, Mesh}, sidecar: true},
+			want: Mesh, sidecar: true},
 		{name: "env 1", file: "sidecar-no-dns", mutate: func(t testing.TB, p *corev1.Pod) { setEnv(t, p, envDNSCapture, ptr("1")) },
-			want: [2]Class{Mesh, Mesh}, sidecar: true},
+			want: Mesh, sidecar: true},
 		{name: "env 0", file: "sidecar-dns-capture", mutate: func(t testing.TB, p *corev1.Pod) { setEnv(t, p, envDNSCapture, ptr("0")) },
-			want: [2]Class{DeclaredOnly, DeclaredOnly}, sidecar: true},
+			want: DeclaredOnly, sidecar: true},
 		{name: "env empty fails ParseBool", file: "sidecar-dns-capture", mutate: func(t testing.TB, p *corev1.Pod) { setEnv(t, p, envDNSCapture, ptr("")) },
-			want: [2]Class{DeclaredOnly, DeclaredOnly}, problems: []string{ReasonProxyEnv}, sidecar: true},
+			want: DeclaredOnly, problems: []string{ReasonProxyEnv}, sidecar: true},
 		{name: "duplicate env: the last wins", file: "sidecar-dns-capture", mutate: func(t testing.TB, p *corev1.Pod) {
 			c := proxyOf(t, p)
 			c.Env = append(c.Env, corev1.EnvVar{Name: envDNSCapture, Value: "false"})
-		}, want: [2]Class{DeclaredOnly, DeclaredOnly}, sidecar: true},
+		}, want: DeclaredOnly, sidecar: true},
 		{name: "env valueFrom cannot be read", file: "sidecar-no-dns", mutate: func(t testing.TB, p *corev1.Pod) {
 			c := proxyOf(t, p)
 			c.Env = append(c.Env, corev1.EnvVar{Name: envDNSCapture, ValueFrom: &corev1.EnvVarSource{
 				ConfigMapKeyRef: &corev1.ConfigMapKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "dns"}, Key: "capture"}}})
-		}, want: [2]Class{DeclaredOnly, DeclaredOnly}, problems: []string{ReasonProxyEnv}, sidecar: true},
+		}, want: DeclaredOnly, problems: []string{ReasonProxyEnv}, sidecar: true},
 
 		// Variants: precedence.
 		{name: "annotation added after injection, env silent", file: "sidecar-no-dns", mutate: func(_ testing.TB, p *corev1.Pod) {
 			annotate(p, annProxyConfig, "proxyMetadata:\n  ISTIO_META_DNS_CAPTURE: \"true\"\n")
-		}, want: [2]Class{Mesh, Mesh}, sidecar: true},
+		}, want: Mesh, sidecar: true},
 		{name: "annotation by proto field name", file: "sidecar-no-dns", mutate: func(_ testing.TB, p *corev1.Pod) {
 			annotate(p, annProxyConfig, `{"proxy_metadata": {"ISTIO_META_DNS_CAPTURE": "true"}}`)
-		}, want: [2]Class{Mesh, Mesh}, sidecar: true},
+		}, want: Mesh, sidecar: true},
 		{name: "env false beats annotation true", file: "native-sidecar", mutate: func(t testing.TB, p *corev1.Pod) {
 			setEnv(t, p, envDNSCapture, ptr("false"))
-		}, want: [2]Class{DeclaredOnly, DeclaredOnly}, sidecar: true},
+		}, want: DeclaredOnly, sidecar: true},
 		{name: "annotation not YAML, env decides", file: "sidecar-dns-capture", mutate: func(_ testing.TB, p *corev1.Pod) {
 			annotate(p, annProxyConfig, "proxyMetadata: [ISTIO_META_DNS_CAPTURE")
-		}, want: [2]Class{Mesh, Mesh}, problems: []string{ReasonProxyConfig}, sidecar: true},
+		}, want: Mesh, problems: []string{ReasonProxyConfig}, sidecar: true},
 		{name: "annotation without proxyMetadata", file: "sidecar-no-dns", mutate: func(_ testing.TB, p *corev1.Pod) {
 			annotate(p, annProxyConfig, "holdApplicationUntilProxyStarts: true\n")
-		}, want: [2]Class{DeclaredOnly, DeclaredOnly}, sidecar: true},
+		}, want: DeclaredOnly, sidecar: true},
 		{name: "PROXY_CONFIG alone (custom template)", file: "sidecar-dns-capture", mutate: func(t testing.TB, p *corev1.Pod) {
 			setEnv(t, p, envDNSCapture, nil)
-		}, want: [2]Class{Mesh, Mesh}, sidecar: true},
+		}, want: Mesh, sidecar: true},
 		{name: "PROXY_CONFIG broken", file: "sidecar-no-dns", mutate: func(t testing.TB, p *corev1.Pod) {
 			setEnv(t, p, envProxyConf, ptr(`{"proxyMetadata":{"ISTIO_META_DNS_CAPTURE":"true"`))
-		}, want: [2]Class{DeclaredOnly, DeclaredOnly}, problems: []string{ReasonProxyConfig}, sidecar: true},
+		}, want: DeclaredOnly, problems: []string{ReasonProxyConfig}, sidecar: true},
 		{name: "annotation beats PROXY_CONFIG", file: "sidecar-dns-capture", mutate: func(t testing.TB, p *corev1.Pod) {
 			setEnv(t, p, envDNSCapture, nil)
 			annotate(p, annProxyConfig, "proxyMetadata:\n  ISTIO_META_DNS_CAPTURE: \"false\"\n")
-		}, want: [2]Class{DeclaredOnly, DeclaredOnly}, sidecar: true},
+		}, want: DeclaredOnly, sidecar: true},
 		{name: "ISTIO_METAJSON beats env", file: "sidecar-dns-capture", mutate: func(t testing.TB, p *corev1.Pod) {
 			setEnv(t, p, "ISTIO_METAJSON_OVERRIDES", ptr(`{"DNS_CAPTURE":"false"}`))
-		}, want: [2]Class{DeclaredOnly, DeclaredOnly}, sidecar: true},
+		}, want: DeclaredOnly, sidecar: true},
 		{name: "ISTIO_METAJSON not JSON is ignored", file: "sidecar-dns-capture", mutate: func(t testing.TB, p *corev1.Pod) {
 			setEnv(t, p, "ISTIO_METAJSON_OVERRIDES", ptr(`DNS_CAPTURE=false`))
-		}, want: [2]Class{Mesh, Mesh}, sidecar: true},
+		}, want: Mesh, sidecar: true},
 		{name: "ISTIO_METAJSON non-string fails bootstrap", file: "sidecar-dns-capture", mutate: func(t testing.TB, p *corev1.Pod) {
 			setEnv(t, p, "ISTIO_METAJSON_OVERRIDES", ptr(`{"DNS_CAPTURE":true}`))
-		}, want: [2]Class{DeclaredOnly, DeclaredOnly}, problems: []string{ReasonProxyEnv}, sidecar: true},
+		}, want: DeclaredOnly, problems: []string{ReasonProxyEnv}, sidecar: true},
 		{name: "envFrom may override the annotation", file: "native-sidecar", mutate: func(t testing.TB, p *corev1.Pod) {
 			setEnv(t, p, envDNSCapture, nil)
 			setEnv(t, p, envProxyConf, nil)
 			proxyOf(t, p).EnvFrom = []corev1.EnvFromSource{{ConfigMapRef: &corev1.ConfigMapEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: "proxy-env"}}}}
-		}, want: [2]Class{DeclaredOnly, DeclaredOnly}, problems: []string{ReasonProxyEnv}, sidecar: true},
+		}, want: DeclaredOnly, problems: []string{ReasonProxyEnv}, sidecar: true},
 		{name: "envFrom under an explicit env", file: "sidecar-dns-capture", mutate: func(t testing.TB, p *corev1.Pod) {
 			proxyOf(t, p).EnvFrom = []corev1.EnvFromSource{{ConfigMapRef: &corev1.ConfigMapEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: "proxy-env"}}}}
-		}, want: [2]Class{Mesh, Mesh}, sidecar: true},
+		}, want: Mesh, sidecar: true},
 
 		// Variants: the mesh config file, the only place the mesh decides.
 		{name: "mesh file mounted, pod silent", file: "sidecar-no-dns", mutate: func(t testing.TB, p *corev1.Pod) {
 			c := proxyOf(t, p)
 			c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: "config-volume", MountPath: "/etc/istio/config"})
-		}, want: [2]Class{DeclaredOnly, Mesh}, sidecar: true},
+		}, want: DeclaredOnly, sidecar: true},
 		{name: "mesh file by --meshConfig", file: "sidecar-no-dns", mutate: func(t testing.TB, p *corev1.Pod) {
 			c := proxyOf(t, p)
 			c.Args = append(c.Args, "--meshConfig", "./config/mesh.yaml")
 			c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: "mesh", MountPath: "/config/mesh.yaml", SubPath: "mesh"})
-		}, want: [2]Class{DeclaredOnly, Mesh}, sidecar: true},
+		}, want: DeclaredOnly, sidecar: true},
 		{name: "mesh file mounted, pod decides", file: "odd-dns-env", mutate: func(t testing.TB, p *corev1.Pod) {
 			c := proxyOf(t, p)
 			c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: "config-volume", MountPath: "/etc/istio/config"})
-		}, want: [2]Class{DeclaredOnly, DeclaredOnly}, problems: []string{ReasonProxyEnv}, sidecar: true},
+		}, want: DeclaredOnly, problems: []string{ReasonProxyEnv}, sidecar: true},
 
 		// Variants: capture.
 		{name: "interception NONE", file: "sidecar-dns-capture", mutate: func(t testing.TB, p *corev1.Pod) {
 			setEnv(t, p, envIntercept, ptr("NONE"))
-		}, want: [2]Class{Outside, Outside}, sidecar: true},
+		}, want: Outside, sidecar: true},
 		{name: "interception NONE by annotation only", file: "sidecar-dns-capture", mutate: func(t testing.TB, p *corev1.Pod) {
 			setEnv(t, p, envIntercept, nil)
 			annotate(p, annInterception, "NONE")
-		}, want: [2]Class{Outside, Outside}, sidecar: true},
+		}, want: Outside, sidecar: true},
 		{name: "interception TPROXY", file: "sidecar-dns-capture", mutate: func(t testing.TB, p *corev1.Pod) {
 			setEnv(t, p, envIntercept, ptr("TPROXY"))
-		}, want: [2]Class{Mesh, Mesh}, sidecar: true},
+		}, want: Mesh, sidecar: true},
 		{name: "DISABLE_ENVOY (proxyless gRPC)", file: "sidecar-dns-capture", mutate: func(t testing.TB, p *corev1.Pod) {
 			setEnv(t, p, envDisable, ptr("true"))
-		}, want: [2]Class{Outside, Outside}, sidecar: true},
+		}, want: Outside, sidecar: true},
 		{name: "istio-proxy init container that is not native", file: "native-sidecar", mutate: func(t testing.TB, p *corev1.Pod) {
 			proxyOf(t, p).RestartPolicy = nil
-		}, want: [2]Class{Outside, Outside}, problems: []string{ReasonSidecarStatus}},
+		}, want: Outside, problems: []string{ReasonSidecarStatus}},
 		{name: "restartPolicy on a regular istio-proxy container is still classic", file: "sidecar-initializing", mutate: func(t testing.TB, p *corev1.Pod) {
 			always := corev1.ContainerRestartPolicyAlways
 			proxyOf(t, p).RestartPolicy = &always
-		}, want: [2]Class{Outside, Outside}, sidecar: true},
+		}, want: Outside, sidecar: true},
 		{name: "classic sidecar without an Initialized condition", file: "sidecar-dns-capture", mutate: func(_ testing.TB, p *corev1.Pod) {
 			p.Status.Conditions = nil
-		}, want: [2]Class{Outside, Outside}, sidecar: true},
+		}, want: Outside, sidecar: true},
 		{name: "istio-proxy in both lists: the container wins", file: "sidecar-no-dns", mutate: func(_ testing.TB, p *corev1.Pod) {
 			always := corev1.ContainerRestartPolicyAlways
 			p.Spec.InitContainers = append(p.Spec.InitContainers, corev1.Container{Name: proxyName, RestartPolicy: &always,
 				Env: []corev1.EnvVar{{Name: envDNSCapture, Value: "true"}}})
-		}, want: [2]Class{DeclaredOnly, DeclaredOnly}, sidecar: true},
+		}, want: DeclaredOnly, sidecar: true},
 
 		// Variants: ambient.
 		{name: "ambient, unknown redirection value", file: "ambient-enabled", mutate: func(_ testing.TB, p *corev1.Pod) {
 			annotate(p, annRedirection, "Enabled")
-		}, want: [2]Class{Outside, Outside}, problems: []string{ReasonAmbientRedirection}},
+		}, want: Outside, problems: []string{ReasonAmbientRedirection}},
 		{name: "ambient, empty redirection value", file: "ambient-enabled", mutate: func(_ testing.TB, p *corev1.Pod) {
 			annotate(p, annRedirection, "")
-		}, want: [2]Class{Outside, Outside}, problems: []string{ReasonAmbientRedirection}},
+		}, want: Outside, problems: []string{ReasonAmbientRedirection}},
 		{name: "host network wins over every mark", file: "sidecar-dns-capture", mutate: func(_ testing.TB, p *corev1.Pod) {
 			p.Spec.HostNetwork = true
 			annotate(p, annRedirection, "bogus")
-		}, want: [2]Class{Outside, Outside}},
+		}, want: Outside},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -226,10 +220,8 @@ func TestMarksOf(t *testing.T) {
 				tc.mutate(t, pod)
 			}
 			m, probs := MarksOf(pod)
-			for i, mesh := range []MeshConfig{meshOff, meshOn} {
-				if got := m.Class(mesh); got != tc.want[i] {
-					t.Errorf("Class(DNSCapture=%v) = %v, want %v (marks %v)", mesh.DNSCapture, got, tc.want[i], m)
-				}
+			if got := m.Class(); got != tc.want {
+				t.Errorf("Class() = %v, want %v (marks %v)", got, tc.want, m)
 			}
 			var reasons []string
 			for _, p := range probs {
@@ -250,31 +242,8 @@ func TestMarksOf(t *testing.T) {
 
 func TestMarksOfNil(t *testing.T) {
 	m, probs := MarksOf(nil)
-	if m.Class(meshOn) != Outside || probs != nil {
+	if m.Class() != Outside || probs != nil {
 		t.Fatalf("MarksOf(nil) = %v, %v", m, probs)
-	}
-}
-
-// A mesh-config change re-classes from the marks alone, and does not promote
-// a pod whose proxy never reads the mesh config.
-func TestMeshChangeReclasses(t *testing.T) {
-	pod := loadPod(t, "sidecar-no-dns")
-	m, _ := MarksOf(pod)
-	mc, err := ParseMeshConfig("defaultConfig:\n  proxyMetadata:\n    ISTIO_META_DNS_CAPTURE: \"true\"\n")
-	if err != nil || !mc.DNSCapture {
-		t.Fatalf("ParseMeshConfig = %v, %v", mc, err)
-	}
-	if got := m.Class(mc); got != DeclaredOnly {
-		t.Errorf("injected before the change: %v, want declared_only (env fixed at injection)", got)
-	}
-	c := proxyOf(t, pod)
-	c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: "config-volume", MountPath: "/etc/istio/config"})
-	m, _ = MarksOf(pod)
-	if got := m.Class(mc); got != Mesh {
-		t.Errorf("proxy reading the mesh file: %v, want mesh", got)
-	}
-	if got := m.Class(MeshConfig{}); got != DeclaredOnly {
-		t.Errorf("proxy reading the mesh file, capture off: %v, want declared_only", got)
 	}
 }
 
@@ -287,51 +256,6 @@ func TestProblemItemCut(t *testing.T) {
 	}
 	if !strings.HasPrefix(long, strings.TrimSuffix(v, "…")) {
 		t.Fatalf("item %q is not a prefix of the value", p.Item)
-	}
-}
-
-func TestParseMeshConfig(t *testing.T) {
-	const full = `accessLogFile: /dev/stdout
-defaultConfig:
-  discoveryAddress: istiod.istio-system.svc:15012
-  proxyMetadata:
-    ISTIO_META_DNS_CAPTURE: "true"
-    ISTIO_META_DNS_AUTO_ALLOCATE: "true"
-  tracing: {}
-enablePrometheusMerge: true
-rootNamespace: istio-system
-trustDomain: cluster.local
-`
-	cases := []struct {
-		name, yaml string
-		want       bool
-		err        bool
-	}{
-		{name: "empty", yaml: ""},
-		{name: "default install", yaml: "defaultConfig:\n  discoveryAddress: istiod.istio-system.svc:15012\n"},
-		{name: "DNS capture on", yaml: full, want: true},
-		{name: "True", yaml: "defaultConfig:\n  proxyMetadata:\n    ISTIO_META_DNS_CAPTURE: \"True\"\n", want: true},
-		{name: "1", yaml: "defaultConfig:\n  proxyMetadata:\n    ISTIO_META_DNS_CAPTURE: \"1\"\n", want: true},
-		{name: "false", yaml: "defaultConfig:\n  proxyMetadata:\n    ISTIO_META_DNS_CAPTURE: \"false\"\n"},
-		{name: "proto name inside defaultConfig", yaml: "defaultConfig:\n  proxy_metadata:\n    ISTIO_META_DNS_CAPTURE: \"true\"\n", want: true},
-		{name: "istiod merges defaultConfig only", yaml: "default_config:\n  proxyMetadata:\n    ISTIO_META_DNS_CAPTURE: \"true\"\n"},
-		{name: "null defaultConfig", yaml: "defaultConfig:\n"},
-		{name: "unquoted boolean is refused", yaml: "defaultConfig:\n  proxyMetadata:\n    ISTIO_META_DNS_CAPTURE: true\n", err: true},
-		{name: "yes is not a boolean", yaml: "defaultConfig:\n  proxyMetadata:\n    ISTIO_META_DNS_CAPTURE: \"yes\"\n", err: true},
-		{name: "not YAML", yaml: "defaultConfig: [", err: true},
-		{name: "not a map", yaml: "- a\n- b\n", err: true},
-		{name: "proxyMetadata not a map", yaml: "defaultConfig:\n  proxyMetadata: [a]\n", err: true},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			mc, err := ParseMeshConfig(tc.yaml)
-			if (err != nil) != tc.err {
-				t.Fatalf("err = %v, want error %v", err, tc.err)
-			}
-			if mc.DNSCapture != tc.want {
-				t.Fatalf("DNSCapture = %v, want %v", mc.DNSCapture, tc.want)
-			}
-		})
 	}
 }
 
@@ -419,14 +343,9 @@ func FuzzMarksOf(f *testing.F) {
 		}
 
 		m, probs := MarksOf(pod)
-		off, on := m.Class(meshOff), m.Class(meshOn)
-		for _, c := range []Class{off, on} {
-			if c != Outside && c != DeclaredOnly && c != Mesh {
-				t.Fatalf("class %d out of range (marks %v)", c, m)
-			}
-		}
-		if off > on {
-			t.Fatalf("DNS capture in the mesh lowered the class: %v > %v (marks %v)", off, on, m)
+		on := m.Class()
+		if on != Outside && on != DeclaredOnly && on != Mesh {
+			t.Fatalf("class %d out of range (marks %v)", on, m)
 		}
 		if pod.Spec.HostNetwork && (on != Outside || len(probs) != 0) {
 			t.Fatalf("host network: %v, %v", on, probs)
@@ -457,19 +376,10 @@ func BenchmarkMarksOf(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				m, _ := MarksOf(pod)
-				if m.Class(meshOff) > Mesh {
+				if m.Class() > Mesh {
 					b.Fatal("bad class")
 				}
 			}
 		})
-	}
-}
-
-func TestCleanAbs(t *testing.T) {
-	for _, p := range []string{"", "/", ".", "..", "/etc/istio/config", "/etc/istio/config/", "etc/istio/config",
-		"./etc/istio/config/mesh", "/etc//istio", "/etc/./istio", "/etc/../istio", "/etc/istio/.", "/etc/istio/..", "a/b/../c"} {
-		if got, want := cleanAbs(p), path.Join("/", p); got != want {
-			t.Errorf("cleanAbs(%q) = %q, want %q", p, got, want)
-		}
 	}
 }
