@@ -9,6 +9,7 @@ import (
 	"github.com/coredns-serviceentry/serviceentry/internal/entry"
 	"github.com/coredns-serviceentry/serviceentry/internal/podindex"
 	"github.com/coredns-serviceentry/serviceentry/internal/reach"
+	"github.com/coredns/coredns/plugin/pkg/fall"
 	"github.com/miekg/dns"
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
@@ -189,5 +190,30 @@ func TestClientsBeforePodsAreRead(t *testing.T) {
 	se := (&ServiceEntry{Zones: []string{"internal."}, TTL: 30, clients: clientsByPod}).attach(st)
 	if got := askFrom(t, se, ambientClient, "auto.internal.", dns.TypeA); got != passedOn {
 		t.Errorf("before the pods are read: got %q, want the query passed on", got)
+	}
+}
+
+// TestSearchPathThatReaches: a search-path expansion of a host follows the
+// host's answer for the client: the CNAME and the VIP for a mesh client,
+// the CNAME and the endpoint for a client outside the mesh, and, when nothing
+// reaches the client, the rest of the chain's answer (its NXDOMAIN), as
+// without the plugin.
+func TestSearchPathThatReaches(t *testing.T) {
+	st := storeFrom(t, entry.Options{}, reachEntries)
+	st.clients = reachClients(t)
+	var asked int
+	se := (&ServiceEntry{Zones: []string{"."}, Fall: fall.Root, TTL: 30, ClusterDomains: []string{"cluster.local."},
+		SearchDomains: []string{"cluster.local."}, Next: fakeKubernetes(&asked, "cluster.local."), clients: clientsByPod}).attach(st)
+	for _, c := range []struct {
+		name, client, want string
+	}{
+		{"auto.internal.ns.svc.cluster.local.", ambientClient, "NOERROR 240.240.0.1 auto.internal."},
+		{"auto.internal.ns.svc.cluster.local.", plainClient, "NXDOMAIN"},
+		{"static.internal.svc.cluster.local.", plainClient, "NOERROR 192.0.2.10 static.internal."},
+		{"static.internal.svc.cluster.local.", ambientClient, "NOERROR 240.240.0.2 static.internal."},
+	} {
+		if got := askFrom(t, se, c.client, c.name, dns.TypeA); got != c.want {
+			t.Errorf("%s from %s: got %q, want %q", c.name, c.client, got, c.want)
+		}
 	}
 }
