@@ -77,14 +77,7 @@ var manifestsPath = sourcetest.DecodePath{Name: "manifests", Typed: typedDocumen
 // TestSlimMatchesTypedOnFixtures: on every ServiceEntry of the repository,
 // and on documents that exercise jsonpb's rules, both decoders agree.
 func TestSlimMatchesTypedOnFixtures(t *testing.T) {
-	fixtures := sourcetest.RepositoryFixtures(t)
-	if len(fixtures) < 50 {
-		t.Fatalf("only %d fixtures found", len(fixtures))
-	}
-	for name, raw := range sourcetest.EdgeDocuments() {
-		fixtures[name] = raw
-	}
-	for name, raw := range fixtures {
+	for name, raw := range sourcetest.AllFixtures(t) {
 		t.Run(name, func(t *testing.T) { sourcetest.SameDecoding(t, raw, manifestsPath) })
 	}
 }
@@ -93,20 +86,7 @@ func TestSlimMatchesTypedOnFixtures(t *testing.T) {
 // the slim decoder agrees with the typed one (see sourcetest.SameDecoding).
 // Documents with a key twice in one object are left out (see
 // sourcetest.HasDuplicateKeys).
-func FuzzSlimMatchesTyped(f *testing.F) {
-	for _, raw := range sourcetest.RepositoryFixtures(f) {
-		f.Add(raw)
-	}
-	for _, raw := range sourcetest.EdgeDocuments() {
-		f.Add(raw)
-	}
-	f.Fuzz(func(t *testing.T, raw []byte) {
-		if !json.Valid(raw) || sourcetest.HasDuplicateKeys(raw) {
-			return
-		}
-		sourcetest.SameDecoding(t, raw, manifestsPath)
-	})
-}
+func FuzzSlimMatchesTyped(f *testing.F) { sourcetest.FuzzSameDecoding(f, manifestsPath) }
 
 // slimSerializer is apimachinery's JSON serializer over a scheme of the slim
 // types under every served version, as the Kubernetes source registers them

@@ -299,3 +299,32 @@ func HasDuplicateKeys(raw []byte) bool {
 		}
 	}
 }
+
+// AllFixtures is RepositoryFixtures with EdgeDocuments added. Fewer than 50
+// fixtures means the repository's were not found: t fails.
+func AllFixtures(t testing.TB) map[string][]byte {
+	t.Helper()
+	fixtures := RepositoryFixtures(t)
+	if len(fixtures) < 50 {
+		t.Fatalf("only %d fixtures found", len(fixtures))
+	}
+	for name, raw := range EdgeDocuments() {
+		fixtures[name] = raw
+	}
+	return fixtures
+}
+
+// FuzzSameDecoding seeds f with every fixture and holds path to SameDecoding
+// on the documents it grows from them. Documents with a key twice in one
+// object are left out (see HasDuplicateKeys).
+func FuzzSameDecoding(f *testing.F, path DecodePath) {
+	for _, raw := range AllFixtures(f) {
+		f.Add(raw)
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		if !json.Valid(raw) || HasDuplicateKeys(raw) {
+			return
+		}
+		SameDecoding(t, raw, path)
+	})
+}

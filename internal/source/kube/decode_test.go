@@ -1,7 +1,6 @@
 package kube
 
 import (
-	"encoding/json"
 	"reflect"
 	"strings"
 	"testing"
@@ -39,7 +38,7 @@ func transform(obj runtime.Object, opts entry.Options) (any, error) {
 	}
 	e, skips := entry.Convert(meta, spec, status, opts)
 	_, key := entry.Identity(meta)
-	return &cachedEntry{key: key, entry: e, skips: skips}, nil
+	return &cachedEntry{keyed: keyed{key}, entry: e, skips: skips}, nil
 }
 
 // informerDocument decodes raw as a watch event's object and passes it through
@@ -80,14 +79,7 @@ var informerPath = sourcetest.DecodePath{
 // client's decoding and the reader's transform agree with Istio's typed
 // decoding.
 func TestSlimJSONMatchesTypedOnFixtures(t *testing.T) {
-	fixtures := sourcetest.RepositoryFixtures(t)
-	if len(fixtures) < 50 {
-		t.Fatalf("only %d fixtures found", len(fixtures))
-	}
-	for name, raw := range sourcetest.EdgeDocuments() {
-		fixtures[name] = raw
-	}
-	for name, raw := range fixtures {
+	for name, raw := range sourcetest.AllFixtures(t) {
 		t.Run(name, func(t *testing.T) { sourcetest.SameDecoding(t, raw, informerPath) })
 	}
 }
@@ -96,20 +88,7 @@ func TestSlimJSONMatchesTypedOnFixtures(t *testing.T) {
 // fixtures, the REST client's decoding agrees with the typed one (see
 // sourcetest.SameDecoding). Documents with a key twice in one object are left
 // out (see sourcetest.HasDuplicateKeys).
-func FuzzSlimJSONMatchesTyped(f *testing.F) {
-	for _, raw := range sourcetest.RepositoryFixtures(f) {
-		f.Add(raw)
-	}
-	for _, raw := range sourcetest.EdgeDocuments() {
-		f.Add(raw)
-	}
-	f.Fuzz(func(t *testing.T, raw []byte) {
-		if !json.Valid(raw) || sourcetest.HasDuplicateKeys(raw) {
-			return
-		}
-		sourcetest.SameDecoding(t, raw, informerPath)
-	})
-}
+func FuzzSlimJSONMatchesTyped(f *testing.F) { sourcetest.FuzzSameDecoding(f, informerPath) }
 
 // TestReaderStoreUnknownResolution: a resolution this build does not know (a
 // newer Istio's) skips that one object, counted under invalid_object, where

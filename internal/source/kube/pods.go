@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
-	"strings"
 	"sync"
 
 	"github.com/coredns-serviceentry/serviceentry/internal/entry"
@@ -16,7 +15,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
@@ -26,22 +24,13 @@ import (
 // converted in the reflector's transform so that nothing holds a decoded pod
 // past its event.
 type podClaim struct {
-	key      string
+	keyed
 	claim    *podindex.Claim // nil: the pod claims no address
 	problems []entry.Skip    // odd Istio marks, reported once per change
 }
 
-// GetObjectMeta lets a cache key the object: WatchList's initial events are
-// held in one until their end.
-func (p *podClaim) GetObjectMeta() metav1.Object {
-	namespace, name, _ := strings.Cut(p.key, "/")
-	return &metav1.ObjectMeta{Namespace: namespace, Name: name}
-}
-
-// GetObjectKind and DeepCopyObject make podClaim a runtime.Object. The claim
-// is immutable once converted, so sharing it is a deep copy.
-func (p *podClaim) GetObjectKind() schema.ObjectKind { return schema.EmptyObjectKind }
-
+// DeepCopyObject makes podClaim a runtime.Object. The claim is immutable
+// once converted, so sharing it is a deep copy.
 func (p *podClaim) DeepCopyObject() runtime.Object {
 	out := *p
 	return &out
@@ -56,7 +45,7 @@ func toClaim(obj any) (any, error) {
 	if !ok {
 		return obj, nil
 	}
-	p := &podClaim{key: pod.Namespace + "/" + pod.Name}
+	p := &podClaim{keyed: keyed{pod.Namespace + "/" + pod.Name}}
 	if pod.Spec.HostNetwork || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
 		return p, nil
 	}

@@ -119,7 +119,7 @@ func podNetworkFullPod() *corev1.Pod {
 
 // claimOfTest is the claim of a testPod that claims ips, with no Istio mark.
 func claimOfTest(ns, name string, created int, ips ...string) *podClaim {
-	p := &podClaim{key: ns + "/" + name}
+	p := &podClaim{keyed: keyed{ns + "/" + name}}
 	if len(ips) == 0 {
 		return p
 	}
@@ -131,14 +131,14 @@ func claimOfTest(ns, name string, created int, ips ...string) *podClaim {
 }
 
 func TestPodTransform(t *testing.T) {
-	fullClaim := &podClaim{key: "ns1/web-0", claim: &podindex.Claim{Namespace: "ns1", Name: "web-0", Created: clientEpoch,
+	fullClaim := &podClaim{keyed: keyed{"ns1/web-0"}, claim: &podindex.Claim{Namespace: "ns1", Name: "web-0", Created: clientEpoch,
 		IPs: []netip.Addr{netip.MustParseAddr("10.1.0.5"), netip.MustParseAddr("fd00::5")}}}
 	for _, tc := range []struct {
 		name string
 		in   any
 		want any
 	}{
-		{"a host-network pod claims nothing", fullPod(), &podClaim{key: "ns1/web-0"}},
+		{"a host-network pod claims nothing", fullPod(), &podClaim{keyed: keyed{"ns1/web-0"}}},
 		{"a pod keeps only what the index reads", podNetworkFullPod(), fullClaim},
 		{"transforming twice changes nothing", fullClaim, fullClaim},
 		{"pod without IPs", withPhase(testPod("ns1", "pending", 0), corev1.PodPending), claimOfTest("ns1", "pending", 0)},

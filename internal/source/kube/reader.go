@@ -19,23 +19,29 @@ import (
 // the conversion happens in the reflector's transform, before WatchList's
 // initial events are held until their end.
 type cachedEntry struct {
-	key string // namespace/name; the entry's own key when there is an entry
+	keyed // namespace/name; the entry's own key when there is an entry
 
 	entry *entry.Entry // nil: nothing to serve or allocate
 	skips []entry.Skip // what the conversion left out, reported when it is applied
 }
 
+// keyed gives an object converted in a reflector's transform what the
+// reflector's caches need of it: WatchList's initial events are held in one
+// until their end, keyed by namespace/name.
+type keyed struct{ key string }
+
 // GetObjectMeta lets a cache key the object (meta.Accessor accepts it); it
 // runs once per event, not per query, so building the metadata is cheap.
-func (c *cachedEntry) GetObjectMeta() metav1.Object {
-	namespace, name, _ := strings.Cut(c.key, "/")
+func (k keyed) GetObjectMeta() metav1.Object {
+	namespace, name, _ := strings.Cut(k.key, "/")
 	return &metav1.ObjectMeta{Namespace: namespace, Name: name}
 }
 
-// GetObjectKind and DeepCopyObject make cachedEntry a runtime.Object. The
-// entry is immutable once converted, so sharing it is a deep copy.
-func (c *cachedEntry) GetObjectKind() schema.ObjectKind { return schema.EmptyObjectKind }
+// GetObjectKind is runtime.Object's: a converted object is never encoded.
+func (keyed) GetObjectKind() schema.ObjectKind { return schema.EmptyObjectKind }
 
+// DeepCopyObject makes cachedEntry a runtime.Object. The entry is immutable
+// once converted, so sharing it is a deep copy.
 func (c *cachedEntry) DeepCopyObject() runtime.Object {
 	out := *c
 	return &out
@@ -55,12 +61,12 @@ func (k *Source) toCached(obj any) (any, error) {
 			// The typed decoder fails the whole object (and the list
 			// holding it): serve nothing of it, and say why.
 			_, key := entry.Identity(&se.ObjectMeta)
-			return &cachedEntry{key: key, skips: []entry.Skip{{Reason: entry.ReasonInvalidObject, Item: err.Error()}}}, nil
+			return &cachedEntry{keyed: keyed{key}, skips: []entry.Skip{{Reason: entry.ReasonInvalidObject, Item: err.Error()}}}, nil
 		case e != nil:
-			return &cachedEntry{key: e.Key, entry: e, skips: skips}, nil
+			return &cachedEntry{keyed: keyed{e.Key}, entry: e, skips: skips}, nil
 		}
 		_, key := entry.Identity(&se.ObjectMeta)
-		return &cachedEntry{key: key, skips: skips}, nil
+		return &cachedEntry{keyed: keyed{key}, skips: skips}, nil
 	}
 	return obj, nil
 }
