@@ -2,4 +2,5 @@ package kube
 
 import clog "github.com/coredns/coredns/plugin/pkg/log"
 
-var log = clog.NewWithPlugin("serviceentry")
+// log names this package, so that a line says which source wrote it.
+var log = clog.NewWithPlugin("serviceentry/kube")
