@@ -51,6 +51,7 @@ func TestKubernetesNamesWin(t *testing.T) {
     serviceentry {
         kubeconfig %s
         fallthrough
+        clients mesh
     }
     kubernetes cluster.local {
         kubeconfig %s

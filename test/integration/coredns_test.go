@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -76,6 +77,13 @@ func startCoreDNSWith(t testing.TB, serverLines []string, zone string, pluginLin
 // environment.
 func startCoreDNSEnv(t testing.TB, env, serverLines []string, zone string, pluginLines ...string) *coredns {
 	t.Helper()
+	// The queries come from 127.0.0.1 (or another loopback address), which no
+	// pod with Istio's marks holds: unless the test says how to class clients,
+	// every client gets mesh answers, so that the tests of the sources see
+	// every address.
+	if !slices.ContainsFunc(pluginLines, func(l string) bool { return strings.HasPrefix(l, "clients ") }) {
+		pluginLines = append(pluginLines, "clients mesh")
+	}
 	dnsPort, readyPort := freePort(t), freePort(t)
 	corefile := fmt.Sprintf(".:%d {\n    bind 127.0.0.1\n    serviceentry %s {\n        %s\n    }\n    ready 127.0.0.1:%d\n    %s\n}\n",
 		dnsPort, zone, strings.Join(pluginLines, "\n        "), readyPort, strings.Join(serverLines, "\n    "))

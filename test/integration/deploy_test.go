@@ -133,7 +133,7 @@ func TestDeployManifests(t *testing.T) {
 		backPort, backReady, backHealth, backMetrics := freePort(t), freePort(t), freePort(t), freePort(t)
 		back := corefileOf(t, kube, "istio-system", "serviceentry-dns")
 		back = replaceOnce(t, back, "global:53 {", fmt.Sprintf("global:%d {\n    bind 127.0.0.1", backPort))
-		back = replaceOnce(t, back, "serviceentry global\n", "serviceentry global {\n        kubeconfig "+kubeconfig+"\n    }\n")
+		back = replaceOnce(t, back, "serviceentry global {\n", "serviceentry global {\n        kubeconfig "+kubeconfig+"\n")
 		back = replaceOnce(t, back, "health :8080", fmt.Sprintf("health 127.0.0.1:%d", backHealth))
 		back = replaceOnce(t, back, "ready :8181", fmt.Sprintf("ready 127.0.0.1:%d", backReady))
 		back = replaceOnce(t, back, "prometheus :9153", fmt.Sprintf("prometheus 127.0.0.1:%d", backMetrics))

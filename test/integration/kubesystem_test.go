@@ -36,7 +36,11 @@ func runInCluster(t testing.TB, corefile, seKubeconfig, k8sKubeconfig, upstreamA
 	corefile = replaceOnce(t, corefile, "health {", fmt.Sprintf("health 127.0.0.1:%d {", healthPort))
 	corefile = replaceOnce(t, corefile, "    ready\n", fmt.Sprintf("    ready 127.0.0.1:%d\n", readyPort))
 	corefile = replaceOnce(t, corefile, "prometheus :9153", fmt.Sprintf("prometheus 127.0.0.1:%d", metricsPort))
-	corefile = replaceOnce(t, corefile, "serviceentry {", "serviceentry {\n       kubeconfig "+seKubeconfig)
+	// The queries of these tests come from 127.0.0.1, which no pod holds: a
+	// client outside the mesh, which "clients pods" (the default) answers with
+	// what Envoy would connect to. They test the layout and its sources, so
+	// every client gets mesh answers; TestReachInKubeSystem asks as pods.
+	corefile = replaceOnce(t, corefile, "serviceentry {", "serviceentry {\n       kubeconfig "+seKubeconfig+"\n       clients mesh")
 	corefile = replaceOnce(t, corefile, "kubernetes cluster.local in-addr.arpa ip6.arpa {",
 		"kubernetes cluster.local in-addr.arpa ip6.arpa {\n       kubeconfig "+k8sKubeconfig)
 	corefile = replaceOnce(t, corefile, "forward . /etc/resolv.conf", "forward . "+upstreamAddr)
@@ -214,7 +218,7 @@ func TestReloadSoak(t *testing.T) {
 	metricsAddr, pprofAddr := fmt.Sprintf("127.0.0.1:%d", metricsPort), fmt.Sprintf("127.0.0.1:%d", pprofPort)
 	kubeconfig := c.kubeconfig(t, adminToken)
 	corefile := func(options, extra string) string {
-		return fmt.Sprintf(".:%d {\n    bind 127.0.0.1\n    serviceentry scale.internal {\n        kubeconfig %s\n        startup_timeout 30s\n%s    }\n    ready 127.0.0.1:%d\n    prometheus %s\n    pprof %s\n}\n%s",
+		return fmt.Sprintf(".:%d {\n    bind 127.0.0.1\n    serviceentry scale.internal {\n        kubeconfig %s\n        startup_timeout 30s\n        clients mesh\n%s    }\n    ready 127.0.0.1:%d\n    prometheus %s\n    pprof %s\n}\n%s",
 			dnsPort, kubeconfig, options, readyPort, metricsAddr, pprofAddr, extra)
 	}
 	server := runCorefile(t, corefile("", ""), dnsPort, readyPort)
