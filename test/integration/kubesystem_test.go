@@ -31,16 +31,24 @@ type inCluster struct {
 // upstreamAddr for /etc/resolv.conf.
 func runInCluster(t testing.TB, corefile, seKubeconfig, k8sKubeconfig, upstreamAddr string) *inCluster {
 	t.Helper()
+	// The queries of these tests come from 127.0.0.1, which no pod holds: a
+	// client outside the mesh, which "clients pods" (the default) answers with
+	// what Envoy would connect to. They test the layout and its sources, so
+	// every client gets mesh answers; TestReachInKubeSystem asks as pods.
+	return runInClusterAsShipped(t, replaceOnce(t, corefile, "serviceentry {", "serviceentry {\n       clients mesh"),
+		seKubeconfig, k8sKubeconfig, upstreamAddr)
+}
+
+// runInClusterAsShipped is runInCluster without clients mesh: each client is
+// answered by its pod, as the shipped stanza does.
+func runInClusterAsShipped(t testing.TB, corefile, seKubeconfig, k8sKubeconfig, upstreamAddr string) *inCluster {
+	t.Helper()
 	dnsPort, readyPort, healthPort, metricsPort := freePort(t), freePort(t), freePort(t), freePort(t)
 	corefile = replaceOnce(t, corefile, ".:53 {", fmt.Sprintf(".:%d {\n    bind 127.0.0.1", dnsPort))
 	corefile = replaceOnce(t, corefile, "health {", fmt.Sprintf("health 127.0.0.1:%d {", healthPort))
 	corefile = replaceOnce(t, corefile, "    ready\n", fmt.Sprintf("    ready 127.0.0.1:%d\n", readyPort))
 	corefile = replaceOnce(t, corefile, "prometheus :9153", fmt.Sprintf("prometheus 127.0.0.1:%d", metricsPort))
-	// The queries of these tests come from 127.0.0.1, which no pod holds: a
-	// client outside the mesh, which "clients pods" (the default) answers with
-	// what Envoy would connect to. They test the layout and its sources, so
-	// every client gets mesh answers; TestReachInKubeSystem asks as pods.
-	corefile = replaceOnce(t, corefile, "serviceentry {", "serviceentry {\n       kubeconfig "+seKubeconfig+"\n       clients mesh")
+	corefile = replaceOnce(t, corefile, "serviceentry {", "serviceentry {\n       kubeconfig "+seKubeconfig)
 	corefile = replaceOnce(t, corefile, "kubernetes cluster.local in-addr.arpa ip6.arpa {",
 		"kubernetes cluster.local in-addr.arpa ip6.arpa {\n       kubeconfig "+k8sKubeconfig)
 	corefile = replaceOnce(t, corefile, "forward . /etc/resolv.conf", "forward . "+upstreamAddr)
