@@ -54,13 +54,13 @@ type skipTally struct {
 	n  map[string]uint64
 }
 
-// report logs and counts what the conversion of one ServiceEntry left out.
+// report logs and counts what the conversion of one object left out.
 // Sources call it when a problem first appears in an entry (an add, or a
 // change that brings a new problem), never per query or per relist.
-func (t *skipTally) report(key string, skips []entry.Skip) {
+func (t *skipTally) report(object string, skips []entry.Skip) {
 	for _, s := range skips {
 		t.add(s.Reason)
-		log.Warningf("ServiceEntry %s: skipped %q: %s", key, s.Item, s.Reason)
+		log.Warningf("%s: skipped %q: %s", object, s.Item, s.Reason)
 	}
 }
 

@@ -476,9 +476,9 @@ func (s *store) addrsOf(e *entry.Entry, host string) ([]netip.Addr, reach.Class)
 	return nil, minReach
 }
 
-// Skipped logs and counts what the conversion of the object under key left
-// out.
-func (s *store) Skipped(key string, skips []entry.Skip) { s.skipped.report(key, skips) }
+// Skipped logs and counts what the conversion of an object left out; object
+// names it with its kind.
+func (s *store) Skipped(object string, skips []entry.Skip) { s.skipped.report(object, skips) }
 
 // Rejected counts a whole object or file left out for reason; the source has
 // logged it.

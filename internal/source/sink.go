@@ -19,10 +19,11 @@ type Sink interface {
 	// MarkSynced says a full read is complete: from now on changes are
 	// published.
 	MarkSynced()
-	// Skipped reports the items the conversion of the object under key left
-	// out; the sink logs and counts them. Sources call it when a problem
-	// first appears, not again on every update or relist.
-	Skipped(key string, skips []entry.Skip)
+	// Skipped reports the items the conversion of an object left out; the
+	// sink logs and counts them. object names it with its kind
+	// ("ServiceEntry ns/name", "Pod ns/name"). Sources call it when a
+	// problem first appears, not again on every update or relist.
+	Skipped(object string, skips []entry.Skip)
 	// Rejected counts a whole object or file left out for reason; the source
 	// logs it with what only it knows (a file and document number).
 	Rejected(reason string)

@@ -128,13 +128,13 @@ func (s *Sink) MarkSynced() {
 // Skipped logs and counts the items the conversion of key left out, as the
 // plugin's store does (so that tests capturing the log see its lines), and
 // keeps them as the last reported for key.
-func (s *Sink) Skipped(key string, skips []entry.Skip) {
+func (s *Sink) Skipped(object string, skips []entry.Skip) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.skips[key] = skips
+	s.skips[object] = skips
 	for _, sk := range skips {
 		s.counts[sk.Reason]++
-		log.Warningf("ServiceEntry %s: skipped %q: %s", key, sk.Item, sk.Reason)
+		log.Warningf("%s: skipped %q: %s", object, sk.Item, sk.Reason)
 	}
 }
 

@@ -161,7 +161,7 @@ func (r *readerStore) cached(obj any) (*cachedEntry, error) {
 // on every update or relist.
 func (r *readerStore) note(into map[string][]entry.Skip, c *cachedEntry) {
 	if prev, seen := r.skips[c.key]; !seen || !slices.Equal(prev, c.skips) {
-		r.k.sink.Skipped(c.key, c.skips)
+		r.k.sink.Skipped("ServiceEntry "+c.key, c.skips)
 	}
 	into[c.key] = c.skips
 }

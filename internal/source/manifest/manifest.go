@@ -643,7 +643,7 @@ func (b *manifestBatch) report(source string, entries []*entry.Entry, tally Repo
 			tally.Rejected(ReasonInvalidManifest)
 			log.Errorf("manifests: %s: document %d: %v", source, it.doc, it.err)
 		default:
-			tally.Skipped(it.key, it.skips)
+			tally.Skipped("ServiceEntry "+it.key, it.skips)
 			if it.entry != nil {
 				entries = append(entries, it.entry)
 			}

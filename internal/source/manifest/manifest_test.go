@@ -589,7 +589,7 @@ func parseManifestsSequential(source string, data []byte, opts entry.Options, ta
 				}
 				continue
 			}
-			tally.Skipped(key, skips)
+			tally.Skipped("ServiceEntry "+key, skips)
 			if e != nil {
 				entries = append(entries, e)
 			}
