@@ -193,7 +193,7 @@ func TestLegacyEventOrderIndependent(t *testing.T) {
 	}
 	// And both equal the allocation computed from scratch in Istio's order.
 	fresh := newStore(true)
-	all := make(map[string]*entry.Entry)
+	all := make(map[entry.Key]*entry.Entry)
 	for _, e := range entries {
 		all[e.Key] = e
 	}
@@ -301,7 +301,7 @@ func TestLegacyCoalescing(t *testing.T) {
 	if got := lookupIn(st.table(), entries[0].Hosts[0].Name); got == nil || !got.A[0].Equal(first.A[0]) {
 		t.Errorf("first host moved while the recomputation was deferred: %v", got)
 	}
-	declared := &entry.Entry{Key: "ns/declared", Namespace: "ns", Name: "declared",
+	declared := &entry.Entry{Key: entry.ServiceEntryKey("ns/declared"), Namespace: "ns", Name: "declared",
 		Hosts: []entry.Host{{Name: "declared.internal", Addrs: []netip.Addr{netip.MustParseAddr("192.0.2.7")}}}}
 	st.Upsert(declared.Key, declared)
 	if lookupIn(st.table(), "declared.internal") == nil {
@@ -391,7 +391,7 @@ func (t manualTimer) Reset(time.Duration) bool { panic("the store never resets i
 func freshLegacyTable(t *testing.T, entries ...*entry.Entry) *table.Table {
 	t.Helper()
 	st := newStore(true)
-	all := make(map[string]*entry.Entry, len(entries))
+	all := make(map[entry.Key]*entry.Entry, len(entries))
 	for _, e := range entries {
 		all[e.Key] = e
 	}

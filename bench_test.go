@@ -19,18 +19,18 @@ import (
 
 // benchEntries makes n entries svc-i.ns-(i%100).internal with one IPv4 each and
 // an IPv6 for every other one, plus one wildcard.
-func benchEntries(n int) map[string]*entry.Entry {
-	out := make(map[string]*entry.Entry, n+1)
+func benchEntries(n int) map[entry.Key]*entry.Entry {
+	out := make(map[entry.Key]*entry.Entry, n+1)
 	for i := range n {
 		addrs := []netip.Addr{netip.AddrFrom4([4]byte{240, 240, byte(i >> 8), byte(i)})}
 		if i%2 == 0 {
 			addrs = append(addrs, netip.MustParseAddr(fmt.Sprintf("2001:2::%x:%x", i>>16, i&0xffff)))
 		}
-		e := &entry.Entry{Key: fmt.Sprintf("ns/e%d", i), Namespace: "ns", Name: fmt.Sprintf("e%d", i),
+		e := &entry.Entry{Key: entry.ServiceEntryKey(fmt.Sprintf("ns/e%d", i)), Namespace: "ns", Name: fmt.Sprintf("e%d", i),
 			Hosts: []entry.Host{{Name: fmt.Sprintf("svc-%d.ns-%d.internal", i, i%100), Addrs: addrs}}}
 		out[e.Key] = e
 	}
-	w := &entry.Entry{Key: "ns/wild", Namespace: "ns", Name: "wild",
+	w := &entry.Entry{Key: entry.ServiceEntryKey("ns/wild"), Namespace: "ns", Name: "wild",
 		Hosts: []entry.Host{{Name: "*.wild.internal", Addrs: []netip.Addr{netip.MustParseAddr("203.0.113.1")}}},
 		Ports: []entry.Port{{Name: "https", Number: 443}}}
 	out[w.Key] = w
@@ -100,7 +100,7 @@ func BenchmarkTableUpdate(b *testing.B) {
 			st := newStore(false)
 			st.ReplaceAll(entries)
 			st.MarkSynced()
-			alternateUpdates(b, st, entries["ns/e7"])
+			alternateUpdates(b, st, entries[entry.ServiceEntryKey("ns/e7")])
 		})
 	}
 }
@@ -144,7 +144,7 @@ func BenchmarkLegacyChurn(b *testing.B) {
 		b.Run(fmt.Sprint(n), func(b *testing.B) {
 			entries := legacyParsed(b, n+1, entry.Options{AutoAllocate: entry.AutoAllocateLegacy})
 			st := newStore(true)
-			all := make(map[string]*entry.Entry, n)
+			all := make(map[entry.Key]*entry.Entry, n)
 			for _, e := range entries[:n] {
 				all[e.Key] = e
 			}
@@ -177,10 +177,10 @@ func processCPU(b *testing.B) time.Duration {
 // exportToBench is benchEntries(10,000) with every tenth entry exported to
 // one of 1,000 namespaces instead of to all, and 10,000 client pods spread
 // over those namespaces: each namespace has an overlay of one host.
-func exportToBench() (map[string]*entry.Entry, map[string]string) {
+func exportToBench() (map[entry.Key]*entry.Entry, map[string]string) {
 	entries := benchEntries(10_000)
 	for i := 0; i < 10_000; i += 10 {
-		entries[fmt.Sprintf("ns/e%d", i)].ExportedTo = []string{fmt.Sprintf("team-%d", i/10)}
+		entries[entry.ServiceEntryKey(fmt.Sprintf("ns/e%d", i))].ExportedTo = []string{fmt.Sprintf("team-%d", i/10)}
 	}
 	pods := make(map[string]string, 10_000)
 	for i := range 10_000 {
@@ -204,7 +204,7 @@ func (w *fromAddr) RemoteAddr() net.Addr { return w.remote }
 func BenchmarkExportTo(b *testing.B) {
 	entries, pods := exportToBench()
 	public := newStore(false)
-	publicEntries := make(map[string]*entry.Entry, len(entries))
+	publicEntries := make(map[entry.Key]*entry.Entry, len(entries))
 	for key, e := range entries {
 		if e.ExportedTo == nil {
 			publicEntries[key] = e
@@ -249,7 +249,7 @@ func BenchmarkExportTo(b *testing.B) {
 // replaced).
 func BenchmarkExportToMemory(b *testing.B) {
 	entries, pods := exportToBench()
-	publicEntries := make(map[string]*entry.Entry, len(entries))
+	publicEntries := make(map[entry.Key]*entry.Entry, len(entries))
 	for key, e := range entries {
 		if e.ExportedTo == nil {
 			publicEntries[key] = e
@@ -275,7 +275,7 @@ func BenchmarkExportToMemory(b *testing.B) {
 	if len(st.table().Overlays) != 1000 {
 		b.Fatalf("%d overlays, want 1000", len(st.table().Overlays))
 	}
-	alternateUpdates(b, st, entries["ns/e420"])
+	alternateUpdates(b, st, entries[entry.ServiceEntryKey("ns/e420")])
 	b.ReportMetric(float64(withPublic-base), "public-store-B")
 	b.ReportMetric(float64(withClient-withPublic), "client-store-B")
 	b.ReportMetric(float64(withIndex-withClient), "pod-index-B")

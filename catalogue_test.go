@@ -110,7 +110,7 @@ func TestBadInputCatalogue(t *testing.T) {
 				t.Fatal(err)
 			}
 			st := newStore(c.opts.AutoAllocate == entry.AutoAllocateLegacy)
-			all := make(map[string]*entry.Entry)
+			all := make(map[entry.Key]*entry.Entry)
 			for _, e := range entries {
 				all[e.Key] = e
 			}

@@ -52,7 +52,7 @@ func storeFrom(t testing.TB, opts entry.Options, yamlDocs string) *store {
 	if err != nil {
 		t.Fatalf("parsing test manifests: %v", err)
 	}
-	all := make(map[string]*entry.Entry, len(entries))
+	all := make(map[entry.Key]*entry.Entry, len(entries))
 	for _, e := range entries {
 		all[e.Key] = e
 	}
@@ -83,9 +83,9 @@ func startManifestsInto(t *testing.T, sink source.Sink, paths ...string) {
 
 // churnLegacy adds and removes random entries ops times (a third of the
 // changes to a present entry remove it) and returns the entries left.
-func churnLegacy(st *store, entries []*entry.Entry, seed uint64, ops int) map[string]*entry.Entry {
+func churnLegacy(st *store, entries []*entry.Entry, seed uint64, ops int) map[entry.Key]*entry.Entry {
 	r := rand.New(rand.NewPCG(seed, seed))
-	present := make(map[string]*entry.Entry)
+	present := make(map[entry.Key]*entry.Entry)
 	for range ops {
 		e := entries[r.IntN(len(entries))]
 		if present[e.Key] != nil && r.IntN(3) == 0 {
@@ -146,12 +146,12 @@ func checkCase(t *testing.T, se *ServiceEntry, tc test.Case) (int, *dns.Msg) {
 // and, after each change, hands check that store's table and a table built
 // from scratch out of the same entries. It returns the store and the entries
 // left in it.
-func churnAgainstFresh(t *testing.T, entries []*entry.Entry, seed uint64, ops int, check func(op int, got, fresh *table.Table)) (*store, map[string]*entry.Entry) {
+func churnAgainstFresh(t *testing.T, entries []*entry.Entry, seed uint64, ops int, check func(op int, got, fresh *table.Table)) (*store, map[entry.Key]*entry.Entry) {
 	t.Helper()
 	st := newStore(false)
 	st.MarkSynced()
 	r := rand.New(rand.NewPCG(seed, seed+1))
-	present := make(map[string]*entry.Entry)
+	present := make(map[entry.Key]*entry.Entry)
 	for op := range ops {
 		e := entries[r.IntN(len(entries))]
 		if present[e.Key] != nil {

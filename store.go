@@ -37,11 +37,11 @@ type storeClock interface {
 // is complete (markSynced), changes are only gathered.
 type store struct {
 	mu       sync.Mutex
-	entries  map[string]*entry.Entry   // by namespace/name
-	byHost   map[string][]*entry.Entry // host -> the entries declaring it (usually one)
-	building *table.Table              // the next table; equal to published while synced
-	synced   bool                      // a full read is complete: changes are published
-	dirty    map[string]bool           // hosts changed since the last publish
+	entries  map[entry.Key]*entry.Entry // by kind and namespace/name
+	byHost   map[string][]*entry.Entry  // host -> the entries declaring it (usually one)
+	building *table.Table               // the next table; equal to published while synced
+	synced   bool                       // a full read is complete: changes are published
+	dirty    map[string]bool            // hosts changed since the last publish
 
 	// legacy is the allocator for "autoallocate legacy"; nil in other modes.
 	legacy *legacyAllocator
@@ -69,7 +69,7 @@ type store struct {
 
 func newStore(legacy bool) *store {
 	s := &store{
-		entries:  make(map[string]*entry.Entry),
+		entries:  make(map[entry.Key]*entry.Entry),
 		byHost:   make(map[string][]*entry.Entry),
 		building: table.NewTable(maphash.MakeSeed()),
 		dirty:    make(map[string]bool),
@@ -123,7 +123,7 @@ func (s *store) waitSynced(timeout time.Duration) bool {
 }
 
 // Upsert adds or replaces the entry stored under key; a nil entry removes it.
-func (s *store) Upsert(key string, e *entry.Entry) {
+func (s *store) Upsert(key entry.Key, e *entry.Entry) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.setLocked(key, e)
@@ -131,7 +131,7 @@ func (s *store) Upsert(key string, e *entry.Entry) {
 }
 
 // UpsertAll applies upsert to every key of changes, publishing once.
-func (s *store) UpsertAll(changes map[string]*entry.Entry) {
+func (s *store) UpsertAll(changes map[entry.Key]*entry.Entry) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for key, e := range changes {
@@ -143,7 +143,7 @@ func (s *store) UpsertAll(changes map[string]*entry.Entry) {
 // ReplaceAll makes the store hold exactly the given entries (keyed by their
 // namespace/name) and publishes once. The manifests source uses it after each
 // read of its files.
-func (s *store) ReplaceAll(entries map[string]*entry.Entry) {
+func (s *store) ReplaceAll(entries map[entry.Key]*entry.Entry) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for key := range s.entries {
@@ -189,7 +189,7 @@ func (s *store) BeginFullRead() {
 	s.synced = false
 }
 
-func (s *store) setLocked(key string, e *entry.Entry) {
+func (s *store) setLocked(key entry.Key, e *entry.Entry) {
 	if old := s.entries[key]; old != nil {
 		for _, h := range old.Hosts {
 			rest := slices.DeleteFunc(s.byHost[h.Name], func(x *entry.Entry) bool { return x == old })

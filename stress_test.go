@@ -31,7 +31,7 @@ func stressEntry(k, g int) *entry.Entry {
 		netip.MustParseAddr(fmt.Sprintf("fd00::%x:%x:1", g, k)),
 		netip.MustParseAddr(fmt.Sprintf("fd00::%x:%x:2", g, k)),
 	}
-	return &entry.Entry{Key: fmt.Sprintf("ns/e%d", k), Namespace: "ns", Name: fmt.Sprintf("e%d", k),
+	return &entry.Entry{Key: entry.ServiceEntryKey(fmt.Sprintf("ns/e%d", k)), Namespace: "ns", Name: fmt.Sprintf("e%d", k),
 		Hosts: []entry.Host{{Name: fmt.Sprintf("a-%d.stress.internal", k), Addrs: addrs},
 			{Name: fmt.Sprintf("b-%d.stress.internal", k), Addrs: addrs}}}
 }
@@ -117,7 +117,7 @@ func TestStressStore(t *testing.T) {
 				if rng.IntN(4) != 0 {
 					e = stressEntry(k, op%250+1)
 				}
-				st.Upsert(fmt.Sprintf("ns/e%d", k), e)
+				st.Upsert(entry.ServiceEntryKey(fmt.Sprintf("ns/e%d", k)), e)
 				final[k] = e
 			}
 		})
@@ -131,7 +131,7 @@ func TestStressStore(t *testing.T) {
 	t.Logf("%d whole answers observed during %d changes", observed.Load(), writers*opsPerWriter)
 
 	fresh := newStore(false)
-	all := make(map[string]*entry.Entry)
+	all := make(map[entry.Key]*entry.Entry)
 	for _, e := range final {
 		if e != nil {
 			all[e.Key] = e
@@ -300,7 +300,7 @@ type countingSink struct {
 	replaced atomic.Int64
 }
 
-func (c *countingSink) ReplaceAll(all map[string]*entry.Entry) {
+func (c *countingSink) ReplaceAll(all map[entry.Key]*entry.Entry) {
 	c.replaced.Add(1)
 	c.store.ReplaceAll(all)
 }

@@ -22,7 +22,7 @@ const autoAllocateLabel = "networking.istio.io/enable-autoallocate-ip"
 // Kubernetes reader and manifest files) convert to it once per change, so the
 // table builder and the query path never see Istio's types.
 type Entry struct {
-	Key       string // namespace/name: the identity used by the store
+	Key       Key // the identity used by the store
 	Namespace string
 	Name      string
 	Created   time.Time
@@ -121,14 +121,42 @@ const (
 	ReasonInvalidEndpoint      = "invalid_endpoint"
 )
 
-// Identity returns an entry's namespace ("default" when a manifest leaves it
-// out, as kubectl would apply it) and the key the store knows it by.
-func Identity(meta *metav1.ObjectMeta) (namespace, key string) {
+// Kind is the kind of object a key names.
+type Kind uint8
+
+const (
+	KindServiceEntry Kind = iota + 1
+)
+
+// Key is how the store knows an object: its kind and its namespace/name, so
+// that objects of two kinds with one name never take each other's place.
+type Key struct {
+	Kind Kind
+	Name string // namespace/name
+}
+
+// ServiceEntryKey is the key of the ServiceEntry namespace/name.
+func ServiceEntryKey(namespacedName string) Key {
+	return Key{Kind: KindServiceEntry, Name: namespacedName}
+}
+
+// String is the key as logs name it: "ServiceEntry ns/name".
+func (k Key) String() string {
+	if k.Kind == KindServiceEntry {
+		return "ServiceEntry " + k.Name
+	}
+	return "object " + k.Name
+}
+
+// Identity returns a ServiceEntry's namespace ("default" when a manifest
+// leaves it out, as kubectl would apply it) and the key the store knows it
+// by.
+func Identity(meta *metav1.ObjectMeta) (namespace string, key Key) {
 	namespace = meta.Namespace
 	if namespace == "" {
 		namespace = metav1.NamespaceDefault
 	}
-	return namespace, types.NamespacedName{Namespace: namespace, Name: meta.Name}.String()
+	return namespace, ServiceEntryKey(types.NamespacedName{Namespace: namespace, Name: meta.Name}.String())
 }
 
 // convert turns one ServiceEntry, as the slim decoder reads it, into an entry.
@@ -144,8 +172,8 @@ func convert(meta *metav1.ObjectMeta, spec *slimSpec, status *slimStatus, opts O
 	// entry instead of three.
 	e := &Entry{
 		Key:       key,
-		Namespace: key[:len(namespace)],
-		Name:      key[len(namespace)+1:],
+		Namespace: key.Name[:len(namespace)],
+		Name:      key.Name[len(namespace)+1:],
 		Created:   meta.CreationTimestamp.Time,
 	}
 	exported := opts.ExportTo == ExportAll || exportedToAll(spec.ExportTo)

@@ -8,11 +8,11 @@ import "github.com/coredns-serviceentry/serviceentry/internal/entry"
 // calls it from its own goroutines; nothing a source reads goes anywhere else.
 type Sink interface {
 	// Upsert sets the entry stored under key; nil removes it.
-	Upsert(key string, e *entry.Entry)
+	Upsert(key entry.Key, e *entry.Entry)
 	// UpsertAll applies Upsert to every key of changes as one change.
-	UpsertAll(changes map[string]*entry.Entry)
+	UpsertAll(changes map[entry.Key]*entry.Entry)
 	// ReplaceAll makes the sink hold exactly all, as one change.
-	ReplaceAll(all map[string]*entry.Entry)
+	ReplaceAll(all map[entry.Key]*entry.Entry)
 	// BeginFullRead starts a new full read: changes are gathered, and what
 	// was published keeps answering, until MarkSynced.
 	BeginFullRead()

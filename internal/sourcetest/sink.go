@@ -36,14 +36,14 @@ type Sink struct {
 	Delay time.Duration
 
 	mu        sync.Mutex
-	entries   map[string]*entry.Entry // as delivered
-	published map[string]*entry.Entry // what a store would serve; nil until the first MarkSynced
-	synced    bool                    // published is entries: changes are served
-	keys      []string                // every key given, in order
-	given     map[string]bool         // the distinct keys given
-	atSynced  []int                   // len(given) at each MarkSynced
-	skips     map[string][]entry.Skip // the last skips reported for each key
-	counts    map[string]uint64       // skipped items and rejected objects by reason
+	entries   map[entry.Key]*entry.Entry // as delivered
+	published map[entry.Key]*entry.Entry // what a store would serve; nil until the first MarkSynced
+	synced    bool                       // published is entries: changes are served
+	keys      []string                   // every key given (namespace/name), in order
+	given     map[string]bool            // the distinct keys given
+	atSynced  []int                      // len(given) at each MarkSynced
+	skips     map[string][]entry.Skip    // the last skips reported for each key
+	counts    map[string]uint64          // skipped items and rejected objects by reason
 
 	firstSynced chan struct{} // closed by the first MarkSynced
 }
@@ -53,7 +53,7 @@ var _ source.Sink = (*Sink)(nil)
 // NewSink returns an empty sink, not synced.
 func NewSink() *Sink {
 	return &Sink{
-		entries:     make(map[string]*entry.Entry),
+		entries:     make(map[entry.Key]*entry.Entry),
 		given:       make(map[string]bool),
 		skips:       make(map[string][]entry.Skip),
 		counts:      make(map[string]uint64),
@@ -62,7 +62,7 @@ func NewSink() *Sink {
 }
 
 // Upsert sets the entry stored under key; nil removes it.
-func (s *Sink) Upsert(key string, e *entry.Entry) {
+func (s *Sink) Upsert(key entry.Key, e *entry.Entry) {
 	time.Sleep(s.Delay)
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -70,7 +70,7 @@ func (s *Sink) Upsert(key string, e *entry.Entry) {
 }
 
 // UpsertAll applies Upsert to every key of changes.
-func (s *Sink) UpsertAll(changes map[string]*entry.Entry) {
+func (s *Sink) UpsertAll(changes map[entry.Key]*entry.Entry) {
 	time.Sleep(time.Duration(len(changes)) * s.Delay)
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -80,7 +80,7 @@ func (s *Sink) UpsertAll(changes map[string]*entry.Entry) {
 }
 
 // ReplaceAll makes the sink hold exactly all.
-func (s *Sink) ReplaceAll(all map[string]*entry.Entry) {
+func (s *Sink) ReplaceAll(all map[entry.Key]*entry.Entry) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for key := range s.entries {
@@ -93,9 +93,9 @@ func (s *Sink) ReplaceAll(all map[string]*entry.Entry) {
 	}
 }
 
-func (s *Sink) setLocked(key string, e *entry.Entry) {
-	s.keys = append(s.keys, key)
-	s.given[key] = true
+func (s *Sink) setLocked(key entry.Key, e *entry.Entry) {
+	s.keys = append(s.keys, key.Name)
+	s.given[key.Name] = true
 	if e == nil {
 		delete(s.entries, key)
 	} else {
@@ -167,7 +167,7 @@ func (s *Sink) WaitSynced(timeout time.Duration) bool {
 
 // Entries returns a copy of the entries as delivered, by key, whether or not
 // a store would serve them yet.
-func (s *Sink) Entries() map[string]*entry.Entry {
+func (s *Sink) Entries() map[entry.Key]*entry.Entry {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return maps.Clone(s.entries)
@@ -175,7 +175,7 @@ func (s *Sink) Entries() map[string]*entry.Entry {
 
 // Published returns a copy of what a store would serve, by key: nil before
 // the first MarkSynced.
-func (s *Sink) Published() map[string]*entry.Entry {
+func (s *Sink) Published() map[entry.Key]*entry.Entry {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return maps.Clone(s.published)
@@ -189,7 +189,7 @@ func (s *Sink) FirstA(host string) string {
 	host = strings.ToLower(strings.TrimSuffix(host, "."))
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, key := range slices.Sorted(maps.Keys(s.published)) {
+	for _, key := range slices.SortedFunc(maps.Keys(s.published), func(a, b entry.Key) int { return strings.Compare(a.Name, b.Name) }) {
 		for _, h := range s.published[key].Hosts {
 			if h.Name != host {
 				continue
@@ -235,12 +235,13 @@ func (s *Sink) Counts() map[string]uint64 {
 	return maps.Clone(s.counts)
 }
 
-// Skips returns the skips last reported for key, and whether any report
+// Skips returns the skips last reported for object ("ServiceEntry ns/name",
+// "Pod ns/name"), and whether any report
 // (even of none) was made for it.
-func (s *Sink) Skips(key string) ([]entry.Skip, bool) {
+func (s *Sink) Skips(object string) ([]entry.Skip, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	skips, ok := s.skips[key]
+	skips, ok := s.skips[object]
 	return skips, ok
 }
 

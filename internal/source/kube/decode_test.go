@@ -38,7 +38,7 @@ func transform(obj runtime.Object, opts entry.Options) (any, error) {
 	}
 	e, skips := entry.Convert(meta, spec, status, opts)
 	_, key := entry.Identity(meta)
-	return &cachedEntry{keyed: keyed{key}, entry: e, skips: skips}, nil
+	return &cachedEntry{keyed: keyed{key.Name}, entry: e, skips: skips}, nil
 }
 
 // informerDocument decodes raw as a watch event's object and passes it through

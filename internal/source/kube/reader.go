@@ -61,12 +61,12 @@ func (k *Source) toCached(obj any) (any, error) {
 			// The typed decoder fails the whole object (and the list
 			// holding it): serve nothing of it, and say why.
 			_, key := entry.Identity(&se.ObjectMeta)
-			return &cachedEntry{keyed: keyed{key}, skips: []entry.Skip{{Reason: entry.ReasonInvalidObject, Item: err.Error()}}}, nil
+			return &cachedEntry{keyed: keyed{key.Name}, skips: []entry.Skip{{Reason: entry.ReasonInvalidObject, Item: err.Error()}}}, nil
 		case e != nil:
-			return &cachedEntry{keyed: keyed{e.Key}, entry: e, skips: skips}, nil
+			return &cachedEntry{keyed: keyed{e.Key.Name}, entry: e, skips: skips}, nil
 		}
 		_, key := entry.Identity(&se.ObjectMeta)
-		return &cachedEntry{keyed: keyed{key}, skips: skips}, nil
+		return &cachedEntry{keyed: keyed{key.Name}, skips: skips}, nil
 	}
 	return obj, nil
 }
@@ -100,7 +100,7 @@ func (r *readerStore) Update(obj any) error {
 		return err
 	}
 	r.note(r.skips, c)
-	r.k.sink.Upsert(c.key, c.entry)
+	r.k.sink.Upsert(entry.ServiceEntryKey(c.key), c.entry)
 	return nil
 }
 
@@ -110,7 +110,7 @@ func (r *readerStore) Delete(obj any) error {
 		return err
 	}
 	delete(r.skips, c.key)
-	r.k.sink.Upsert(c.key, nil)
+	r.k.sink.Upsert(entry.ServiceEntryKey(c.key), nil)
 	return nil
 }
 
@@ -118,18 +118,18 @@ func (r *readerStore) Delete(obj any) error {
 // applied as one change, what it no longer holds removed.
 func (r *readerStore) Replace(list []any, _ string) error {
 	read := make(map[string][]entry.Skip, len(list))
-	changes := make(map[string]*entry.Entry, len(list))
+	changes := make(map[entry.Key]*entry.Entry, len(list))
 	for _, obj := range list {
 		c, err := r.cached(obj)
 		if err != nil {
 			return err
 		}
 		r.note(read, c)
-		changes[c.key] = c.entry
+		changes[entry.ServiceEntryKey(c.key)] = c.entry
 	}
 	for key := range r.skips {
 		if _, ok := read[key]; !ok {
-			changes[key] = nil
+			changes[entry.ServiceEntryKey(key)] = nil
 		}
 	}
 	r.skips = read
@@ -161,7 +161,7 @@ func (r *readerStore) cached(obj any) (*cachedEntry, error) {
 // on every update or relist.
 func (r *readerStore) note(into map[string][]entry.Skip, c *cachedEntry) {
 	if prev, seen := r.skips[c.key]; !seen || !slices.Equal(prev, c.skips) {
-		r.k.sink.Skipped("ServiceEntry "+c.key, c.skips)
+		r.k.sink.Skipped(entry.ServiceEntryKey(c.key).String(), c.skips)
 	}
 	into[c.key] = c.skips
 }

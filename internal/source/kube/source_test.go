@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"maps"
 	"math"
 	"net/http"
 	"net/http/httptest"
@@ -446,7 +445,11 @@ func TestKubeSourceSecurityNarrowing(t *testing.T) {
 		{"namespaces", namespaces, []string{"platform/api", "platform/draft"}},
 		{"labels", labels, []string{"platform/api", "team-a/squat", "team-a/team"}},
 	} {
-		if got := slices.Sorted(maps.Keys(c.sink.Entries())); !slices.Equal(got, c.want) {
+		var got []string
+		for key := range c.sink.Entries() {
+			got = append(got, key.Name)
+		}
+		if slices.Sort(got); !slices.Equal(got, c.want) {
 			t.Errorf("%s: delivered %q, want %q", c.name, got, c.want)
 		}
 	}
@@ -469,7 +472,7 @@ func TestToCached(t *testing.T) {
 	if !ok {
 		t.Fatalf("transform returned %T", out)
 	}
-	if c.key != "ns/a" || c.entry == nil || c.entry.Key != "ns/a" || c.entry.Namespace != "ns" || c.entry.Name != "a" {
+	if c.key != "ns/a" || c.entry == nil || c.entry.Key.Name != "ns/a" || c.entry.Namespace != "ns" || c.entry.Name != "a" {
 		t.Errorf("cached key %q, entry %+v", c.key, c.entry)
 	}
 	if key, err := cache.MetaNamespaceKeyFunc(c); err != nil || key != "ns/a" {
@@ -501,7 +504,7 @@ func TestLegacySameAcrossSources(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fromFiles := make(map[string]*entry.Entry, len(parsed))
+	fromFiles := make(map[entry.Key]*entry.Entry, len(parsed))
 	for _, e := range parsed {
 		fromFiles[e.Key] = e
 	}
@@ -531,7 +534,7 @@ func TestLegacySameAcrossSources(t *testing.T) {
 	}
 	for i := range docs {
 		meta, _ := sourcetest.LegacyFixture(i)
-		key := meta.Namespace + "/" + meta.Name
+		key := entry.ServiceEntryKey(meta.Namespace + "/" + meta.Name)
 		a, b := fromFiles[key], fromKube[key]
 		if a == nil || b == nil || len(a.LegacyHosts) != 1 || !reflect.DeepEqual(a, b) {
 			t.Fatalf("%s: manifests %+v, kubernetes %+v", key, a, b)

@@ -29,7 +29,7 @@ func FuzzParseManifests(f *testing.F) {
 			entries, err := Parse("test.yaml", input, entry.Options{AutoAllocate: mode}, discard{})
 			keys := make(map[string]bool)
 			for _, e := range entries {
-				keys[e.Key] = true
+				keys[e.Key.Name] = true
 			}
 			if !keys["fuzz/fuzz-before"] {
 				t.Fatalf("the valid entry before the input was lost (err %v)", err)

@@ -51,7 +51,7 @@ type Source struct {
 	settle        time.Duration
 	poll          time.Duration
 	pollUnwatched time.Duration
-	publish       func(map[string]*entry.Entry)
+	publish       func(map[entry.Key]*entry.Entry)
 	newWatcher    func() (*fsnotify.Watcher, error)
 
 	// Only touched by start and then by the source's goroutine.
@@ -374,17 +374,17 @@ func (m *Source) take(f *manifestFile, stamp fileStamp, r fileRead, now time.Tim
 
 // merge combines the files' entries. Should two files define the same
 // namespace/name, the one whose path sorts last wins, whatever the read order.
-func (m *Source) merge() map[string]*entry.Entry {
+func (m *Source) merge() map[entry.Key]*entry.Entry {
 	paths := make([]string, 0, len(m.files))
 	for p := range m.files {
 		paths = append(paths, p)
 	}
 	slices.Sort(paths)
-	merged := make(map[string]*entry.Entry)
+	merged := make(map[entry.Key]*entry.Entry)
 	for _, p := range paths {
 		for _, e := range m.files[p].entries {
 			if _, dup := merged[e.Key]; dup {
-				log.Warningf("manifests: ServiceEntry %s is defined more than once; the one in %s wins", e.Key, p)
+				log.Warningf("manifests: %s is defined more than once; the one in %s wins", e.Key, p)
 			}
 			merged[e.Key] = e
 		}
@@ -643,7 +643,7 @@ func (b *manifestBatch) report(source string, entries []*entry.Entry, tally Repo
 			tally.Rejected(ReasonInvalidManifest)
 			log.Errorf("manifests: %s: document %d: %v", source, it.doc, it.err)
 		default:
-			tally.Skipped("ServiceEntry "+it.key, it.skips)
+			tally.Skipped(entry.ServiceEntryKey(it.key).String(), it.skips)
 			if it.entry != nil {
 				entries = append(entries, it.entry)
 			}
@@ -732,6 +732,6 @@ func (d *jsonDocument) convert(opts entry.Options) (e *entry.Entry, key string, 
 	if err != nil {
 		return nil, "", nil, fmt.Errorf("ServiceEntry: %w", err)
 	}
-	_, key = entry.Identity(&d.se.ObjectMeta)
-	return e, key, skips, nil
+	_, k := entry.Identity(&d.se.ObjectMeta)
+	return e, k.Name, skips, nil
 }

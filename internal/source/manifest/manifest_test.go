@@ -293,13 +293,13 @@ func TestManifestSlowWriterInPlace(t *testing.T) {
 	publishes := 0
 	st, src := startManifestsWith(t, func(src *Source) {
 		publish := src.publish
-		src.publish = func(entries map[string]*entry.Entry) {
+		src.publish = func(entries map[entry.Key]*entry.Entry) {
 			mu.Lock()
 			publishes++
 			var present []int
 			gens := make(map[int]bool)
 			for i := range n {
-				if e := entries[fmt.Sprintf("ns/e%d", i)]; e != nil {
+				if e := entries[entry.ServiceEntryKey(fmt.Sprintf("ns/e%d", i))]; e != nil {
 					present = append(present, i)
 					gens[int(e.Hosts[0].Addrs[0].As4()[1])] = true
 				}
@@ -454,7 +454,7 @@ metadata:
 			}
 			var got []string
 			for _, e := range entries {
-				got = append(got, e.Key)
+				got = append(got, e.Key.Name)
 			}
 			slices.Sort(got)
 			if !slices.Equal(got, tc.want) {
@@ -633,8 +633,8 @@ func convertDocumentSequential(raw json.RawMessage, opts entry.Options) (e *entr
 	if err != nil {
 		return nil, "", nil, fmt.Errorf("ServiceEntry: %w", err)
 	}
-	_, key = entry.Identity(&se.ObjectMeta)
-	return e, key, skips, nil
+	_, k := entry.Identity(&se.ObjectMeta)
+	return e, k.Name, skips, nil
 }
 
 // parsed is what one parse of a stream gave: entries, error, counts and log.
