@@ -357,6 +357,10 @@ func (c *coredns) chainFrom(name string, qtype uint16, network, from string) str
 			addrs = append(addrs, "A "+v.A.String())
 		case *dns.AAAA:
 			addrs = append(addrs, "AAAA "+v.AAAA.String())
+		case *dns.PTR:
+			out = append(out, "PTR", v.Ptr)
+		case *dns.SRV:
+			out = append(out, "SRV", strconv.Itoa(int(v.Port)), v.Target)
 		default:
 			out = append(out, dns.TypeToString[rr.Header().Rrtype])
 		}
@@ -562,7 +566,9 @@ func TestReachEndToEnd(t *testing.T) {
 	servers := []reachServer{{"minimal Corefile (hosts next)", minimal, hostsNext}, {"kubeadm's Corefile (forward next)", stock.coredns, upstreamNext}}
 	start := time.Now()
 	for _, s := range servers {
+		// ready may answer a moment before the DNS port is open.
 		waitFor(t, 60*time.Second, s.name+" ready", s.isReady)
+		s.waitListening(t, 10*time.Second)
 	}
 	t.Logf("both servers ready %v after start", time.Since(start).Round(time.Millisecond))
 
@@ -583,6 +589,37 @@ func TestReachEndToEnd(t *testing.T) {
 			}
 		})
 	}
+
+	// SRV, PTR and search-path expansions follow the host's answer for the
+	// client; passed on, they get the upstream's NXDOMAIN here.
+	t.Run("srv, ptr, search path", func(t *testing.T) {
+		const capture, declared, ambient, plain = "127.0.0.10", "127.0.0.11", "127.0.0.14", "127.0.0.17"
+		for _, q := range []struct {
+			from, name string
+			qtype      uint16
+			want       string
+		}{
+			{ambient, "_http._tcp.auto.reach.example", dns.TypeSRV, "NOERROR SRV 80 auto.reach.example."},
+			{capture, "_http._tcp.auto.reach.example", dns.TypeSRV, "NXDOMAIN"},
+			{plain, "_http._tcp.auto.reach.example", dns.TypeSRV, "NXDOMAIN"},
+			{plain, "_http._tcp.static-declared.reach.example", dns.TypeSRV, "NOERROR SRV 80 static-declared.reach.example."},
+			{ambient, "1.10.240.240.in-addr.arpa", dns.TypePTR, "NOERROR PTR auto.reach.example."},
+			{capture, "1.10.240.240.in-addr.arpa", dns.TypePTR, "NXDOMAIN"},
+			{plain, "1.10.240.240.in-addr.arpa", dns.TypePTR, "NXDOMAIN"},
+			{declared, "1.0.20.10.in-addr.arpa", dns.TypePTR, "NOERROR PTR static-declared.reach.example."},
+			{plain, "1.0.20.10.in-addr.arpa", dns.TypePTR, "NXDOMAIN"},
+			{ambient, "auto.reach.example.store.svc.cluster.local", dns.TypeA, "NOERROR CNAME auto.reach.example. A 240.240.10.1"},
+			{plain, "auto.reach.example.legacy.svc.cluster.local", dns.TypeA, "NXDOMAIN"},
+			{declared, "static-declared.reach.example.shop.svc.cluster.local", dns.TypeA, "NOERROR CNAME static-declared.reach.example. A 10.20.0.1"},
+			{plain, "static-declared.reach.example.legacy.svc.cluster.local", dns.TypeA, "NOERROR CNAME static-declared.reach.example. A 198.51.100.21"},
+		} {
+			for _, network := range []string{"udp", "tcp"} {
+				if got := stock.chainFrom(q.name, q.qtype, network, q.from); got != q.want {
+					t.Errorf("%s %s from %s over %s: %q, want %q", q.name, dns.TypeToString[q.qtype], q.from, network, got, q.want)
+				}
+			}
+		}
+	})
 
 	t.Run("cache, both orders", func(t *testing.T) {
 		const plain, ambient = "127.0.0.17", "127.0.0.14"
