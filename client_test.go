@@ -72,6 +72,16 @@ kind: ServiceEntry
 metadata: {name: dynamic, namespace: ns}
 spec: {hosts: ["*.dyn.internal"], resolution: DYNAMIC_DNS}
 status: {addresses: [{host: "*.dyn.internal", value: 240.240.0.8}]}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: front, namespace: ns}
+spec: {hosts: [front.internal], resolution: DNS, endpoints: [{address: db.internal}]}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db, namespace: ns}
+spec: {hosts: [db.internal], addresses: [10.60.0.1], resolution: STATIC, endpoints: [{address: 198.51.100.80}]}
 `
 
 // The clients, by the pod fixtures of package reach that hold their address.
@@ -151,6 +161,10 @@ func TestAnswersThatReach(t *testing.T) {
 			ambientClient: "NOERROR 240.240.0.7", plainClient: "NOERROR 192.0.2.70 192.0.2.71"}},
 		{"x.dyn.internal.", dns.TypeA, map[string]string{
 			ambientClient: "NOERROR 240.240.0.8", plainClient: passed}},
+		// db.internal is the endpoint Envoy resolves for front.internal, from
+		// a sidecar pod's address, and connects to uncaptured.
+		{"db.internal.", dns.TypeA, map[string]string{
+			ambientClient: "NOERROR 10.60.0.1", plainClient: "NOERROR 198.51.100.80", captureClient: passed, sidecarClient: passed}},
 		{"_https._tcp.auto.internal.", dns.TypeSRV, map[string]string{
 			ambientClient: "NOERROR 0 100 443 auto.internal.", plainClient: passed}},
 		{"1.0.240.240.in-addr.arpa.", dns.TypePTR, map[string]string{

@@ -93,3 +93,35 @@ func directOf(contributors []*entry.Entry, shared map[any]*table.Answer) (ans *t
 	}
 	return ans, false
 }
+
+// resolvedBy lists the names Envoy resolves itself for entry e, through
+// cluster DNS from its pod's address, and connects to uncaptured: the
+// host-name endpoints of a DNS or DNS_ROUND_ROBIN entry (a STRICT_DNS or
+// LOGICAL_DNS cluster's hosts). A sidecar pod asking for such a name must
+// get its real address, even when a ServiceEntry of its own declares it.
+// (The hosts of an entry without endpoints are its Resolved answers.)
+func resolvedBy(e *entry.Entry) []string {
+	if e.Resolution != networking.ServiceEntry_DNS && e.Resolution != networking.ServiceEntry_DNS_ROUND_ROBIN {
+		return nil
+	}
+	var names []string
+	for _, ep := range e.Endpoints {
+		if ep.Host != "" {
+			names = append(names, ep.Host)
+		}
+	}
+	return names
+}
+
+// countResolved adds delta to the count of each name Envoy resolves for e,
+// and marks those names to be rebuilt.
+func (s *store) countResolved(e *entry.Entry, delta int) {
+	for _, name := range resolvedBy(e) {
+		if n := s.envoyResolves[name] + delta; n > 0 {
+			s.envoyResolves[name] = n
+		} else {
+			delete(s.envoyResolves, name)
+		}
+		s.dirty[name] = true
+	}
+}

@@ -39,6 +39,9 @@ type store struct {
 	mu       sync.Mutex
 	entries  map[entry.Key]*entry.Entry // by kind and namespace/name
 	byHost   map[string][]*entry.Entry  // host -> the entries declaring it (usually one)
+	// envoyResolves counts, by host name, the DNS and DNS_ROUND_ROBIN
+	// entries whose Envoy cluster resolves that name (see resolvedBy).
+	envoyResolves map[string]int
 	building *table.Table               // the next table; equal to published while synced
 	synced   bool                       // a full read is complete: changes are published
 	dirty    map[string]bool            // hosts changed since the last publish
@@ -71,6 +74,8 @@ func newStore(legacy bool) *store {
 	s := &store{
 		entries:  make(map[entry.Key]*entry.Entry),
 		byHost:   make(map[string][]*entry.Entry),
+
+		envoyResolves: make(map[string]int),
 		building: table.NewTable(maphash.MakeSeed()),
 		dirty:    make(map[string]bool),
 
@@ -203,6 +208,7 @@ func (s *store) setLocked(key entry.Key, e *entry.Entry) {
 		if s.legacy != nil {
 			s.legacy.remove(old)
 		}
+		s.countResolved(old, -1)
 	}
 	if e == nil {
 		delete(s.entries, key)
@@ -213,6 +219,7 @@ func (s *store) setLocked(key entry.Key, e *entry.Entry) {
 		s.byHost[h.Name] = append(s.byHost[h.Name], e)
 		s.dirty[h.Name] = true
 	}
+	s.countResolved(e, 1)
 	if s.legacy != nil {
 		s.legacy.add(e)
 	}
@@ -385,6 +392,19 @@ type addrsKey struct {
 // slice in this publish: an entry with 256 hosts and 256 addresses costs one
 // answer, not 256 (memory follows what the entries say, not its product).
 func (s *store) answerFor(host, ns string, shared map[any]*table.Answer) *table.Answer {
+	ans := s.answerOf(host, ns, shared)
+	if ans == nil || ans.Resolved || s.envoyResolves[host] == 0 {
+		return ans
+	}
+	// Envoy resolves this name for a DNS entry: a copy, since answers are
+	// shared between the hosts of an entry.
+	own := *ans
+	own.Resolved = true
+	return &own
+}
+
+// answerOf is answerFor before the names Envoy resolves are told apart.
+func (s *store) answerOf(host, ns string, shared map[any]*table.Answer) *table.Answer {
 	contributors := s.contributors(host, ns)
 	switch len(contributors) {
 	case 0:

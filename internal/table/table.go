@@ -117,10 +117,11 @@ type Answer struct {
 	// Else answers the clients of a class below Reach; nil when nothing
 	// of ours reaches them: the name is then passed on.
 	Else *Answer
-	// Resolved says Envoy itself resolves the name (a DNS entry without
-	// endpoints): a sidecar's Envoy asks from the pod's address and must
-	// get the real answer, so for a pod with a sidecar the name is passed
-	// on whatever its class.
+	// Resolved says Envoy itself resolves the name (the host of a DNS entry
+	// without endpoints, or the host-name endpoint of a DNS entry): a
+	// sidecar's Envoy asks from the pod's address and must get the real
+	// answer, so for a pod with a sidecar the name is passed on whatever
+	// its class.
 	Resolved bool
 }
 
