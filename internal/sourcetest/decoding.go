@@ -328,3 +328,18 @@ func FuzzSameDecoding(f *testing.F, path DecodePath) {
 		SameDecoding(t, raw, path)
 	})
 }
+
+// UnknownResolutionList is a ServiceEntryList with one entry of a
+// resolution this build does not know (a newer Istio's), ns/new, beside a
+// valid one, ns/ok (192.0.2.2). t fails if Istio's typed decoder accepts it:
+// the tests that use it rest on the typed decoder failing the whole list.
+func UnknownResolutionList(t testing.TB) []byte {
+	t.Helper()
+	list := []byte(`{"apiVersion":"networking.istio.io/v1","kind":"ServiceEntryList","metadata":{"resourceVersion":"3"},"items":[` +
+		`{"metadata":{"name":"new","namespace":"ns"},"spec":{"hosts":["new.internal"],"addresses":["192.0.2.1"],"resolution":"SOMETHING_NEW"}},` +
+		`{"metadata":{"name":"ok","namespace":"ns"},"spec":{"hosts":["ok.internal"],"addresses":["192.0.2.2"],"resolution":"STATIC"}}]}`)
+	if _, _, err := TypedSerializer.Decode(list, nil, nil); err == nil {
+		t.Fatal("the typed decoder accepts an unknown resolution; this test's premise is gone")
+	}
+	return list
+}
