@@ -36,15 +36,15 @@ type storeClock interface {
 // Nothing is published from a partial read: until the source says a full read
 // is complete (markSynced), changes are only gathered.
 type store struct {
-	mu       sync.Mutex
-	entries  map[entry.Key]*entry.Entry // by kind and namespace/name
-	byHost   map[string][]*entry.Entry  // host -> the entries declaring it (usually one)
+	mu      sync.Mutex
+	entries map[entry.Key]*entry.Entry // by kind and namespace/name
+	byHost  map[string][]*entry.Entry  // host -> the entries declaring it (usually one)
 	// envoyResolves counts, by host name, the DNS and DNS_ROUND_ROBIN
 	// entries whose Envoy cluster resolves that name (see resolvedBy).
 	envoyResolves map[string]int
-	building *table.Table               // the next table; equal to published while synced
-	synced   bool                       // a full read is complete: changes are published
-	dirty    map[string]bool            // hosts changed since the last publish
+	building      *table.Table    // the next table; equal to published while synced
+	synced        bool            // a full read is complete: changes are published
+	dirty         map[string]bool // hosts changed since the last publish
 
 	// legacy is the allocator for "autoallocate legacy"; nil in other modes.
 	legacy *legacyAllocator
@@ -72,12 +72,12 @@ type store struct {
 
 func newStore(legacy bool) *store {
 	s := &store{
-		entries:  make(map[entry.Key]*entry.Entry),
-		byHost:   make(map[string][]*entry.Entry),
+		entries: make(map[entry.Key]*entry.Entry),
+		byHost:  make(map[string][]*entry.Entry),
 
 		envoyResolves: make(map[string]int),
-		building: table.NewTable(maphash.MakeSeed()),
-		dirty:    make(map[string]bool),
+		building:      table.NewTable(maphash.MakeSeed()),
+		dirty:         make(map[string]bool),
 
 		firstSynced: make(chan struct{}),
 		clock:       clock.RealClock{},
