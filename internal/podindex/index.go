@@ -85,15 +85,6 @@ func shardOf(ip netip.Addr) int {
 	return int(h >> (64 - clientShardBits))
 }
 
-// NamespaceOf returns the namespace of the pod that holds ip, or "" when no
-// known pod does (host-network pods, nodes, NodeLocal DNSCache, unknown, or
-// before the pod informer has synced). It is on the query path, so it takes no
-// lock and allocates nothing. ip may be an IPv4-mapped IPv6 address, as a
-// dual-stack socket reports an IPv4 client.
-func (c *Index) NamespaceOf(ip netip.Addr) string {
-	return c.Lookup(ip).Namespace
-}
-
 // Lookup returns the pod that holds ip: its namespace and marks, or the zero
 // Client (no namespace, no mark: a client outside the mesh) when no known pod
 // does or before the first list is complete. It takes no lock and allocates

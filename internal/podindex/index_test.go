@@ -30,8 +30,8 @@ func filledIndex(n int) (*Index, []netip.Addr) {
 	return idx, ips
 }
 
-// TestClientIndexNamespaceOfAllocs: the lookup is on the query path.
-func TestClientIndexNamespaceOfAllocs(t *testing.T) {
+// TestClientIndexLookupAllocs: the lookup is on the query path.
+func TestClientIndexLookupAllocs(t *testing.T) {
 	idx, _ := filledIndex(1000)
 	unsynced := New()
 	for _, tc := range []struct {
@@ -48,10 +48,10 @@ func TestClientIndexNamespaceOfAllocs(t *testing.T) {
 		{"not synced", unsynced, netip.MustParseAddr("10.0.0.7"), ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := tc.idx.NamespaceOf(tc.ip); got != tc.want {
+			if got := tc.idx.Lookup(tc.ip).Namespace; got != tc.want {
 				t.Fatalf("%s -> %q, want %q", tc.ip, got, tc.want)
 			}
-			if n := testing.AllocsPerRun(1000, func() { tc.idx.NamespaceOf(tc.ip) }); n != 0 {
+			if n := testing.AllocsPerRun(1000, func() { _ = tc.idx.Lookup(tc.ip) }); n != 0 {
 				t.Fatalf("%v allocations per lookup, want 0", n)
 			}
 		})
@@ -81,10 +81,10 @@ func TestClientIndexCopiesOnlyTouchedShards(t *testing.T) {
 	if got := (*before[shardOf(moved)])[moved]; got.Namespace != "ns7" {
 		t.Errorf("a reader's old shard changed under it: %q", got.Namespace)
 	}
-	if got := idx.NamespaceOf(moved); got != "" {
+	if got := idx.Lookup(moved).Namespace; got != "" {
 		t.Errorf("old IP: %q, want none", got)
 	}
-	if got := idx.NamespaceOf(fresh); got != "ns7" {
+	if got := idx.Lookup(fresh).Namespace; got != "ns7" {
 		t.Errorf("new IP: %q, want ns7", got)
 	}
 }
@@ -159,7 +159,7 @@ func TestClientIndexConcurrentReaders(t *testing.T) {
 					started.Done()
 				}
 				ip := read[i%len(read)]
-				got := idx.NamespaceOf(ip)
+				got := idx.Lookup(ip).Namespace
 				reads.Add(1)
 				if !slices.Contains(allowed[ip], got) {
 					mu.Lock()
@@ -197,18 +197,18 @@ func TestClientIndexConcurrentReaders(t *testing.T) {
 		want.Set(key, c)
 	}
 	for _, ip := range ips {
-		if got, w := idx.NamespaceOf(ip), want.NamespaceOf(ip); got != w {
+		if got, w := idx.Lookup(ip).Namespace, want.Lookup(ip).Namespace; got != w {
 			t.Errorf("after the churn %s -> %q, but %q in an index built from the last claims", ip, got, w)
 		}
 	}
 }
 
-func BenchmarkNamespaceOf(b *testing.B) {
+func BenchmarkLookup(b *testing.B) {
 	idx, ips := filledIndex(10000)
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {
-		idx.NamespaceOf(ips[i%len(ips)])
+		_ = idx.Lookup(ips[i%len(ips)])
 		i++
 	}
 }

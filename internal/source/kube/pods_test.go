@@ -230,7 +230,7 @@ func TestPodRelistRemoves(t *testing.T) {
 	idx.MarkSynced()
 	replace(a, testPod("ns1", "y", 0, "10.1.0.2"))
 	for ip, want := range map[string]string{"10.1.0.1": "", "10.1.0.2": "ns1", "10.1.0.3": "ns2"} {
-		if got := idx.NamespaceOf(netip.MustParseAddr(ip)); got != want {
+		if got := idx.Lookup(netip.MustParseAddr(ip)).Namespace; got != want {
 			t.Errorf("%s after ns1's relist: %q, want %q", ip, got, want)
 		}
 	}
@@ -315,7 +315,7 @@ func TestPodSourceClaims(t *testing.T) {
 				}
 				podBarrier(t, client, idx, i)
 				for ip, want := range s.want {
-					if got := idx.NamespaceOf(netip.MustParseAddr(ip)); got != want {
+					if got := idx.Lookup(netip.MustParseAddr(ip)).Namespace; got != want {
 						t.Errorf("step %d (%s %s/%s): %s -> %q, want %q", i, s.op, s.pod.Namespace, s.pod.Name, ip, got, want)
 					}
 				}
@@ -341,7 +341,7 @@ func podBarrier(t *testing.T, client *fake.Clientset, idx *podindex.Index, step 
 	if err != nil {
 		t.Fatalf("moving the barrier pod: %v", err)
 	}
-	sourcetest.Eventually(t, "barrier at "+ip, func() bool { return idx.NamespaceOf(netip.MustParseAddr(ip)) == "barrier" })
+	sourcetest.Eventually(t, "barrier at "+ip, func() bool { return idx.Lookup(netip.MustParseAddr(ip)).Namespace == "barrier" })
 }
 
 // TestPodSourceDeleteForms: a deletion removes the claim whether the
@@ -362,17 +362,17 @@ func TestPodSourceDeleteForms(t *testing.T) {
 			a, b := testPod("ns1", "a", 1, x), testPod("ns2", "b", 2, x)
 			idx, p := startPods(t, newFakePods(t, a, b))
 			addr := netip.MustParseAddr(x)
-			if got := idx.NamespaceOf(addr); got != "ns2" {
+			if got := idx.Lookup(addr).Namespace; got != "ns2" {
 				t.Fatalf("before the deletion: %q, want ns2", got)
 			}
 			p.stores[0].Delete(tc.obj)
-			if got := idx.NamespaceOf(addr); got != "ns1" {
+			if got := idx.Lookup(addr).Namespace; got != "ns1" {
 				t.Fatalf("after the deletion: %q, want ns1", got)
 			}
 			// A stale update after the deletion would be a new pod of that
 			// name; a repeated deletion changes nothing.
 			p.stores[0].Delete(tc.obj)
-			if got := idx.NamespaceOf(addr); got != "ns1" {
+			if got := idx.Lookup(addr).Namespace; got != "ns1" {
 				t.Fatalf("after a repeated deletion: %q, want ns1", got)
 			}
 		})
@@ -399,7 +399,7 @@ func TestPodSourceNamespaces(t *testing.T) {
 			idx, p := startPods(t, newFakePods(t, pods...), tc.namespaces...)
 			for i, want := range tc.want {
 				ip := netip.AddrFrom4([4]byte{10, 1, 0, byte(i + 1)})
-				if got := idx.NamespaceOf(ip); got != want {
+				if got := idx.Lookup(ip).Namespace; got != want {
 					t.Errorf("%s -> %q, want %q", ip, got, want)
 				}
 			}
@@ -432,12 +432,12 @@ func TestPodSourceSyncedAfterFirstList(t *testing.T) {
 	if idx.Synced() {
 		t.Fatal("synced before the list returned")
 	}
-	if got := idx.NamespaceOf(netip.MustParseAddr("10.1.0.9")); got != "" {
+	if got := idx.Lookup(netip.MustParseAddr("10.1.0.9")).Namespace; got != "" {
 		t.Fatalf("before the sync: %q, want none", got)
 	}
 	once.Do(func() { close(release) })
 	sourcetest.Eventually(t, "synced", idx.Synced)
-	if got := idx.NamespaceOf(ip); got != "ns1" {
+	if got := idx.Lookup(ip).Namespace; got != "ns1" {
 		t.Fatalf("after the sync: %q, want ns1", got)
 	}
 }
@@ -466,7 +466,7 @@ func TestPodSourceStopLeavesNoGoroutine(t *testing.T) {
 				if _, err := client.CoreV1().Pods("ns1").Create(context.Background(), testPod("ns1", "b", 1, "10.1.0.2"), metav1.CreateOptions{}); err != nil {
 					t.Fatal(err)
 				}
-				sourcetest.Eventually(t, "new pod", func() bool { return idx.NamespaceOf(netip.MustParseAddr("10.1.0.2")) == "ns1" })
+				sourcetest.Eventually(t, "new pod", func() bool { return idx.Lookup(netip.MustParseAddr("10.1.0.2")).Namespace == "ns1" })
 			}
 			p.stop()
 			// goleak waits for goroutines to end, while stop promises they
@@ -560,7 +560,7 @@ func podCacheMemory(b *testing.B, pods, namespaces int) (total, reader float64) 
 			b.Fatal("pod reader not synced")
 		}
 	}
-	if got := idx.NamespaceOf(benchPodIP(pods - 1)); got != benchPodNamespace(pods-1, namespaces) {
+	if got := idx.Lookup(benchPodIP(pods - 1)).Namespace; got != benchPodNamespace(pods-1, namespaces) {
 		b.Fatalf("last pod's namespace %q", got)
 	}
 	synced := liveHeap()
