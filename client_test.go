@@ -1,6 +1,7 @@
 package serviceentry
 
 import (
+	"context"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -9,8 +10,12 @@ import (
 	"github.com/coredns-serviceentry/serviceentry/internal/entry"
 	"github.com/coredns-serviceentry/serviceentry/internal/podindex"
 	"github.com/coredns-serviceentry/serviceentry/internal/reach"
+	"github.com/coredns/coredns/core/dnsserver"
+	"github.com/coredns/coredns/plugin/pkg/dnstest"
 	"github.com/coredns/coredns/plugin/pkg/fall"
+	"github.com/coredns/coredns/plugin/test"
 	"github.com/miekg/dns"
+	dto "github.com/prometheus/client_model/go"
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
 )
@@ -228,6 +233,45 @@ func TestSearchPathThatReaches(t *testing.T) {
 	} {
 		if got := askFrom(t, se, c.client, c.name, dns.TypeA); got != c.want {
 			t.Errorf("%s from %s: got %q, want %q", c.name, c.client, got, c.want)
+		}
+	}
+}
+
+// TestAnswersCountedByClass: each answer is counted once under the server
+// that asked, the instance's zones and the class of the client, including
+// when one instance serves two servers in turn.
+func TestAnswersCountedByClass(t *testing.T) {
+	st := storeFrom(t, entry.Options{}, reachEntries)
+	st.clients = reachClients(t)
+	se := (&ServiceEntry{Zones: []string{"internal."}, TTL: 30, clients: clientsByPod,
+		zonesLabel: "counted.internal."}).attach(st)
+	count := func(server string, class reach.Class) float64 {
+		var m dto.Metric
+		if err := answersTotal.WithLabelValues(server, se.zonesLabel, class.String()).Write(&m); err != nil {
+			t.Fatal(err)
+		}
+		return m.GetCounter().GetValue()
+	}
+	asks := []struct {
+		server, client string
+		class          reach.Class
+	}{
+		{"dns://:1053", ambientClient, reach.Mesh},
+		{"dns://:1053", sidecarClient, reach.DeclaredOnly},
+		{"dns://:1054", plainClient, reach.Outside},
+		{"dns://:1053", plainClient, reach.Outside},
+		{"dns://:1054", ambientClient, reach.Mesh},
+	}
+	for _, a := range asks {
+		before := count(a.server, a.class)
+		ctx := context.WithValue(context.Background(), dnsserver.Key{}, &dnsserver.Server{Addr: a.server})
+		rec := dnstest.NewRecorder(&test.ResponseWriter{RemoteIP: a.client})
+		se.ServeDNS(ctx, rec, new(dns.Msg).SetQuestion("static.internal.", dns.TypeA))
+		if rec.Msg == nil || len(rec.Msg.Answer) == 0 {
+			t.Fatalf("%s from %s: not answered", a.server, a.client)
+		}
+		if got := count(a.server, a.class) - before; got != 1 {
+			t.Errorf("%s from %s: counted %v times under class %s, want once", a.server, a.client, got, a.class)
 		}
 	}
 }
