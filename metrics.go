@@ -42,7 +42,46 @@ var (
 
 // countAnswer counts one served name answered for a client of class.
 func (se *ServiceEntry) countAnswer(ctx context.Context, class reach.Class) {
-	answersTotal.WithLabelValues(metrics.WithServer(ctx), se.zonesLabel, class.String()).Inc()
+	se.answerCounters(metrics.WithServer(ctx))[class].Inc()
+}
+
+// answerCounters holds one server's answer counters, one per class, so that
+// counting an answer is one atomic add: looking a series up by its label
+// values hashes the three strings on every answer.
+type answerCounters struct {
+	server  string
+	byClass [reach.Mesh + 1]prometheus.Counter
+}
+
+// answerCounters returns the counters of server. An instance answers for the
+// servers of its block (one per address it listens on), so the list is short
+// and a server's counters are added to it once, copy on write.
+func (se *ServiceEntry) answerCounters(server string) *[reach.Mesh + 1]prometheus.Counter {
+	if list := se.counters.Load(); list != nil {
+		for _, c := range *list {
+			if c.server == server {
+				return &c.byClass
+			}
+		}
+	}
+	se.countersMu.Lock()
+	defer se.countersMu.Unlock()
+	var list []*answerCounters
+	if old := se.counters.Load(); old != nil {
+		list = *old
+		for _, c := range list {
+			if c.server == server {
+				return &c.byClass
+			}
+		}
+	}
+	c := &answerCounters{server: server}
+	for class := range c.byClass {
+		c.byClass[class] = answersTotal.WithLabelValues(server, se.zonesLabel, reach.Class(class).String())
+	}
+	list = append(slices.Clip(list), c)
+	se.counters.Store(&list)
+	return &c.byClass
 }
 
 // skipTally counts, by reason, the items one source left out. A source's

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"sync"
 	"sync/atomic"
 
 	"github.com/coredns-serviceentry/serviceentry/internal/reach"
@@ -44,6 +45,10 @@ type ServiceEntry struct {
 	clients clientMode
 	// zonesLabel is the value of the zones label of the plugin's metrics.
 	zonesLabel string
+	// counters are the answer counters of each server answered for; a
+	// server's are added under countersMu.
+	counters   atomic.Pointer[[]*answerCounters]
+	countersMu sync.Mutex
 
 	// store is the one of the source this instance answers from. OnStartup
 	// attaches it (a reload may hand over a running one), so it is read
