@@ -399,6 +399,24 @@ func addressRecords(owner string, qtype uint16, ttl uint32, ips []net.IP) []dns.
 		return nil
 	}
 	hdr := dns.RR_Header{Name: owner, Rrtype: qtype, Class: dns.ClassINET, Ttl: ttl}
+	if len(ips) == 1 {
+		// Most hosts have one address of a family: the record and the
+		// slice holding it are one allocation.
+		if qtype == dns.TypeA {
+			one := &struct {
+				rrs [1]dns.RR
+				rec dns.A
+			}{rec: dns.A{Hdr: hdr, A: ips[0]}}
+			one.rrs[0] = &one.rec
+			return one.rrs[:]
+		}
+		one := &struct {
+			rrs [1]dns.RR
+			rec dns.AAAA
+		}{rec: dns.AAAA{Hdr: hdr, AAAA: ips[0]}}
+		one.rrs[0] = &one.rec
+		return one.rrs[:]
+	}
 	rrs := make([]dns.RR, len(ips))
 	if qtype == dns.TypeA {
 		recs := make([]dns.A, len(ips))
