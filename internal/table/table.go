@@ -110,13 +110,16 @@ type Answer struct {
 	// Target, when set, is the host the name is an alias of (a CNAME): what
 	// Envoy connects to for it. The answer then has no address of its own.
 	Target string
-	// Reach is the least class of client that routes the addresses:
-	// auto-allocated ones need a mesh client, declared ones a sidecar,
-	// real destinations (endpoints, a NONE entry's addresses) none.
-	Reach reach.Class
 	// Else answers the clients of a class below Reach; nil when nothing
 	// of ours reaches them: the name is then passed on.
 	Else *Answer
+	// Reach is the least class of client that routes the addresses:
+	// auto-allocated ones need a mesh client, declared ones a sidecar,
+	// real destinations (endpoints, a NONE entry's addresses) none.
+	// It sits beside Resolved so that the two share one word: the table
+	// holds an answer per name, and a word more puts it in a larger size
+	// class.
+	Reach reach.Class
 	// Resolved says Envoy itself resolves the name (the host of a DNS entry
 	// without endpoints, or the host-name endpoint of a DNS entry): a
 	// sidecar's Envoy asks from the pod's address and must get the real
