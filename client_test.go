@@ -275,3 +275,28 @@ func TestAnswersCountedByClass(t *testing.T) {
 		}
 	}
 }
+
+// TestSelectorEntryIsNotResolvedByEnvoy: a DNS entry with a workload
+// selector sends Envoy to the workloads it selects, not to its own host, so a
+// sidecar without DNS capture gets the entry's declared address like any
+// declared host, instead of the real answer of the host.
+func TestSelectorEntryIsNotResolvedByEnvoy(t *testing.T) {
+	st := storeFrom(t, entry.Options{}, `
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: selects, namespace: ns}
+spec: {hosts: [selects.internal], addresses: [10.9.0.3], resolution: DNS, workloadSelector: {labels: {app: db}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: own, namespace: ns}
+spec: {hosts: [own.internal], addresses: [10.9.0.4], resolution: DNS}
+`)
+	st.clients = reachClients(t)
+	se := (&ServiceEntry{Zones: []string{"internal."}, TTL: 30, clients: clientsByPod}).attach(st)
+	for name, want := range map[string]string{"selects.internal.": "NOERROR 10.9.0.3", "own.internal.": passedOn} {
+		if got := askFrom(t, se, sidecarClient, name, dns.TypeA); got != want {
+			t.Errorf("%s from a sidecar without DNS capture: got %q, want %q", name, got, want)
+		}
+	}
+}

@@ -42,9 +42,10 @@ func reachOf(e *entry.Entry, h *entry.Host) reach.Class {
 //     host-name endpoint (one name can alias one target);
 //   - DNS_ROUND_ROBIN (LOGICAL_DNS, Envoy uses the first endpoint only): that
 //     endpoint, as an address or a CNAME;
-//   - DNS or DNS_ROUND_ROBIN without endpoints: Envoy resolves the host
-//     itself, so the real answer is the next plugin's: nil, and resolved is
-//     true (a sidecar's Envoy asking for it must get it too);
+//   - DNS or DNS_ROUND_ROBIN without endpoints and without a workload
+//     selector: Envoy resolves the host itself, so the real answer is the
+//     next plugin's: nil, and resolved is true (a sidecar's Envoy asking
+//     for it must get it too);
 //   - anything else (DYNAMIC_DNS, NONE without reachable addresses): nil,
 //     the name is passed on.
 //
@@ -59,7 +60,9 @@ func directOf(contributors []*entry.Entry, shared map[any]*table.Answer) (ans *t
 		return nil, false
 	}
 	if len(oldest.Endpoints) == 0 {
-		return nil, resolution != networking.ServiceEntry_STATIC
+		// With a workload selector Envoy's endpoints are the selected
+		// workloads, never the host itself.
+		return nil, resolution != networking.ServiceEntry_STATIC && oldest.Selector == nil
 	}
 	type directKey struct{ e *entry.Entry }
 	if len(contributors) == 1 {

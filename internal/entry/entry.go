@@ -1,6 +1,7 @@
 package entry
 
 import (
+	"maps"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -39,6 +40,11 @@ type Entry struct {
 	// Endpoints are the addresses of spec.endpoints that DNS can give, in
 	// order: read for STATIC, DNS and DNS_ROUND_ROBIN entries only.
 	Endpoints []Endpoint
+	// Selector is spec.workloadSelector's labels: nil when the entry has
+	// none, empty when it selects every workload of its namespace. With a
+	// selector Istio takes the entry's endpoints from the workloads it
+	// selects and ignores spec.endpoints.
+	Selector map[string]string
 
 	// exportedTo is nil for a public entry, visible to every client
 	// namespace (exportTo empty, the mesh default, or holding "*"; every
@@ -119,6 +125,7 @@ const (
 	ReasonStatusUnknownHost    = "status_unknown_host"
 	ReasonInvalidPort          = "invalid_port"
 	ReasonInvalidEndpoint      = "invalid_endpoint"
+	ReasonInvalidSelector      = "invalid_selector"
 )
 
 // Kind is the kind of object a key names.
@@ -248,11 +255,29 @@ func convert(meta *metav1.ObjectMeta, spec *slimSpec, status *slimStatus, opts O
 	var portSkips, endpointSkips []Skip
 	e.Ports, portSkips = parsePorts(spec.Ports)
 	e.Resolution = resolution
+	var selectorSkips []Skip
+	e.Selector, selectorSkips = parseSelector(spec.Selector)
 	switch resolution {
 	case networking.ServiceEntry_STATIC, networking.ServiceEntry_DNS, networking.ServiceEntry_DNS_ROUND_ROBIN:
-		e.Endpoints, endpointSkips = parseEndpoints(spec.Endpoints)
+		if spec.Selector == nil {
+			e.Endpoints, endpointSkips = parseEndpoints(spec.Endpoints)
+		}
 	}
-	return e, append(append(skips, portSkips...), endpointSkips...)
+	return e, slices.Concat(skips, portSkips, endpointSkips, selectorSkips)
+}
+
+// parseSelector validates spec.workloadSelector's labels as Istio's
+// validation does (ValidateAlphaWorkloadSelector, pkg/config/validation): no
+// empty key, no "*" in a key or a value. Istio refuses the whole entry for
+// such a label; here the selector alone is left out, so the entry selects
+// nothing.
+func parseSelector(labels map[string]string) (map[string]string, []Skip) {
+	for _, k := range slices.Sorted(maps.Keys(labels)) {
+		if v := labels[k]; k == "" || strings.Contains(k, "*") || strings.Contains(v, "*") {
+			return nil, []Skip{{Reason: ReasonInvalidSelector, Item: k + "=" + v}}
+		}
+	}
+	return labels, nil
 }
 
 // parseEndpoints validates the addresses of spec.endpoints one by one: an IP

@@ -1,6 +1,7 @@
 package entry
 
 import (
+	"maps"
 	"strings"
 	"testing"
 
@@ -98,5 +99,47 @@ spec:
 	}
 	if len(e.Hosts) != 1 || e.Hosts[0].Name != "good.internal" || len(e.Hosts[0].Addrs) != 1 {
 		t.Fatalf("got %+v, want good.internal with one address", e.Hosts)
+	}
+}
+
+// TestWorkloadSelector: the selector's labels are kept (empty when it has
+// none: every workload of the namespace); a label Istio refuses leaves the
+// selector out with a skip; with a selector, spec.endpoints are not the
+// entry's endpoints, as in Istio's ServiceEntry controller.
+func TestWorkloadSelector(t *testing.T) {
+	for _, c := range []struct {
+		name, spec string
+		want       map[string]string
+		endpoints  int
+		reasons    string
+	}{
+		{"labels", `{hosts: [a.internal], resolution: NONE, workloadSelector: {labels: {app: db}}}`, map[string]string{"app": "db"}, 0, ""},
+		{"no labels", `{hosts: [a.internal], resolution: NONE, workloadSelector: {}}`, map[string]string{}, 0, ""},
+		{"none", `{hosts: [a.internal], resolution: NONE}`, nil, 0, ""},
+		{"wildcard value", `{hosts: [a.internal], resolution: NONE, workloadSelector: {labels: {app: "db*", b: c}}}`, nil, 0, "invalid_selector"},
+		{"empty key", `{hosts: [a.internal], resolution: NONE, workloadSelector: {labels: {"": db}}}`, nil, 0, "invalid_selector"},
+		{"with endpoints", `{hosts: [a.internal], resolution: DNS, endpoints: [{address: 192.0.2.1}], workloadSelector: {labels: {app: db}}}`,
+			map[string]string{"app": "db"}, 0, ""},
+		{"endpoints only", `{hosts: [a.internal], resolution: DNS, endpoints: [{address: 192.0.2.1}]}`, nil, 1, ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var se ServiceEntry
+			doc := "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: s, namespace: ns}\nspec: " + c.spec
+			if err := yaml.Unmarshal([]byte(doc), &se); err != nil {
+				t.Fatal(err)
+			}
+			e, skips, err := se.Entry(Options{})
+			if err != nil || e == nil {
+				t.Fatalf("%v, entry %v", err, e)
+			}
+			var reasons []string
+			for _, s := range skips {
+				reasons = append(reasons, s.Reason)
+			}
+			if (e.Selector == nil) != (c.want == nil) || !maps.Equal(e.Selector, c.want) || len(e.Endpoints) != c.endpoints ||
+				strings.Join(reasons, ",") != c.reasons {
+				t.Errorf("selector %v, %d endpoints, skips %v; want %v, %d, %q", e.Selector, len(e.Endpoints), reasons, c.want, c.endpoints, c.reasons)
+			}
+		})
 	}
 }

@@ -77,6 +77,9 @@ type slimSpec struct {
 	Resolution slimResolution
 	ExportTo   []string
 	Endpoints  []slimEndpoint
+	// Selector is spec.workloadSelector's labels: nil without a selector,
+	// non-nil (empty: every workload of the namespace) with one.
+	Selector map[string]string
 }
 
 // slimSpecJSON is slimSpec as jsonpb reads it: keys match exactly, as
@@ -92,6 +95,25 @@ type slimSpecJSON struct {
 	ExportTo      presentStrings  `json:"exportTo"`
 	ExportToProto json.RawMessage `json:"export_to"`
 	Endpoints     []slimEndpoint  `json:"endpoints"`
+	Selector      presentSelector `json:"workloadSelector"`
+	SelectorProto json.RawMessage `json:"workload_selector"`
+}
+
+// slimSelector is spec.workloadSelector.
+type slimSelector struct {
+	Labels map[string]string `json:"labels"`
+}
+
+// presentSelector tells workloadSelector absent from one given (even as
+// null, which is no selector but still hides workload_selector from jsonpb).
+type presentSelector struct {
+	present bool
+	value   *slimSelector
+}
+
+func (p *presentSelector) UnmarshalJSON(b []byte) error {
+	p.present = true
+	return kjson.UnmarshalCaseSensitivePreserveInts(b, &p.value)
 }
 
 // slimEndpoint is what convert reads of one of spec.endpoints (a
@@ -112,6 +134,20 @@ func (s *slimSpec) UnmarshalJSON(b []byte) error {
 		// value that the JSON name overrides.
 		if err := json.Unmarshal(in.ExportToProto, &s.ExportTo); err != nil {
 			return err
+		}
+	}
+	selector := in.Selector.value
+	if !in.Selector.present && in.SelectorProto != nil {
+		// As for exportTo: the proto name counts when the JSON name is
+		// absent.
+		if err := kjson.UnmarshalCaseSensitivePreserveInts(in.SelectorProto, &selector); err != nil {
+			return err
+		}
+	}
+	if selector != nil {
+		s.Selector = selector.Labels
+		if s.Selector == nil {
+			s.Selector = map[string]string{}
 		}
 	}
 	return nil
@@ -236,6 +272,12 @@ func Convert(meta *metav1.ObjectMeta, spec *networking.ServiceEntry, status *net
 	for _, ep := range spec.GetEndpoints() {
 		slim.Endpoints = append(slim.Endpoints, slimEndpoint{Address: ep.GetAddress()})
 	}
+	if ws := spec.GetWorkloadSelector(); ws != nil {
+		slim.Selector = maps.Clone(ws.GetLabels())
+		if slim.Selector == nil {
+			slim.Selector = map[string]string{}
+		}
+	}
 	var st slimStatus
 	for _, a := range status.GetAddresses() {
 		st.Addresses = append(st.Addresses, slimStatusAddress{Value: a.GetValue(), Host: a.GetHost()})
@@ -259,6 +301,7 @@ func (se *ServiceEntry) DeepCopyObject() runtime.Object {
 	out.Spec.Ports = slices.Clone(se.Spec.Ports)
 	out.Spec.ExportTo = slices.Clone(se.Spec.ExportTo)
 	out.Spec.Endpoints = slices.Clone(se.Spec.Endpoints)
+	out.Spec.Selector = maps.Clone(se.Spec.Selector)
 	out.Status.Addresses = slices.Clone(se.Status.Addresses)
 	return &out
 }

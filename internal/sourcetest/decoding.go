@@ -108,7 +108,7 @@ func pruned(raw []byte) ([]byte, bool) {
 		out["metadata"] = keep(m, "name", "namespace", "creationTimestamp", "labels")
 	}
 	if s, ok := out["spec"]; ok {
-		spec := keep(s, "hosts", "addresses", "ports", "resolution", "exportTo", "export_to")
+		spec := keep(s, "hosts", "addresses", "ports", "resolution", "exportTo", "export_to", "workloadSelector", "workload_selector")
 		if m, ok := spec.(map[string]any); ok {
 			if ports, ok := m["ports"].([]any); ok {
 				for i, p := range ports {
@@ -215,29 +215,38 @@ func RepositoryFixtures(t testing.TB) map[string][]byte {
 func EdgeDocuments() map[string][]byte {
 	const head = `{"apiVersion":"networking.istio.io/v1","kind":"ServiceEntry","metadata":{"name":"e","namespace":"ns","creationTimestamp":"2024-01-02T03:04:05Z","labels":{"networking.istio.io/enable-autoallocate-ip":"false"}},`
 	specs := map[string]string{
-		"export_to":            `"spec":{"hosts":["a.internal"],"addresses":["192.0.2.1"],"export_to":["."]}`,
-		"export_to and json":   `"spec":{"hosts":["a.internal"],"addresses":["192.0.2.1"],"export_to":[5],"exportTo":["ns2"]}`,
-		"exportTo null":        `"spec":{"hosts":["a.internal"],"addresses":["192.0.2.1"],"export_to":["x"],"exportTo":null}`,
-		"quoted port":          `"spec":{"hosts":["a.internal"],"addresses":["192.0.2.1"],"ports":[{"number":"53","name":"dns","protocol":"UDP"}]}`,
-		"float port":           `"spec":{"hosts":["a.internal"],"ports":[{"number":53.5,"name":"dns"}]}`,
-		"negative port":        `"spec":{"hosts":["a.internal"],"ports":[{"number":-1,"name":"dns"}]}`,
-		"null port":            `"spec":{"hosts":["a.internal"],"addresses":["192.0.2.1"],"ports":[null,{"number":null}]}`,
-		"resolution number":    `"spec":{"hosts":["a.internal"],"resolution":4}`,
-		"resolution undefined": `"spec":{"hosts":["a.internal"],"resolution":99}`,
-		"resolution unknown":   `"spec":{"hosts":["a.internal"],"resolution":"SOMETHING_NEW"}`,
-		"resolution lower":     `"spec":{"hosts":["a.internal"],"resolution":"dns"}`,
-		"resolution null":      `"spec":{"hosts":["a.internal"],"resolution":null}`,
-		"resolution empty":     `"spec":{"hosts":["a.internal"],"resolution":""}`,
-		"resolution NONE":      `"spec":{"hosts":["a.internal","b.internal"],"resolution":"NONE"},"status":{"addresses":[{"value":"240.240.0.1","host":"a.internal"}]}`,
-		"keys in another case": `"spec":{"Hosts":["a.internal"],"hosts":["b.internal"],"ADDRESSES":["192.0.2.1"]}`,
-		"host null":            `"spec":{"hosts":[null,"a.internal"],"addresses":["192.0.2.1"]}`,
-		"host number":          `"spec":{"hosts":[1],"addresses":["192.0.2.1"]}`,
-		"spec string":          `"spec":"x"`,
-		"spec null":            `"spec":null`,
-		"status":               `"spec":{"hosts":["a.internal","*.w.internal"],"resolution":"DYNAMIC_DNS"},"status":{"addresses":[{"value":"240.240.0.1","host":"a.internal"},{"value":"2001:2::1","host":"a.internal"},{"value":"240.240.0.2","host":"*.w.internal"},{"value":"x","host":"zz"}]}`,
-		"status conditions":    `"spec":{"hosts":["a.internal"]},"status":{"conditions":[{"type":5}],"addresses":[{"value":"240.240.0.1","host":"a.internal"}]}`,
-		"status bad address":   `"spec":{"hosts":["a.internal"]},"status":{"addresses":[{"value":5}]}`,
-		"endpoints wrong":      `"spec":{"hosts":["a.internal"],"addresses":["192.0.2.1"],"endpoints":"x","location":"NOWHERE"}`,
+		"export_to":              `"spec":{"hosts":["a.internal"],"addresses":["192.0.2.1"],"export_to":["."]}`,
+		"export_to and json":     `"spec":{"hosts":["a.internal"],"addresses":["192.0.2.1"],"export_to":[5],"exportTo":["ns2"]}`,
+		"exportTo null":          `"spec":{"hosts":["a.internal"],"addresses":["192.0.2.1"],"export_to":["x"],"exportTo":null}`,
+		"quoted port":            `"spec":{"hosts":["a.internal"],"addresses":["192.0.2.1"],"ports":[{"number":"53","name":"dns","protocol":"UDP"}]}`,
+		"float port":             `"spec":{"hosts":["a.internal"],"ports":[{"number":53.5,"name":"dns"}]}`,
+		"negative port":          `"spec":{"hosts":["a.internal"],"ports":[{"number":-1,"name":"dns"}]}`,
+		"null port":              `"spec":{"hosts":["a.internal"],"addresses":["192.0.2.1"],"ports":[null,{"number":null}]}`,
+		"resolution number":      `"spec":{"hosts":["a.internal"],"resolution":4}`,
+		"resolution undefined":   `"spec":{"hosts":["a.internal"],"resolution":99}`,
+		"resolution unknown":     `"spec":{"hosts":["a.internal"],"resolution":"SOMETHING_NEW"}`,
+		"resolution lower":       `"spec":{"hosts":["a.internal"],"resolution":"dns"}`,
+		"resolution null":        `"spec":{"hosts":["a.internal"],"resolution":null}`,
+		"resolution empty":       `"spec":{"hosts":["a.internal"],"resolution":""}`,
+		"resolution NONE":        `"spec":{"hosts":["a.internal","b.internal"],"resolution":"NONE"},"status":{"addresses":[{"value":"240.240.0.1","host":"a.internal"}]}`,
+		"keys in another case":   `"spec":{"Hosts":["a.internal"],"hosts":["b.internal"],"ADDRESSES":["192.0.2.1"]}`,
+		"host null":              `"spec":{"hosts":[null,"a.internal"],"addresses":["192.0.2.1"]}`,
+		"host number":            `"spec":{"hosts":[1],"addresses":["192.0.2.1"]}`,
+		"spec string":            `"spec":"x"`,
+		"spec null":              `"spec":null`,
+		"status":                 `"spec":{"hosts":["a.internal","*.w.internal"],"resolution":"DYNAMIC_DNS"},"status":{"addresses":[{"value":"240.240.0.1","host":"a.internal"},{"value":"2001:2::1","host":"a.internal"},{"value":"240.240.0.2","host":"*.w.internal"},{"value":"x","host":"zz"}]}`,
+		"status conditions":      `"spec":{"hosts":["a.internal"]},"status":{"conditions":[{"type":5}],"addresses":[{"value":"240.240.0.1","host":"a.internal"}]}`,
+		"status bad address":     `"spec":{"hosts":["a.internal"]},"status":{"addresses":[{"value":5}]}`,
+		"endpoints wrong":        `"spec":{"hosts":["a.internal"],"addresses":["192.0.2.1"],"endpoints":"x","location":"NOWHERE"}`,
+		"selector":               `"spec":{"hosts":["a.internal"],"resolution":"NONE","ports":[{"number":80,"name":"http"}],"workloadSelector":{"labels":{"app":"db","tier":"x"}}}`,
+		"selector empty":         `"spec":{"hosts":["a.internal"],"resolution":"NONE","workloadSelector":{}}`,
+		"selector no labels":     `"spec":{"hosts":["a.internal"],"resolution":"NONE","workloadSelector":{"labels":null}}`,
+		"selector proto name":    `"spec":{"hosts":["a.internal"],"resolution":"NONE","workload_selector":{"labels":{"app":"db"}}}`,
+		"selector null":          `"spec":{"hosts":["a.internal"],"resolution":"NONE","workloadSelector":null,"workload_selector":{"labels":{"app":"db"}}}`,
+		"selector both names":    `"spec":{"hosts":["a.internal"],"resolution":"NONE","workloadSelector":{"labels":{"app":"a"}},"workload_selector":{"labels":{"app":"b"}}}`,
+		"selector invalid":       `"spec":{"hosts":["a.internal"],"resolution":"NONE","workloadSelector":{"labels":{"app":"*","":"x"}}}`,
+		"selector number":        `"spec":{"hosts":["a.internal"],"resolution":"NONE","workloadSelector":{"labels":{"app":5}}}`,
+		"selector and endpoints": `"spec":{"hosts":["a.internal"],"addresses":["10.0.0.1"],"resolution":"DNS","endpoints":[{"address":"192.0.2.9"}],"workloadSelector":{"labels":{"app":"db"}}}`,
 	}
 	out := map[string][]byte{}
 	for name, s := range specs {
