@@ -212,3 +212,19 @@ func BenchmarkLookup(b *testing.B) {
 		i++
 	}
 }
+
+// BenchmarkSet is one pod event in an index of 10,000 pods: a pod moves
+// between two addresses, so each event republishes the shards of both.
+func BenchmarkSet(b *testing.B) {
+	idx, _ := filledIndex(10000)
+	moves := [2]*Claim{
+		{Namespace: "churn", Name: "p", IPs: []netip.Addr{netip.MustParseAddr("10.200.0.1")}},
+		{Namespace: "churn", Name: "p", IPs: []netip.Addr{netip.MustParseAddr("10.200.0.2")}},
+	}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		idx.Set("churn/p", moves[i%2])
+		i++
+	}
+}
