@@ -118,7 +118,7 @@ func reachClients(t *testing.T) *podindex.Index {
 			t.Fatalf("%s: %v", file, err)
 		}
 		marks, _ := reach.MarksOf(&pod)
-		idx.Set(pod.Namespace+"/"+pod.Name, &podindex.Claim{Namespace: pod.Namespace, Name: pod.Name, Marks: marks,
+		idx.Set(pod.Namespace+"/"+pod.Name, &podindex.Claim{Namespace: pod.Namespace, Marks: marks,
 			IPs: []netip.Addr{netip.MustParseAddr(ip)}})
 	}
 	idx.MarkSynced()

@@ -202,7 +202,7 @@ func clientsOf(t testing.TB, byIP map[string]string) *podindex.Index {
 	t.Helper()
 	idx := podindex.New()
 	for ip, ns := range byIP {
-		idx.Set(ns+"/"+ip, &podindex.Claim{Namespace: ns, Name: ip, IPs: []netip.Addr{netip.MustParseAddr(ip)}})
+		idx.Set(ns+"/"+ip, &podindex.Claim{Namespace: ns, IPs: []netip.Addr{netip.MustParseAddr(ip)}})
 	}
 	idx.MarkSynced()
 	return idx

@@ -1,13 +1,15 @@
 package podindex
 
 import (
+	"bytes"
+	"crypto/sha256"
 	"encoding/binary"
 	"maps"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/coredns-serviceentry/serviceentry/internal/reach"
 )
@@ -22,27 +24,49 @@ const clientShards = 1 << clientShardBits
 // Index maps pod IPs to the pods' namespaces and Istio marks for the query
 // path.
 //
-// Readers see a set of immutable maps, one per shard, each behind an atomic
-// pointer, so a lookup takes no lock and allocates nothing. Writers hold mu,
-// keep every live claim to an IP (a reused IP can be claimed by an old pod
-// and a new one until the old one's deletion arrives), and after each event
-// replace only the shards whose winners changed.
+// Readers see a set of immutable shards, each behind an atomic pointer, so a
+// lookup takes no lock and allocates nothing. Writers hold mu, keep every live
+// claim to an IP (a reused IP can be claimed by an old pod and a new one until
+// the old one's deletion arrives), and after each event replace only the
+// shards whose winners changed.
+//
+// The index holds every pod of the cluster, so what it keeps per pod is small
+// and of fixed size: a pod is known by a hash of its key, not the key's
+// string; its namespace and marks are one Client shared by all the pods of
+// a namespace with the same marks; addresses are kept as 4 or 16
+// bytes, IPv4 and IPv6 apart, rather than as netip.Addr with its zone.
 type Index struct {
-	shards [clientShards]atomic.Pointer[map[netip.Addr]Client]
+	shards [clientShards]atomic.Pointer[shard]
 	ready  atomic.Bool
 	synced chan struct{} // closed with ready
 
-	mu     sync.Mutex
-	pods   map[string]*Claim       // by namespace/name: what each pod claims now
-	claims map[netip.Addr][]*Claim // by IP: every live claimant, nearly always one
+	mu   sync.Mutex
+	pods map[podKey]pod // what each pod claims now
+	// ipv6 holds the IPv6 address of each pod that has one: apart, so that
+	// the pods of an IPv4 cluster carry no room for one.
+	ipv6    map[podKey][16]byte
+	v4      claimants[uint32]
+	v6      claimants[[16]byte]
+	clients map[Client]*shared // the Client of every pod, once
+}
+
+// shard is what readers see of the addresses shardOf gives it: each one's
+// winner.
+type shard struct {
+	v4 map[uint32]*Client
+	v6 map[[16]byte]*Client
 }
 
 // Claim is a pod's claim to its IPs, with what decides between claimants.
 type Claim struct {
-	Namespace, Name string
-	Created         time.Time
-	IPs             []netip.Addr
-	Marks           reach.Marks // what Istio marked the pod with
+	Namespace string
+	// Created is the pod's creation time in Unix seconds, the granularity the
+	// API server gives it.
+	Created int64
+	// IPs holds at most one address per family, as the API server validates
+	// a pod's IPs; a further address of a family is ignored.
+	IPs   []netip.Addr
+	Marks reach.Marks // what Istio marked the pod with
 }
 
 // Client is what the query path learns of the pod holding an address.
@@ -51,25 +75,137 @@ type Client struct {
 	Marks     reach.Marks
 }
 
-// newer reports whether c wins an IP over d: the newest pod is the one the IP
-// was given to last. Creation times have a granularity of a second, so the
-// name (then the namespace) breaks ties, to make the outcome independent of
-// event order.
-func (c *Claim) newer(d *Claim) bool {
-	if !c.Created.Equal(d.Created) {
-		return c.Created.After(d.Created)
+// podKey is a pod's namespace/name key hashed: 16 bytes in place of the
+// key's string. SHA-256 makes a collision, which would merge two pods'
+// claims, as unlikely by design (a name chosen to collide with another pod's)
+// as by accident.
+type podKey [16]byte
+
+func keyOf(key string) podKey {
+	sum := sha256.Sum256([]byte(key))
+	return podKey(sum[:16])
+}
+
+// shared is a Client and the number of pods holding it. Shards point to its
+// Client, so a reader keeps it alive after the index has let it go.
+type shared struct {
+	Client
+	pods int
+}
+
+// pod is what the index keeps of a pod that claims an address; its IPv6
+// address is in Index.ipv6.
+type pod struct {
+	created      int64
+	client       *shared
+	v4           uint32
+	hasV4, hasV6 bool
+}
+
+// addresses returns the addresses of claim that the index keeps: the first
+// of each family, and false when there is none.
+func addresses(claim *Claim) (v4 uint32, v6 [16]byte, hasV4, hasV6 bool) {
+	for _, ip := range claim.IPs {
+		switch {
+		case ip.Is4() && !hasV4:
+			v4, hasV4 = v4Of(ip), true
+		case ip.Is6() && !hasV6:
+			v6, hasV6 = ip.As16(), true
+		}
 	}
-	if c.Name != d.Name {
-		return c.Name > d.Name
+	return v4, v6, hasV4, hasV6
+}
+
+func v4Of(ip netip.Addr) uint32 {
+	a := ip.As4()
+	return binary.BigEndian.Uint32(a[:])
+}
+
+func addr4(v4 uint32) netip.Addr {
+	var a [4]byte
+	binary.BigEndian.PutUint32(a[:], v4)
+	return netip.AddrFrom4(a)
+}
+
+// wins reports whether pod p, of key k, wins an IP over pod q, of key l: the
+// newest pod is the one the IP was given to last. Creation times have a
+// granularity of a second, so on a tie the greater key hash wins: an
+// arbitrary order, but one that is independent of event order and the same in
+// every server.
+func wins(p pod, k podKey, q pod, l podKey) bool {
+	if p.created != q.created {
+		return p.created > q.created
 	}
-	return c.Namespace > d.Namespace
+	return bytes.Compare(k[:], l[:]) > 0
+}
+
+// claimants tracks the pods claiming each address of one family. An address
+// is nearly always claimed by one pod, kept in one; only a reused address
+// whose old pod's deletion has not arrived yet has more, kept in many. No
+// address is in both.
+type claimants[A comparable] struct {
+	one  map[A]podKey
+	many map[A][]podKey
+}
+
+func newClaimants[A comparable]() claimants[A] {
+	return claimants[A]{one: make(map[A]podKey), many: make(map[A][]podKey)}
+}
+
+func (c *claimants[A]) add(a A, k podKey) {
+	if ks, ok := c.many[a]; ok {
+		c.many[a] = append(ks, k)
+	} else if other, ok := c.one[a]; ok {
+		delete(c.one, a)
+		c.many[a] = []podKey{other, k}
+	} else {
+		c.one[a] = k
+	}
+}
+
+// remove takes back k's claim to a, which k made.
+func (c *claimants[A]) remove(a A, k podKey) {
+	ks, ok := c.many[a]
+	if !ok {
+		delete(c.one, a) // k was its one claimant
+		return
+	}
+	ks = slices.DeleteFunc(ks, func(o podKey) bool { return o == k })
+	if len(ks) == 1 {
+		delete(c.many, a)
+		c.one[a] = ks[0]
+	} else {
+		c.many[a] = ks
+	}
+}
+
+// republish sets a's winner among c's claimants in m, a copy of a shard's map
+// of a's family, or takes a out of m when no pod claims it.
+func republish[A comparable](m map[A]*Client, a A, c *claimants[A], pods map[podKey]pod) {
+	if k, ok := c.one[a]; ok {
+		m[a] = &pods[k].client.Client
+		return
+	}
+	ks := c.many[a]
+	if len(ks) == 0 {
+		delete(m, a)
+		return
+	}
+	best, bp := ks[0], pods[ks[0]]
+	for _, k := range ks[1:] {
+		if p := pods[k]; wins(p, k, bp, best) {
+			best, bp = k, p
+		}
+	}
+	m[a] = &bp.client.Client
 }
 
 func New() *Index {
-	c := &Index{pods: make(map[string]*Claim), claims: make(map[netip.Addr][]*Claim), synced: make(chan struct{})}
-	empty := map[netip.Addr]Client{}
+	c := &Index{pods: make(map[podKey]pod), ipv6: make(map[podKey][16]byte), v4: newClaimants[uint32](), v6: newClaimants[[16]byte](),
+		clients: make(map[Client]*shared), synced: make(chan struct{})}
+	empty := &shard{v4: map[uint32]*Client{}, v6: map[[16]byte]*Client{}}
 	for i := range c.shards {
-		c.shards[i].Store(&empty)
+		c.shards[i].Store(empty)
 	}
 	return c
 }
@@ -97,7 +233,17 @@ func (c *Index) Lookup(ip netip.Addr) Client {
 		return Client{}
 	}
 	ip = ip.Unmap()
-	return (*c.shards[shardOf(ip)].Load())[ip]
+	s := c.shards[shardOf(ip)].Load()
+	var client *Client
+	if ip.Is4() {
+		client = s.v4[v4Of(ip)]
+	} else if ip.Is6() {
+		client = s.v6[ip.As16()]
+	}
+	if client == nil {
+		return Client{}
+	}
+	return *client
 }
 
 // Synced reports whether the first full list of pods is in.
@@ -113,13 +259,13 @@ func (c *Index) MarkSynced() {
 // WaitSynced returns a channel closed once the first full list of pods is in.
 func (c *Index) WaitSynced() <-chan struct{} { return c.synced }
 
-// Set replaces what the pod with key claims by claim (nil: nothing, as for a
-// deleted pod), then republishes the winners of the IPs it claimed before or
-// claims now.
+// Set replaces what the pod with key (namespace/name) claims by claim (nil:
+// nothing, as for a deleted pod), then republishes the winners of the IPs it
+// claimed before or claims now.
 func (c *Index) Set(key string, claim *Claim) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.publish(c.setLocked(key, claim, nil))
+	c.publish(c.setLocked(keyOf(key), claim, nil))
 }
 
 // Replace makes the pods of namespace ("" for every namespace) exactly those
@@ -128,78 +274,113 @@ func (c *Index) Set(key string, claim *Claim) {
 func (c *Index) Replace(namespace string, claims map[string]*Claim) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	fresh := make(map[podKey]*Claim, len(claims))
+	for key, claim := range claims {
+		fresh[keyOf(key)] = claim
+	}
 	var touched []netip.Addr
-	for key, old := range c.pods {
-		if _, kept := claims[key]; !kept && (namespace == "" || old.Namespace == namespace) {
-			touched = c.setLocked(key, nil, touched)
+	for k, p := range c.pods {
+		if _, kept := fresh[k]; !kept && (namespace == "" || p.client.Namespace == namespace) {
+			touched = c.setLocked(k, nil, touched)
 		}
 	}
-	for key, claim := range claims {
-		touched = c.setLocked(key, claim, touched)
+	for k, claim := range fresh {
+		touched = c.setLocked(k, claim, touched)
 	}
 	c.publish(touched)
 }
 
-// setLocked replaces the claim of key and appends the IPs whose winner may
-// have changed to touched.
-func (c *Index) setLocked(key string, claim *Claim, touched []netip.Addr) []netip.Addr {
-	if old := c.pods[key]; old != nil {
-		for _, ip := range old.IPs {
-			rest := slices.DeleteFunc(c.claims[ip], func(d *Claim) bool { return d == old })
-			if len(rest) == 0 {
-				delete(c.claims, ip)
-			} else {
-				c.claims[ip] = rest
-			}
+// setLocked replaces the claim of the pod k and appends the IPs whose winner
+// may have changed to touched.
+func (c *Index) setLocked(k podKey, claim *Claim, touched []netip.Addr) []netip.Addr {
+	if old, ok := c.pods[k]; ok {
+		delete(c.pods, k)
+		c.release(old.client)
+		if old.hasV4 {
+			c.v4.remove(old.v4, k)
+			touched = append(touched, addr4(old.v4))
 		}
-		touched = append(touched, old.IPs...)
-		delete(c.pods, key)
+		if old.hasV6 {
+			v6 := c.ipv6[k]
+			delete(c.ipv6, k)
+			c.v6.remove(v6, k)
+			touched = append(touched, netip.AddrFrom16(v6))
+		}
 	}
-	if claim != nil && len(claim.IPs) > 0 {
-		c.pods[key] = claim
-		for _, ip := range claim.IPs {
-			c.claims[ip] = append(c.claims[ip], claim)
-		}
-		touched = append(touched, claim.IPs...)
+	if claim == nil {
+		return touched
+	}
+	v4, v6, hasV4, hasV6 := addresses(claim)
+	if !hasV4 && !hasV6 {
+		return touched
+	}
+	p := pod{created: claim.Created, client: c.hold(Client{Namespace: claim.Namespace, Marks: claim.Marks}),
+		v4: v4, hasV4: hasV4, hasV6: hasV6}
+	c.pods[k] = p
+	if p.hasV4 {
+		c.v4.add(p.v4, k)
+		touched = append(touched, addr4(p.v4))
+	}
+	if p.hasV6 {
+		c.ipv6[k] = v6
+		c.v6.add(v6, k)
+		touched = append(touched, netip.AddrFrom16(v6))
 	}
 	return touched
 }
 
-// publish copies the shards holding ips with each IP's winner. It runs under
-// mu, so no other writer can replace a shard between the load and the store.
-func (c *Index) publish(ips []netip.Addr) {
-	var next [clientShards]map[netip.Addr]Client
-	for _, ip := range ips {
-		s := shardOf(ip)
-		m := next[s]
-		if m == nil {
-			m = maps.Clone(*c.shards[s].Load())
-			next[s] = m
-		}
-		if client, ok := c.winner(ip); ok {
-			m[ip] = client
-		} else {
-			delete(m, ip)
-		}
+// hold returns the shared copy of client for one more pod.
+func (c *Index) hold(client Client) *shared {
+	s := c.clients[client]
+	if s == nil {
+		// A copy of the namespace, so that the index holds no part of a
+		// decoded pod.
+		client.Namespace = strings.Clone(client.Namespace)
+		s = &shared{Client: client}
+		c.clients[client] = s
 	}
-	for s, m := range next {
-		if m != nil {
-			c.shards[s].Store(&m)
-		}
+	s.pods++
+	return s
+}
+
+// release lets go of s for one pod, and forgets it with its last.
+func (c *Index) release(s *shared) {
+	if s.pods--; s.pods == 0 {
+		delete(c.clients, s.Client)
 	}
 }
 
-func (c *Index) winner(ip netip.Addr) (Client, bool) {
-	var best *Claim
-	for _, claim := range c.claims[ip] {
-		if best == nil || claim.newer(best) {
-			best = claim
+// publish copies the shards holding ips, only the map of each touched family,
+// with each IP's winner. It runs under mu, so no other writer can replace a
+// shard between the load and the store.
+func (c *Index) publish(ips []netip.Addr) {
+	var next [clientShards]*shard
+	var copied4, copied6 [clientShards]bool // next's map of the family is its own
+	for _, ip := range ips {
+		s := shardOf(ip)
+		sh := next[s]
+		if sh == nil {
+			cur := *c.shards[s].Load()
+			sh = &cur
+			next[s] = sh
+		}
+		if ip.Is4() {
+			if !copied4[s] {
+				sh.v4, copied4[s] = maps.Clone(sh.v4), true
+			}
+			republish(sh.v4, v4Of(ip), &c.v4, c.pods)
+		} else {
+			if !copied6[s] {
+				sh.v6, copied6[s] = maps.Clone(sh.v6), true
+			}
+			republish(sh.v6, ip.As16(), &c.v6, c.pods)
 		}
 	}
-	if best == nil {
-		return Client{}, false
+	for s, sh := range next {
+		if sh != nil {
+			c.shards[s].Store(sh)
+		}
 	}
-	return Client{Namespace: best.Namespace, Marks: best.Marks}, true
 }
 
 // Classes counts the pods of the index by class: what they route.
@@ -207,8 +388,8 @@ func (c *Index) Classes() map[reach.Class]int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	out := make(map[reach.Class]int, 3)
-	for _, claim := range c.pods {
-		out[claim.Marks.Class()]++
+	for _, p := range c.pods {
+		out[p.client.Marks.Class()]++
 	}
 	return out
 }

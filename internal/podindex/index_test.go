@@ -4,14 +4,15 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 )
 
-// epoch is the creation time of the test pods.
-var epoch = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+// epoch is the creation time of the test pods, in Unix seconds.
+var epoch = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).Unix()
 
 // filledIndex is a synced index of n pods, spread over namespaces, at
 // 10.x.y.z and at fd00::x:y:z.
@@ -23,7 +24,7 @@ func filledIndex(n int) (*Index, []netip.Addr) {
 		v6 := netip.AddrFrom16([16]byte{0: 0xfd, 13: byte(i >> 16), 14: byte(i >> 8), 15: byte(i)})
 		ns := fmt.Sprintf("ns%d", i%50)
 		name := fmt.Sprintf("pod%d", i)
-		idx.Set(ns+"/"+name, &Claim{Namespace: ns, Name: name, IPs: []netip.Addr{v4, v6}})
+		idx.Set(ns+"/"+name, &Claim{Namespace: ns, IPs: []netip.Addr{v4, v6}})
 		ips = append(ips, v4, v6)
 	}
 	idx.MarkSynced()
@@ -63,13 +64,13 @@ func TestClientIndexLookupAllocs(t *testing.T) {
 // as it was.
 func TestClientIndexCopiesOnlyTouchedShards(t *testing.T) {
 	idx, _ := filledIndex(1000)
-	var before [clientShards]*map[netip.Addr]Client
+	var before [clientShards]*shard
 	for i := range idx.shards {
 		before[i] = idx.shards[i].Load()
 	}
 	moved := netip.MustParseAddr("10.0.0.7")
 	fresh := netip.MustParseAddr("10.200.0.1")
-	idx.Set("ns7/pod7", &Claim{Namespace: "ns7", Name: "pod7", IPs: []netip.Addr{fresh}})
+	idx.Set("ns7/pod7", &Claim{Namespace: "ns7", IPs: []netip.Addr{fresh}})
 
 	touched := map[int]bool{shardOf(moved): true, shardOf(fresh): true,
 		shardOf(netip.MustParseAddr("fd00::7")): true}
@@ -78,7 +79,7 @@ func TestClientIndexCopiesOnlyTouchedShards(t *testing.T) {
 			t.Errorf("shard %d: replaced %v, touched %v", i, changed, touched[i])
 		}
 	}
-	if got := (*before[shardOf(moved)])[moved]; got.Namespace != "ns7" {
+	if got := before[shardOf(moved)].v4[v4Of(moved)]; got.Namespace != "ns7" {
 		t.Errorf("a reader's old shard changed under it: %q", got.Namespace)
 	}
 	if got := idx.Lookup(moved).Namespace; got != "" {
@@ -87,6 +88,70 @@ func TestClientIndexCopiesOnlyTouchedShards(t *testing.T) {
 	if got := idx.Lookup(fresh).Namespace; got != "ns7" {
 		t.Errorf("new IP: %q, want ns7", got)
 	}
+}
+
+// TestClientIndexTies: pods created in the same second claim one IP; the
+// same pod wins whatever the order of their events, and a newer pod beats
+// them all.
+func TestClientIndexTies(t *testing.T) {
+	ip := netip.MustParseAddr("10.0.0.1")
+	keys := []string{"ns1/a", "ns2/a", "ns3/b", "ns4/c"} // a namespace names its pod
+	claimOf := func(key string, created int64) *Claim {
+		ns, _, _ := strings.Cut(key, "/")
+		return &Claim{Namespace: ns, Created: created, IPs: []netip.Addr{ip}}
+	}
+	// winner sets keys in order and returns the namespace holding ip, and
+	// what it holds once the winner is deleted.
+	winner := func(order []string) (string, string) {
+		idx := New()
+		idx.MarkSynced()
+		for _, key := range order {
+			idx.Set(key, claimOf(key, epoch))
+		}
+		first := idx.Lookup(ip).Namespace
+		for _, key := range order {
+			if strings.HasPrefix(key, first+"/") {
+				idx.Set(key, nil)
+				break
+			}
+		}
+		return first, idx.Lookup(ip).Namespace
+	}
+	var want [2]string
+	for i, order := range permutations(keys) {
+		first, next := winner(order)
+		if i == 0 {
+			want = [2]string{first, next}
+			continue
+		}
+		if got := [2]string{first, next}; got != want {
+			t.Errorf("order %q: %q, then %q once it is deleted; order %q gave %q", order, got[0], got[1], keys, want)
+		}
+	}
+
+	idx := New()
+	idx.MarkSynced()
+	idx.Set("ns9/newest", claimOf("ns9/newest", epoch+1))
+	for _, key := range keys {
+		idx.Set(key, claimOf(key, epoch))
+	}
+	if got := idx.Lookup(ip).Namespace; got != "ns9" {
+		t.Errorf("the newest pod's IP -> %q, want ns9", got)
+	}
+}
+
+func permutations(s []string) [][]string {
+	if len(s) <= 1 {
+		return [][]string{slices.Clone(s)}
+	}
+	var out [][]string
+	for i := range s {
+		rest := slices.Concat(s[:i], s[i+1:])
+		for _, p := range permutations(rest) {
+			out = append(out, append([]string{s[i]}, p...))
+		}
+	}
+	return out
 }
 
 // TestClientIndexShardSpread: pod IPs of one small CIDR, as a cluster gives
@@ -129,7 +194,7 @@ func TestClientIndexConcurrentReaders(t *testing.T) {
 			changes = append(changes, change{ns + "/" + name, nil})
 			continue
 		}
-		changes = append(changes, change{ns + "/" + name, &Claim{Namespace: ns, Name: name, Created: epoch.Add(time.Duration(i)), IPs: []netip.Addr{ip}}})
+		changes = append(changes, change{ns + "/" + name, &Claim{Namespace: ns, Created: epoch + int64(i), IPs: []netip.Addr{ip}}})
 		if !slices.Contains(allowed[ip], ns) {
 			allowed[ip] = append(allowed[ip], ns)
 		}
@@ -209,6 +274,22 @@ func BenchmarkLookup(b *testing.B) {
 	i := 0
 	for b.Loop() {
 		_ = idx.Lookup(ips[i%len(ips)])
+		i++
+	}
+}
+
+// BenchmarkSet is one pod event in an index of 10,000 pods: a pod moves
+// between two addresses, so each event republishes the shards of both.
+func BenchmarkSet(b *testing.B) {
+	idx, _ := filledIndex(10000)
+	moves := [2]*Claim{
+		{Namespace: "churn", IPs: []netip.Addr{netip.MustParseAddr("10.200.0.1")}},
+		{Namespace: "churn", IPs: []netip.Addr{netip.MustParseAddr("10.200.0.2")}},
+	}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		idx.Set("churn/p", moves[i%2])
 		i++
 	}
 }

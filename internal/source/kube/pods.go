@@ -49,7 +49,7 @@ func toClaim(obj any) (any, error) {
 	if pod.Spec.HostNetwork || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
 		return p, nil
 	}
-	claim := &podindex.Claim{Namespace: pod.Namespace, Name: pod.Name, Created: pod.CreationTimestamp.Time}
+	claim := &podindex.Claim{Namespace: pod.Namespace, Created: pod.CreationTimestamp.Unix()}
 	add := func(s string) {
 		ip, err := netip.ParseAddr(s)
 		if err != nil {

@@ -123,7 +123,7 @@ func claimOfTest(ns, name string, created int, ips ...string) *podClaim {
 	if len(ips) == 0 {
 		return p
 	}
-	p.claim = &podindex.Claim{Namespace: ns, Name: name, Created: clientEpoch.Add(time.Duration(created) * time.Second)}
+	p.claim = &podindex.Claim{Namespace: ns, Created: clientEpoch.Unix() + int64(created)}
 	for _, ip := range ips {
 		p.claim.IPs = append(p.claim.IPs, netip.MustParseAddr(ip))
 	}
@@ -131,7 +131,7 @@ func claimOfTest(ns, name string, created int, ips ...string) *podClaim {
 }
 
 func TestPodTransform(t *testing.T) {
-	fullClaim := &podClaim{keyed: keyed{"ns1/web-0"}, claim: &podindex.Claim{Namespace: "ns1", Name: "web-0", Created: clientEpoch,
+	fullClaim := &podClaim{keyed: keyed{"ns1/web-0"}, claim: &podindex.Claim{Namespace: "ns1", Created: clientEpoch.Unix(),
 		IPs: []netip.Addr{netip.MustParseAddr("10.1.0.5"), netip.MustParseAddr("fd00::5")}}}
 	for _, tc := range []struct {
 		name string
@@ -261,7 +261,7 @@ func TestPodSourceClaims(t *testing.T) {
 			{"create", testPod("ns1", "a", 1, x), map[string]string{x: "ns2"}},
 			{"update", withPhase(testPod("ns2", "b", 2, x), corev1.PodFailed), map[string]string{x: "ns1"}},
 		}},
-		{"same creation time: the name decides, whatever the order", []podStep{
+		{"same creation time: the same pod wins, whatever the order", []podStep{
 			{"create", testPod("ns2", "b", 1, x), map[string]string{x: "ns2"}},
 			{"create", testPod("ns1", "a", 1, x), map[string]string{x: "ns2"}},
 			{"delete", testPod("ns2", "b", 1, x), map[string]string{x: "ns1"}},
@@ -427,7 +427,7 @@ func TestPodSourceSyncedAfterFirstList(t *testing.T) {
 	defer once.Do(func() { close(release) })
 
 	ip := netip.MustParseAddr("10.1.0.1")
-	idx.Set("ns1/early", &podindex.Claim{Namespace: "ns1", Name: "early", IPs: []netip.Addr{netip.MustParseAddr("10.1.0.9")}})
+	idx.Set("ns1/early", &podindex.Claim{Namespace: "ns1", IPs: []netip.Addr{netip.MustParseAddr("10.1.0.9")}})
 	time.Sleep(50 * time.Millisecond)
 	if idx.Synced() {
 		t.Fatal("synced before the list returned")
