@@ -3,6 +3,7 @@ package main
 import (
 	"archive/tar"
 	"bytes"
+	"debug/elf"
 	"errors"
 	"io"
 	"os"
@@ -196,4 +197,31 @@ func keys(m map[string]*layerFile) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// TestImageForAnotherArchitecture: GOARCH picks the image's architecture,
+// and the binary inside is a Linux executable for it, whatever the build
+// machine runs.
+func TestImageForAnotherArchitecture(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "arm64.tar")
+	cmd := exec.Command("../../scripts/image", out, "example.org/coredns-serviceentry:arm64")
+	cmd.Env = append(os.Environ(), "GOARCH=arm64")
+	if output, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("GOARCH=arm64 scripts/image: %v\n%s", err, output)
+	}
+	img := openArchive(t, out, "example.org/coredns-serviceentry:arm64")
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.OS != "linux" || cfg.Architecture != "arm64" {
+		t.Errorf("platform %s/%s, want linux/arm64", cfg.OS, cfg.Architecture)
+	}
+	bin, err := elf.NewFile(bytes.NewReader(layerFiles(t, img)["coredns"].data))
+	if err != nil {
+		t.Fatalf("/coredns is not an ELF executable: %v", err)
+	}
+	if bin.Machine != elf.EM_AARCH64 || bin.OSABI != elf.ELFOSABI_NONE {
+		t.Errorf("/coredns is for %v (OS ABI %v), want EM_AARCH64 for Linux", bin.Machine, bin.OSABI)
+	}
 }
