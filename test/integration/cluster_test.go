@@ -318,6 +318,7 @@ func resourceFor(t testing.TB, gvk schema.GroupVersionKind) schema.GroupVersionR
 		"Namespace":                "namespaces",
 		"ConfigMap":                "configmaps",
 		"Deployment":               "deployments",
+		"PodDisruptionBudget":      "poddisruptionbudgets",
 		"Service":                  "services",
 		"ServiceEntry":             "serviceentries",
 	}

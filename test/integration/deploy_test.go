@@ -14,6 +14,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/yaml"
@@ -98,6 +99,7 @@ func TestDeployManifests(t *testing.T) {
 		c.apply(t, deployFile(t, f))
 	}
 	checkImagePatch(t, kube)
+	checkGlobalAvailability(t, kube)
 
 	ctx := context.Background()
 	ses := c.istio(t).NetworkingV1().ServiceEntries("bar")
@@ -140,9 +142,10 @@ func TestDeployManifests(t *testing.T) {
 		backServer := runCorefile(t, back, backPort, backReady)
 		waitFor(t, 30*time.Second, "serviceentry-dns ready", backServer.isReady)
 
-		frontPort, frontReady := freePort(t), freePort(t)
+		frontPort, frontReady, frontMetrics := freePort(t), freePort(t), freePort(t)
 		front := string(deployFile(t, "global/kube-system-stanza.Corefile"))
 		front = replaceOnce(t, front, "global:53 {", fmt.Sprintf("global:%d {\n    bind 127.0.0.1", frontPort))
+		front = replaceOnce(t, front, "prometheus :9153", fmt.Sprintf("prometheus 127.0.0.1:%d", frontMetrics))
 		front = replaceOnce(t, front, "SERVICEENTRY_DNS_IP", fmt.Sprintf("127.0.0.1:%d", backPort))
 		// The rest of a cluster DNS, reduced to one stock plugin with one name.
 		front += fmt.Sprintf(".:%d {\n    bind 127.0.0.1\n    hosts {\n        192.0.2.99 other.example\n    }\n    ready 127.0.0.1:%d\n}\n", frontPort, frontReady)
@@ -172,6 +175,13 @@ func TestDeployManifests(t *testing.T) {
 				t.Errorf("%s: NXDOMAIN took %v", name, took)
 			}
 			t.Logf("%s: NXDOMAIN through the stub domain in %v", name, took)
+		}
+		// The hop is seen by the cluster DNS's metrics: its requests and
+		// what it forwarded.
+		for _, metric := range []string{"coredns_dns_requests_total", "coredns_proxy_request_duration_seconds_count"} {
+			if n := metricSum(t, fmt.Sprintf("127.0.0.1:%d", frontMetrics), metric); n == 0 {
+				t.Errorf("the kube-system stanza exports no %s", metric)
+			}
 		}
 	})
 }
@@ -220,5 +230,36 @@ func checkImagePatch(t *testing.T, kube kubernetes.Interface) {
 	}
 	if len(containers[0].Args) != 2 || len(containers[0].VolumeMounts) != 1 || got.Spec.Template.Spec.ServiceAccountName != "coredns" {
 		t.Errorf("the patch changed more than the image: %+v", got.Spec.Template.Spec)
+	}
+}
+
+// checkGlobalAvailability: the .global Deployment spreads its replicas over
+// nodes, and a PodDisruptionBudget that selects its pods lets a drain take
+// one at a time.
+func checkGlobalAvailability(t *testing.T, kube kubernetes.Interface) {
+	t.Helper()
+	ctx := context.Background()
+	deploy, err := kube.AppsV1().Deployments("istio-system").Get(ctx, "serviceentry-dns", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pods := labels.Set(deploy.Spec.Template.Labels)
+	anti := deploy.Spec.Template.Spec.Affinity
+	if anti == nil || anti.PodAntiAffinity == nil || len(anti.PodAntiAffinity.PreferredDuringSchedulingIgnoredDuringExecution) != 1 {
+		t.Fatalf("serviceentry-dns: no preferred pod anti-affinity: %+v", anti)
+	}
+	term := anti.PodAntiAffinity.PreferredDuringSchedulingIgnoredDuringExecution[0].PodAffinityTerm
+	if sel, err := metav1.LabelSelectorAsSelector(term.LabelSelector); err != nil || term.TopologyKey != "kubernetes.io/hostname" || !sel.Matches(pods) {
+		t.Errorf("serviceentry-dns anti-affinity: topology %q, selector %v (%v), not its own pods by node", term.TopologyKey, term.LabelSelector, err)
+	}
+	pdb, err := kube.PolicyV1().PodDisruptionBudgets("istio-system").Get(ctx, "serviceentry-dns", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sel, err := metav1.LabelSelectorAsSelector(pdb.Spec.Selector); err != nil || !sel.Matches(pods) {
+		t.Errorf("the PodDisruptionBudget's selector %v (%v) does not select serviceentry-dns's pods", pdb.Spec.Selector, err)
+	}
+	if pdb.Spec.MaxUnavailable == nil || pdb.Spec.MaxUnavailable.IntValue() != 1 || *deploy.Spec.Replicas < 2 {
+		t.Errorf("PodDisruptionBudget maxUnavailable %v with %d replicas: a drain could take every replica", pdb.Spec.MaxUnavailable, *deploy.Spec.Replicas)
 	}
 }
