@@ -14,15 +14,15 @@ import (
 // needs no other.
 const minReach = reach.Outside
 
-// reachOf is the least class of client that routes the addresses host h of e
-// answers with. Auto-allocated addresses have a listener only in proxies that
+// reachOf is the least class of client that routes the addresses the hosts
+// of e answer with. Auto-allocated addresses have a listener only in proxies that
 // capture DNS, and in ztunnel; declared ones have one in every sidecar; the
 // declared addresses of a NONE entry are where the client connects
 // (Envoy's original destination), real for everyone. docs/reach.md has the
 // Istio sources.
-func reachOf(e *entry.Entry, h *entry.Host) reach.Class {
+func reachOf(e *entry.Entry) reach.Class {
 	switch {
-	case h.Auto:
+	case e.Auto:
 		return reach.Mesh
 	case e.Resolution == networking.ServiceEntry_NONE:
 		return reach.Outside

@@ -491,7 +491,7 @@ func (s *store) addrsOf(e *entry.Entry, host string) ([]netip.Addr, reach.Class)
 		if h.Legacy != nil {
 			return s.legacy.addresses(h.Legacy), reach.Mesh
 		}
-		return h.Addrs, reachOf(e, &h)
+		return h.Addrs, reachOf(e)
 	}
 	return nil, minReach
 }

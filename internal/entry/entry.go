@@ -37,6 +37,12 @@ type Entry struct {
 	// for the entry's hosts, which is what a client that cannot route the
 	// hosts' mesh addresses is answered with.
 	Resolution networking.ServiceEntry_Resolution
+	// Auto says the hosts' addresses are auto-allocated (status.addresses):
+	// virtual addresses only clients whose proxy captures DNS can route,
+	// where declared ones have a listener in every sidecar. It is the
+	// entry's, not each host's, as istiod allocates for a whole entry or
+	// none of it; beside Resolution it takes no room of its own.
+	Auto bool
 	// Endpoints are the addresses of spec.endpoints that DNS can give, in
 	// order: read for STATIC, DNS and DNS_ROUND_ROBIN entries only.
 	Endpoints []Endpoint
@@ -64,10 +70,6 @@ type Host struct {
 	Name   string // lower case, no trailing dot; wildcards as "*.example.com"
 	Addrs  []netip.Addr
 	Legacy *LegacyHost
-	// Auto says Addrs are auto-allocated (status.addresses): virtual
-	// addresses only clients whose proxy captures DNS can route, where
-	// declared ones have a listener in every sidecar.
-	Auto bool
 }
 
 // Endpoint is one address of spec.endpoints: an IP, or a host name that
@@ -226,7 +228,7 @@ func convert(meta *metav1.ObjectMeta, spec *slimSpec, status *slimStatus, opts O
 		case len(declared) > 0:
 			h.Addrs = declared
 		case fromStatus != nil && (!wildcard || resolution == networking.ServiceEntry_DYNAMIC_DNS):
-			h.Addrs, h.Auto = fromStatus[raw], true
+			h.Addrs, e.Auto = fromStatus[raw], true
 		case legacy && !wildcard:
 			e.LegacyHosts = append(e.LegacyHosts, LegacyHost{
 				Namespace: namespace,
