@@ -111,7 +111,7 @@ func BenchmarkExportToLoad(b *testing.B) {
 		{"client+private", "client", mixFile},
 	}
 	for _, v := range variants { // warm up: first lookups, buffers, the Go heap
-		_, _ = loadDNSPerf(b, servers[v.server], v.queries, "2")
+		_, _ = loadDNSPerf(b, servers[v.server], loadClient, v.queries, "2")
 	}
 	qps, cpuPerQuery := map[string][]float64{}, map[string][]float64{}
 	for rep := range loadReps {
@@ -124,7 +124,7 @@ func BenchmarkExportToLoad(b *testing.B) {
 			// whether the server, not dnsperf, is what saturates.
 			p := servers[v.server].process
 			cpu0, wall0 := processCPU(b, p), time.Now()
-			q, completed := loadDNSPerf(b, servers[v.server], v.queries, strconv.Itoa(loadLength))
+			q, completed := loadDNSPerf(b, servers[v.server], loadClient, v.queries, strconv.Itoa(loadLength))
 			cpu, wall := processCPU(b, p)-cpu0, time.Since(wall0)
 			b.Logf("rep %d %-15s %8.0f QPS, server CPU %.1f µs/query, %.0f %% of its core",
 				rep+1, v.name, q, float64(cpu.Microseconds())/completed, 100*cpu.Seconds()/wall.Seconds())
@@ -209,23 +209,13 @@ var (
 	loadCodes     = regexp.MustCompile(`Response codes:\s+(.*)`)
 )
 
-// loadDNSPerf runs dnsperf from loadClient for seconds against s, pinned to
-// the core CoreDNS is not on, and returns its queries per second and the
-// number of queries answered. Any answer but NOERROR fails: it would mean the
-// client was not placed in its namespace.
-func loadDNSPerf(b testing.TB, s *coredns, queries, seconds string) (qps, completed float64) {
-	host, port, _ := strings.Cut(s.dnsAddr, ":")
-	args := []string{"-c", "1", "dnsperf", "-a", loadClient, "-s", host, "-p", port, "-d", queries, "-l", seconds, "-c", "4"}
-	out, err := exec.Command("taskset", args...).CombinedOutput()
-	if err != nil {
-		b.Fatalf("taskset %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	codes := loadCodes.FindStringSubmatch(string(out))
-	if codes == nil || !strings.HasPrefix(codes[1], "NOERROR") || strings.Contains(codes[1], ",") {
-		b.Fatalf("dnsperf: want NOERROR answers only:\n%s", out)
-	}
+// loadDNSPerf runs dnsperf from the address from for seconds against s
+// (dnsperfFrom) and returns its queries per second and the number of queries
+// answered.
+func loadDNSPerf(b testing.TB, s *coredns, from, queries, seconds string) (qps, completed float64) {
+	out := dnsperfFrom(b, s, from, queries, "-l", seconds, "-c", "4")
 	figure := func(re *regexp.Regexp) float64 {
-		m := re.FindStringSubmatch(string(out))
+		m := re.FindStringSubmatch(out)
 		if m == nil {
 			b.Fatalf("no %s in dnsperf's output:\n%s", re, out)
 		}
@@ -236,6 +226,24 @@ func loadDNSPerf(b testing.TB, s *coredns, queries, seconds string) (qps, comple
 		return v
 	}
 	return figure(loadQPS), figure(loadCompleted)
+}
+
+// dnsperfFrom runs dnsperf with args from the address from against s, pinned
+// to the core CoreDNS is not on, and returns its output. Any answer but
+// NOERROR fails: it would mean the client was not placed as the benchmark
+// means it to be.
+func dnsperfFrom(b testing.TB, s *coredns, from, queries string, args ...string) string {
+	host, port, _ := strings.Cut(s.dnsAddr, ":")
+	args = append([]string{"-c", "1", "dnsperf", "-a", from, "-s", host, "-p", port, "-d", queries}, args...)
+	out, err := exec.Command("taskset", args...).CombinedOutput()
+	if err != nil {
+		b.Fatalf("taskset %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	codes := loadCodes.FindStringSubmatch(string(out))
+	if codes == nil || !strings.HasPrefix(codes[1], "NOERROR") || strings.Contains(codes[1], ",") {
+		b.Fatalf("dnsperf: want NOERROR answers only:\n%s", out)
+	}
+	return string(out)
 }
 
 // pinLoad moves every thread of a running process to the given CPUs.

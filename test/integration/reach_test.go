@@ -271,19 +271,12 @@ var reachClients = []struct {
 // as created.
 func createFixturePod(t testing.TB, kube kubernetes.Interface, file, name, ip string, mutate func(*corev1.Pod)) *corev1.Pod {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join("../../internal/reach/testdata", file+".yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var pod corev1.Pod
-	if err := yaml.UnmarshalStrict(data, &pod); err != nil {
-		t.Fatalf("%s: %v", file, err)
-	}
+	pod := readFixturePod(t, file)
 	if name != "" {
 		pod.Name = name
 	}
 	if mutate != nil {
-		mutate(&pod)
+		mutate(pod)
 	}
 	status := pod.Status
 	pod.Status = corev1.PodStatus{}
@@ -296,7 +289,7 @@ func createFixturePod(t testing.TB, kube kubernetes.Interface, file, name, ip st
 		metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatal(err)
 	}
-	created, err := kube.CoreV1().Pods(pod.Namespace).Create(ctx, &pod, metav1.CreateOptions{})
+	created, err := kube.CoreV1().Pods(pod.Namespace).Create(ctx, pod, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatalf("creating %s: %v", file, err)
 	}
@@ -310,6 +303,21 @@ func createFixturePod(t testing.TB, kube kubernetes.Interface, file, name, ip st
 		t.Fatalf("status of %s: %v", file, err)
 	}
 	return created
+}
+
+// readFixturePod is the pod of internal/reach/testdata/<file>.yaml, status
+// included.
+func readFixturePod(t testing.TB, file string) *corev1.Pod {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join("../../internal/reach/testdata", file+".yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pod corev1.Pod
+	if err := yaml.UnmarshalStrict(data, &pod); err != nil {
+		t.Fatalf("%s: %v", file, err)
+	}
+	return &pod
 }
 
 // createReachEntries creates reachEntries in namespace ns, and writes each
