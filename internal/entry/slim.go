@@ -139,10 +139,14 @@ func (s *slimSpec) UnmarshalJSON(b []byte) error {
 	selector := in.Selector.value
 	if !in.Selector.present && in.SelectorProto != nil {
 		// As for exportTo: the proto name counts when the JSON name is
-		// absent.
-		if err := kjson.UnmarshalCaseSensitivePreserveInts(in.SelectorProto, &selector); err != nil {
+		// absent. Decoded into a variable of this branch, which escapes
+		// to the heap: one declared outside it would be allocated for
+		// every object.
+		var proto *slimSelector
+		if err := kjson.UnmarshalCaseSensitivePreserveInts(in.SelectorProto, &proto); err != nil {
 			return err
 		}
+		selector = proto
 	}
 	if selector != nil {
 		s.Selector = selector.Labels
