@@ -92,6 +92,13 @@ func TestExportToClient(t *testing.T) {
 		t.Fatal(err)
 	}
 	server.waitAnswerFrom(t, 5*time.Second, "127.0.0.3", "c-only.client.internal", "NOERROR 192.0.2.62")
+	// Creation times have a granularity of a second; within one the index
+	// breaks the tie by a fixed order, not by age. Make c2 newer for sure.
+	b, err := kube.CoreV1().Pods("team-b").Get(ctx, "b", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Until(b.CreationTimestamp.Add(time.Second)))
 	start := time.Now()
 	createPodAt(t, kube, "team-c", "c2", "127.0.0.2")
 	server.waitAnswerFrom(t, time.Second, "127.0.0.2", "c-only.client.internal", "NOERROR 192.0.2.62")
