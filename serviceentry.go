@@ -400,22 +400,10 @@ func addressRecords(owner string, qtype uint16, ttl uint32, ips []net.IP) []dns.
 	}
 	hdr := dns.RR_Header{Name: owner, Rrtype: qtype, Class: dns.ClassINET, Ttl: ttl}
 	if len(ips) == 1 {
-		// Most hosts have one address of a family: the record and the
-		// slice holding it are one allocation.
 		if qtype == dns.TypeA {
-			one := &struct {
-				rrs [1]dns.RR
-				rec dns.A
-			}{rec: dns.A{Hdr: hdr, A: ips[0]}}
-			one.rrs[0] = &one.rec
-			return one.rrs[:]
+			return oneRecord(dns.A{Hdr: hdr, A: ips[0]})
 		}
-		one := &struct {
-			rrs [1]dns.RR
-			rec dns.AAAA
-		}{rec: dns.AAAA{Hdr: hdr, AAAA: ips[0]}}
-		one.rrs[0] = &one.rec
-		return one.rrs[:]
+		return oneRecord(dns.AAAA{Hdr: hdr, AAAA: ips[0]})
 	}
 	rrs := make([]dns.RR, len(ips))
 	if qtype == dns.TypeA {
@@ -432,6 +420,20 @@ func addressRecords(owner string, qtype uint16, ttl uint32, ips []net.IP) []dns.
 		rrs[i] = &recs[i]
 	}
 	return rrs
+}
+
+// oneRecord returns rec as an answer section. Most hosts have one address
+// of a family: the record and the slice holding it are one allocation.
+func oneRecord[T any, P interface {
+	*T
+	dns.RR
+}](rec T) []dns.RR {
+	one := &struct {
+		rrs [1]dns.RR
+		rec T
+	}{rec: rec}
+	one.rrs[0] = P(&one.rec)
+	return one.rrs[:]
 }
 
 // trimDot drops the trailing dot of a fully qualified name: the table keys
