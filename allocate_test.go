@@ -197,7 +197,7 @@ func TestLegacyEventOrderIndependent(t *testing.T) {
 	for _, e := range entries {
 		all[e.Key] = e
 	}
-	fresh.ReplaceAll(all)
+	fresh.ReplaceAll(all, nil)
 	fresh.MarkSynced()
 	for _, e := range entries {
 		name := e.Hosts[0].Name
@@ -395,7 +395,7 @@ func freshLegacyTable(t *testing.T, entries ...*entry.Entry) *table.Table {
 	for _, e := range entries {
 		all[e.Key] = e
 	}
-	st.ReplaceAll(all)
+	st.ReplaceAll(all, nil)
 	st.MarkSynced()
 	return st.table()
 }

@@ -48,7 +48,7 @@ func nxdomainChain(_ context.Context, w dns.ResponseWriter, r *dns.Msg) (int, er
 
 func BenchmarkServeDNS(b *testing.B) {
 	st := newStore(false)
-	st.ReplaceAll(benchEntries(10_000))
+	st.ReplaceAll(benchEntries(10_000), nil)
 	st.MarkSynced()
 	se := (&ServiceEntry{Zones: []string{"internal."}, TTL: 30, Next: test.NextHandler(dns.RcodeSuccess, nil)}).attach(st)
 	withFall := (&ServiceEntry{Zones: []string{"internal."}, TTL: 30, Fall: fall.Root, Next: test.NextHandler(dns.RcodeSuccess, nil)}).attach(st)
@@ -98,7 +98,7 @@ func BenchmarkTableUpdate(b *testing.B) {
 		b.Run(fmt.Sprint(n), func(b *testing.B) {
 			entries := benchEntries(n)
 			st := newStore(false)
-			st.ReplaceAll(entries)
+			st.ReplaceAll(entries, nil)
 			st.MarkSynced()
 			alternateUpdates(b, st, entries[entry.ServiceEntryKey("ns/e7")])
 		})
@@ -128,7 +128,7 @@ func BenchmarkInitialSync(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				st := newStore(false)
-				st.ReplaceAll(entries)
+				st.ReplaceAll(entries, nil)
 				st.MarkSynced()
 			}
 		})
@@ -148,7 +148,7 @@ func BenchmarkLegacyChurn(b *testing.B) {
 			for _, e := range entries[:n] {
 				all[e.Key] = e
 			}
-			st.ReplaceAll(all)
+			st.ReplaceAll(all, nil)
 			st.MarkSynced()
 			defer st.close()
 			churn := entries[n]
@@ -210,10 +210,10 @@ func BenchmarkExportTo(b *testing.B) {
 			publicEntries[key] = e
 		}
 	}
-	public.ReplaceAll(publicEntries)
+	public.ReplaceAll(publicEntries, nil)
 	public.MarkSynced()
 	client := newStore(false)
-	client.ReplaceAll(entries)
+	client.ReplaceAll(entries, nil)
 	client.MarkSynced()
 	client.clients = clientsOf(b, pods)
 	// Pod 42 is in team-42, which sees svc-420's private entry.
@@ -263,11 +263,11 @@ func BenchmarkExportToMemory(b *testing.B) {
 	}
 	base := heap()
 	public := newStore(false)
-	public.ReplaceAll(publicEntries)
+	public.ReplaceAll(publicEntries, nil)
 	public.MarkSynced()
 	withPublic := heap()
 	st := newStore(false)
-	st.ReplaceAll(entries)
+	st.ReplaceAll(entries, nil)
 	st.MarkSynced()
 	withClient := heap()
 	st.clients = clientsOf(b, pods)

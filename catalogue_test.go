@@ -98,7 +98,7 @@ func TestBadInputCatalogue(t *testing.T) {
 			baseStore := storeFrom(t, c.opts, handlerEntries)
 			base, before := baseStore.table(), baseStore.skipped.counts()
 			counter := newStore(false)
-			entries, err := manifest.Parse("test.yaml", []byte(handlerEntries+"\n---\n"+c.docs), c.opts, counter)
+			entries, _, err := manifest.Parse("test.yaml", []byte(handlerEntries+"\n---\n"+c.docs), c.opts, counter)
 			if c.name == "not YAML at all" {
 				// The stream itself is broken after the good documents: they
 				// are returned with the error (the file keeps its last good
@@ -114,7 +114,7 @@ func TestBadInputCatalogue(t *testing.T) {
 			for _, e := range entries {
 				all[e.Key] = e
 			}
-			st.ReplaceAll(all)
+			st.ReplaceAll(all, nil)
 			st.MarkSynced()
 			got := st.table()
 

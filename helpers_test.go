@@ -5,7 +5,9 @@ import (
 	"maps"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"sort"
+	"strings"
 	"testing"
 
 	"github.com/coredns-serviceentry/serviceentry/internal/entry"
@@ -43,12 +45,26 @@ func lookupA(st *store, name string) string {
 	return ans.A[0].String()
 }
 
-// storeFrom builds a synced store from ServiceEntry manifests, as the
-// manifests source would.
+// answerAddrs lists an answer's addresses, both families, sorted, separated
+// by spaces; "" for none.
+func answerAddrs(ans *table.Answer) string {
+	if ans == nil {
+		return ""
+	}
+	var out []string
+	for _, ip := range slices.Concat(ans.A, ans.AAAA) {
+		out = append(out, ip.String())
+	}
+	slices.Sort(out)
+	return strings.Join(out, " ")
+}
+
+// storeFrom builds a synced store from ServiceEntry and WorkloadEntry
+// manifests, as the manifests source would.
 func storeFrom(t testing.TB, opts entry.Options, yamlDocs string) *store {
 	t.Helper()
 	st := newStore(opts.AutoAllocate == entry.AutoAllocateLegacy)
-	entries, err := manifest.Parse("test.yaml", []byte(yamlDocs), opts, st)
+	entries, workloads, err := manifest.Parse("test.yaml", []byte(yamlDocs), opts, st)
 	if err != nil {
 		t.Fatalf("parsing test manifests: %v", err)
 	}
@@ -56,7 +72,11 @@ func storeFrom(t testing.TB, opts entry.Options, yamlDocs string) *store {
 	for _, e := range entries {
 		all[e.Key] = e
 	}
-	st.ReplaceAll(all)
+	byKey := make(map[entry.Key]*entry.Workload, len(workloads))
+	for _, w := range workloads {
+		byKey[w.Key] = w
+	}
+	st.ReplaceAll(all, byKey)
 	st.MarkSynced()
 	return st
 }
@@ -162,7 +182,7 @@ func churnAgainstFresh(t *testing.T, entries []*entry.Entry, seed uint64, ops in
 			present[e.Key] = e
 		}
 		fresh := newStore(false)
-		fresh.ReplaceAll(maps.Clone(present))
+		fresh.ReplaceAll(maps.Clone(present), nil)
 		fresh.MarkSynced()
 		check(op, st.table(), fresh.table())
 	}
@@ -172,7 +192,7 @@ func churnAgainstFresh(t *testing.T, entries []*entry.Entry, seed uint64, ops in
 // parseOne parses a manifest holding exactly one valid ServiceEntry.
 func parseOne(t testing.TB, doc string, opts entry.Options) *entry.Entry {
 	t.Helper()
-	entries, err := manifest.Parse("test.yaml", []byte(doc), opts, newStore(false))
+	entries, _, err := manifest.Parse("test.yaml", []byte(doc), opts, newStore(false))
 	if err != nil || len(entries) != 1 {
 		t.Fatalf("parsing %q: %v, %d entries", doc, err, len(entries))
 	}

@@ -477,7 +477,7 @@ spec:
 // the entries in another order, half of them before the first publish and
 // half one change at a time.
 func TestAnswerOrder(t *testing.T) {
-	entries, err := manifest.Parse("test.yaml", []byte(handlerEntries), entry.Options{}, newStore(false))
+	entries, _, err := manifest.Parse("test.yaml", []byte(handlerEntries), entry.Options{}, newStore(false))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -63,6 +63,15 @@ type store struct {
 	clients  *podindex.Index
 	overlaid map[string][]string
 
+	// workloads are, by namespace, the WorkloadEntries and pods with an
+	// address, which a headless entry's selector may pick; selectors are,
+	// by namespace, the headless entries with a selector; endpoints caches
+	// the addresses of each headless entry, dropped when the entry or a
+	// workload it selects changes (see headless.go).
+	workloads map[string]map[entry.Key]*entry.Workload
+	selectors map[string][]*entry.Entry
+	endpoints map[*entry.Entry][]netip.Addr
+
 	// skipped counts what the source left out (see skipTally).
 	skipped skipTally
 
@@ -76,6 +85,9 @@ func newStore(legacy bool) *store {
 		byHost:  make(map[string][]*entry.Entry),
 
 		envoyResolves: make(map[string]int),
+		workloads:     make(map[string]map[entry.Key]*entry.Workload),
+		selectors:     make(map[string][]*entry.Entry),
+		endpoints:     make(map[*entry.Entry][]netip.Addr),
 		building:      table.NewTable(maphash.MakeSeed()),
 		dirty:         make(map[string]bool),
 
@@ -145,12 +157,13 @@ func (s *store) UpsertAll(changes map[entry.Key]*entry.Entry) {
 	s.publishLocked()
 }
 
-// ReplaceAll makes the store hold exactly the given entries (keyed by their
-// namespace/name) and publishes once. The manifests source uses it after each
-// read of its files.
-func (s *store) ReplaceAll(entries map[entry.Key]*entry.Entry) {
+// ReplaceAll makes the store hold exactly the given entries and workloads
+// and publishes once. The manifests source uses it after each read of its
+// files.
+func (s *store) ReplaceAll(entries map[entry.Key]*entry.Entry, workloads map[entry.Key]*entry.Workload) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.replaceWorkloadsLocked(func(entry.Key) bool { return true }, "", workloads)
 	for key := range s.entries {
 		if _, ok := entries[key]; !ok {
 			s.setLocked(key, nil)
@@ -209,6 +222,7 @@ func (s *store) setLocked(key entry.Key, e *entry.Entry) {
 			s.legacy.remove(old)
 		}
 		s.countResolved(old, -1)
+		s.unselect(old)
 	}
 	if e == nil {
 		delete(s.entries, key)
@@ -223,6 +237,7 @@ func (s *store) setLocked(key entry.Key, e *entry.Entry) {
 	if s.legacy != nil {
 		s.legacy.add(e)
 	}
+	s.selectFor(e)
 }
 
 // Legacy recomputation is positional and costs O(eligible hosts) (figures in
@@ -490,6 +505,11 @@ func (s *store) addrsOf(e *entry.Entry, host string) ([]netip.Addr, reach.Class)
 		}
 		if h.Legacy != nil {
 			return s.legacy.addresses(h.Legacy), reach.Mesh
+		}
+		if e.Headless {
+			// Endpoint addresses are where a client connects, with or
+			// without a proxy.
+			return s.headlessAddrs(e), reach.Outside
 		}
 		return h.Addrs, reachOf(e)
 	}

@@ -137,7 +137,7 @@ func TestStressStore(t *testing.T) {
 			all[e.Key] = e
 		}
 	}
-	fresh.ReplaceAll(all)
+	fresh.ReplaceAll(all, nil)
 	fresh.MarkSynced()
 	assertSameStores(t, fresh, st)
 }
@@ -181,7 +181,7 @@ func TestStressLegacy(t *testing.T) {
 		t.Fatal(err)
 	}
 	fresh := newStore(true)
-	fresh.ReplaceAll(present)
+	fresh.ReplaceAll(present, nil)
 	fresh.MarkSynced()
 	eventuallyWithin(t, 5*time.Second, "the allocation settles on the fresh one", func() bool {
 		return sameStores(fresh, st) == ""
@@ -300,7 +300,7 @@ type countingSink struct {
 	replaced atomic.Int64
 }
 
-func (c *countingSink) ReplaceAll(all map[entry.Key]*entry.Entry) {
+func (c *countingSink) ReplaceAll(all map[entry.Key]*entry.Entry, workloads map[entry.Key]*entry.Workload) {
 	c.replaced.Add(1)
-	c.store.ReplaceAll(all)
+	c.store.ReplaceAll(all, workloads)
 }

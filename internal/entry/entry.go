@@ -43,8 +43,15 @@ type Entry struct {
 	// entry's, not each host's, as istiod allocates for a whole entry or
 	// none of it; beside Resolution it takes no room of its own.
 	Auto bool
+	// Headless says the hosts answer with the addresses of the entry's
+	// endpoints, as Istio's name table answers a service whose address is
+	// unspecified (0.0.0.0) and whose resolution is NONE, if it has ports
+	// (BuildNameTable, pkg/dns/server/name_table.go): resolution NONE, no
+	// spec.addresses, at least one valid port. The store finds them: the
+	// workloads the selector picks, else spec.endpoints.
+	Headless bool
 	// Endpoints are the addresses of spec.endpoints that DNS can give, in
-	// order: read for STATIC, DNS and DNS_ROUND_ROBIN entries only.
+	// order: read for entries without a workload selector.
 	Endpoints []Endpoint
 	// Selector is spec.workloadSelector's labels: nil when the entry has
 	// none, empty when it selects every workload of its namespace. With a
@@ -135,6 +142,8 @@ type Kind uint8
 
 const (
 	KindServiceEntry Kind = iota + 1
+	KindWorkloadEntry
+	KindPod
 )
 
 // Key is how the store knows an object: its kind and its namespace/name, so
@@ -151,8 +160,13 @@ func ServiceEntryKey(namespacedName string) Key {
 
 // String is the key as logs name it: "ServiceEntry ns/name".
 func (k Key) String() string {
-	if k.Kind == KindServiceEntry {
+	switch k.Kind {
+	case KindServiceEntry:
 		return "ServiceEntry " + k.Name
+	case KindWorkloadEntry:
+		return "WorkloadEntry " + k.Name
+	case KindPod:
+		return "Pod " + k.Name
 	}
 	return "object " + k.Name
 }
@@ -259,8 +273,9 @@ func convert(meta *metav1.ObjectMeta, spec *slimSpec, status *slimStatus, opts O
 	e.Resolution = resolution
 	var selectorSkips []Skip
 	e.Selector, selectorSkips = parseSelector(spec.Selector)
+	e.Headless = resolution == networking.ServiceEntry_NONE && len(spec.Addresses) == 0 && len(e.Ports) > 0
 	switch resolution {
-	case networking.ServiceEntry_STATIC, networking.ServiceEntry_DNS, networking.ServiceEntry_DNS_ROUND_ROBIN:
+	case networking.ServiceEntry_STATIC, networking.ServiceEntry_DNS, networking.ServiceEntry_DNS_ROUND_ROBIN, networking.ServiceEntry_NONE:
 		if spec.Selector == nil {
 			e.Endpoints, endpointSkips = parseEndpoints(spec.Endpoints)
 		}

@@ -43,7 +43,7 @@ func manifestDocument(raw []byte, opts entry.Options) sourcetest.Decoded {
 		return sourcetest.Decoded{Failed: true}
 	}
 	var r report
-	entries, err := manifest.Parse("test.json", raw, opts, &r)
+	entries, _, err := manifest.Parse("test.json", raw, opts, &r)
 	if err != nil || r.rejected || len(entries) > 1 {
 		return sourcetest.Decoded{Failed: true}
 	}

@@ -11,8 +11,15 @@ type Sink interface {
 	Upsert(key entry.Key, e *entry.Entry)
 	// UpsertAll applies Upsert to every key of changes as one change.
 	UpsertAll(changes map[entry.Key]*entry.Entry)
-	// ReplaceAll makes the sink hold exactly all, as one change.
-	ReplaceAll(all map[entry.Key]*entry.Entry)
+	// ReplaceAll makes the sink hold exactly the entries all and the
+	// workloads, as one change.
+	ReplaceAll(all map[entry.Key]*entry.Entry, workloads map[entry.Key]*entry.Workload)
+	// SetWorkloads sets the workloads stored under the keys of changes (nil
+	// removes one) as one change.
+	SetWorkloads(changes map[entry.Key]*entry.Workload)
+	// ReplaceWorkloads makes the sink hold exactly all of the workloads of
+	// kind in namespace ("" for every namespace), as one change: a relist.
+	ReplaceWorkloads(kind entry.Kind, namespace string, all map[entry.Key]*entry.Workload)
 	// BeginFullRead starts a new full read: changes are gathered, and what
 	// was published keeps answering, until MarkSynced.
 	BeginFullRead()

@@ -36,14 +36,15 @@ type Sink struct {
 	Delay time.Duration
 
 	mu        sync.Mutex
-	entries   map[entry.Key]*entry.Entry // as delivered
-	published map[entry.Key]*entry.Entry // what a store would serve; nil until the first MarkSynced
-	synced    bool                       // published is entries: changes are served
-	keys      []string                   // every key given (namespace/name), in order
-	given     map[string]bool            // the distinct keys given
-	atSynced  []int                      // len(given) at each MarkSynced
-	skips     map[string][]entry.Skip    // the last skips reported for each key
-	counts    map[string]uint64          // skipped items and rejected objects by reason
+	entries   map[entry.Key]*entry.Entry    // as delivered
+	published map[entry.Key]*entry.Entry    // what a store would serve; nil until the first MarkSynced
+	synced    bool                          // published is entries: changes are served
+	keys      []string                      // every key given (namespace/name), in order
+	given     map[string]bool               // the distinct keys given
+	atSynced  []int                         // len(given) at each MarkSynced
+	skips     map[string][]entry.Skip       // the last skips reported for each key
+	counts    map[string]uint64             // skipped items and rejected objects by reason
+	workloads map[entry.Key]*entry.Workload // as delivered
 
 	firstSynced chan struct{} // closed by the first MarkSynced
 }
@@ -57,6 +58,7 @@ func NewSink() *Sink {
 		given:       make(map[string]bool),
 		skips:       make(map[string][]entry.Skip),
 		counts:      make(map[string]uint64),
+		workloads:   make(map[entry.Key]*entry.Workload),
 		firstSynced: make(chan struct{}),
 	}
 }
@@ -79,10 +81,14 @@ func (s *Sink) UpsertAll(changes map[entry.Key]*entry.Entry) {
 	}
 }
 
-// ReplaceAll makes the sink hold exactly all.
-func (s *Sink) ReplaceAll(all map[entry.Key]*entry.Entry) {
+// ReplaceAll makes the sink hold exactly all and the workloads.
+func (s *Sink) ReplaceAll(all map[entry.Key]*entry.Entry, workloads map[entry.Key]*entry.Workload) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.workloads = maps.Clone(workloads)
+	if s.workloads == nil {
+		s.workloads = make(map[entry.Key]*entry.Workload)
+	}
 	for key := range s.entries {
 		if _, ok := all[key]; !ok {
 			s.setLocked(key, nil)
@@ -91,6 +97,45 @@ func (s *Sink) ReplaceAll(all map[entry.Key]*entry.Entry) {
 	for key, e := range all {
 		s.setLocked(key, e)
 	}
+}
+
+// SetWorkloads sets the workloads of changes (nil removes one).
+func (s *Sink) SetWorkloads(changes map[entry.Key]*entry.Workload) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for key, w := range changes {
+		s.setWorkloadLocked(key, w)
+	}
+}
+
+// ReplaceWorkloads makes the sink hold exactly all of the workloads of kind
+// in namespace ("" for every namespace).
+func (s *Sink) ReplaceWorkloads(kind entry.Kind, namespace string, all map[entry.Key]*entry.Workload) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for key := range s.workloads {
+		if _, kept := all[key]; !kept && key.Kind == kind && (namespace == "" || strings.HasPrefix(key.Name, namespace+"/")) {
+			delete(s.workloads, key)
+		}
+	}
+	for key, w := range all {
+		s.setWorkloadLocked(key, w)
+	}
+}
+
+func (s *Sink) setWorkloadLocked(key entry.Key, w *entry.Workload) {
+	if w == nil {
+		delete(s.workloads, key)
+	} else {
+		s.workloads[key] = w
+	}
+}
+
+// Workloads returns a copy of the workloads as delivered, by key.
+func (s *Sink) Workloads() map[entry.Key]*entry.Workload {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return maps.Clone(s.workloads)
 }
 
 func (s *Sink) setLocked(key entry.Key, e *entry.Entry) {

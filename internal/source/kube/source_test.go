@@ -500,7 +500,7 @@ func TestToCached(t *testing.T) {
 func TestLegacySameAcrossSources(t *testing.T) {
 	docs := sourcetest.LegacyEntries(60)
 	opts := entry.Options{AutoAllocate: entry.AutoAllocateLegacy, DualStack: true}
-	parsed, err := manifest.Parse("test.yaml", []byte(strings.Join(docs, "---\n")), opts, sourcetest.NewSink())
+	parsed, _, err := manifest.Parse("test.yaml", []byte(strings.Join(docs, "---\n")), opts, sourcetest.NewSink())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -26,7 +26,7 @@ func FuzzParseManifests(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		input := append(append([]byte(before), data...), after...)
 		for _, mode := range []entry.AutoAllocateMode{entry.AutoAllocateStatus, entry.AutoAllocateLegacy} {
-			entries, err := Parse("test.yaml", input, entry.Options{AutoAllocate: mode}, discard{})
+			entries, _, err := Parse("test.yaml", input, entry.Options{AutoAllocate: mode}, discard{})
 			keys := make(map[string]bool)
 			for _, e := range entries {
 				keys[e.Key.Name] = true

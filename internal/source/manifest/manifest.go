@@ -51,7 +51,7 @@ type Source struct {
 	settle        time.Duration
 	poll          time.Duration
 	pollUnwatched time.Duration
-	publish       func(map[entry.Key]*entry.Entry)
+	publish       func(map[entry.Key]*entry.Entry, map[entry.Key]*entry.Workload)
 	newWatcher    func() (*fsnotify.Watcher, error)
 
 	// Only touched by start and then by the source's goroutine.
@@ -66,8 +66,9 @@ type Source struct {
 // manifestFile is the last good read of one file and the change, if any,
 // that waits to be read.
 type manifestFile struct {
-	stamp   fileStamp      // of the last read
-	entries []*entry.Entry // the last good content
+	stamp     fileStamp // of the last read
+	entries   []*entry.Entry
+	workloads []*entry.Workload // with entries, the last good content
 
 	seen    fileStamp // the file as a pending check saw it
 	seenAt  time.Time // when; zero when nothing is pending
@@ -257,7 +258,7 @@ func (m *Source) check(now time.Time, first bool) (pending bool) {
 			f.goneAt = time.Time{}
 			continue
 		}
-		if !first && len(f.entries) > 0 {
+		if !first && f.holds() {
 			if f.goneAt.IsZero() {
 				f.goneAt = now
 			}
@@ -267,7 +268,7 @@ func (m *Source) check(now time.Time, first bool) (pending bool) {
 			}
 		}
 		delete(m.files, path)
-		changed = changed || len(f.entries) > 0
+		changed = changed || f.holds()
 	}
 	var toRead []string
 	for path, stamp := range present {
@@ -310,9 +311,10 @@ func (m *Source) check(now time.Time, first bool) (pending bool) {
 // found it (no info if that is unknown), which tells whether the file changed
 // during the read.
 type fileRead struct {
-	entries []*entry.Entry
-	stamp   fileStamp
-	err     error
+	entries   []*entry.Entry
+	workloads []*entry.Workload
+	stamp     fileStamp
+	err       error
 }
 
 // readFiles reads the files at paths, up to GOMAXPROCS at a time: a folder of
@@ -332,7 +334,7 @@ func (m *Source) readFiles(paths []string, listed map[string]fileStamp) []fileRe
 		wg.Go(func() {
 			defer func() { budget.Release(weight); <-slots }()
 			r := &reads[i]
-			r.entries, r.stamp, r.err = m.readFile(path)
+			r.entries, r.workloads, r.stamp, r.err = m.readFile(path)
 		})
 	}
 	wg.Wait()
@@ -361,20 +363,24 @@ func (m *Source) take(f *manifestFile, stamp fileStamp, r fileRead, now time.Tim
 		}
 		log.Errorf("manifests: %v", r.err)
 	}
-	if !first && len(r.entries) == 0 && len(f.entries) > 0 && f.emptyAt.IsZero() {
+	if !first && len(r.entries) == 0 && len(r.workloads) == 0 && f.holds() && f.emptyAt.IsZero() {
 		// No entries where there were some: perhaps truncated by
 		// a writer that has not written yet. Look again.
 		f.emptyAt = now
 		f.seen, f.seenAt = stamp, now
 		return false, true
 	}
-	f.stamp, f.entries, f.emptyAt = stamp, r.entries, time.Time{}
+	f.stamp, f.entries, f.workloads, f.emptyAt = stamp, r.entries, r.workloads, time.Time{}
 	return true, false
 }
 
-// merge combines the files' entries. Should two files define the same
-// namespace/name, the one whose path sorts last wins, whatever the read order.
-func (m *Source) merge() map[entry.Key]*entry.Entry {
+// holds reports whether the file's last good content has any object.
+func (f *manifestFile) holds() bool { return len(f.entries) > 0 || len(f.workloads) > 0 }
+
+// merge combines the files' entries and workloads. Should two files define
+// the same kind and namespace/name, the one whose path sorts last wins,
+// whatever the read order.
+func (m *Source) merge() (map[entry.Key]*entry.Entry, map[entry.Key]*entry.Workload) {
 	paths := make([]string, 0, len(m.files))
 	for p := range m.files {
 		paths = append(paths, p)
@@ -389,7 +395,16 @@ func (m *Source) merge() map[entry.Key]*entry.Entry {
 			merged[e.Key] = e
 		}
 	}
-	return merged
+	workloads := make(map[entry.Key]*entry.Workload)
+	for _, p := range paths {
+		for _, w := range m.files[p].workloads {
+			if _, dup := workloads[w.Key]; dup {
+				log.Warningf("manifests: %s is defined more than once; the one in %s wins", w.Key, p)
+			}
+			workloads[w.Key] = w
+		}
+	}
+	return merged, workloads
 }
 
 // listFiles returns every manifest file under the configured paths with its
@@ -454,30 +469,30 @@ var errManifestTooLarge = fmt.Errorf("larger than the %d MiB limit for one manif
 // readFile reads and parses one file. It also returns the file's stamp as it
 // was once read (no info if that is unknown), which tells whether the file
 // changed during the read.
-func (m *Source) readFile(path string) ([]*entry.Entry, fileStamp, error) {
+func (m *Source) readFile(path string) ([]*entry.Entry, []*entry.Workload, fileStamp, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, fileStamp{}, err
+		return nil, nil, fileStamp{}, err
 	}
 	defer f.Close()
 	// Read one byte past the limit rather than trusting a size taken
 	// before the read: the file may grow in between.
 	data, err := io.ReadAll(io.LimitReader(f, MaxFileBytes+1))
 	if err != nil {
-		return nil, fileStamp{}, err
+		return nil, nil, fileStamp{}, err
 	}
 	var read fileStamp
 	if fi, err := f.Stat(); err == nil {
 		read = stampOf(fi)
 	}
 	if len(data) > MaxFileBytes {
-		return nil, read, fmt.Errorf("%s: %w", path, errManifestTooLarge)
+		return nil, nil, read, fmt.Errorf("%s: %w", path, errManifestTooLarge)
 	}
-	entries, err := Parse(path, data, m.opts, m.sink)
+	entries, workloads, err := Parse(path, data, m.opts, m.sink)
 	if err != nil {
-		return entries, read, fmt.Errorf("%s: %w", path, err)
+		return entries, workloads, read, fmt.Errorf("%s: %w", path, err)
 	}
-	return entries, read, nil
+	return entries, workloads, read, nil
 }
 
 // Reporter is what Parse tells of what it leaves out: Sink's methods.
@@ -487,8 +502,8 @@ type Reporter interface {
 }
 
 // Parse decodes a stream of YAML or JSON documents, read from source
-// (a file, which its log lines name), and converts the ServiceEntries among
-// them, also those among the items of a List. A document that is not a valid
+// (a file, which its log lines name), and converts the ServiceEntries and
+// WorkloadEntries among them, also those among the items of a List. A document that is not a valid
 // ServiceEntry is skipped (logged and counted) and the rest are kept; an
 // error that stops the stream itself is returned with the entries read before
 // it.
@@ -496,15 +511,16 @@ type Reporter interface {
 // Documents are converted on several goroutines (see convertDocuments) but
 // reported here in stream order, so that the log, the counts and which of two
 // definitions of a name comes last are those of a sequential read.
-func Parse(source string, data []byte, opts entry.Options, tally Reporter) ([]*entry.Entry, error) {
+func Parse(source string, data []byte, opts entry.Options, tally Reporter) ([]*entry.Entry, []*entry.Workload, error) {
 	var entries []*entry.Entry
+	var workloads []*entry.Workload
 	for _, b := range convertDocuments(data, opts) {
-		entries = b.report(source, entries, tally)
+		entries, workloads = b.report(source, entries, workloads, tally)
 		if b.err != nil {
-			return entries, fmt.Errorf("document %d: %w", b.errDoc, b.err)
+			return entries, workloads, fmt.Errorf("document %d: %w", b.errDoc, b.err)
 		}
 	}
-	return entries, nil
+	return entries, workloads, nil
 }
 
 // manifestGuessSize is how far into a stream YAMLOrJSONDecoder looks to tell
@@ -529,15 +545,16 @@ type manifestBatch struct {
 }
 
 // manifestItem is what one document, or one item of a List, gave: an entry
-// (or nothing, for other kinds) and what its conversion left out, or the
-// error that left it out whole.
+// or a workload (or nothing, for other kinds) and what its conversion left
+// out, or the error that left it out whole.
 type manifestItem struct {
-	doc   int
-	item  int // its number in a List, from 1; 0 outside a List
-	entry *entry.Entry
-	key   string
-	skips []entry.Skip
-	err   error
+	doc      int
+	item     int // its number in a List, from 1; 0 outside a List
+	entry    *entry.Entry
+	workload *entry.Workload
+	key      entry.Key
+	skips    []entry.Skip
+	err      error
 }
 
 // convertDocuments splits data into documents on the calling goroutine (this
@@ -632,8 +649,9 @@ func yamlToJSON(doc []byte) ([]byte, error) {
 }
 
 // report logs (naming source, the file: files are read in parallel) and
-// counts what the batch's documents left out, and appends their entries.
-func (b *manifestBatch) report(source string, entries []*entry.Entry, tally Reporter) []*entry.Entry {
+// counts what the batch's documents left out, and appends their entries and
+// workloads.
+func (b *manifestBatch) report(source string, entries []*entry.Entry, workloads []*entry.Workload, tally Reporter) ([]*entry.Entry, []*entry.Workload) {
 	for _, it := range b.items {
 		switch {
 		case it.err != nil && it.item > 0:
@@ -643,13 +661,16 @@ func (b *manifestBatch) report(source string, entries []*entry.Entry, tally Repo
 			tally.Rejected(ReasonInvalidManifest)
 			log.Errorf("manifests: %s: document %d: %v", source, it.doc, it.err)
 		default:
-			tally.Skipped(entry.ServiceEntryKey(it.key).String(), it.skips)
+			tally.Skipped(it.key.String(), it.skips)
 			if it.entry != nil {
 				entries = append(entries, it.entry)
 			}
+			if it.workload != nil {
+				workloads = append(workloads, it.workload)
+			}
 		}
 	}
-	return entries
+	return entries, workloads
 }
 
 // appendItems converts one JSON document: a ServiceEntry, each item of a
@@ -670,8 +691,19 @@ func appendItems(items []manifestItem, doc int, raw []byte, opts entry.Options) 
 }
 
 func convertItem(doc, item int, d *jsonDocument, opts entry.Options) manifestItem {
-	e, key, skips, err := d.convert(opts)
-	return manifestItem{doc: doc, item: item, entry: e, key: key, skips: skips, err: err}
+	it := manifestItem{doc: doc, item: item}
+	if d.tmErr == nil && d.tm.Kind == "WorkloadEntry" && entry.IsServiceEntryVersion(d.tm.APIVersion) {
+		// WorkloadEntries share the ServiceEntries' group and versions.
+		it.workload, it.skips, it.err = d.convertWorkload()
+		if it.workload != nil {
+			it.key = it.workload.Key
+		}
+		return it
+	}
+	var key string
+	it.entry, key, it.skips, it.err = d.convert(opts)
+	it.key = entry.ServiceEntryKey(key)
+	return it
 }
 
 // jsonDocument is one JSON document decoded once: into the slim struct,
@@ -734,4 +766,18 @@ func (d *jsonDocument) convert(opts entry.Options) (e *entry.Entry, key string, 
 	}
 	_, k := entry.Identity(&d.se.ObjectMeta)
 	return e, k.Name, skips, nil
+}
+
+// convertWorkload decodes the document again as a WorkloadEntry: decoded
+// as a ServiceEntry it has lost what only a WorkloadEntry has.
+func (d *jsonDocument) convertWorkload() (*entry.Workload, []entry.Skip, error) {
+	var wle entry.WorkloadEntry
+	if err := json.Unmarshal(d.raw, &wle); err != nil {
+		return nil, nil, fmt.Errorf("WorkloadEntry: %w", err)
+	}
+	if wle.Name == "" {
+		return nil, nil, errors.New("WorkloadEntry without metadata.name")
+	}
+	w, skips := wle.Workload()
+	return w, skips, nil
 }

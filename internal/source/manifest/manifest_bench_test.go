@@ -84,7 +84,7 @@ func benchManifests(b *testing.B, asJSON bool) {
 	for b.Loop() {
 		m := New([]string{dir}, entry.Options{}, sourcetest.NewSink())
 		var got int
-		m.publish = func(entries map[entry.Key]*entry.Entry) { got = len(entries) }
+		m.publish = func(entries map[entry.Key]*entry.Entry, _ map[entry.Key]*entry.Workload) { got = len(entries) }
 		m.check(time.Now(), true)
 		if got != n {
 			b.Fatalf("read %d entries, want %d", got, n)

@@ -76,7 +76,7 @@ func TestManifestBadDocumentKeepsOthers(t *testing.T) {
 		"apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: bad}\nspec: {hosts: [bad.internal], resolution: BOGUS}\n" + "---\n" +
 		"apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {namespace: x}\nspec: {hosts: [noname.internal], addresses: [192.0.2.3]}\n" + "---\n" +
 		sourcetest.SEYAML("good2", "good2.internal", "192.0.2.2")
-	entries, err := Parse("test.yaml", []byte(doc), entry.Options{}, sourcetest.NewSink())
+	entries, _, err := Parse("test.yaml", []byte(doc), entry.Options{}, sourcetest.NewSink())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -293,7 +293,7 @@ func TestManifestSlowWriterInPlace(t *testing.T) {
 	publishes := 0
 	st, src := startManifestsWith(t, func(src *Source) {
 		publish := src.publish
-		src.publish = func(entries map[entry.Key]*entry.Entry) {
+		src.publish = func(entries map[entry.Key]*entry.Entry, workloads map[entry.Key]*entry.Workload) {
 			mu.Lock()
 			publishes++
 			var present []int
@@ -319,7 +319,7 @@ func TestManifestSlowWriterInPlace(t *testing.T) {
 				losses = append(losses, l)
 			}
 			mu.Unlock()
-			publish(entries)
+			publish(entries, workloads)
 		}
 	}, dir)
 
@@ -448,7 +448,7 @@ metadata:
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			entries, err := Parse("test.yaml", []byte(tc.doc), entry.Options{}, sourcetest.NewSink())
+			entries, _, err := Parse("test.yaml", []byte(tc.doc), entry.Options{}, sourcetest.NewSink())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -645,6 +645,13 @@ type parsed struct {
 	log     []string // without the timestamps
 }
 
+// parseEntries is Parse without the workloads, which the sequential
+// reference does not read.
+func parseEntries(source string, data []byte, opts entry.Options, tally Reporter) ([]*entry.Entry, error) {
+	entries, _, err := Parse(source, data, opts, tally)
+	return entries, err
+}
+
 // parseLogged runs parse on data and records what it logged. The log is the
 // process's: the test that calls it must not run in parallel.
 func parseLogged(parse func(string, []byte, entry.Options, Reporter) ([]*entry.Entry, error), data []byte, opts entry.Options) parsed {
@@ -671,7 +678,7 @@ func parseLogged(parse func(string, []byte, entry.Options, Reporter) ([]*entry.E
 func sameAsSequential(t *testing.T, data []byte, opts entry.Options) {
 	t.Helper()
 	want := parseLogged(parseManifestsSequential, data, opts)
-	got := parseLogged(Parse, data, opts)
+	got := parseLogged(parseEntries, data, opts)
 	if got.err != want.err {
 		t.Errorf("error %q, want %q", got.err, want.err)
 	}

@@ -1,0 +1,252 @@
+package entry
+
+import (
+	"encoding/json"
+	"maps"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"unique"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	kjson "sigs.k8s.io/json"
+)
+
+// Workload is what a headless entry's workload selector picks from: one
+// WorkloadEntry or one Pod, with what DNS needs of it and nothing else. A
+// workload that DNS never answers with (a host-name or Unix-socket address,
+// a pod not ready) still exists, with no addresses, so that a change of it is
+// a change, not an appearance.
+type Workload struct {
+	Key       Key // KindWorkloadEntry or KindPod, namespace/name
+	Namespace string
+	Labels    Labels
+	// Addrs are the addresses a headless entry that selects the workload
+	// answers with: none unless it is healthy and every address it has is
+	// an IP, as Istio's name table takes an endpoint (BuildNameTable,
+	// pkg/dns/server/name_table.go).
+	Addrs []netip.Addr
+}
+
+// Labels is a set of labels held as one interned string, "\x00k=v\x00" per
+// label, sorted by key: the pods of one ReplicaSet share one copy, and a
+// set no workload holds any more is collected (package unique). Keys and
+// values of valid labels hold neither "=" nor NUL, so a label is found by
+// its delimited form alone.
+type Labels struct{ set unique.Handle[string] }
+
+// MakeLabels interns m. A label whose key or value holds a NUL (never
+// valid; a WorkloadEntry's spec.labels is not checked by the API server)
+// is left out, so that it cannot pose as two labels.
+func MakeLabels(m map[string]string) Labels {
+	var b strings.Builder
+	b.WriteByte(0)
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		v := m[k]
+		if strings.IndexByte(k, 0) >= 0 || strings.IndexByte(v, 0) >= 0 {
+			continue
+		}
+		b.WriteString(k)
+		b.WriteByte('=')
+		b.WriteString(v)
+		b.WriteByte(0)
+	}
+	return Labels{unique.Make(b.String())}
+}
+
+// Has reports whether the set holds label k with value v.
+func (l Labels) Has(k, v string) bool {
+	s := l.set.Value()
+	for i := 0; i+len(k)+len(v)+2 <= len(s); {
+		j := strings.Index(s[i:], k)
+		if j < 0 {
+			return false
+		}
+		at := i + j
+		if s[at-1] == 0 && strings.HasPrefix(s[at+len(k):], "=") && strings.HasPrefix(s[at+len(k)+1:], v) &&
+			at+len(k)+1+len(v) < len(s) && s[at+len(k)+1+len(v)] == 0 {
+			return true
+		}
+		i = at + 1
+	}
+	return false
+}
+
+// Selects reports whether a workload selector's labels all hold in l, as
+// Istio's labels.Instance.SubsetOf does: an empty selector selects every
+// workload.
+func (l Labels) Selects(selector map[string]string) bool {
+	for k, v := range selector {
+		if !l.Has(k, v) {
+			return false
+		}
+	}
+	return true
+}
+
+// WorkloadEntryKey and PodKey are the keys of the workloads namespace/name.
+func WorkloadEntryKey(namespacedName string) Key {
+	return Key{Kind: KindWorkloadEntry, Name: namespacedName}
+}
+
+func PodKey(namespacedName string) Key { return Key{Kind: KindPod, Name: namespacedName} }
+
+// healthChecksAnnotation turns health checking of a WorkloadEntry on; its
+// "Healthy" condition then decides (status.WorkloadEntryHealthCheckAnnotation,
+// pilot/pkg/model/status/workloadentry.go).
+const healthChecksAnnotation = "proxy.istio.io/health-checks-enabled"
+
+// WorkloadEntry holds what ConvertWorkloadEntry reads of a WorkloadEntry,
+// decoded in one pass as ServiceEntry is (see there).
+type WorkloadEntry struct {
+	metav1.TypeMeta `json:",inline"`
+	workloadMeta    `json:"metadata"`
+	Spec            workloadSpec   `json:"spec"`
+	Status          workloadStatus `json:"status"`
+}
+
+// workloadMeta is slimMeta that also keeps the health-check annotation.
+type workloadMeta struct {
+	metav1.ObjectMeta `json:",inline"`
+	ManagedFields     ignoredJSON         `json:"managedFields"`
+	Annotations       workloadAnnotations `json:"annotations"`
+}
+
+func (m *workloadMeta) GetAnnotations() map[string]string { return m.Annotations }
+
+func (m *workloadMeta) SetAnnotations(a map[string]string) { m.Annotations = a }
+
+// workloadAnnotations keeps of metadata.annotations the end-of-initial-events
+// mark (see slimMeta) and the health-check annotation, nothing else.
+type workloadAnnotations map[string]string
+
+func (a *workloadAnnotations) UnmarshalJSON(b []byte) error {
+	var all map[string]string
+	if err := json.Unmarshal(b, &all); err != nil {
+		return err
+	}
+	*a = nil
+	for _, k := range []string{metav1.InitialEventsAnnotationKey, healthChecksAnnotation} {
+		if v, ok := all[k]; ok {
+			if *a == nil {
+				*a = make(workloadAnnotations, 1)
+			}
+			(*a)[k] = v
+		}
+	}
+	return nil
+}
+
+// workloadSpec is what the conversion reads of a WorkloadEntry's spec;
+// jsonpb's names are the JSON names here.
+type workloadSpec struct {
+	Address string            `json:"address"`
+	Labels  map[string]string `json:"labels"`
+}
+
+func (s *workloadSpec) UnmarshalJSON(b []byte) error {
+	type plain workloadSpec // without this method
+	return kjson.UnmarshalCaseSensitivePreserveInts(b, (*plain)(s))
+}
+
+// workloadStatus is the status conditions, of which only the first
+// "Healthy" one counts.
+type workloadStatus struct {
+	Conditions []workloadCondition `json:"conditions"`
+}
+
+type workloadCondition struct {
+	Type   string `json:"type"`
+	Status string `json:"status"`
+}
+
+func (s *workloadStatus) UnmarshalJSON(b []byte) error {
+	type plain workloadStatus
+	return kjson.UnmarshalCaseSensitivePreserveInts(b, (*plain)(s))
+}
+
+// Workload converts the decoded WorkloadEntry.
+func (w *WorkloadEntry) Workload() (*Workload, []Skip) {
+	healthy := true
+	if v, err := strconv.ParseBool(w.Annotations[healthChecksAnnotation]); err == nil && v {
+		healthy = false
+		if i := slices.IndexFunc(w.Status.Conditions, func(c workloadCondition) bool { return c.Type == "Healthy" }); i >= 0 {
+			healthy = w.Status.Conditions[i].Status == "True"
+		}
+	}
+	return ConvertWorkloadEntry(&w.ObjectMeta, w.Spec.Address, w.Spec.Labels, healthy)
+}
+
+// ConvertWorkloadEntry makes the workload of a WorkloadEntry, as the
+// ServiceEntry controller makes its endpoint
+// (convertWorkloadEntryToWorkloadInstance and isHealthy,
+// pilot/pkg/serviceregistry/serviceentry/conversion.go): its address is an
+// IP, a host name, a Unix socket or none, which a DNS entry's Envoy or a
+// network gateway may use but a headless answer never holds (BuildNameTable keeps only endpoints whose
+// addresses are all IPs); with health checks on, it counts only while
+// healthy. An address that is none of these is skipped with a log line and
+// a count.
+func ConvertWorkloadEntry(meta *metav1.ObjectMeta, address string, labels map[string]string, healthy bool) (*Workload, []Skip) {
+	namespace := meta.Namespace
+	if namespace == "" {
+		namespace = metav1.NamespaceDefault
+	}
+	key := WorkloadEntryKey(types.NamespacedName{Namespace: namespace, Name: meta.Name}.String())
+	w := &Workload{Key: key, Namespace: key.Name[:len(namespace)], Labels: MakeLabels(labels)}
+	ip, err := netip.ParseAddr(address)
+	switch {
+	case err == nil && ip.Zone() == "":
+		if healthy {
+			w.Addrs = []netip.Addr{ip.Unmap()}
+		}
+	case address == "", strings.HasPrefix(address, "unix://"), hostNameOK(address):
+		// No address is an ambient workload reached through its
+		// network's gateway.
+	default:
+		return w, []Skip{{Reason: ReasonInvalidAddress, Item: address}}
+	}
+	return w, nil
+}
+
+// hostNameOK tells a host name a DNS entry's Envoy could resolve.
+func hostNameOK(s string) bool {
+	name, reason := normalizeHost(s)
+	return reason == "" && !strings.HasPrefix(name, "*")
+}
+
+// ConvertPod makes the workload of a pod, as Istio's Kubernetes controller
+// makes the endpoint a ServiceEntry's selector picks (PodCache.onEvent and
+// notifyWorkloadHandlers, pilot/pkg/serviceregistry/kube/controller/pod.go):
+// a pod counts while it is not terminal, has an IP, is not being deleted and
+// is Ready; its addresses are status.podIP, and every status.podIPs with
+// dualStack (ISTIO_DUAL_STACK). A pod on the host network counts too: its
+// address is the node's, which is where it listens.
+func ConvertPod(pod *corev1.Pod, dualStack bool) *Workload {
+	key := PodKey(pod.Namespace + "/" + pod.Name)
+	w := &Workload{Key: key, Namespace: key.Name[:len(pod.Namespace)], Labels: MakeLabels(pod.Labels)}
+	if pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed || pod.DeletionTimestamp != nil ||
+		!podReady(pod) {
+		return w
+	}
+	add := func(s string) {
+		if ip, err := netip.ParseAddr(s); err == nil && ip.Zone() == "" && !slices.Contains(w.Addrs, ip.Unmap()) {
+			w.Addrs = append(w.Addrs, ip.Unmap())
+		}
+	}
+	add(pod.Status.PodIP)
+	if dualStack {
+		for _, ip := range pod.Status.PodIPs {
+			add(ip.IP)
+		}
+	}
+	return w
+}
+
+// podReady is the pod's Ready condition, the first of that type, true.
+func podReady(pod *corev1.Pod) bool {
+	i := slices.IndexFunc(pod.Status.Conditions, func(c corev1.PodCondition) bool { return c.Type == corev1.PodReady })
+	return i >= 0 && pod.Status.Conditions[i].Status == corev1.ConditionTrue
+}
