@@ -12,10 +12,64 @@ import (
 // A headless entry (entry.Entry.Headless) answers with the addresses of its
 // endpoints, as Istio's name table does (BuildNameTable,
 // pkg/dns/server/name_table.go): those of the workloads its selector picks
-// in its own namespace, else those of spec.endpoints. The store keeps the
-// workloads by namespace and the selecting entries by namespace, so that a
-// workload's change dirties only the hosts of the entries that select it,
-// before or after the change.
+// in its own namespace, else those of spec.endpoints.
+//
+// selection is one namespace's part of it: its workloads, and its headless
+// entries with a selector, each filed under one label of its selector (its
+// "pair", entry.SelectorPair). The workloads holding a label that some
+// selector is filed under are indexed by it too, so that a workload's change
+// looks only at the entries filed under its own labels, and an entry's
+// endpoints are found among the workloads holding its pair: both cost what
+// they touch, not the namespace's size, however many entries and pods it
+// holds.
+type selection struct {
+	workloads map[entry.Key]*entry.Workload
+	selectAll []*entry.Entry            // entries with an empty selector
+	filed     map[string][]*entry.Entry // by pair
+	// holding has, by pair, the workloads holding that label; a pair whose
+	// entry has just been filed is nil until built, in one pass over the
+	// namespace for all such pairs (build), so that a sync filing many
+	// entries scans the namespace once, not once per entry.
+	holding map[string]map[entry.Key]*entry.Workload
+	pending bool // some pair of holding is nil
+}
+
+func (s *store) selectionOf(ns string) *selection {
+	sel := s.namespaces[ns]
+	if sel == nil {
+		sel = &selection{workloads: make(map[entry.Key]*entry.Workload), filed: make(map[string][]*entry.Entry),
+			holding: make(map[string]map[entry.Key]*entry.Workload)}
+		s.namespaces[ns] = sel
+	}
+	return sel
+}
+
+// dropIfEmpty forgets a namespace with nothing in it.
+func (s *store) dropIfEmpty(ns string, sel *selection) {
+	if len(sel.workloads) == 0 && len(sel.selectAll) == 0 && len(sel.filed) == 0 {
+		delete(s.namespaces, ns)
+	}
+}
+
+// build fills the pairs filed since the last build, in one pass.
+func (sel *selection) build() {
+	if !sel.pending {
+		return
+	}
+	sel.pending = false
+	for pair, held := range sel.holding {
+		if held == nil {
+			sel.holding[pair] = make(map[entry.Key]*entry.Workload)
+		}
+	}
+	for key, w := range sel.workloads {
+		for pair := range w.Labels.Pairs() {
+			if held, ok := sel.holding[pair]; ok {
+				held[key] = w
+			}
+		}
+	}
+}
 
 // SetWorkloads sets the workloads stored under the keys of changes (nil
 // removes one) and publishes once.
@@ -40,15 +94,19 @@ func (s *store) ReplaceWorkloads(kind entry.Kind, namespace string, all map[entr
 // replaceWorkloadsLocked removes the workloads of namespace ("" for all)
 // that of says are replaced and all does not hold, then sets all.
 func (s *store) replaceWorkloadsLocked(of func(entry.Key) bool, namespace string, all map[entry.Key]*entry.Workload) {
-	for ns, held := range s.workloads {
+	var gone []entry.Key
+	for ns, sel := range s.namespaces {
 		if namespace != "" && ns != namespace {
 			continue
 		}
-		for key := range held {
+		for key := range sel.workloads {
 			if _, kept := all[key]; !kept && of(key) {
-				s.setWorkloadLocked(key, nil)
+				gone = append(gone, key)
 			}
 		}
+	}
+	for _, key := range gone {
+		s.setWorkloadLocked(key, nil)
 	}
 	for key, w := range all {
 		s.setWorkloadLocked(key, w)
@@ -63,45 +121,58 @@ func (s *store) setWorkloadLocked(key entry.Key, w *entry.Workload) {
 	if w != nil && len(w.Addrs) == 0 {
 		w = nil
 	}
-	held := s.workloads[ns]
-	old := held[key]
+	sel := s.namespaces[ns]
+	var old *entry.Workload
+	if sel != nil {
+		old = sel.workloads[key]
+	}
 	if old == nil && w == nil {
 		return
 	}
+	if sel == nil {
+		sel = s.selectionOf(ns)
+	}
 	if old == nil || w == nil || old.Labels != w.Labels || !slices.Equal(old.Addrs, w.Addrs) {
-		for _, e := range s.selectors[ns] {
-			if old != nil && old.Labels.Selects(e.Selector) || w != nil && w.Labels.Selects(e.Selector) {
+		s.touchSelecting(sel, old)
+		s.touchSelecting(sel, w)
+	}
+	if old != nil {
+		delete(sel.workloads, key)
+		for pair := range old.Labels.Pairs() {
+			delete(sel.holding[pair], key)
+		}
+	}
+	if w != nil {
+		sel.workloads[key] = w
+		for pair := range w.Labels.Pairs() {
+			if held := sel.holding[pair]; held != nil {
+				held[key] = w
+			}
+		}
+	}
+	s.dropIfEmpty(ns, sel)
+}
+
+// touchSelecting rebuilds the entries of sel that select w (nil: none).
+func (s *store) touchSelecting(sel *selection, w *entry.Workload) {
+	if w == nil {
+		return
+	}
+	for _, e := range sel.selectAll {
+		s.touchHeadless(e)
+	}
+	for pair := range w.Labels.Pairs() {
+		for _, e := range sel.filed[pair] {
+			if w.Labels.Selects(e.Selector) {
 				s.touchHeadless(e)
 			}
 		}
 	}
-	if w == nil {
-		delete(held, key)
-		if len(held) == 0 {
-			delete(s.workloads, ns)
-		}
-		return
-	}
-	if held == nil {
-		held = make(map[entry.Key]*entry.Workload)
-		s.workloads[ns] = held
-	}
-	held[key] = w
 }
 
-// selectFor records a headless entry with a selector; unselect forgets it.
+// selectFor files a headless entry with a selector; unselect takes it out.
 // Either way its cached addresses go.
 func (s *store) selectFor(e *entry.Entry) {
-	if !e.Headless {
-		return
-	}
-	delete(s.endpoints, e)
-	if e.Selector != nil {
-		s.selectors[e.Namespace] = append(s.selectors[e.Namespace], e)
-	}
-}
-
-func (s *store) unselect(e *entry.Entry) {
 	if !e.Headless {
 		return
 	}
@@ -109,12 +180,38 @@ func (s *store) unselect(e *entry.Entry) {
 	if e.Selector == nil {
 		return
 	}
-	rest := slices.DeleteFunc(s.selectors[e.Namespace], func(x *entry.Entry) bool { return x == e })
-	if len(rest) == 0 {
-		delete(s.selectors, e.Namespace)
-	} else {
-		s.selectors[e.Namespace] = rest
+	sel := s.selectionOf(e.Namespace)
+	pair := entry.SelectorPair(e.Selector)
+	if pair == "" {
+		sel.selectAll = append(sel.selectAll, e)
+		return
 	}
+	if _, ok := sel.holding[pair]; !ok {
+		sel.holding[pair] = nil
+		sel.pending = true
+	}
+	sel.filed[pair] = append(sel.filed[pair], e)
+}
+
+func (s *store) unselect(e *entry.Entry) {
+	if !e.Headless {
+		return
+	}
+	delete(s.endpoints, e)
+	sel := s.namespaces[e.Namespace]
+	if e.Selector == nil || sel == nil {
+		return
+	}
+	isE := func(x *entry.Entry) bool { return x == e }
+	if pair := entry.SelectorPair(e.Selector); pair == "" {
+		sel.selectAll = slices.DeleteFunc(sel.selectAll, isE)
+	} else if rest := slices.DeleteFunc(sel.filed[pair], isE); len(rest) > 0 {
+		sel.filed[pair] = rest
+	} else {
+		delete(sel.filed, pair)
+		delete(sel.holding, pair)
+	}
+	s.dropIfEmpty(e.Namespace, sel)
 }
 
 // touchHeadless drops e's cached addresses and rebuilds its hosts at the
@@ -143,9 +240,14 @@ func (s *store) headlessAddrs(e *entry.Entry) []netip.Addr {
 				addrs = append(addrs, ep.IP)
 			}
 		}
-	} else {
+	} else if sel := s.namespaces[e.Namespace]; sel != nil {
+		candidates := sel.workloads
+		if pair := entry.SelectorPair(e.Selector); pair != "" {
+			sel.build()
+			candidates = sel.holding[pair]
+		}
 		var picked []*entry.Workload
-		for _, w := range s.workloads[e.Namespace] {
+		for _, w := range candidates {
 			if w.Labels.Selects(e.Selector) {
 				picked = append(picked, w)
 			}

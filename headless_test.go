@@ -1,7 +1,11 @@
 package serviceentry
 
 import (
+	"fmt"
+	"math/rand/v2"
 	"net/netip"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/coredns-serviceentry/serviceentry/internal/entry"
@@ -211,6 +215,72 @@ func TestHeadlessWorkloadChanges(t *testing.T) {
 		}
 		if got := lookupIn(st.table(), "inline.internal"); got != untouched {
 			t.Errorf("%s: inline.internal, which selects nothing, was rebuilt", step.name)
+		}
+	}
+}
+
+// TestHeadlessIndexAgainstScan: under random changes of workloads and of
+// selecting entries, in any order, each headless entry answers with what a
+// scan of every workload of its namespace picks.
+func TestHeadlessIndexAgainstScan(t *testing.T) {
+	r := rand.New(rand.NewPCG(25, 25))
+	apps := []string{"a", "b", "c"}
+	namespaces := []string{"x", "y"}
+	labelsOf := func() map[string]string {
+		l := map[string]string{"app": apps[r.IntN(len(apps))]}
+		if r.IntN(2) == 0 {
+			l["v"] = apps[r.IntN(len(apps))]
+		}
+		return l
+	}
+	st := newStore(false)
+	st.MarkSynced()
+	entries := map[entry.Key]*entry.Entry{}
+	workloads := map[entry.Key]*entry.Workload{}
+	for op := range 3000 {
+		ns := namespaces[r.IntN(len(namespaces))]
+		switch r.IntN(3) {
+		case 0: // an entry appears, changes its selector, or goes
+			name := fmt.Sprintf("e%d", r.IntN(8))
+			key := entry.ServiceEntryKey(ns + "/" + name)
+			var e *entry.Entry
+			if r.IntN(4) > 0 {
+				selector := labelsOf()
+				if r.IntN(10) == 0 {
+					selector = map[string]string{}
+				}
+				e = &entry.Entry{Key: key, Namespace: ns, Name: name, Headless: true, Selector: selector,
+					Ports: []entry.Port{{Name: "tcp", Number: 80}}, Hosts: []entry.Host{{Name: name + "." + ns + ".internal"}}}
+				entries[key] = e
+			} else {
+				delete(entries, key)
+			}
+			st.Upsert(key, e)
+		default: // a workload appears, changes, turns unready or goes
+			key := entry.PodKey(fmt.Sprintf("%s/p%d", ns, r.IntN(30)))
+			var w *entry.Workload
+			if r.IntN(5) > 0 {
+				w = &entry.Workload{Key: key, Namespace: ns, Labels: entry.MakeLabels(labelsOf())}
+				if r.IntN(5) > 0 {
+					w.Addrs = []netip.Addr{netip.AddrFrom4([4]byte{10, 0, 0, byte(r.IntN(40))})}
+				}
+				workloads[key] = w
+			} else {
+				delete(workloads, key)
+			}
+			st.SetWorkloads(map[entry.Key]*entry.Workload{key: w})
+		}
+		for _, e := range entries {
+			var want []string
+			for _, w := range workloads {
+				if w.Namespace == e.Namespace && len(w.Addrs) > 0 && w.Labels.Selects(e.Selector) && !slices.Contains(want, w.Addrs[0].String()) {
+					want = append(want, w.Addrs[0].String())
+				}
+			}
+			slices.Sort(want)
+			if got := answerAddrs(lookupIn(st.table(), e.Hosts[0].Name)); got != strings.Join(want, " ") {
+				t.Fatalf("op %d: %s answers %q, want %q", op, e.Hosts[0].Name, got, strings.Join(want, " "))
+			}
 		}
 	}
 }

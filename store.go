@@ -63,14 +63,12 @@ type store struct {
 	clients  *podindex.Index
 	overlaid map[string][]string
 
-	// workloads are, by namespace, the WorkloadEntries and pods with an
-	// address, which a headless entry's selector may pick; selectors are,
-	// by namespace, the headless entries with a selector; endpoints caches
-	// the addresses of each headless entry, dropped when the entry or a
+	// namespaces index, by namespace, the workloads a headless entry's
+	// selector may pick and the entries that select; endpoints caches the
+	// addresses of each headless entry, dropped when the entry or a
 	// workload it selects changes (see headless.go).
-	workloads map[string]map[entry.Key]*entry.Workload
-	selectors map[string][]*entry.Entry
-	endpoints map[*entry.Entry][]netip.Addr
+	namespaces map[string]*selection
+	endpoints  map[*entry.Entry][]netip.Addr
 
 	// skipped counts what the source left out (see skipTally).
 	skipped skipTally
@@ -85,8 +83,7 @@ func newStore(legacy bool) *store {
 		byHost:  make(map[string][]*entry.Entry),
 
 		envoyResolves: make(map[string]int),
-		workloads:     make(map[string]map[entry.Key]*entry.Workload),
-		selectors:     make(map[string][]*entry.Entry),
+		namespaces:    make(map[string]*selection),
 		endpoints:     make(map[*entry.Entry][]netip.Addr),
 		building:      table.NewTable(maphash.MakeSeed()),
 		dirty:         make(map[string]bool),

@@ -2,6 +2,7 @@ package entry
 
 import (
 	"encoding/json"
+	"iter"
 	"maps"
 	"net/netip"
 	"slices"
@@ -73,6 +74,38 @@ func (l Labels) Has(k, v string) bool {
 		i = at + 1
 	}
 	return false
+}
+
+// Pairs yields each label as "k=v", without allocating: the keys by which
+// the store indexes the workloads a selector may pick.
+func (l Labels) Pairs() iter.Seq[string] {
+	return func(yield func(string) bool) {
+		s := l.set.Value()
+		for len(s) > 1 {
+			pair, rest, _ := strings.Cut(s[1:], "\x00")
+			if !yield(pair) {
+				return
+			}
+			s = s[1+len(pair):]
+			_ = rest
+		}
+	}
+}
+
+// SelectorPair is the label of a non-empty selector that the store indexes
+// it by, "k=v" of its least key; "" for an empty selector.
+func SelectorPair(selector map[string]string) string {
+	if len(selector) == 0 {
+		return ""
+	}
+	least := ""
+	first := true
+	for k := range selector {
+		if first || k < least {
+			least, first = k, false
+		}
+	}
+	return least + "=" + selector[least]
 }
 
 // Selects reports whether a workload selector's labels all hold in l, as

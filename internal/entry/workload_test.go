@@ -96,3 +96,19 @@ func TestConvertWorkloadEntry(t *testing.T) {
 		}
 	}
 }
+
+func TestLabelsPairs(t *testing.T) {
+	var got []string
+	for p := range MakeLabels(map[string]string{"b": "2", "a": "1", "empty": ""}).Pairs() {
+		got = append(got, p)
+	}
+	if want := []string{"a=1", "b=2", "empty="}; !slices.Equal(got, want) {
+		t.Errorf("Pairs() = %q, want %q", got, want)
+	}
+	for range MakeLabels(nil).Pairs() {
+		t.Error("no labels yield a pair")
+	}
+	if got := SelectorPair(map[string]string{"version": "v1", "app": "db"}); got != "app=db" {
+		t.Errorf("SelectorPair = %q, want app=db", got)
+	}
+}
