@@ -19,25 +19,41 @@ import (
 )
 
 // kubeadmCorefile is the Corefile the pinned kubeadm writes for a cluster
-// whose domain is cluster.local: its template, the constant CoreDNSConfigMap
+// whose domain is domain: its template, the constant CoreDNSConfigMap
 // of cmd/kubeadm/app/phases/addons/dns, read from the source of the pinned
 // module (importing the package would add kubeadm's own dependencies to this
 // module, whose go.sum keys the cached server build), filled as kubeadm
 // fills it, with text/template (kubeadmutil.ParseTemplate).
-func kubeadmCorefile(t *testing.T) string {
+func kubeadmCorefile(t *testing.T, domain string) string {
+	t.Helper()
+	text := kubeadmConstant(t, "cmd/kubeadm/app/phases/addons/dns/manifests.go", "CoreDNSConfigMap")
+	tmpl, err := template.New("coredns").Parse(text)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := tmpl.Execute(&out, struct{ DNSDomain, UpstreamNameserver, StubDomain string }{DNSDomain: domain}); err != nil {
+		t.Fatal(err)
+	}
+	return corefileOf(t, out.Bytes())
+}
+
+// kubeadmConstant is the value of the string constant name in file (a path
+// in the pinned k8s.io/kubernetes module), read from its source.
+func kubeadmConstant(t *testing.T, file, name string) string {
 	t.Helper()
 	dir, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "k8s.io/kubernetes").Output()
 	if err != nil {
 		t.Fatalf("finding the kubernetes module: %v", err)
 	}
-	path := filepath.Join(strings.TrimSpace(string(dir)), "cmd/kubeadm/app/phases/addons/dns/manifests.go")
-	file, err := parser.ParseFile(token.NewFileSet(), path, nil, 0)
+	path := filepath.Join(strings.TrimSpace(string(dir)), file)
+	f, err := parser.ParseFile(token.NewFileSet(), path, nil, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var text string
-	ast.Inspect(file, func(n ast.Node) bool {
-		if spec, ok := n.(*ast.ValueSpec); ok && len(spec.Names) == 1 && spec.Names[0].Name == "CoreDNSConfigMap" {
+	ast.Inspect(f, func(n ast.Node) bool {
+		if spec, ok := n.(*ast.ValueSpec); ok && len(spec.Names) == 1 && spec.Names[0].Name == name && len(spec.Values) == 1 {
 			if lit, ok := spec.Values[0].(*ast.BasicLit); ok {
 				text, _ = strconv.Unquote(lit.Value)
 			}
@@ -45,17 +61,9 @@ func kubeadmCorefile(t *testing.T) string {
 		return text == ""
 	})
 	if text == "" {
-		t.Fatalf("%s: no constant CoreDNSConfigMap; kubeadm moved its template", path)
+		t.Fatalf("%s: no string constant %s; kubeadm moved it", path, name)
 	}
-	tmpl, err := template.New("coredns").Parse(text)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out bytes.Buffer
-	if err := tmpl.Execute(&out, struct{ DNSDomain, UpstreamNameserver, StubDomain string }{DNSDomain: "cluster.local"}); err != nil {
-		t.Fatal(err)
-	}
-	return corefileOf(t, out.Bytes())
+	return text
 }
 
 func corefileOf(t *testing.T, manifest []byte) string {
@@ -85,7 +93,7 @@ func withoutStanza(t *testing.T, what, corefile string) string {
 // (kubeadm's cache block, for one). A new kubeadm that changes its Corefile
 // fails this test when test/servers moves to it.
 func TestShippedCorefileIsKubeadms(t *testing.T) {
-	want := kubeadmCorefile(t)
+	want := kubeadmCorefile(t, "cluster.local")
 	manifest, err := os.ReadFile("../../deploy/in-cluster/coredns-configmap.yaml")
 	if err != nil {
 		t.Fatal(err)
@@ -112,5 +120,71 @@ func TestShippedCorefileIsKubeadms(t *testing.T) {
 	block, _, _ = strings.Cut(block, "~~~\n")
 	if block != shipped {
 		t.Errorf("README.md's in-cluster example:\n%s\nis not the shipped Corefile:\n%s", block, shipped)
+	}
+}
+
+// corefileMerge builds cmd/corefile-merge of the plugin's module (run, not
+// imported, so that this module's go.sum, which keys the cached servers,
+// stays as it is) and returns a function that runs it on a Corefile.
+func corefileMerge(t *testing.T) func(in string) (out, stderr string, err error) {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "corefile-merge")
+	build := exec.Command("go", "build", "-o", bin, "./cmd/corefile-merge")
+	build.Dir = "../.."
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building cmd/corefile-merge: %v\n%s", err, out)
+	}
+	return func(in string) (string, string, error) {
+		var out, stderr bytes.Buffer
+		cmd := exec.Command(bin)
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = strings.NewReader(in), &out, &stderr
+		err := cmd.Run()
+		return out.String(), stderr.String(), err
+	}
+}
+
+// TestMergeKubeadmCorefile runs cmd/corefile-merge, as docs/deploying.md
+// does, on the Corefile the pinned kubeadm writes: for cluster.local it gives
+// the shipped Corefile exactly; for another cluster domain it adds a stanza
+// naming that domain and keeps every other line; a second run changes
+// nothing.
+func TestMergeKubeadmCorefile(t *testing.T) {
+	merge := corefileMerge(t)
+	manifest, err := os.ReadFile("../../deploy/in-cluster/coredns-configmap.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	shipped := corefileOf(t, manifest)
+	for _, domain := range []string{"cluster.local", "k8s.example"} {
+		t.Run(domain, func(t *testing.T) {
+			stock := kubeadmCorefile(t, domain)
+			got, stderr, err := merge(stock)
+			if err != nil {
+				t.Fatalf("%v: %s", err, stderr)
+			}
+			if domain == "cluster.local" && got != shipped {
+				t.Errorf("merged:\n%s\nthe shipped Corefile:\n%s", got, shipped)
+			}
+			if back := withoutStanza(t, "merged", got); back != stock {
+				t.Errorf("merged without the stanza:\n%s\nkubeadm writes:\n%s", back, stock)
+			}
+			block := stanza.FindString(got)
+			for _, option := range []string{"fallthrough", "searchpath"} {
+				if !regexp.MustCompile(`(?m)^\s+` + option + `\b`).MatchString(block) {
+					t.Errorf("the stanza has no %s:\n%s", option, block)
+				}
+			}
+			if domain != "cluster.local" {
+				for _, line := range []string{"searchpath " + domain, "cluster_domain " + domain} {
+					if !strings.Contains(block, line+"\n") {
+						t.Errorf("the stanza for %s has no %q:\n%s", domain, line, block)
+					}
+				}
+			}
+			again, stderr, err := merge(got)
+			if err != nil || again != got {
+				t.Errorf("a second run changed the Corefile (%v, %s):\n%s", err, stderr, again)
+			}
+		})
 	}
 }
