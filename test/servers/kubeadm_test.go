@@ -2,19 +2,23 @@ package servers
 
 import (
 	"bytes"
+	"encoding/json"
 	"go/ast"
 	"go/parser"
 	"go/token"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 	"text/template"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/strategicpatch"
 	"sigs.k8s.io/yaml"
 )
 
@@ -186,5 +190,130 @@ func TestMergeKubeadmCorefile(t *testing.T) {
 				t.Errorf("a second run changed the Corefile (%v, %s):\n%s", err, stderr, again)
 			}
 		})
+	}
+}
+
+// kubeadmTagMatcher is the regular expression kubeadm reads an image's tag
+// with (util/image's tagMatcher): the tag of the running CoreDNS image is
+// the version kubeadm's Corefile migration starts from.
+func kubeadmTagMatcher(t *testing.T) *regexp.Regexp {
+	t.Helper()
+	dir, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "k8s.io/kubernetes").Output()
+	if err != nil {
+		t.Fatalf("finding the kubernetes module: %v", err)
+	}
+	path := filepath.Join(strings.TrimSpace(string(dir)), "cmd/kubeadm/app/util/image/image.go")
+	f, err := parser.ParseFile(token.NewFileSet(), path, nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var expr string
+	ast.Inspect(f, func(n ast.Node) bool {
+		if spec, ok := n.(*ast.ValueSpec); ok && len(spec.Names) == 1 && spec.Names[0].Name == "tagMatcher" && len(spec.Values) == 1 {
+			if call, ok := spec.Values[0].(*ast.CallExpr); ok && len(call.Args) == 1 {
+				if lit, ok := call.Args[0].(*ast.BasicLit); ok {
+					expr, _ = strconv.Unquote(lit.Value)
+				}
+			}
+		}
+		return expr == ""
+	})
+	if expr == "" {
+		t.Fatalf("%s: no tagMatcher; kubeadm reads image tags another way now", path)
+	}
+	return regexp.MustCompile(expr)
+}
+
+// TestKubeadmPatch: deploy/in-cluster/kubeadm-patches holds a patch that
+// kubeadm's --patches takes for its CoreDNS Deployment, and applied as
+// kubeadm applies it (a strategic merge patch over the Deployment the pinned
+// kubeadm renders) it changes the image of kubeadm's coredns container and
+// nothing else. The image has no tag kubeadm can read, so kubeadm takes no
+// CoreDNS version from it and migrates nothing, and it is the image of
+// coredns-deployment-patch.yaml, the same patch kubectl applies at install.
+func TestKubeadmPatch(t *testing.T) {
+	const dir = "../../deploy/in-cluster/kubeadm-patches"
+	files, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := kubeadmConstant(t, "cmd/kubeadm/app/util/patches/patches.go", "CoreDNSDeployment")
+	if len(files) != 1 || files[0].Name() != target+"+strategic.yaml" {
+		t.Fatalf("%s: want one file, %s+strategic.yaml (kubeadm's target and patch type), got %v", dir, target, files)
+	}
+	patchYAML, err := os.ReadFile(filepath.Join(dir, files[0].Name()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	patch, err := yaml.YAMLToJSON(patchYAML)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	tmpl, err := template.New("deployment").Parse(kubeadmConstant(t, "cmd/kubeadm/app/phases/addons/dns/manifests.go", "CoreDNSDeployment"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	replicas := int32(2)
+	var rendered bytes.Buffer
+	if err := tmpl.Execute(&rendered, struct {
+		DeploymentName, Image, ControlPlaneTaintKey string
+		Replicas                                    *int32
+	}{"coredns", "registry.k8s.io/coredns/coredns:v1.13.1", "node-role.kubernetes.io/control-plane", &replicas}); err != nil {
+		t.Fatal(err)
+	}
+	original, err := yaml.YAMLToJSON(rendered.Bytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	patched, err := strategicpatch.StrategicMergePatch(original, patch, appsv1.Deployment{})
+	if err != nil {
+		t.Fatalf("kubeadm would refuse the patch: %v", err)
+	}
+	var before, after appsv1.Deployment
+	if err := json.Unmarshal(original, &before); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(patched, &after); err != nil {
+		t.Fatal(err)
+	}
+	containers := after.Spec.Template.Spec.Containers
+	if len(containers) != 1 || containers[0].Name != "coredns" {
+		t.Fatalf("after the patch, containers %+v: want kubeadm's one coredns container", containers)
+	}
+	image := containers[0].Image
+	if image == before.Spec.Template.Spec.Containers[0].Image || !strings.HasPrefix(image, "registry.example.com/coredns-serviceentry") {
+		t.Errorf("the patch left the image %q", image)
+	}
+	containers[0].Image = before.Spec.Template.Spec.Containers[0].Image
+	if !reflect.DeepEqual(before, after) {
+		t.Errorf("the patch changes more than the image:\nbefore %+v\nafter  %+v", before.Spec.Template.Spec, after.Spec.Template.Spec)
+	}
+
+	// kubeadm's tag reader finds a tag in kubeadm's own image, and none in ours.
+	tags := kubeadmTagMatcher(t)
+	tagOf := func(image string) string {
+		if m := tags.FindStringSubmatch(image); len(m) >= 2 {
+			return m[1]
+		}
+		return ""
+	}
+	if got := tagOf(before.Spec.Template.Spec.Containers[0].Image); got != "v1.13.1" {
+		t.Fatalf("kubeadm's tag reader gives %q for its own image: this test reads it wrong", got)
+	}
+	if got := tagOf(image); got != "" {
+		t.Errorf("kubeadm reads the version %q from the patch's image %q: name it by digest only", got, image)
+	}
+
+	kubectlYAML, err := os.ReadFile("../../deploy/in-cluster/coredns-deployment-patch.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kubectlPatch, err := yaml.YAMLToJSON(kubectlYAML)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(kubectlPatch, patch) {
+		t.Errorf("coredns-deployment-patch.yaml (%s) and the kubeadm patch (%s) differ", kubectlPatch, patch)
 	}
 }
