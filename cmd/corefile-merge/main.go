@@ -28,7 +28,8 @@ Without -stanza the stanza is
         searchpath
     }
 naming the kubernetes directive's cluster domains (cluster_domain and
-searchpath) when they are not cluster.local. -stanza FILE gives another one
+searchpath) when they are not cluster.local, and without searchpath where the
+block has autopath (it already walks the search path through the plugin). -stanza FILE gives another one
 (one serviceentry directive), e.g. with namespaces, or a narrower zone where
 untrusted namespaces can write ServiceEntries (docs/security.md).
 `
@@ -88,6 +89,9 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if _, err := stdout.Write(res.corefile); err != nil {
 		fmt.Fprintln(stderr, "corefile-merge:", err)
 		return 1
+	}
+	if res.note != "" {
+		fmt.Fprintf(stderr, "corefile-merge: %s: %s\n", name, res.note)
 	}
 	if res.changed {
 		fmt.Fprintf(stderr, "corefile-merge: %s: serviceentry stanza added at line %d\n", name, res.line)

@@ -22,6 +22,8 @@ type result struct {
 	changed  bool
 	// line is the line of the serviceentry directive in corefile.
 	line int
+	// note says what the default stanza left out, and why.
+	note string
 }
 
 // merge adds stanza to the server block of corefile that serves zone "."
@@ -64,12 +66,19 @@ func merge(name string, corefile []byte, stanza string) (result, error) {
 	if !strings.HasPrefix(rest, "kubernetes") {
 		return result{}, fmt.Errorf("%s:%d: kubernetes does not start its line; put it on a line of its own", name, kube[0].Line)
 	}
+	var note string
 	if stanza == "" {
 		domains, err := clusterDomains(name, kube)
 		if err != nil {
 			return result{}, err
 		}
-		stanza = defaultStanza(domains)
+		// autopath runs before the plugin and already walks the search
+		// path through it; searchpath would only double its CNAME.
+		_, autopath := blk.Tokens["autopath"]
+		if autopath {
+			note = "the block has autopath, which walks the search path through the plugin: the stanza has no searchpath"
+		}
+		stanza = defaultStanza(domains, !autopath)
 	}
 	if err := checkStanza(stanza); err != nil {
 		return result{}, err
@@ -103,7 +112,7 @@ func merge(name string, corefile []byte, stanza string) (result, error) {
 	if !ok || se[0].Line != at+1 {
 		return result{}, fmt.Errorf("internal error: the stanza is not in the %s block after merging", strings.Join(blk.Keys, " "))
 	}
-	return result{corefile: []byte(out), changed: true, line: at + 1}, nil
+	return result{corefile: []byte(out), changed: true, line: at + 1, note: note}, nil
 }
 
 // dotBlock is the one server block of corefile that serves zone "." over
@@ -202,14 +211,21 @@ func clusterDomains(name string, kube []caddyfile.Token) ([]string, error) {
 }
 
 // defaultStanza is the stanza of deploy/in-cluster/coredns-configmap.yaml,
-// with the cluster's domains named where they are not the plugin's default.
-func defaultStanza(domains []string) string {
+// with the cluster's domains named where they are not the plugin's default,
+// and without searchpath when searchpath is false.
+func defaultStanza(domains []string, searchpath bool) string {
 	s := "serviceentry {\n\tfallthrough\n"
-	if len(domains) == 1 && domains[0] == defaultDomain {
-		return s + "\tsearchpath\n}\n"
+	d := ""
+	if len(domains) != 1 || domains[0] != defaultDomain {
+		d = strings.Join(domains, " ")
 	}
-	d := strings.Join(domains, " ")
-	return s + "\tsearchpath " + d + "\n\tcluster_domain " + d + "\n}\n"
+	if searchpath {
+		s += "\t" + strings.TrimSpace("searchpath "+d) + "\n"
+	}
+	if d != "" {
+		s += "\tcluster_domain " + d + "\n"
+	}
+	return s + "}\n"
 }
 
 // checkStanza refuses a -stanza that is not one serviceentry directive:

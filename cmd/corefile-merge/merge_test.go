@@ -140,7 +140,7 @@ func TestMerge(t *testing.T) {
 	tests := []struct {
 		name, in, stanza, want string
 		changed                bool
-		wantErr                string
+		wantErr, note          string
 	}{
 		{name: "kubeadm's Corefile gives the shipped one", in: kubeadm, want: shipped, changed: true},
 		{name: "the shipped Corefile is left alone", in: shipped, want: shipped},
@@ -175,6 +175,18 @@ func TestMerge(t *testing.T) {
 			in:   ".:53 {\n    serviceentry mesh.internal\n    kubernetes cluster.local\n}\n",
 			want: ".:53 {\n    serviceentry mesh.internal\n    kubernetes cluster.local\n}\n",
 		},
+		{
+			name: "autopath: no searchpath in the stanza",
+			in:   ".:53 {\n    autopath @kubernetes\n    kubernetes cluster.local {\n        pods verified\n    }\n}\n",
+			want: ".:53 {\n    autopath @kubernetes\n    serviceentry {\n        fallthrough\n    }\n    kubernetes cluster.local {\n        pods verified\n    }\n}\n", changed: true,
+			note: "autopath",
+		},
+		{
+			name: "autopath and another cluster domain",
+			in:   ".:53 {\n    autopath @kubernetes\n    kubernetes k8s.example\n}\n",
+			want: ".:53 {\n    autopath @kubernetes\n    serviceentry {\n        fallthrough\n        cluster_domain k8s.example\n    }\n    kubernetes k8s.example\n}\n", changed: true,
+			note: "autopath",
+		},
 		{name: "no root block", in: "example.org:53 {\n    forward . 10.0.0.1\n}\n", wantErr: `no server block serves zone "."`},
 		{name: "a root block over TLS only", in: "tls://.:853 {\n    kubernetes cluster.local\n}\n", wantErr: `no server block serves zone "."`},
 		{name: "two root blocks", in: ".:53 {\n    kubernetes cluster.local\n}\n.:1053 {\n    kubernetes cluster.local\n}\n", wantErr: `2 server blocks serve zone "."`},
@@ -197,6 +209,9 @@ func TestMerge(t *testing.T) {
 			}
 			if err != nil {
 				t.Fatal(err)
+			}
+			if (tc.note == "") != (got.note == "") || !strings.Contains(got.note, tc.note) {
+				t.Errorf("note %q, want one with %q", got.note, tc.note)
 			}
 			if string(got.corefile) != tc.want || got.changed != tc.changed {
 				t.Fatalf("changed %v (want %v), got:\n%s\nwant:\n%s", got.changed, tc.changed, got.corefile, tc.want)
