@@ -21,6 +21,8 @@ Prints COREFILE (standard input when absent or "-") with a serviceentry stanza
 added to the server block for zone ".", before its kubernetes directive.
 Everything else is kept byte for byte. A block that already has a
 serviceentry directive is printed unchanged, so running it twice is safe.
+Files named by import lines are not read (they exist where CoreDNS runs): a
+serviceentry directive in one of them is not seen.
 
 Without -stanza the stanza is
     serviceentry {

@@ -89,12 +89,10 @@ func merge(name string, corefile []byte, stanza string) (result, error) {
 		l = strings.TrimRight(l, " \t\r")
 		switch {
 		case l == "":
-		case l[0] == '\t':
-			// One level of the stanza's own nesting is one level of the
-			// Corefile's, as the kubernetes block indents its options.
-			l = inner + strings.TrimLeft(l, "\t")
-		case l[0] == ' ':
-			l = inner + strings.TrimLeft(l, " ")
+		case l[0] == '\t' || l[0] == ' ':
+			// An option: indented as this Corefile indents the options of
+			// its kubernetes block.
+			l = inner + strings.TrimLeft(l, " \t")
 		default:
 			l = indent + l
 		}
