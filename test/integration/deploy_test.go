@@ -225,7 +225,7 @@ func checkImagePatch(t *testing.T, kube kubernetes.Interface) {
 		t.Fatal(err)
 	}
 	containers := got.Spec.Template.Spec.Containers
-	if len(containers) != 1 || containers[0].Image != "registry.example.com/coredns-serviceentry:v0.1.0" {
+	if len(containers) != 1 || containers[0].Image != "registry.example.com/coredns-serviceentry@sha256:"+strings.Repeat("0", 64) {
 		t.Fatalf("after the patch: %+v", containers)
 	}
 	if len(containers[0].Args) != 2 || len(containers[0].VolumeMounts) != 1 || got.Spec.Template.Spec.ServiceAccountName != "coredns" {

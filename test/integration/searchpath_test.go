@@ -192,3 +192,77 @@ func TestSearchPathSaving(t *testing.T) {
 		t.Errorf("round trips per lookup: %.2f with searchpath (want 1), %.2f without (want %d)", perOn, perOff, len(searchList)+1)
 	}
 }
+
+// TestAutopathAndSearchpath runs kube-system's Corefile with CoreDNS's
+// autopath (and the pods verified it needs), without and with searchpath, as
+// the README's "searchpath or autopath, not both" describes them:
+//   - autopath alone answers a pod's first search form of a ServiceEntry
+//     host at once (its walk reaches the bare host through the plugin), but
+//     not the other forms, nor a client that is no pod;
+//   - searchpath answers every form from any client;
+//   - with both, autopath takes the first form and puts its own CNAME in
+//     front of the plugin's: the reply carries the CNAME twice.
+func TestAutopathAndSearchpath(t *testing.T) {
+	c := startCluster(t, "AlwaysAllow")
+	c.installCRDs(t, istioCRDs(t))
+	createNamespace(t, c, "apps")
+	createEntry(t, c) // api.external.example in namespace bar
+	kube, err := kubernetes.NewForConfig(c.restConfig(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const pod = "127.0.0.2" // a pod of namespace apps
+	createPodAt(t, kube, "apps", "client", pod)
+	kubeconfig := c.kubeconfig(t, adminToken)
+
+	first, second := entryHost+".apps.svc.cluster.local.", entryHost+".svc.cluster.local."
+	cname := "NOERROR CNAME " + entryHost + ". A 198.51.100.7"
+	for _, tc := range []struct {
+		name       string
+		searchpath bool
+		want       map[[2]string]string // {from, name} -> chain
+	}{
+		{"autopath alone", false, map[[2]string]string{
+			{pod, first}:         cname,
+			{pod, second}:        "NXDOMAIN",
+			{"127.0.0.1", first}: "NXDOMAIN",
+		}},
+		{"autopath and searchpath", true, map[[2]string]string{
+			{pod, first}:         "NOERROR CNAME " + entryHost + ". CNAME " + entryHost + ". A 198.51.100.7",
+			{pod, second}:        cname,
+			{"127.0.0.1", first}: cname,
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			corefile := inClusterCorefile(t)
+			corefile = replaceOnce(t, corefile, "    serviceentry {", "    autopath @kubernetes\n    serviceentry {")
+			corefile = replaceOnce(t, corefile, "pods insecure", "pods verified")
+			if !tc.searchpath {
+				corefile = replaceOnce(t, corefile, "       searchpath\n", "")
+			}
+			server := runInCluster(t, corefile, kubeconfig, kubeconfig, upstream(t, upstreamRecords))
+			waitFor(t, 30*time.Second, "CoreDNS ready", server.isReady)
+			server.waitAnswer(t, 10*time.Second, entryHost, dns.TypeA, entryAnswer)
+			// The kubernetes plugin finds the pod once its pod watch has it:
+			// until then autopath does nothing for it.
+			waitFor(t, 10*time.Second, "autopath knows the pod", func() bool {
+				r, err := server.exchangeFrom(first, dns.TypeA, "udp", pod)
+				return err == nil && r.Rcode == dns.RcodeSuccess
+			})
+			for q, want := range tc.want {
+				r, err := server.exchangeFrom(q[1], dns.TypeA, "udp", q[0])
+				got := "error"
+				if err == nil {
+					parts := []string{dns.RcodeToString[r.Rcode]}
+					for _, rr := range r.Answer {
+						parts = append(parts, strings.Fields(rr.String())[3:]...)
+					}
+					got = strings.Join(parts, " ")
+				}
+				if !strings.EqualFold(got, want) {
+					t.Errorf("%s from %s: got %q, want %q", q[1], q[0], got, want)
+				}
+			}
+		})
+	}
+}

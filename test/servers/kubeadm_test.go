@@ -2,42 +2,62 @@ package servers
 
 import (
 	"bytes"
+	"encoding/json"
 	"go/ast"
 	"go/parser"
 	"go/token"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 	"text/template"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/strategicpatch"
 	"sigs.k8s.io/yaml"
 )
 
 // kubeadmCorefile is the Corefile the pinned kubeadm writes for a cluster
-// whose domain is cluster.local: its template, the constant CoreDNSConfigMap
+// whose domain is domain: its template, the constant CoreDNSConfigMap
 // of cmd/kubeadm/app/phases/addons/dns, read from the source of the pinned
 // module (importing the package would add kubeadm's own dependencies to this
 // module, whose go.sum keys the cached server build), filled as kubeadm
 // fills it, with text/template (kubeadmutil.ParseTemplate).
-func kubeadmCorefile(t *testing.T) string {
+func kubeadmCorefile(t *testing.T, domain string) string {
+	t.Helper()
+	text := kubeadmConstant(t, "cmd/kubeadm/app/phases/addons/dns/manifests.go", "CoreDNSConfigMap")
+	tmpl, err := template.New("coredns").Parse(text)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := tmpl.Execute(&out, struct{ DNSDomain, UpstreamNameserver, StubDomain string }{DNSDomain: domain}); err != nil {
+		t.Fatal(err)
+	}
+	return corefileOf(t, out.Bytes())
+}
+
+// kubeadmConstant is the value of the string constant name in file (a path
+// in the pinned k8s.io/kubernetes module), read from its source.
+func kubeadmConstant(t *testing.T, file, name string) string {
 	t.Helper()
 	dir, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "k8s.io/kubernetes").Output()
 	if err != nil {
 		t.Fatalf("finding the kubernetes module: %v", err)
 	}
-	path := filepath.Join(strings.TrimSpace(string(dir)), "cmd/kubeadm/app/phases/addons/dns/manifests.go")
-	file, err := parser.ParseFile(token.NewFileSet(), path, nil, 0)
+	path := filepath.Join(strings.TrimSpace(string(dir)), file)
+	f, err := parser.ParseFile(token.NewFileSet(), path, nil, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var text string
-	ast.Inspect(file, func(n ast.Node) bool {
-		if spec, ok := n.(*ast.ValueSpec); ok && len(spec.Names) == 1 && spec.Names[0].Name == "CoreDNSConfigMap" {
+	ast.Inspect(f, func(n ast.Node) bool {
+		if spec, ok := n.(*ast.ValueSpec); ok && len(spec.Names) == 1 && spec.Names[0].Name == name && len(spec.Values) == 1 {
 			if lit, ok := spec.Values[0].(*ast.BasicLit); ok {
 				text, _ = strconv.Unquote(lit.Value)
 			}
@@ -45,17 +65,9 @@ func kubeadmCorefile(t *testing.T) string {
 		return text == ""
 	})
 	if text == "" {
-		t.Fatalf("%s: no constant CoreDNSConfigMap; kubeadm moved its template", path)
+		t.Fatalf("%s: no string constant %s; kubeadm moved it", path, name)
 	}
-	tmpl, err := template.New("coredns").Parse(text)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out bytes.Buffer
-	if err := tmpl.Execute(&out, struct{ DNSDomain, UpstreamNameserver, StubDomain string }{DNSDomain: "cluster.local"}); err != nil {
-		t.Fatal(err)
-	}
-	return corefileOf(t, out.Bytes())
+	return text
 }
 
 func corefileOf(t *testing.T, manifest []byte) string {
@@ -85,7 +97,7 @@ func withoutStanza(t *testing.T, what, corefile string) string {
 // (kubeadm's cache block, for one). A new kubeadm that changes its Corefile
 // fails this test when test/servers moves to it.
 func TestShippedCorefileIsKubeadms(t *testing.T) {
-	want := kubeadmCorefile(t)
+	want := kubeadmCorefile(t, "cluster.local")
 	manifest, err := os.ReadFile("../../deploy/in-cluster/coredns-configmap.yaml")
 	if err != nil {
 		t.Fatal(err)
@@ -112,5 +124,196 @@ func TestShippedCorefileIsKubeadms(t *testing.T) {
 	block, _, _ = strings.Cut(block, "~~~\n")
 	if block != shipped {
 		t.Errorf("README.md's in-cluster example:\n%s\nis not the shipped Corefile:\n%s", block, shipped)
+	}
+}
+
+// corefileMerge builds cmd/corefile-merge of the plugin's module (run, not
+// imported, so that this module's go.sum, which keys the cached servers,
+// stays as it is) and returns a function that runs it on a Corefile.
+func corefileMerge(t *testing.T) func(in string) (out, stderr string, err error) {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "corefile-merge")
+	build := exec.Command("go", "build", "-o", bin, "./cmd/corefile-merge")
+	build.Dir = "../.."
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building cmd/corefile-merge: %v\n%s", err, out)
+	}
+	return func(in string) (string, string, error) {
+		var out, stderr bytes.Buffer
+		cmd := exec.Command(bin)
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = strings.NewReader(in), &out, &stderr
+		err := cmd.Run()
+		return out.String(), stderr.String(), err
+	}
+}
+
+// TestMergeKubeadmCorefile runs cmd/corefile-merge, as docs/deploying.md
+// does, on the Corefile the pinned kubeadm writes: for cluster.local it gives
+// the shipped Corefile exactly; for another cluster domain it adds a stanza
+// naming that domain and keeps every other line; a second run changes
+// nothing.
+func TestMergeKubeadmCorefile(t *testing.T) {
+	merge := corefileMerge(t)
+	manifest, err := os.ReadFile("../../deploy/in-cluster/coredns-configmap.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	shipped := corefileOf(t, manifest)
+	for _, domain := range []string{"cluster.local", "k8s.example"} {
+		t.Run(domain, func(t *testing.T) {
+			stock := kubeadmCorefile(t, domain)
+			got, stderr, err := merge(stock)
+			if err != nil {
+				t.Fatalf("%v: %s", err, stderr)
+			}
+			if domain == "cluster.local" && got != shipped {
+				t.Errorf("merged:\n%s\nthe shipped Corefile:\n%s", got, shipped)
+			}
+			if back := withoutStanza(t, "merged", got); back != stock {
+				t.Errorf("merged without the stanza:\n%s\nkubeadm writes:\n%s", back, stock)
+			}
+			block := stanza.FindString(got)
+			for _, option := range []string{"fallthrough", "searchpath"} {
+				if !regexp.MustCompile(`(?m)^\s+` + option + `\b`).MatchString(block) {
+					t.Errorf("the stanza has no %s:\n%s", option, block)
+				}
+			}
+			if domain != "cluster.local" {
+				for _, line := range []string{"searchpath " + domain, "cluster_domain " + domain} {
+					if !strings.Contains(block, line+"\n") {
+						t.Errorf("the stanza for %s has no %q:\n%s", domain, line, block)
+					}
+				}
+			}
+			again, stderr, err := merge(got)
+			if err != nil || again != got {
+				t.Errorf("a second run changed the Corefile (%v, %s):\n%s", err, stderr, again)
+			}
+		})
+	}
+}
+
+// kubeadmTagMatcher is the regular expression kubeadm reads an image's tag
+// with (util/image's tagMatcher): the tag of the running CoreDNS image is
+// the version kubeadm's Corefile migration starts from.
+func kubeadmTagMatcher(t *testing.T) *regexp.Regexp {
+	t.Helper()
+	dir, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "k8s.io/kubernetes").Output()
+	if err != nil {
+		t.Fatalf("finding the kubernetes module: %v", err)
+	}
+	path := filepath.Join(strings.TrimSpace(string(dir)), "cmd/kubeadm/app/util/image/image.go")
+	f, err := parser.ParseFile(token.NewFileSet(), path, nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var expr string
+	ast.Inspect(f, func(n ast.Node) bool {
+		if spec, ok := n.(*ast.ValueSpec); ok && len(spec.Names) == 1 && spec.Names[0].Name == "tagMatcher" && len(spec.Values) == 1 {
+			if call, ok := spec.Values[0].(*ast.CallExpr); ok && len(call.Args) == 1 {
+				if lit, ok := call.Args[0].(*ast.BasicLit); ok {
+					expr, _ = strconv.Unquote(lit.Value)
+				}
+			}
+		}
+		return expr == ""
+	})
+	if expr == "" {
+		t.Fatalf("%s: no tagMatcher; kubeadm reads image tags another way now", path)
+	}
+	return regexp.MustCompile(expr)
+}
+
+// TestKubeadmPatch: deploy/in-cluster/kubeadm-patches holds a patch that
+// kubeadm's --patches takes for its CoreDNS Deployment, and applied as
+// kubeadm applies it (a strategic merge patch over the Deployment the pinned
+// kubeadm renders) it changes the image of kubeadm's coredns container and
+// nothing else. The image has no tag kubeadm can read, so kubeadm takes no
+// CoreDNS version from it and migrates nothing, and it is the image of
+// coredns-deployment-patch.yaml, the same patch kubectl applies at install.
+func TestKubeadmPatch(t *testing.T) {
+	const dir = "../../deploy/in-cluster/kubeadm-patches"
+	files, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := kubeadmConstant(t, "cmd/kubeadm/app/util/patches/patches.go", "CoreDNSDeployment")
+	if len(files) != 1 || files[0].Name() != target+"+strategic.yaml" {
+		t.Fatalf("%s: want one file, %s+strategic.yaml (kubeadm's target and patch type), got %v", dir, target, files)
+	}
+	patchYAML, err := os.ReadFile(filepath.Join(dir, files[0].Name()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	patch, err := yaml.YAMLToJSON(patchYAML)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	tmpl, err := template.New("deployment").Parse(kubeadmConstant(t, "cmd/kubeadm/app/phases/addons/dns/manifests.go", "CoreDNSDeployment"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	replicas := int32(2)
+	var rendered bytes.Buffer
+	if err := tmpl.Execute(&rendered, struct {
+		DeploymentName, Image, ControlPlaneTaintKey string
+		Replicas                                    *int32
+	}{"coredns", "registry.k8s.io/coredns/coredns:v1.13.1", "node-role.kubernetes.io/control-plane", &replicas}); err != nil {
+		t.Fatal(err)
+	}
+	original, err := yaml.YAMLToJSON(rendered.Bytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	patched, err := strategicpatch.StrategicMergePatch(original, patch, appsv1.Deployment{})
+	if err != nil {
+		t.Fatalf("kubeadm would refuse the patch: %v", err)
+	}
+	var before, after appsv1.Deployment
+	if err := json.Unmarshal(original, &before); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(patched, &after); err != nil {
+		t.Fatal(err)
+	}
+	containers := after.Spec.Template.Spec.Containers
+	if len(containers) != 1 || containers[0].Name != "coredns" {
+		t.Fatalf("after the patch, containers %+v: want kubeadm's one coredns container", containers)
+	}
+	image := containers[0].Image
+	if image == before.Spec.Template.Spec.Containers[0].Image || !strings.HasPrefix(image, "registry.example.com/coredns-serviceentry") {
+		t.Errorf("the patch left the image %q", image)
+	}
+	containers[0].Image = before.Spec.Template.Spec.Containers[0].Image
+	if !reflect.DeepEqual(before, after) {
+		t.Errorf("the patch changes more than the image:\nbefore %+v\nafter  %+v", before.Spec.Template.Spec, after.Spec.Template.Spec)
+	}
+
+	// kubeadm's tag reader finds a tag in kubeadm's own image, and none in ours.
+	tags := kubeadmTagMatcher(t)
+	tagOf := func(image string) string {
+		if m := tags.FindStringSubmatch(image); len(m) >= 2 {
+			return m[1]
+		}
+		return ""
+	}
+	if got := tagOf(before.Spec.Template.Spec.Containers[0].Image); got != "v1.13.1" {
+		t.Fatalf("kubeadm's tag reader gives %q for its own image: this test reads it wrong", got)
+	}
+	if got := tagOf(image); got != "" {
+		t.Errorf("kubeadm reads the version %q from the patch's image %q: name it by digest only", got, image)
+	}
+
+	kubectlYAML, err := os.ReadFile("../../deploy/in-cluster/coredns-deployment-patch.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kubectlPatch, err := yaml.YAMLToJSON(kubectlYAML)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(kubectlPatch, patch) {
+		t.Errorf("coredns-deployment-patch.yaml (%s) and the kubeadm patch (%s) differ", kubectlPatch, patch)
 	}
 }
