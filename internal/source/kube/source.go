@@ -86,7 +86,7 @@ func New(cfg Config, sink source.Sink, clients *podindex.Index) (*Source, error)
 		if err != nil {
 			return nil, fmt.Errorf("creating Kubernetes client: %w", err)
 		}
-		k.pods = newPodSource(pods, cfg.Namespaces, clients, sink)
+		k.pods = newPodSource(pods, cfg.Namespaces, cfg.Convert.DualStack, clients, sink)
 	}
 	return k, nil
 }
