@@ -303,8 +303,11 @@ func TestKubeSourceNoCRD(t *testing.T) {
 // goroutine while a request hangs at an API server that never answers it:
 // discovery, or the reflector's list once discovery has succeeded.
 func TestKubeSourceStopIsPrompt(t *testing.T) {
+	// Both kinds in v1, so that discovery asks no other version (which
+	// would hang) and the lists are reached.
 	discovery := `{"kind":"APIResourceList","apiVersion":"v1","groupVersion":"networking.istio.io/v1",` +
-		`"resources":[{"name":"serviceentries","namespaced":true,"kind":"ServiceEntry","verbs":["get","list","watch"]}]}`
+		`"resources":[{"name":"serviceentries","namespaced":true,"kind":"ServiceEntry","verbs":["get","list","watch"]},` +
+		`{"name":"workloadentries","namespaced":true,"kind":"WorkloadEntry","verbs":["get","list","watch"]}]}`
 	for _, c := range []struct {
 		name     string
 		answered string // the one path the server answers; every other request hangs
