@@ -12,6 +12,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	kjson "sigs.k8s.io/json"
 )
@@ -282,4 +283,35 @@ func ConvertPod(pod *corev1.Pod, dualStack bool) *Workload {
 func podReady(pod *corev1.Pod) bool {
 	i := slices.IndexFunc(pod.Status.Conditions, func(c corev1.PodCondition) bool { return c.Type == corev1.PodReady })
 	return i >= 0 && pod.Status.Conditions[i].Status == corev1.ConditionTrue
+}
+
+// WorkloadEntryList is a list response of any served version; the
+// WorkloadEntry reader's REST client decodes it in one pass, as
+// ServiceEntryList.
+type WorkloadEntryList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata"`
+	Items           []WorkloadEntry `json:"items"`
+}
+
+// DeepCopyObject makes WorkloadEntry a runtime.Object, which a reflector
+// and a scheme need.
+func (w *WorkloadEntry) DeepCopyObject() runtime.Object {
+	out := *w
+	out.ObjectMeta = *w.ObjectMeta.DeepCopy()
+	out.Annotations = maps.Clone(w.Annotations)
+	out.Spec.Labels = maps.Clone(w.Spec.Labels)
+	out.Status.Conditions = slices.Clone(w.Status.Conditions)
+	return &out
+}
+
+func (l *WorkloadEntryList) DeepCopyObject() runtime.Object {
+	out := &WorkloadEntryList{TypeMeta: l.TypeMeta, ListMeta: *l.ListMeta.DeepCopy()}
+	if l.Items != nil {
+		out.Items = make([]WorkloadEntry, len(l.Items))
+		for i := range l.Items {
+			out.Items[i] = *l.Items[i].DeepCopyObject().(*WorkloadEntry)
+		}
+	}
+	return out
 }

@@ -2,6 +2,7 @@ package entry
 
 import (
 	"net/netip"
+	"reflect"
 	"slices"
 	"testing"
 
@@ -110,5 +111,26 @@ func TestLabelsPairs(t *testing.T) {
 	}
 	if got := SelectorPair(map[string]string{"version": "v1", "app": "db"}); got != "app=db" {
 		t.Errorf("SelectorPair = %q, want app=db", got)
+	}
+}
+
+// TestWorkloadEntryDeepCopy: a copy shares nothing a change could reach
+// through the original, as a reflector's objects must not.
+func TestWorkloadEntryDeepCopy(t *testing.T) {
+	var w WorkloadEntry
+	w.Name, w.Namespace = "w", "ns"
+	w.Annotations = workloadAnnotations{healthChecksAnnotation: "true"}
+	w.Spec = workloadSpec{Address: "10.0.0.1", Labels: map[string]string{"app": "db"}}
+	w.Status.Conditions = []workloadCondition{{Type: "Healthy", Status: "True"}}
+	l := &WorkloadEntryList{Items: []WorkloadEntry{w}}
+	c := l.DeepCopyObject().(*WorkloadEntryList)
+	if !reflect.DeepEqual(c, l) {
+		t.Fatalf("copy %+v, want %+v", c, l)
+	}
+	c.Items[0].Annotations[healthChecksAnnotation] = "false"
+	c.Items[0].Spec.Labels["app"] = "web"
+	c.Items[0].Status.Conditions[0].Status = "False"
+	if got := l.Items[0]; got.Annotations[healthChecksAnnotation] != "true" || got.Spec.Labels["app"] != "db" || got.Status.Conditions[0].Status != "True" {
+		t.Fatalf("changing the copy changed the original: %+v", got)
 	}
 }

@@ -234,6 +234,10 @@ func TestRBAC(t *testing.T) {
 	allowed := startCoreDNS(t, "rbac.internal", "kubeconfig "+c.kubeconfig(t, token), "startup_timeout 10s")
 	allowed.waitListening(t, 20*time.Second)
 	allowed.waitAnswer(t, 10*time.Second, "ok.rbac.internal", dns.TypeA, "NOERROR 192.0.2.30")
+	allowed.waitLog(t, 5*time.Second, "reading WorkloadEntries through")
+	if strings.Contains(allowed.output(), "is refused") || strings.Contains(allowed.output(), "is forbidden") {
+		t.Errorf("deploy/rbac.yaml does not allow everything the plugin reads:\n%s", allowed.output())
+	}
 
 	denied := startCoreDNS(t, "rbac.internal", "kubeconfig "+c.kubeconfig(t, nobodyToken), "startup_timeout 1s")
 	denied.waitListening(t, 20*time.Second)

@@ -1,6 +1,8 @@
 package kube
 
 import (
+	"errors"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -13,6 +15,7 @@ import (
 	clientv1beta1 "istio.io/client-go/pkg/apis/networking/v1beta1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	serjson "k8s.io/apimachinery/pkg/runtime/serializer/json"
 )
 
@@ -70,7 +73,7 @@ var informerPath = sourcetest.DecodePath{
 		return informerDocument(sourcetest.TypedSerializer, b, opts)
 	},
 	Slim: func(b []byte, opts entry.Options) sourcetest.Decoded {
-		return informerDocument(slimJSON{slimSerializer}, b, opts)
+		return informerDocument(slimJSON{Serializer: slimSerializer}, b, opts)
 	},
 }
 
@@ -150,7 +153,7 @@ func TestSlimJSONMatchesSerializer(t *testing.T) {
 				wantInto, gotInto = c.into(), c.into()
 			}
 			want, wantGVK, wantErr := slimSerializer.Decode([]byte(c.doc), nil, wantInto)
-			got, gotGVK, gotErr := slimJSON{slimSerializer}.Decode([]byte(c.doc), nil, gotInto)
+			got, gotGVK, gotErr := slimJSON{Serializer: slimSerializer}.Decode([]byte(c.doc), nil, gotInto)
 			if (wantErr != nil) != (gotErr != nil) || !reflect.DeepEqual(want, got) || !reflect.DeepEqual(wantGVK, gotGVK) {
 				t.Errorf("serializer %T %v %v\n%#v\nslimJSON %T %v %v\n%#v", want, wantGVK, wantErr, want, got, gotGVK, gotErr, got)
 			}
@@ -158,11 +161,83 @@ func TestSlimJSONMatchesSerializer(t *testing.T) {
 	}
 }
 
+// TestSlimJSONWorkloadEntries: the WorkloadEntry client's decoder gives
+// what apimachinery's serializer gives for every document a list or a watch
+// of WorkloadEntries brings, through its own path for WorkloadEntries and
+// their lists; a ServiceEntry sent to it is still decoded right.
+func TestSlimJSONWorkloadEntries(t *testing.T) {
+	object := apiWorkloadEntry("ns1", "w", "10.0.0.1")
+	status := `{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"forbidden","reason":"Forbidden","code":403}`
+	for _, c := range []struct {
+		name string
+		doc  string
+		into func() runtime.Object // nil: decode as a watch event's object
+		slim bool                  // slimJSON decodes it itself
+	}{
+		{"WorkloadEntry", object, nil, true},
+		{"WorkloadEntry v1beta1", strings.Replace(object, "networking.istio.io/v1", "networking.istio.io/v1beta1", 1), nil, true},
+		{"WorkloadEntry with health checks", `{"apiVersion":"networking.istio.io/v1","kind":"WorkloadEntry","metadata":{"name":"h","namespace":"ns1",` +
+			`"annotations":{"proxy.istio.io/health-checks-enabled":"true","other":"x"}},"spec":{"address":"10.0.0.3"},` +
+			`"status":{"conditions":[{"type":"Healthy","status":"False"}]}}`, nil, true},
+		{"a ServiceEntry", sourcetest.APIObject("ns1", "a", "a.internal", "192.0.2.1"), nil, false},
+		{"Status of an error event", status, nil, false},
+		{"list", `{"apiVersion":"networking.istio.io/v1","kind":"WorkloadEntryList","metadata":{"resourceVersion":"7"},"items":[` + object + `]}`,
+			func() runtime.Object { return &entry.WorkloadEntryList{} }, true},
+		{"list of another kind", status, func() runtime.Object { return &entry.WorkloadEntryList{} }, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var wantInto, gotInto runtime.Object
+			if c.into != nil {
+				wantInto, gotInto = c.into(), c.into()
+			}
+			want, wantGVK, wantErr := slimSerializer.Decode([]byte(c.doc), nil, wantInto)
+			got, gotGVK, gotErr := slimJSON{Serializer: slimSerializer, workloads: true}.Decode([]byte(c.doc), nil, gotInto)
+			if (wantErr != nil) != (gotErr != nil) || !reflect.DeepEqual(want, got) || !reflect.DeepEqual(wantGVK, gotGVK) {
+				t.Errorf("serializer %T %v %v\n%#v\nslimJSON %T %v %v\n%#v", want, wantGVK, wantErr, want, got, gotGVK, gotErr, got)
+			}
+			// Through its own path: the serializer it wraps is not asked.
+			var into runtime.Object
+			if c.into != nil {
+				into = c.into()
+			}
+			_, _, err := slimJSON{Serializer: failing{}, workloads: true}.Decode([]byte(c.doc), nil, into)
+			if slim := err == nil; slim != c.slim {
+				t.Errorf("decoded by slimJSON itself: %v, want %v (%v)", slim, c.slim, err)
+			}
+		})
+	}
+	wle, _, err := slimJSON{Serializer: slimSerializer, workloads: true}.Decode([]byte(object), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, skips := wle.(*entry.WorkloadEntry).Workload()
+	if len(skips) != 0 || len(w.Addrs) != 1 || w.Addrs[0].String() != "10.0.0.1" || !w.Labels.Selects(map[string]string{"app": "db"}) {
+		t.Errorf("workload %+v, skips %v", w, skips)
+	}
+}
+
+// apiWorkloadEntry is a WorkloadEntry as the API server sends it, with
+// what the slim decoder skips.
+func apiWorkloadEntry(ns, name, address string) string {
+	return fmt.Sprintf(`{"apiVersion":"networking.istio.io/v1","kind":"WorkloadEntry","metadata":{"name":%q,"namespace":%q,`+
+		`"resourceVersion":"6","annotations":{"kubectl.kubernetes.io/last-applied-configuration":"{\"big\":true}"},`+
+		`"managedFields":[{"manager":"kubectl","operation":"Apply","fieldsType":"FieldsV1","fieldsV1":{"f:spec":{"f:address":{}}}}]},`+
+		`"spec":{"address":%q,"labels":{"app":"db"},"ports":{"tcp":5432},"network":"n1"}}`, name, ns, address)
+}
+
+// failing is a serializer that fails every decode: what slimJSON decodes
+// without it succeeds.
+type failing struct{ runtime.Serializer }
+
+func (failing) Decode([]byte, *schema.GroupVersionKind, runtime.Object) (runtime.Object, *schema.GroupVersionKind, error) {
+	return nil, nil, errors.New("left to the serializer")
+}
+
 // TestSlimNegotiatorUsesSlimJSON: the source's REST client decodes JSON
 // objects and watch events with slimJSON.
 func TestSlimNegotiatorUsesSlimJSON(t *testing.T) {
 	var found bool
-	for _, info := range (slimNegotiator{slimCodecs.WithoutConversion()}).SupportedMediaTypes() {
+	for _, info := range (slimNegotiator{NegotiatedSerializer: slimCodecs.WithoutConversion()}).SupportedMediaTypes() {
 		if info.MediaType != runtime.ContentTypeJSON {
 			continue
 		}

@@ -21,12 +21,14 @@ import (
 	"k8s.io/client-go/tools/cache"
 )
 
-// podClaim is a pod as the pod reader hands it on: its key and its claim,
-// converted in the reflector's transform so that nothing holds a decoded pod
-// past its event.
+// podClaim is a pod as the pod reader hands it on: its key, its claim and
+// its workload, converted in the reflector's transform so that nothing holds
+// a decoded pod past its event. One watch serves both uses: the client index
+// (who asks) and the workloads headless entries select (who answers).
 type podClaim struct {
 	keyed
 	claim    *podindex.Claim // nil: the pod claims no address
+	workload *entry.Workload // never nil: every pod is a workload, with no address while not ready
 	problems []entry.Skip    // odd Istio marks, reported once per change
 }
 
@@ -37,16 +39,20 @@ func (p *podClaim) DeepCopyObject() runtime.Object {
 	return &out
 }
 
-// toClaim is the pod reflectors' transform: what the index needs of a pod.
-// A pod that has ended, or runs on the host network (its address is the
-// node's, shared by every host-network pod and the node itself), claims no
-// address. An object already converted passes through unchanged.
-func toClaim(obj any) (any, error) {
+// toClaim is the pod reflectors' transform: what the index and the store
+// need of a pod. A pod that has ended, or runs on the host network (its
+// address is the node's, shared by every host-network pod and the node
+// itself), claims no address; it is still a workload (entry.ConvertPod
+// decides its addresses, every podIPs with dualStack). An object already
+// converted passes through unchanged.
+func toClaim(obj any, dualStack bool) (any, error) {
 	pod, ok := obj.(*corev1.Pod)
 	if !ok {
 		return obj, nil
 	}
-	p := &podClaim{keyed: keyed{pod.Namespace + "/" + pod.Name}}
+	w := entry.ConvertPod(pod, dualStack)
+	// The key is the workload's, not a copy: one string per pod.
+	p := &podClaim{keyed: keyed{w.Key.Name}, workload: w}
 	if pod.Spec.HostNetwork || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
 		return p, nil
 	}
@@ -77,49 +83,58 @@ func toClaim(obj any) (any, error) {
 }
 
 // podStore is the store of one namespace's pod reflector: it takes each
-// change straight to the index. It keeps only the problems of the pods that
-// have some, so that each is reported when it first appears.
+// change straight to the index, and each pod's workload to the sink. It
+// keeps only the problems of the pods that have some, so that each is
+// reported when it first appears.
 type podStore struct {
 	namespace string // "" for all
+	dualStack bool   // a pod's workload has every podIPs, not only podIP
 	idx       *podindex.Index
 	sink      source.Sink
 	problems  map[string][]entry.Skip
 	synced    chan struct{} // closed by the first Replace: the namespace is read whole
 }
 
-func newPodStore(namespace string, idx *podindex.Index, sink source.Sink) *podStore {
-	return &podStore{namespace: namespace, idx: idx, sink: sink, problems: make(map[string][]entry.Skip), synced: make(chan struct{})}
+func newPodStore(namespace string, dualStack bool, idx *podindex.Index, sink source.Sink) *podStore {
+	return &podStore{namespace: namespace, dualStack: dualStack, idx: idx, sink: sink, problems: make(map[string][]entry.Skip),
+		synced: make(chan struct{})}
 }
 
-func (s *podStore) Transformer() cache.TransformFunc { return toClaim }
+func (s *podStore) Transformer() cache.TransformFunc {
+	return func(obj any) (any, error) { return toClaim(obj, s.dualStack) }
+}
 
 func (s *podStore) Add(obj any) error { return s.Update(obj) }
 
 func (s *podStore) Update(obj any) error {
-	p, err := claimOf(obj)
+	p, err := s.claimOf(obj)
 	if err != nil {
 		return err
 	}
 	s.note(p)
 	s.idx.Set(p.key, p.claim)
+	s.sink.SetWorkloads(map[entry.Key]*entry.Workload{entry.PodKey(p.key): p.workload})
 	return nil
 }
 
 func (s *podStore) Delete(obj any) error {
-	p, err := claimOf(obj)
+	p, err := s.claimOf(obj)
 	if err != nil {
 		return err
 	}
 	delete(s.problems, p.key)
 	s.idx.Set(p.key, nil)
+	s.sink.SetWorkloads(map[entry.Key]*entry.Workload{entry.PodKey(p.key): nil})
 	return nil
 }
 
-// Replace is a full list of the namespace, the first one or a relist.
+// Replace is a full list of the namespace, the first one or a relist: the
+// index and the sink's pods of the namespace become what it holds.
 func (s *podStore) Replace(list []any, _ string) error {
 	claims := make(map[string]*podindex.Claim, len(list))
+	workloads := make(map[entry.Key]*entry.Workload, len(list))
 	for _, obj := range list {
-		p, err := claimOf(obj)
+		p, err := s.claimOf(obj)
 		if err != nil {
 			return err
 		}
@@ -127,8 +142,10 @@ func (s *podStore) Replace(list []any, _ string) error {
 		if p.claim != nil {
 			claims[p.key] = p.claim
 		}
+		workloads[entry.PodKey(p.key)] = p.workload
 	}
 	s.idx.Replace(s.namespace, claims)
+	s.sink.ReplaceWorkloads(entry.KindPod, s.namespace, workloads)
 	select {
 	case <-s.synced:
 	default:
@@ -152,8 +169,8 @@ func (s *podStore) note(p *podClaim) {
 	s.problems[p.key] = p.problems
 }
 
-func claimOf(obj any) (*podClaim, error) {
-	out, err := toClaim(obj)
+func (s *podStore) claimOf(obj any) (*podClaim, error) {
+	out, err := toClaim(obj, s.dualStack)
 	if err != nil {
 		return nil, err
 	}
@@ -211,9 +228,10 @@ type podSource struct {
 	done   chan struct{} // closed when run has returned
 }
 
-// newPodSource reads the pods of namespaces (empty: all) into idx, reporting
-// odd Istio marks to sink. Nothing runs until start.
-func newPodSource(client kubernetes.Interface, namespaces []string, idx *podindex.Index, sink source.Sink) *podSource {
+// newPodSource reads the pods of namespaces (empty: all) into idx and their
+// workloads into sink (every podIPs with dualStack), reporting odd Istio
+// marks to sink. Nothing runs until start.
+func newPodSource(client kubernetes.Interface, namespaces []string, dualStack bool, idx *podindex.Index, sink source.Sink) *podSource {
 	p := &podSource{idx: idx, client: client, lists: &listCalls{}}
 	if len(namespaces) == 0 {
 		namespaces = []string{metav1.NamespaceAll}
@@ -221,7 +239,7 @@ func newPodSource(client kubernetes.Interface, namespaces []string, idx *podinde
 	for _, ns := range namespaces {
 		// Two reflectors on one namespace would replace each other's pods.
 		if !slices.ContainsFunc(p.stores, func(s *podStore) bool { return s.namespace == ns }) {
-			p.stores = append(p.stores, newPodStore(ns, idx, sink))
+			p.stores = append(p.stores, newPodStore(ns, dualStack, idx, sink))
 		}
 	}
 	return p

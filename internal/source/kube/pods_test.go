@@ -3,6 +3,7 @@ package kube
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/netip"
 	"reflect"
 	"runtime"
@@ -11,7 +12,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
+	"github.com/coredns-serviceentry/serviceentry/internal/entry"
 	"github.com/coredns-serviceentry/serviceentry/internal/podindex"
 	"github.com/coredns-serviceentry/serviceentry/internal/reach"
 	"github.com/coredns-serviceentry/serviceentry/internal/sourcetest"
@@ -44,7 +47,7 @@ func newFakePods(t *testing.T, objs ...k8sruntime.Object) *fake.Clientset {
 func startPods(t *testing.T, client *fake.Clientset, namespaces ...string) (*podindex.Index, *podSource) {
 	t.Helper()
 	idx := podindex.New()
-	p := newPodSource(client, namespaces, idx, sourcetest.NewSink())
+	p := newPodSource(client, namespaces, false, idx, sourcetest.NewSink())
 	p.start()
 	t.Cleanup(p.stop)
 	sourcetest.Eventually(t, "pod reader synced", idx.Synced)
@@ -117,9 +120,11 @@ func podNetworkFullPod() *corev1.Pod {
 	return pod
 }
 
-// claimOfTest is the claim of a testPod that claims ips, with no Istio mark.
+// claimOfTest is the claim of a testPod that claims ips, with no Istio mark,
+// and its workload: without a Ready condition, it has no address.
 func claimOfTest(ns, name string, created int, ips ...string) *podClaim {
-	p := &podClaim{keyed: keyed{ns + "/" + name}}
+	p := &podClaim{keyed: keyed{ns + "/" + name},
+		workload: &entry.Workload{Key: entry.PodKey(ns + "/" + name), Namespace: ns, Labels: entry.MakeLabels(nil)}}
 	if len(ips) == 0 {
 		return p
 	}
@@ -131,29 +136,39 @@ func claimOfTest(ns, name string, created int, ips ...string) *podClaim {
 }
 
 func TestPodTransform(t *testing.T) {
+	v4, v6 := netip.MustParseAddr("10.1.0.5"), netip.MustParseAddr("fd00::5")
+	// fullPod is ready: its workload answers with podIP, or every podIPs
+	// with dual-stack, on the host network too (the node's address, where
+	// it listens).
+	workload := func(addrs ...netip.Addr) *entry.Workload {
+		return &entry.Workload{Key: entry.PodKey("ns1/web-0"), Namespace: "ns1", Labels: entry.MakeLabels(map[string]string{"app": "web"}), Addrs: addrs}
+	}
 	fullClaim := &podClaim{keyed: keyed{"ns1/web-0"}, claim: &podindex.Claim{Namespace: "ns1", Created: clientEpoch.Unix(),
-		IPs: []netip.Addr{netip.MustParseAddr("10.1.0.5"), netip.MustParseAddr("fd00::5")}}}
+		IPs: []netip.Addr{v4, v6}}, workload: workload(v4)}
+	dualClaim := &podClaim{keyed: keyed{"ns1/web-0"}, claim: fullClaim.claim, workload: workload(v4, v6)}
 	for _, tc := range []struct {
-		name string
-		in   any
-		want any
+		name      string
+		in        any
+		dualStack bool
+		want      any
 	}{
-		{"a host-network pod claims nothing", fullPod(), &podClaim{keyed: keyed{"ns1/web-0"}}},
-		{"a pod keeps only what the index reads", podNetworkFullPod(), fullClaim},
-		{"transforming twice changes nothing", fullClaim, fullClaim},
-		{"pod without IPs", withPhase(testPod("ns1", "pending", 0), corev1.PodPending), claimOfTest("ns1", "pending", 0)},
-		{"succeeded pod claims nothing", withPhase(testPod("ns1", "job", 0, "10.1.0.5"), corev1.PodSucceeded), claimOfTest("ns1", "job", 0)},
-		{"failed pod claims nothing", withPhase(testPod("ns1", "crash", 0, "10.1.0.5"), corev1.PodFailed), claimOfTest("ns1", "crash", 0)},
-		{"IPv4-mapped and repeated IPs, once each", testPod("ns1", "a", 0, "::ffff:10.1.0.5", "10.1.0.5", "fd00::5"),
+		{"a host-network pod claims nothing but is a workload", fullPod(), false, &podClaim{keyed: keyed{"ns1/web-0"}, workload: workload(v4)}},
+		{"a pod keeps only what the index and the store read", podNetworkFullPod(), false, fullClaim},
+		{"dual-stack: the workload has every pod IP", podNetworkFullPod(), true, dualClaim},
+		{"transforming twice changes nothing", fullClaim, false, fullClaim},
+		{"pod without IPs", withPhase(testPod("ns1", "pending", 0), corev1.PodPending), false, claimOfTest("ns1", "pending", 0)},
+		{"succeeded pod claims nothing", withPhase(testPod("ns1", "job", 0, "10.1.0.5"), corev1.PodSucceeded), false, claimOfTest("ns1", "job", 0)},
+		{"failed pod claims nothing", withPhase(testPod("ns1", "crash", 0, "10.1.0.5"), corev1.PodFailed), false, claimOfTest("ns1", "crash", 0)},
+		{"IPv4-mapped and repeated IPs, once each", testPod("ns1", "a", 0, "::ffff:10.1.0.5", "10.1.0.5", "fd00::5"), false,
 			claimOfTest("ns1", "a", 0, "10.1.0.5", "fd00::5")},
-		{"not a pod passes through", "other", "other"},
+		{"not a pod passes through", "other", false, "other"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var before *corev1.Pod
 			if pod, ok := tc.in.(*corev1.Pod); ok {
 				before = pod.DeepCopy()
 			}
-			got, err := toClaim(tc.in)
+			got, err := toClaim(tc.in, tc.dualStack)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -165,6 +180,9 @@ func TestPodTransform(t *testing.T) {
 			}
 			if p, ok := tc.in.(*podClaim); ok && got != any(p) {
 				t.Fatal("a podClaim was copied")
+			}
+			if p, ok := got.(*podClaim); ok && unsafe.StringData(p.key) != unsafe.StringData(p.workload.Key.Name) {
+				t.Error("the claim's key is a copy of the workload's")
 			}
 		})
 	}
@@ -184,7 +202,7 @@ func TestPodMarks(t *testing.T) {
 	client := newFakePods(t, sidecar, odd)
 	idx := podindex.New()
 	sink := sourcetest.NewSink()
-	p := newPodSource(client, nil, idx, sink)
+	p := newPodSource(client, nil, false, idx, sink)
 	p.start()
 	t.Cleanup(p.stop)
 	sourcetest.Eventually(t, "pod reader synced", idx.Synced)
@@ -215,7 +233,7 @@ func TestPodMarks(t *testing.T) {
 // namespaces' pods alone.
 func TestPodRelistRemoves(t *testing.T) {
 	idx := podindex.New()
-	a, b := newPodStore("ns1", idx, sourcetest.NewSink()), newPodStore("ns2", idx, sourcetest.NewSink())
+	a, b := newPodStore("ns1", false, idx, sourcetest.NewSink()), newPodStore("ns2", false, idx, sourcetest.NewSink())
 	replace := func(s *podStore, pods ...*corev1.Pod) {
 		var list []any
 		for _, pod := range pods {
@@ -421,7 +439,7 @@ func TestPodSourceSyncedAfterFirstList(t *testing.T) {
 		return false, nil, nil // the tracker answers
 	})
 	idx := podindex.New()
-	p := newPodSource(client, nil, idx, sourcetest.NewSink())
+	p := newPodSource(client, nil, false, idx, sourcetest.NewSink())
 	p.start()
 	defer p.stop()
 	defer once.Do(func() { close(release) })
@@ -459,7 +477,7 @@ func TestPodSourceStopLeavesNoGoroutine(t *testing.T) {
 			defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 			before := sourcetest.GoroutineIDs()
 			idx := podindex.New()
-			p := newPodSource(client, tc.namespaces, idx, sourcetest.NewSink())
+			p := newPodSource(client, tc.namespaces, false, idx, sourcetest.NewSink())
 			p.start()
 			if tc.waitSync {
 				sourcetest.Eventually(t, "synced", idx.Synced)
@@ -495,7 +513,7 @@ func TestPodSourceStopWaitsForList(t *testing.T) {
 		<-release
 		return false, nil, nil
 	})
-	p := newPodSource(client, nil, podindex.New(), sourcetest.NewSink())
+	p := newPodSource(client, nil, false, podindex.New(), sourcetest.NewSink())
 	p.start()
 	<-entered
 	stopped := make(chan struct{})
@@ -552,7 +570,7 @@ func podCacheMemory(b *testing.B, pods, namespaces int) (total, reader float64) 
 		return true, list, nil
 	})
 	idx := podindex.New()
-	p := newPodSource(client, nil, idx, sourcetest.NewSink())
+	p := newPodSource(client, nil, false, idx, sourcetest.NewSink())
 	base := liveHeap()
 	p.start()
 	for deadline := time.Now().Add(time.Minute); !idx.Synced(); time.Sleep(10 * time.Millisecond) {
@@ -653,5 +671,97 @@ func benchPod(i, namespaces int) *corev1.Pod {
 				{Name: "sidecar", Ready: true, Image: "sidecar", ImageID: fmt.Sprintf("sha256:%064x", i+1)},
 			},
 		},
+	}
+}
+
+// addrsOf is what the sink holds of the workloads of kind: namespace/name ->
+// their addresses, joined ("" for a workload without any).
+func addrsOf(st *sourcetest.Sink, kind entry.Kind) map[string]string {
+	out := make(map[string]string)
+	for key, w := range st.Workloads() {
+		if key.Kind != kind {
+			continue
+		}
+		var addrs []string
+		for _, a := range w.Addrs {
+			addrs = append(addrs, a.String())
+		}
+		out[key.Name] = strings.Join(addrs, ",")
+	}
+	return out
+}
+
+// TestPodSourceWorkloads: the pod watch that places clients also gives the
+// sink every pod's workload: its address while ready (every pod IP with
+// dual-stack), none otherwise, gone with the pod; a relist replaces the
+// namespace's pods and nothing else.
+func TestPodSourceWorkloads(t *testing.T) {
+	ready := func(pod *corev1.Pod, labels map[string]string) *corev1.Pod {
+		pod.Labels = labels
+		pod.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}
+		return pod
+	}
+	web := map[string]string{"app": "web"}
+	client := newFakePods(t, ready(testPod("ns1", "a", 0, "10.1.0.1", "fd00::1"), web), testPod("ns1", "unready", 0, "10.1.0.2"))
+	idx := podindex.New()
+	st := sourcetest.NewSink()
+	p := newPodSource(client, nil, true, idx, st)
+	p.start()
+	t.Cleanup(p.stop)
+	sourcetest.Eventually(t, "pod reader synced", idx.Synced)
+	if got, want := addrsOf(st, entry.KindPod), map[string]string{"ns1/a": "10.1.0.1,fd00::1", "ns1/unready": ""}; !maps.Equal(got, want) {
+		t.Fatalf("first list: %v, want %v", got, want)
+	}
+	if w := st.Workloads()[entry.PodKey("ns1/a")]; !w.Labels.Selects(web) {
+		t.Fatalf("labels of %+v", w)
+	}
+	pods := client.CoreV1().Pods("ns1")
+	ctx := context.Background()
+	steps := []struct {
+		name string
+		do   func() error
+		want map[string]string
+	}{
+		{"turns ready", func() error {
+			_, err := pods.Update(ctx, ready(testPod("ns1", "unready", 0, "10.1.0.2"), nil), metav1.UpdateOptions{})
+			return err
+		}, map[string]string{"ns1/a": "10.1.0.1,fd00::1", "ns1/unready": "10.1.0.2"}},
+		{"turns unready", func() error {
+			_, err := pods.Update(ctx, testPod("ns1", "a", 0, "10.1.0.1", "fd00::1"), metav1.UpdateOptions{})
+			return err
+		}, map[string]string{"ns1/a": "", "ns1/unready": "10.1.0.2"}},
+		{"host network: a workload at the node's address", func() error {
+			_, err := pods.Create(ctx, hostNetwork(ready(testPod("ns1", "agent", 0, "192.168.0.1"), nil)), metav1.CreateOptions{})
+			return err
+		}, map[string]string{"ns1/a": "", "ns1/unready": "10.1.0.2", "ns1/agent": "192.168.0.1"}},
+		{"deleted", func() error { return pods.Delete(ctx, "unready", metav1.DeleteOptions{}) },
+			map[string]string{"ns1/a": "", "ns1/agent": "192.168.0.1"}},
+	}
+	for _, s := range steps {
+		if err := s.do(); err != nil {
+			t.Fatalf("%s: %v", s.name, err)
+		}
+		sourcetest.Eventually(t, s.name, func() bool { return maps.Equal(addrsOf(st, entry.KindPod), s.want) })
+	}
+	if got := idx.Lookup(netip.MustParseAddr("192.168.0.1")).Namespace; got != "" {
+		t.Errorf("a host-network pod claims its address for %q", got)
+	}
+
+	// A relist of ns2 leaves ns1's pods and the WorkloadEntries alone.
+	wle := &entry.Workload{Key: entry.WorkloadEntryKey("ns2/w"), Namespace: "ns2"}
+	st.SetWorkloads(map[entry.Key]*entry.Workload{wle.Key: wle})
+	s2 := newPodStore("ns2", false, idx, st)
+	if err := s2.Replace([]any{ready(testPod("ns2", "b", 0, "10.2.0.1", "fd00::2"), nil)}, "9"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s2.Replace([]any{ready(testPod("ns2", "c", 0, "10.2.0.3"), nil)}, "10"); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"ns1/a": "", "ns1/agent": "192.168.0.1", "ns2/c": "10.2.0.3"}
+	if got := addrsOf(st, entry.KindPod); !maps.Equal(got, want) {
+		t.Errorf("after ns2's relists: %v, want %v", got, want)
+	}
+	if st.Workloads()[wle.Key] == nil {
+		t.Error("a pod relist removed a WorkloadEntry")
 	}
 }

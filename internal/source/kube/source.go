@@ -39,27 +39,30 @@ type Config struct {
 	Convert    entry.Options
 }
 
-// Source reads ServiceEntries with one client-go reflector per namespace
-// read (all, or those configured). It finds which API version the cluster
-// serves, then applies every add, update and delete to the sink as it
-// arrives. The sink is the only cache the table needs: each event goes from
-// the reflector's goroutine straight into it.
+// Source reads ServiceEntries, and the WorkloadEntries headless entries
+// select, with one client-go reflector per kind and namespace read (all, or
+// those configured). It finds which API versions the cluster serves, then
+// applies every add, update and delete to the sink as it arrives. The sink is
+// the only cache the table needs: each event goes from the reflector's
+// goroutine straight into it.
 type Source struct {
 	// lister lists and watches ServiceEntries of one namespace (all when
-	// empty) through one version.
-	lister     func(namespace, version string) (listWatchFuncs, error)
-	resources  resourceLister
-	namespaces []string // empty: all
-	labels     string
-	opts       entry.Options
-	sink       source.Sink
-	backoff    wait.Backoff // between discovery attempts
+	// empty) through one version; workloadLister, WorkloadEntries.
+	lister         func(namespace, version string) (listWatchFuncs, error)
+	workloadLister func(namespace, version string) (listWatchFuncs, error)
+	resources      resourceLister
+	namespaces     []string // empty: all
+	labels         string
+	opts           entry.Options
+	sink           source.Sink
+	backoff        wait.Backoff // between discovery attempts
 	// pods places clients in their namespaces with "exportto client"; nil
 	// otherwise.
 	pods *podSource
 
 	cancel context.CancelFunc
 	done   chan struct{} // closed when run has returned
+	lists  *listCalls    // the WorkloadEntry lists in progress, which stop waits for
 }
 
 // resourceLister lists the resources the API server serves in one group
@@ -79,14 +82,14 @@ func New(cfg Config, sink source.Sink, clients *podindex.Index) (*Source, error)
 	if err != nil {
 		return nil, fmt.Errorf("creating the discovery client: %w", err)
 	}
-	k := &Source{lister: slimLister(restCfg), resources: discoveryLister(disco.RESTClient()),
+	k := &Source{lister: slimLister(restCfg, false), workloadLister: slimLister(restCfg, true), resources: discoveryLister(disco.RESTClient()),
 		namespaces: cfg.Namespaces, labels: cfg.Labels, opts: cfg.Convert, sink: sink, backoff: discoveryBackoff}
 	if clients != nil {
 		pods, err := kubernetes.NewForConfig(podConfig(cfg.Kubeconfig, restCfg))
 		if err != nil {
 			return nil, fmt.Errorf("creating Kubernetes client: %w", err)
 		}
-		k.pods = newPodSource(pods, cfg.Namespaces, clients, sink)
+		k.pods = newPodSource(pods, cfg.Namespaces, cfg.Convert.DualStack, clients, sink)
 	}
 	return k, nil
 }
@@ -151,6 +154,7 @@ func (k *Source) Start() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	k.cancel = cancel
 	k.done = make(chan struct{})
+	k.lists = &listCalls{}
 	go k.run(ctx)
 	if k.pods != nil {
 		k.pods.start()
@@ -165,6 +169,7 @@ func (k *Source) Stop() {
 	}
 	k.cancel()
 	<-k.done
+	k.lists.closeAndWait()
 	k.cancel = nil
 	if k.pods != nil {
 		k.pods.stop()
@@ -173,11 +178,18 @@ func (k *Source) Stop() {
 
 func (k *Source) run(ctx context.Context) {
 	defer close(k.done)
-	version, err := k.discover(ctx)
+	served, err := k.discover(ctx)
 	if err != nil {
 		return // cancelled
 	}
+	version := served.entries
 	log.Infof("reading ServiceEntries through %s/%s", entry.Group, version)
+	if served.workloads == "" {
+		log.Warningf("the API server serves no WorkloadEntry resource (%s v1, v1beta1 or v1alpha3): headless ServiceEntries "+
+			"answer without WorkloadEntries (install Istio's WorkloadEntry CRD and restart to read them)", entry.Group)
+	} else {
+		log.Infof("reading WorkloadEntries through %s/%s", entry.Group, served.workloads)
+	}
 	// An empty table may be served (no CRD until now): it keeps answering
 	// until the first full read is complete.
 	k.sink.BeginFullRead()
@@ -199,6 +211,28 @@ func (k *Source) run(ctx context.Context) {
 		}
 		running.Go(func() { r.RunWithContext(ctx) })
 		synced = append(synced, rs.synced)
+	}
+	// The first table waits for the WorkloadEntries' first read too: a
+	// headless entry published before it would answer with part of its
+	// endpoints, as if the others had gone. But WorkloadEntries must never
+	// hold up the ServiceEntries: when they cannot be read at all (not
+	// served, or refused: RBAC without workloadentries), the plugin is ready
+	// without them rather than never, and says why once (see
+	// workloadStore.readResult); a reader refused keeps retrying, and what
+	// it reads later arrives as changes.
+	if served.workloads != "" {
+		for _, ns := range namespaces {
+			r, ws, err := k.workloadReader(ns, served.workloads)
+			if err != nil {
+				// Only a bad client configuration, which the
+				// ServiceEntry readers, made with the same, would
+				// have met first.
+				log.Errorf("%v; WorkloadEntries are not read", err)
+				break
+			}
+			running.Go(func() { r.RunWithContext(ctx) })
+			synced = append(synced, ws.settled)
+		}
 	}
 	for _, s := range synced {
 		select {
@@ -244,30 +278,37 @@ type listWatchFuncs struct {
 	watch func(context.Context, metav1.ListOptions) (watch.Interface, error)
 }
 
-// slimLister reads ServiceEntries with a REST client of our own scheme, so
-// that they decode into slimServiceEntry, not Istio's generated types.
-func slimLister(cfg *rest.Config) func(namespace, version string) (listWatchFuncs, error) {
+// slimLister reads ServiceEntries (WorkloadEntries with workloads) with a
+// REST client of our own scheme, so that they decode into entry.ServiceEntry
+// (entry.WorkloadEntry), not Istio's generated types.
+func slimLister(cfg *rest.Config, workloads bool) func(namespace, version string) (listWatchFuncs, error) {
+	kind, resource := "ServiceEntry", "serviceentries"
+	newList := func() runtime.Object { return &entry.ServiceEntryList{} }
+	if workloads {
+		kind, resource = "WorkloadEntry", "workloadentries"
+		newList = func() runtime.Object { return &entry.WorkloadEntryList{} }
+	}
 	return func(namespace, version string) (listWatchFuncs, error) {
 		c := rest.CopyConfig(cfg)
 		c.GroupVersion = &schema.GroupVersion{Group: entry.Group, Version: version}
 		c.APIPath = "/apis"
 		c.ContentType = runtime.ContentTypeJSON
 		c.AcceptContentTypes = runtime.ContentTypeJSON
-		c.NegotiatedSerializer = slimNegotiator{slimCodecs.WithoutConversion()}
+		c.NegotiatedSerializer = slimNegotiator{NegotiatedSerializer: slimCodecs.WithoutConversion(), workloads: workloads}
 		rc, err := rest.RESTClientFor(c)
 		if err != nil {
-			return listWatchFuncs{}, fmt.Errorf("creating the ServiceEntry client for %s: %w", version, err)
+			return listWatchFuncs{}, fmt.Errorf("creating the %s client for %s: %w", kind, version, err)
 		}
 		request := func(o *metav1.ListOptions) *rest.Request {
 			var timeout time.Duration
 			if o.TimeoutSeconds != nil {
 				timeout = time.Duration(*o.TimeoutSeconds) * time.Second
 			}
-			return rc.Get().Namespace(namespace).Resource("serviceentries").VersionedParams(o, slimParams).Timeout(timeout)
+			return rc.Get().Namespace(namespace).Resource(resource).VersionedParams(o, slimParams).Timeout(timeout)
 		}
 		return listWatchFuncs{
 			list: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-				out := &entry.ServiceEntryList{}
+				out := newList()
 				if err := request(&o).Do(ctx).Into(out); err != nil {
 					return nil, err
 				}
@@ -281,12 +322,18 @@ func slimLister(cfg *rest.Config) func(namespace, version string) (listWatchFunc
 	}
 }
 
-// discover finds the newest ServiceEntry version the API server serves,
-// retrying while the server is unreachable or has no Istio CRD. A cluster
-// without Istio is a valid state, not an outage: the plugin then serves an
-// empty table (and is ready) until the CRD appears.
-func (k *Source) discover(ctx context.Context) (string, error) {
-	var version, lastErr string
+// servedVersions are the versions the source reads each kind through; ""
+// for a kind not served.
+type servedVersions struct{ entries, workloads string }
+
+// discover finds the newest ServiceEntry and WorkloadEntry versions the API
+// server serves, retrying while the server is unreachable or serves no
+// ServiceEntries. A cluster without Istio is a valid state, not an outage:
+// the plugin then serves an empty table (and is ready) until the CRD appears.
+// WorkloadEntries not served are no reason to wait: they are left unread.
+func (k *Source) discover(ctx context.Context) (servedVersions, error) {
+	var version servedVersions
+	var lastErr string
 	err := wait.ExponentialBackoffWithContext(ctx, k.backoff, func(ctx context.Context) (bool, error) {
 		v, err := k.servedVersion(ctx)
 		switch {
@@ -311,20 +358,37 @@ func (k *Source) discover(ctx context.Context) (string, error) {
 
 var errNoServiceEntryAPI = errors.New("the API server serves no ServiceEntry resource (networking.istio.io v1, v1beta1 or v1alpha3): Istio's CRD is not installed")
 
-func (k *Source) servedVersion(ctx context.Context) (string, error) {
+// servedVersion finds the newest version serving each kind. WorkloadEntries
+// share the group and, in Istio's CRDs, the versions: both are found in the
+// same discovery answer, and older versions are asked only for what the
+// newer ones lack.
+func (k *Source) servedVersion(ctx context.Context) (servedVersions, error) {
+	var found servedVersions
+	serves := func(list *metav1.APIResourceList, resource string) bool {
+		return slices.ContainsFunc(list.APIResources, func(r metav1.APIResource) bool { return r.Name == resource })
+	}
 	for _, v := range entry.ServedVersions {
+		if found.entries != "" && found.workloads != "" {
+			break
+		}
 		list, err := k.resources(ctx, entry.Group+"/"+v)
 		if apierrors.IsNotFound(err) {
 			continue
 		}
 		if err != nil {
-			return "", fmt.Errorf("discovering %s/%s: %w", entry.Group, v, err)
+			return servedVersions{}, fmt.Errorf("discovering %s/%s: %w", entry.Group, v, err)
 		}
-		if slices.ContainsFunc(list.APIResources, func(r metav1.APIResource) bool { return r.Name == "serviceentries" }) {
-			return v, nil
+		if found.entries == "" && serves(list, "serviceentries") {
+			found.entries = v
+		}
+		if found.workloads == "" && serves(list, "workloadentries") {
+			found.workloads = v
 		}
 	}
-	return "", errNoServiceEntryAPI
+	if found.entries == "" {
+		return servedVersions{}, errNoServiceEntryAPI
+	}
+	return found, nil
 }
 
 // readError makes a refused list or watch (RBAC above all) visible in

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"net/http"
 	"net/http/httptest"
@@ -41,7 +42,7 @@ import (
 )
 
 // newFakeKube returns a fake Istio clientset whose discovery serves
-// ServiceEntries in the given versions.
+// ServiceEntries and WorkloadEntries in the given versions.
 func newFakeKube(t *testing.T, versions ...string) *fake.Clientset {
 	t.Helper()
 	// With WatchListClient on (client-go >= 0.35 default) reflectors on the
@@ -52,7 +53,8 @@ func newFakeKube(t *testing.T, versions ...string) *fake.Clientset {
 	for _, v := range versions {
 		disco.Resources = append(disco.Resources, &metav1.APIResourceList{
 			GroupVersion: entry.Group + "/" + v,
-			APIResources: []metav1.APIResource{{Name: "serviceentries", Kind: "ServiceEntry", Namespaced: true}},
+			APIResources: []metav1.APIResource{{Name: "serviceentries", Kind: "ServiceEntry", Namespaced: true},
+				{Name: "workloadentries", Kind: "WorkloadEntry", Namespaced: true}},
 		})
 	}
 	return client
@@ -61,26 +63,37 @@ func newFakeKube(t *testing.T, versions ...string) *fake.Clientset {
 // fakeSource is a Kubernetes source on a fake clientset, reading discovery
 // from it and retrying discovery every few milliseconds.
 func fakeSource(client *fake.Clientset, sink source.Sink, opts entry.Options, namespaces ...string) *Source {
-	return &Source{lister: fakeLister(client), sink: sink, opts: opts, namespaces: namespaces,
+	return &Source{lister: fakeLister(client, false), workloadLister: fakeLister(client, true), sink: sink, opts: opts, namespaces: namespaces,
 		resources: func(_ context.Context, gv string) (*metav1.APIResourceList, error) {
 			return client.Discovery().ServerResourcesForGroupVersion(gv)
 		},
 		backoff: wait.Backoff{Duration: 5 * time.Millisecond, Factor: 1, Steps: math.MaxInt32}}
 }
 
-// fakeLister lists and watches the fake clientset's typed objects and hands
-// the source each one re-encoded as the API server sends it and decoded by
-// the slim decoder, as the source's own REST client does.
-func fakeLister(client *fake.Clientset) func(namespace, version string) (listWatchFuncs, error) {
+// fakeLister lists and watches the fake clientset's typed ServiceEntries
+// (WorkloadEntries with workloads) and hands the source each one re-encoded
+// as the API server sends it and decoded by the slim decoder, as the
+// source's own REST client does.
+func fakeLister(client *fake.Clientset, workloads bool) func(namespace, version string) (listWatchFuncs, error) {
 	return func(namespace, version string) (listWatchFuncs, error) {
 		var list func(context.Context, metav1.ListOptions) (runtime.Object, error)
 		var watchFn func(context.Context, metav1.ListOptions) (watch.Interface, error)
-		switch version {
-		case "v1":
+		switch {
+		case workloads && version == "v1":
+			c := client.NetworkingV1().WorkloadEntries(namespace)
+			list = func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) { return c.List(ctx, o) }
+			watchFn = c.Watch
+		case workloads && version == "v1beta1":
+			c := client.NetworkingV1beta1().WorkloadEntries(namespace)
+			list = func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) { return c.List(ctx, o) }
+			watchFn = c.Watch
+		case workloads:
+			return listWatchFuncs{}, fmt.Errorf("no fake for %s", version)
+		case version == "v1":
 			c := client.NetworkingV1().ServiceEntries(namespace)
 			list = func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) { return c.List(ctx, o) }
 			watchFn = c.Watch
-		case "v1beta1":
+		case version == "v1beta1":
 			c := client.NetworkingV1beta1().ServiceEntries(namespace)
 			list = func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) { return c.List(ctx, o) }
 			watchFn = c.Watch
@@ -290,8 +303,11 @@ func TestKubeSourceNoCRD(t *testing.T) {
 // goroutine while a request hangs at an API server that never answers it:
 // discovery, or the reflector's list once discovery has succeeded.
 func TestKubeSourceStopIsPrompt(t *testing.T) {
+	// Both kinds in v1, so that discovery asks no other version (which
+	// would hang) and the lists are reached.
 	discovery := `{"kind":"APIResourceList","apiVersion":"v1","groupVersion":"networking.istio.io/v1",` +
-		`"resources":[{"name":"serviceentries","namespaced":true,"kind":"ServiceEntry","verbs":["get","list","watch"]}]}`
+		`"resources":[{"name":"serviceentries","namespaced":true,"kind":"ServiceEntry","verbs":["get","list","watch"]},` +
+		`{"name":"workloadentries","namespaced":true,"kind":"WorkloadEntry","verbs":["get","list","watch"]}]}`
 	for _, c := range []struct {
 		name     string
 		answered string // the one path the server answers; every other request hangs
@@ -614,33 +630,48 @@ func TestKubeSourceExportToClient(t *testing.T) {
 	src.Stop()
 }
 
-// fakeAPIServer serves ServiceEntries in v1 as the API server does: a list,
-// a watch, and a WatchList (initial events ending with the annotated
-// bookmark). Objects carry managedFields and kubectl's annotation, which the
-// slim decoder skips. It records the request URLs.
+// fakeAPIServer serves ServiceEntries and WorkloadEntries in v1 as the API
+// server does: a list, a watch, and a WatchList (initial events ending with
+// the annotated bookmark). Objects carry managedFields and kubectl's
+// annotation, which the slim decoder skips. It records the request URLs of
+// each kind; discovery is answered for every version, v1 alone serving
+// anything.
 type fakeAPIServer struct {
-	objects []string // JSON objects, each with its namespace in metadata
-	mu      sync.Mutex
-	queries []string
+	objects   []string // JSON ServiceEntries, each with its namespace in metadata
+	workloads []string // JSON WorkloadEntries, likewise
+	mu        sync.Mutex
+	queries   []string
+	wleQuery  []string
 }
 
 func (f *fakeAPIServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	const discovery = `{"kind":"APIResourceList","apiVersion":"v1","groupVersion":"networking.istio.io/v1",` +
-		`"resources":[{"name":"serviceentries","namespaced":true,"kind":"ServiceEntry","verbs":["get","list","watch"]}]}`
+		`"resources":[{"name":"serviceentries","namespaced":true,"kind":"ServiceEntry","verbs":["get","list","watch"]},` +
+		`{"name":"workloadentries","namespaced":true,"kind":"WorkloadEntry","verbs":["get","list","watch"]}]}`
 	w.Header().Set("Content-Type", "application/json")
 	if r.URL.Path == "/apis/networking.istio.io/v1" {
 		fmt.Fprint(w, discovery)
 		return
 	}
+	if version, ok := strings.CutPrefix(r.URL.Path, "/apis/networking.istio.io/"); ok && !strings.Contains(version, "/") {
+		fmt.Fprintf(w, `{"kind":"APIResourceList","apiVersion":"v1","groupVersion":"networking.istio.io/%s","resources":[]}`, version)
+		return
+	}
+	kind, objects := "ServiceEntry", f.objects
 	f.mu.Lock()
-	f.queries = append(f.queries, r.URL.String())
+	if strings.HasSuffix(r.URL.Path, "/workloadentries") {
+		kind, objects = "WorkloadEntry", f.workloads
+		f.wleQuery = append(f.wleQuery, r.URL.String())
+	} else {
+		f.queries = append(f.queries, r.URL.String())
+	}
 	f.mu.Unlock()
 	ns := ""
 	if rest, ok := strings.CutPrefix(r.URL.Path, "/apis/networking.istio.io/v1/namespaces/"); ok {
 		ns, _, _ = strings.Cut(rest, "/")
 	}
 	var items []string
-	for _, o := range f.objects {
+	for _, o := range objects {
 		if ns == "" || strings.Contains(o, `"namespace":"`+ns+`"`) {
 			items = append(items, o)
 		}
@@ -648,13 +679,13 @@ func (f *fakeAPIServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	switch {
 	case q.Get("watch") != "true":
-		fmt.Fprintf(w, `{"kind":"ServiceEntryList","apiVersion":"networking.istio.io/v1","metadata":{"resourceVersion":"10"},"items":[%s]}`, strings.Join(items, ","))
+		fmt.Fprintf(w, `{"kind":"%sList","apiVersion":"networking.istio.io/v1","metadata":{"resourceVersion":"10"},"items":[%s]}`, kind, strings.Join(items, ","))
 	case q.Get("sendInitialEvents") == "true":
 		for _, o := range items {
 			fmt.Fprintf(w, `{"type":"ADDED","object":%s}`+"\n", o)
 		}
-		fmt.Fprintf(w, `{"type":"BOOKMARK","object":{"kind":"ServiceEntry","apiVersion":"networking.istio.io/v1",`+
-			`"metadata":{"resourceVersion":"10","creationTimestamp":null,"annotations":{"%s":"true"}},"spec":{}}}`+"\n", metav1.InitialEventsAnnotationKey)
+		fmt.Fprintf(w, `{"type":"BOOKMARK","object":{"kind":"%s","apiVersion":"networking.istio.io/v1",`+
+			`"metadata":{"resourceVersion":"10","creationTimestamp":null,"annotations":{"%s":"true"}},"spec":{}}}`+"\n", kind, metav1.InitialEventsAnnotationKey)
 		w.(http.Flusher).Flush()
 		<-r.Context().Done()
 	default:
@@ -669,26 +700,40 @@ func (f *fakeAPIServer) seen() []string {
 	return slices.Clone(f.queries)
 }
 
-// TestKubeSourceSlimREST: the source's own REST client reads ServiceEntries
-// from an API server, with WatchList (the reflector's default, which needs the
-// bookmark's annotation to end its sync) and with a list then a watch, for
-// all namespaces or some, with the label selector in every request.
+func (f *fakeAPIServer) seenWorkloads() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.wleQuery)
+}
+
+// TestKubeSourceSlimREST: the source's own REST clients read ServiceEntries
+// and WorkloadEntries from an API server, with WatchList (the reflector's
+// default, which needs the bookmark's annotation to end its sync) and with a
+// list then a watch, for all namespaces or some, with the label selector in
+// every ServiceEntry request and in no WorkloadEntry request (it chooses
+// entries, not their endpoints). The first table waits for both.
 func TestKubeSourceSlimREST(t *testing.T) {
 	for _, c := range []struct {
 		name       string
 		watchList  bool
 		namespaces []string
 		want       map[string]string
+		workloads  map[string]string // WorkloadEntry namespace/name -> address
 	}{
-		{"watchlist, all namespaces", true, nil, map[string]string{"a.internal": "192.0.2.1", "b.internal": "192.0.2.2"}},
-		{"watchlist, one namespace", true, []string{"ns1"}, map[string]string{"a.internal": "192.0.2.1", "b.internal": ""}},
-		{"list and watch, all namespaces", false, nil, map[string]string{"a.internal": "192.0.2.1", "b.internal": "192.0.2.2"}},
-		{"list and watch, two namespaces", false, []string{"ns1", "ns2"}, map[string]string{"a.internal": "192.0.2.1", "b.internal": "192.0.2.2"}},
+		{"watchlist, all namespaces", true, nil, map[string]string{"a.internal": "192.0.2.1", "b.internal": "192.0.2.2"},
+			map[string]string{"ns1/w": "10.0.0.1", "ns2/w": "10.0.0.2"}},
+		{"watchlist, one namespace", true, []string{"ns1"}, map[string]string{"a.internal": "192.0.2.1", "b.internal": ""},
+			map[string]string{"ns1/w": "10.0.0.1"}},
+		{"list and watch, all namespaces", false, nil, map[string]string{"a.internal": "192.0.2.1", "b.internal": "192.0.2.2"},
+			map[string]string{"ns1/w": "10.0.0.1", "ns2/w": "10.0.0.2"}},
+		{"list and watch, two namespaces", false, []string{"ns1", "ns2"}, map[string]string{"a.internal": "192.0.2.1", "b.internal": "192.0.2.2"},
+			map[string]string{"ns1/w": "10.0.0.1", "ns2/w": "10.0.0.2"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 			clientfeaturestesting.SetFeatureDuringTest(t, features.WatchListClient, c.watchList)
-			api := &fakeAPIServer{objects: []string{sourcetest.APIObject("ns1", "a", "a.internal", "192.0.2.1"), sourcetest.APIObject("ns2", "b", "b.internal", "192.0.2.2")}}
+			api := &fakeAPIServer{objects: []string{sourcetest.APIObject("ns1", "a", "a.internal", "192.0.2.1"), sourcetest.APIObject("ns2", "b", "b.internal", "192.0.2.2")},
+				workloads: []string{apiWorkloadEntry("ns1", "w", "10.0.0.1"), apiWorkloadEntry("ns2", "w", "10.0.0.2")}}
 			server := httptest.NewServer(api)
 			defer server.Close()
 			defer server.CloseClientConnections()
@@ -712,6 +757,32 @@ func TestKubeSourceSlimREST(t *testing.T) {
 			for _, q := range api.seen() {
 				if !strings.Contains(q, "labelSelector=app%3Dx") {
 					t.Errorf("request without the label selector: %s", q)
+				}
+				if watchList := strings.Contains(q, "sendInitialEvents=true"); watchList != c.watchList {
+					t.Errorf("WatchList %v, request %s", c.watchList, q)
+				}
+				if len(c.namespaces) > 0 && !strings.Contains(q, "/namespaces/ns") {
+					t.Errorf("request for all namespaces: %s", q)
+				}
+			}
+			got := make(map[string]string)
+			for key, w := range st.Workloads() {
+				if key.Kind != entry.KindWorkloadEntry || len(w.Addrs) != 1 {
+					t.Errorf("%s: %+v", key, w)
+					continue
+				}
+				got[key.Name] = w.Addrs[0].String()
+			}
+			if !maps.Equal(got, c.workloads) {
+				t.Errorf("WorkloadEntries when synced: %v, want %v", got, c.workloads)
+			}
+			wle := api.seenWorkloads()
+			if len(wle) == 0 {
+				t.Error("no WorkloadEntry request")
+			}
+			for _, q := range wle {
+				if strings.Contains(q, "labelSelector") {
+					t.Errorf("WorkloadEntry request with the ServiceEntries' label selector: %s", q)
 				}
 				if watchList := strings.Contains(q, "sendInitialEvents=true"); watchList != c.watchList {
 					t.Errorf("WatchList %v, request %s", c.watchList, q)
@@ -778,7 +849,7 @@ func BenchmarkWatchEvents(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	lw, err := slimLister(cfg)("", "v1")
+	lw, err := slimLister(cfg, false)("", "v1")
 	if err != nil {
 		b.Fatal(err)
 	}
