@@ -25,7 +25,40 @@ type seEntry struct {
 	Resolution string // "" leaves it out (NONE)
 	ExportTo   []string
 	Endpoints  []string
-	Status     [][2]string // status.addresses: host, value
+	Selector   map[string]string // spec.workloadSelector.labels; nil: no selector
+	Status     [][2]string       // status.addresses: host, value
+}
+
+// wlEntry is one generated WorkloadEntry, which a selector may pick.
+type wlEntry struct {
+	APIVersion   string
+	Name         string
+	Namespace    string
+	Address      string
+	Labels       map[string]string
+	HealthChecks bool   // annotation proxy.istio.io/health-checks-enabled: "true"
+	Healthy      string // status of its Healthy condition; "" for none
+}
+
+func (w *wlEntry) doc() string {
+	meta := map[string]any{"name": w.Name, "namespace": w.Namespace}
+	if w.HealthChecks {
+		meta["annotations"] = map[string]string{"proxy.istio.io/health-checks-enabled": "true"}
+	}
+	obj := map[string]any{
+		"apiVersion": "networking.istio.io/" + w.APIVersion,
+		"kind":       "WorkloadEntry",
+		"metadata":   meta,
+		"spec":       map[string]any{"address": w.Address, "labels": w.Labels},
+	}
+	if w.Healthy != "" {
+		obj["status"] = map[string]any{"conditions": []map[string]string{{"type": "Healthy", "status": w.Healthy}}}
+	}
+	b, err := json.Marshal(obj)
+	if err != nil {
+		panic(err)
+	}
+	return string(b)
 }
 
 func (e *seEntry) key() string { return e.Namespace + "/" + e.Name }
@@ -68,6 +101,9 @@ func (e *seEntry) doc() string {
 	if e.ExportTo != nil {
 		spec["exportTo"] = e.ExportTo
 	}
+	if e.Selector != nil {
+		spec["workloadSelector"] = map[string]any{"labels": e.Selector}
+	}
 	if len(e.Endpoints) > 0 {
 		var eps []map[string]any
 		for _, a := range e.Endpoints {
@@ -99,6 +135,7 @@ func (e *seEntry) doc() string {
 type corpus struct {
 	seed      uint64
 	entries   []*seEntry
+	workloads []*wlEntry
 	questions []question
 }
 
@@ -111,6 +148,9 @@ func (c *corpus) yaml() string {
 	var docs []string
 	for _, e := range c.entries {
 		docs = append(docs, e.doc())
+	}
+	for _, w := range c.workloads {
+		docs = append(docs, w.doc())
 	}
 	return strings.Join(docs, "\n---\n") + "\n"
 }
@@ -315,8 +355,17 @@ func (g *generator) entry(i int) *seEntry {
 		}
 	}
 	// NONE takes no endpoints (Istio's validation), so Istio's headless
-	// answers (endpoint addresses) come only from workloads, which the
-	// corpus has none of.
+	// answers (endpoint addresses) come from the workloads a selector
+	// picks: a headless entry (NONE, no addresses) with a selector now and
+	// then, and a selector beside other resolutions, which Istio takes its
+	// endpoints from instead of spec.endpoints.
+	switch {
+	case g.chance(0.06):
+		e.Resolution, e.Addresses, e.Endpoints = g.pick([]string{"", "NONE"}), nil, nil
+		e.Selector = g.selector()
+	case e.resolution() == "STATIC" && g.chance(0.05):
+		e.Selector, e.Endpoints = g.selector(), nil
+	}
 	if g.chance(0.06) {
 		e.OptOut = true
 		e.OptOutText = g.pick([]string{"false", "False", "FALSE", "true", "no"})
@@ -325,6 +374,54 @@ func (g *generator) entry(i int) *seEntry {
 		g.status(e)
 	}
 	return e
+}
+
+var (
+	workloadApps     = []string{"db", "web", "cache", "ldap"}
+	workloadVersions = []string{"v1", "v2"}
+)
+
+// selector draws a workload selector: by app, by app and version, or
+// (rarely) empty, which selects every workload of the namespace.
+func (g *generator) selector() map[string]string {
+	switch x := g.r.Float64(); {
+	case x < 0.05:
+		return map[string]string{}
+	case x < 0.7:
+		return map[string]string{"app": g.pick(workloadApps)}
+	default:
+		return map[string]string{"app": g.pick(workloadApps), "version": g.pick(workloadVersions)}
+	}
+}
+
+// workload draws one WorkloadEntry: mostly an IPv4 address, some IPv6, some
+// a host name (which Istio's name table leaves out) or an address another
+// workload has too; some health-checked, healthy or not or not yet.
+func (g *generator) workload(i int) *wlEntry {
+	w := &wlEntry{
+		APIVersion: g.pick(versions),
+		Name:       fmt.Sprintf("wle-%03d", i),
+		Namespace:  g.pick(namespaces),
+		Labels:     map[string]string{"app": g.pick(workloadApps)},
+	}
+	if g.chance(0.7) {
+		w.Labels["version"] = g.pick(workloadVersions)
+	}
+	switch x := g.r.Float64(); {
+	case x < 0.65:
+		w.Address = fmt.Sprintf("10.50.%d.%d", g.r.IntN(4), 1+g.r.IntN(40))
+	case x < 0.8:
+		w.Address = fmt.Sprintf("2001:db8:50::%x", 1+g.r.IntN(40))
+	case x < 0.9:
+		w.Address = "vm-" + fmt.Sprint(g.r.IntN(10)) + "." + g.pick(domains)
+	default:
+		w.Address = g.pick(g.sharedV4)
+	}
+	if g.chance(0.2) {
+		w.HealthChecks = true
+		w.Healthy = g.pick([]string{"", "True", "False"})
+	}
+	return w
 }
 
 // questions asks for every host, names under wildcards, wildcard apexes and

@@ -9,6 +9,7 @@ package fidelity
 
 import (
 	"fmt"
+	"net/netip"
 	"os"
 	"slices"
 	"sort"
@@ -22,8 +23,12 @@ import (
 	"istio.io/istio/pkg/config"
 )
 
-// entriesPerCorpus is the size of each generated mesh.
-const entriesPerCorpus = 300
+// entriesPerCorpus and workloadsPerCorpus are the size of each generated
+// mesh.
+const (
+	entriesPerCorpus   = 300
+	workloadsPerCorpus = 80
+)
 
 // fixedSeed always runs; a random seed runs beside it (FIDELITY_SEED replays one).
 const fixedSeed = 17
@@ -50,6 +55,7 @@ const (
 	reasonSearchAll  = "every search domain answered, where Istio forwards all but the first"
 	reasonSearchLack = "CNAME kept for the family a searched host lacks"
 	reasonSearchWild = "a searched name under a wildcard aliases the name, not the literal wildcard"
+	reasonHeadless   = "WorkloadEntries of a headless entry answered, where Istio's name table drops them"
 )
 
 func TestFidelity(t *testing.T) {
@@ -95,8 +101,21 @@ func generate(t *testing.T, seed uint64) (*corpus, []config.Config) {
 		c.entries = append(c.entries, e)
 		configs = append(configs, *cfg)
 	}
+	for i := 0; len(c.workloads) < workloadsPerCorpus; i++ {
+		w := g.workload(i)
+		cfg, err := toConfig(w.doc())
+		if err != nil {
+			if rejected++; rejected > 20*entriesPerCorpus {
+				t.Fatalf("seed %d: the generator draws mostly invalid workloads; last: %v\n%s", seed, err, w.doc())
+			}
+			continue
+		}
+		c.workloads = append(c.workloads, w)
+		configs = append(configs, *cfg)
+	}
 	c.questions = g.questions(c.entries)
-	t.Logf("seed %d: %d entries (%d drawn entries refused by Istio's validation), %d questions", seed, len(c.entries), rejected, len(c.questions))
+	t.Logf("seed %d: %d entries and %d WorkloadEntries (%d drawn refused by Istio's validation), %d questions",
+		seed, len(c.entries), len(c.workloads), rejected, len(c.questions))
 	return c, configs
 }
 
@@ -155,6 +174,11 @@ func runCorpus(t *testing.T, c *corpus, configs []config.Config, mode string, au
 	}
 	if !autoAllocate && autoAnswered+autoAnswered6 > 0 {
 		t.Errorf("Istio answered %d auto-allocated addresses with auto-allocation off", autoAnswered+autoAnswered6)
+	}
+	// The headless answers differ from Istio's by design (see
+	// headlessExtra): make sure the plugin gave some.
+	if byDesign[reasonHeadless] == 0 && headlessInCorpus(c) {
+		t.Errorf("the plugin answered no headless entry with its WorkloadEntries, though the corpus has some")
 	}
 	if dualStack != (autoAnswered6 > 0) {
 		t.Errorf("Istio answered %d auto-allocated IPv6 addresses with dual stack %v", autoAnswered6, dualStack)
@@ -238,6 +262,9 @@ func compare(c *corpus, q question, im *dns.Msg, forwarded bool, pm *dns.Msg, au
 		if reasons, ok := compareSearched(q, base, first, ir, pr); ok {
 			return reasons, ""
 		}
+		if headlessExtra(c, base, ir, pr) {
+			return []string{reasonHeadless}, ""
+		}
 		if r := explain(c, base, autoAllocate); r != "" {
 			return []string{r}, ""
 		}
@@ -277,6 +304,9 @@ func compare(c *corpus, q question, im *dns.Msg, forwarded bool, pm *dns.Msg, au
 	name := q.name
 	if base, _, ok := searched(q.name); ok {
 		name = base
+	}
+	if headlessExtra(c, name, ir, pr) {
+		return []string{reasonHeadless}, ""
 	}
 	if r := explain(c, name, autoAllocate); r != "" {
 		return []string{r}, ""
@@ -352,6 +382,87 @@ func hasNamesBelow(c *corpus, qname string) bool {
 	return false
 }
 
+// headlessExtra reports whether the plugin's reply differs from Istio's
+// because of the addresses of WorkloadEntries that public headless entries
+// declaring (or covering) qname select: Istio's ServiceEntry controller
+// leaves such an endpoint's health status unset, and its name table keeps
+// only endpoints marked healthy, so Istio does not know the host (it
+// forwards the name, or a wildcard covering it answers) where the plugin
+// answers with them. Every address of the plugin's reply must be Istio's or
+// one of those.
+func headlessExtra(c *corpus, qname string, ir, pr reply) bool {
+	extra := map[string]bool{}
+	families := map[string]bool{}
+	for _, e := range c.entries {
+		if e.Selector == nil || e.resolution() != "NONE" || len(e.Addresses) > 0 || !e.public() ||
+			!slices.ContainsFunc(e.Hosts, func(h string) bool { return relevant(h, qname) }) {
+			continue
+		}
+		for _, w := range c.workloads {
+			if w.Namespace != e.Namespace || !selects(e.Selector, w.Labels) || w.HealthChecks && w.Healthy != "True" {
+				continue
+			}
+			ip, err := netip.ParseAddr(w.Address)
+			if err != nil {
+				continue
+			}
+			family := "A"
+			if ip.Is6() {
+				family = "AAAA"
+			}
+			extra[family+" "+ip.String()] = true
+			families[family] = true
+		}
+	}
+	if len(extra) == 0 {
+		return false
+	}
+	istioKept := true // every address Istio gave is in the plugin's reply
+	for _, a := range ir.addrs {
+		istioKept = istioKept && slices.Contains(pr.addrs, a)
+	}
+	onlyExtra := true // every address of the plugin's is a WorkloadEntry's
+	for _, a := range pr.addrs {
+		if !extra[a] {
+			if !slices.Contains(ir.addrs, a) {
+				return false
+			}
+			onlyExtra = false
+		}
+	}
+	// Either the plugin adds WorkloadEntries to what Istio says, or it
+	// answers the host from them (or with none of the family asked: NODATA,
+	// or a searched name's CNAME alone) where Istio, not knowing the host,
+	// forwards it or answers from a wildcard covering it.
+	return istioKept || onlyExtra
+}
+
+// headlessInCorpus reports whether some public headless entry selects a
+// WorkloadEntry with an IP address.
+func headlessInCorpus(c *corpus) bool {
+	for _, e := range c.entries {
+		if e.Selector == nil || e.resolution() != "NONE" || len(e.Addresses) > 0 || !e.public() {
+			continue
+		}
+		for _, w := range c.workloads {
+			if _, err := netip.ParseAddr(w.Address); err == nil && w.Namespace == e.Namespace && selects(e.Selector, w.Labels) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// selects reports whether every label of selector holds in labels.
+func selects(selector, labels map[string]string) bool {
+	for k, v := range selector {
+		if got, ok := labels[k]; !ok || got != v {
+			return false
+		}
+	}
+	return true
+}
+
 // explain names the by-design difference that accounts for a differing
 // answer, if one does: it looks at the public entries declaring a host that
 // can decide the question.
@@ -404,7 +515,8 @@ func summary(m *dns.Msg, forwarded bool) string {
 }
 
 // involved prints every entry declaring a host that can decide qname (or the
-// name a search-path expansion stands for).
+// name a search-path expansion stands for), and the WorkloadEntries of its
+// namespace when it has a workload selector.
 func involved(c *corpus, qname string) string {
 	if base, _, ok := searched(qname); ok {
 		qname = base
@@ -413,6 +525,11 @@ func involved(c *corpus, qname string) string {
 	for _, e := range c.entries {
 		if slices.ContainsFunc(e.Hosts, func(h string) bool { return relevant(h, qname) }) {
 			out = append(out, "    "+e.doc())
+			for _, w := range c.workloads {
+				if e.Selector != nil && w.Namespace == e.Namespace {
+					out = append(out, "      "+w.doc())
+				}
+			}
 		}
 	}
 	if len(out) == 0 {
