@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/coredns-serviceentry/serviceentry/internal/entry"
+	"github.com/coredns/coredns/plugin"
 	"github.com/coredns/coredns/plugin/pkg/dnstest"
 	"github.com/coredns/coredns/plugin/pkg/fall"
 	"github.com/coredns/coredns/plugin/test"
@@ -280,4 +281,75 @@ func BenchmarkExportToMemory(b *testing.B) {
 	b.ReportMetric(float64(withClient-withPublic), "client-store-B")
 	b.ReportMetric(float64(withIndex-withClient), "pod-index-B")
 	runtime.KeepAlive(public)
+}
+
+// passThroughQueries are names that are not the plugin's, as a pod with
+// ndots:5 in namespace team-42 asks them: a Service by its full name, a
+// Service of another namespace and an external name through the search list
+// (each expansion, then the name itself), with A and AAAA as a resolver
+// asks both.
+var passThroughQueries = func() []*dns.Msg {
+	var out []*dns.Msg
+	for _, name := range []string{
+		"web.team-42.svc.cluster.local.",
+		"db.other.team-42.svc.cluster.local.",
+		"db.other.svc.cluster.local.",
+		"api.github.com.team-42.svc.cluster.local.",
+		"api.github.com.svc.cluster.local.",
+		"api.github.com.cluster.local.",
+		"api.github.com.",
+		"storage.googleapis.com.team-42.svc.cluster.local.",
+	} {
+		for _, qtype := range []uint16{dns.TypeA, dns.TypeAAAA} {
+			out = append(out, new(dns.Msg).SetQuestion(name, qtype))
+		}
+	}
+	return out
+}()
+
+// passThroughChains are kube-system's layout (zone ".", fallthrough, the
+// rest of the chain after the plugin) at 10,000 entries: without and with
+// searchpath, and with searchpath, "exportto client" (1,000 namespaces with
+// an overlay each) and per-client classes, the client a pod of team-42.
+func passThroughChains(b *testing.B, next plugin.Handler) []struct {
+	name string
+	se   *ServiceEntry
+} {
+	st := newStore(false)
+	st.ReplaceAll(benchEntries(10_000))
+	st.MarkSynced()
+	entries, pods := exportToBench()
+	client := newStore(false)
+	client.ReplaceAll(entries)
+	client.MarkSynced()
+	client.clients = clientsOf(b, pods)
+	path := []string{"cluster.local."}
+	return []struct {
+		name string
+		se   *ServiceEntry
+	}{
+		{"fallthrough", (&ServiceEntry{Zones: []string{"."}, TTL: 30, Fall: fall.Root, Next: next}).attach(st)},
+		{"searchpath", (&ServiceEntry{Zones: []string{"."}, TTL: 30, Fall: fall.Root, SearchDomains: path, Next: next}).attach(st)},
+		{"searchpath-exportto-client", (&ServiceEntry{Zones: []string{"."}, TTL: 30, Fall: fall.Root, SearchDomains: path,
+			clients: clientsByPod, Next: next}).attach(client)},
+	}
+}
+
+// BenchmarkPassThrough: ServeDNS for names that are not ours, which every
+// query of a cluster pays when the plugin sits in kube-system's stanza; the
+// next plugin does nothing. ns/op is per query of passThroughQueries.
+func BenchmarkPassThrough(b *testing.B) {
+	for _, c := range passThroughChains(b, test.NextHandler(dns.RcodeSuccess, nil)) {
+		b.Run(c.name, func(b *testing.B) {
+			w := &fromAddr{remote: &net.UDPAddr{IP: net.ParseIP("10.1.0.42").To4(), Port: 40212}}
+			ctx := context.Background()
+			b.ReportAllocs()
+			for i := 0; b.Loop(); i++ {
+				m := passThroughQueries[i%len(passThroughQueries)]
+				if rcode, _ := c.se.ServeDNS(ctx, w, m); rcode != dns.RcodeSuccess {
+					b.Fatalf("%s: rcode %d, want the next plugin's", m.Question[0].Name, rcode)
+				}
+			}
+		})
+	}
 }
