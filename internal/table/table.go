@@ -170,6 +170,11 @@ type Table struct {
 	// fully qualified, sorted: the PTR answer, built with the table.
 	reverse sharded[netip.Addr, []string]
 
+	// tails and shortWild tell a name no view serves in one probe
+	// (tails.go).
+	tails     sharded[string, int32]
+	shortWild int32
+
 	// overlays are, by client namespace, what that namespace sees
 	// differently with "exportto client"; nil otherwise.
 	Overlays map[string]*Overlay
@@ -226,6 +231,7 @@ func (t *Table) With(changes map[string]*Answer, ports map[string][]entry.Port) 
 			shards.del(h, key, copied)
 			next.Hosts--
 			next.countAncestors(host, -1, copied)
+			next.countTail(host, -1, copied)
 		case ans != nil:
 			// Setting the answer a name already has copies nothing.
 			if !had || old != ans {
@@ -234,6 +240,7 @@ func (t *Table) With(changes map[string]*Answer, ports map[string][]entry.Port) 
 			if !had {
 				next.Hosts++
 				next.countAncestors(host, 1, copied)
+				next.countTail(host, 1, copied)
 			}
 		}
 	}
