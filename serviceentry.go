@@ -94,13 +94,55 @@ var (
 	errChainFailed = errors.New("the next plugin failed for a ServiceEntry host in the cluster domain")
 )
 
-// ServeDNS implements plugin.Handler. It writes the reply, or hands the query
-// on, from a small frame: resolve, whose frame is large, has returned by then.
-// The goroutine serving a query starts with a small stack, and one that is
-// deep when the reply is sent (or when the next plugin runs, for every name
-// passed on) makes the runtime copy it into a larger one for every query.
+// ServeDNS implements plugin.Handler. The goroutine serving a query starts
+// with a small stack, and one that is deep when the reply is sent (or when
+// the next plugin runs) makes the runtime copy it into a larger one for every
+// query. Nearly every name of a cluster is not ours: ServeDNS tells those
+// from a small frame and hands them on from it, with no larger frame of ours
+// below the rest of the chain.
 func (se *ServiceEntry) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
-	out := se.resolve(w, r)
+	qname, on := se.passes(r)
+	if on {
+		return plugin.NextOrFailure(se.Name(), se.Next, ctx, w, r)
+	}
+	return se.serve(ctx, w, r, qname)
+}
+
+// passes reports whether r goes to the next plugin without a look at the
+// client: its class or zone is not ours, or fallthrough covers it and no view
+// may serve it or one of its search forms, or, before the first full read,
+// fallthrough covers it. Otherwise it returns the question's name, lower
+// case, for serve.
+func (se *ServiceEntry) passes(r *dns.Msg) (string, bool) {
+	// ServiceEntries are class IN data: CHAOS (version.bind) and the other
+	// classes belong to other plugins, whatever the name.
+	if len(r.Question) == 0 || r.Question[0].Qclass != dns.ClassINET {
+		return "", true
+	}
+	qname := lowerName(r.Question[0].Name)
+	// With zone ".", the root itself is not ours: no ServiceEntry declares it
+	// and a made-up root SOA or NS would be cached as the real root's.
+	if qname == "." || plugin.Zones(se.Zones).Matches(qname) == "" {
+		return "", true
+	}
+	if !se.Fall.Through(qname) {
+		return qname, false
+	}
+	t := se.table()
+	// Not synced. Cluster DNS must not go down with us: a name that
+	// fallthrough covers goes on exactly as an unknown name would (a
+	// ServiceEntry host may get the next plugin's answer until then).
+	if t == nil || !se.mayServe(t, qname) {
+		return "", true
+	}
+	return qname, false
+}
+
+// serve answers r, whose lower-case name is qname, or hands it on. It writes
+// the reply, or hands the query on, from its own frame: resolve, whose frame
+// is large, has returned by then.
+func (se *ServiceEntry) serve(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, qname string) (int, error) {
+	out := se.resolve(w, r, qname)
 	switch {
 	case out.msg != nil:
 		if out.chase != "" {
@@ -135,20 +177,10 @@ type outcome struct {
 	x               reply
 }
 
-// resolve decides how to answer r.
-func (se *ServiceEntry) resolve(w dns.ResponseWriter, r *dns.Msg) outcome {
-	// ServiceEntries are class IN data: CHAOS (version.bind) and the other
-	// classes belong to other plugins, whatever the name.
-	if len(r.Question) == 0 || r.Question[0].Qclass != dns.ClassINET {
-		return outcome{next: true}
-	}
-	qname := lowerName(r.Question[0].Name)
+// resolve decides how to answer r, whose lower-case name is qname, once
+// passes has not handed it on.
+func (se *ServiceEntry) resolve(w dns.ResponseWriter, r *dns.Msg, qname string) outcome {
 	zone := plugin.Zones(se.Zones).Matches(qname)
-	// With zone ".", the root itself is not ours: no ServiceEntry declares it
-	// and a made-up root SOA or NS would be cached as the real root's.
-	if zone == "" || qname == "." {
-		return outcome{next: true}
-	}
 
 	var t *table.Table
 	st := se.store.Load()
@@ -166,11 +198,6 @@ func (se *ServiceEntry) resolve(w dns.ResponseWriter, r *dns.Msg) outcome {
 	// Where fallthrough covers a name it may exist elsewhere: only the names
 	// we serve are ours, the apex and empty non-terminals are not.
 	authoritative := !se.Fall.Through(qname)
-	// Nearly every name of the cluster goes on: it is told before the
-	// client is looked up, at one probe per search form.
-	if !authoritative && !se.mayServe(t, qname) {
-		return outcome{next: true}
-	}
 	tbl, who := se.viewOf(st, t, w)
 	qtype := r.Question[0].Qtype
 	if qname == zone && authoritative && (qtype == dns.TypeSOA || qtype == dns.TypeNS) {
