@@ -101,48 +101,52 @@ var (
 // from a small frame and hands them on from it, with no larger frame of ours
 // below the rest of the chain.
 func (se *ServiceEntry) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
-	qname, on := se.passes(r)
+	qname, zone, on := se.passes(r)
 	if on {
 		return plugin.NextOrFailure(se.Name(), se.Next, ctx, w, r)
 	}
-	return se.serve(ctx, w, r, qname)
+	return se.serve(ctx, w, r, qname, zone)
 }
 
 // passes reports whether r goes to the next plugin without a look at the
 // client: its class or zone is not ours, or fallthrough covers it and no view
 // may serve it or one of its search forms, or, before the first full read,
-// fallthrough covers it. Otherwise it returns the question's name, lower
-// case, for serve.
-func (se *ServiceEntry) passes(r *dns.Msg) (string, bool) {
+// fallthrough covers it. Otherwise it returns, for serve, the question's
+// name, lower case, and its zone (matching a zone other than "." allocates:
+// it is done once).
+func (se *ServiceEntry) passes(r *dns.Msg) (qname, zone string, on bool) {
 	// ServiceEntries are class IN data: CHAOS (version.bind) and the other
 	// classes belong to other plugins, whatever the name.
 	if len(r.Question) == 0 || r.Question[0].Qclass != dns.ClassINET {
-		return "", true
+		return "", "", true
 	}
-	qname := lowerName(r.Question[0].Name)
+	qname = lowerName(r.Question[0].Name)
 	// With zone ".", the root itself is not ours: no ServiceEntry declares it
 	// and a made-up root SOA or NS would be cached as the real root's.
-	if qname == "." || plugin.Zones(se.Zones).Matches(qname) == "" {
-		return "", true
+	if qname == "." {
+		return "", "", true
+	}
+	if zone = plugin.Zones(se.Zones).Matches(qname); zone == "" {
+		return "", "", true
 	}
 	if !se.Fall.Through(qname) {
-		return qname, false
+		return qname, zone, false
 	}
 	t := se.table()
 	// Not synced. Cluster DNS must not go down with us: a name that
 	// fallthrough covers goes on exactly as an unknown name would (a
 	// ServiceEntry host may get the next plugin's answer until then).
 	if t == nil || !se.mayServe(t, qname) {
-		return "", true
+		return "", "", true
 	}
-	return qname, false
+	return qname, zone, false
 }
 
-// serve answers r, whose lower-case name is qname, or hands it on. It writes
+// serve answers r, whose lower-case name is qname in zone, or hands it on. It writes
 // the reply, or hands the query on, from its own frame: resolve, whose frame
 // is large, has returned by then.
-func (se *ServiceEntry) serve(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, qname string) (int, error) {
-	out := se.resolve(w, r, qname)
+func (se *ServiceEntry) serve(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, qname, zone string) (int, error) {
+	out := se.resolve(w, r, qname, zone)
 	switch {
 	case out.msg != nil:
 		if out.chase != "" {
@@ -177,11 +181,9 @@ type outcome struct {
 	x               reply
 }
 
-// resolve decides how to answer r, whose lower-case name is qname, once
-// passes has not handed it on.
-func (se *ServiceEntry) resolve(w dns.ResponseWriter, r *dns.Msg, qname string) outcome {
-	zone := plugin.Zones(se.Zones).Matches(qname)
-
+// resolve decides how to answer r, whose lower-case name is qname in zone,
+// once passes has not handed it on.
+func (se *ServiceEntry) resolve(w dns.ResponseWriter, r *dns.Msg, qname, zone string) outcome {
 	var t *table.Table
 	st := se.store.Load()
 	if st != nil {
