@@ -171,8 +171,10 @@ type Table struct {
 	reverse sharded[netip.Addr, []string]
 
 	// tails and shortWild tell a name no view serves in one probe
-	// (tails.go).
-	tails     sharded[string, int32]
+	// (tails.go). tails is behind a pointer, copied only by a change that
+	// adds or removes a host: the header above is copied on every change,
+	// and most changes are of addresses.
+	tails     *sharded[string, int32]
 	shortWild int32
 
 	// overlays are, by client namespace, what that namespace sees
