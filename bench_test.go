@@ -2,18 +2,23 @@ package serviceentry
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"runtime"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/coredns-serviceentry/serviceentry/internal/entry"
+	"github.com/coredns/coredns/core/dnsserver"
+	"github.com/coredns/coredns/plugin"
 	"github.com/coredns/coredns/plugin/pkg/dnstest"
 	"github.com/coredns/coredns/plugin/pkg/fall"
 	"github.com/coredns/coredns/plugin/test"
+	"github.com/coredns/coredns/plugin/whoami"
 	"github.com/miekg/dns"
 )
 
@@ -280,4 +285,171 @@ func BenchmarkExportToMemory(b *testing.B) {
 	b.ReportMetric(float64(withClient-withPublic), "client-store-B")
 	b.ReportMetric(float64(withIndex-withClient), "pod-index-B")
 	runtime.KeepAlive(public)
+}
+
+// passThroughQueries are names that are not the plugin's, as a pod with
+// ndots:5 in namespace team-42 asks them: a Service by its full name, a
+// Service of another namespace and an external name through the search list
+// (each expansion, then the name itself), with A and AAAA as a resolver
+// asks both.
+var passThroughQueries = func() []*dns.Msg {
+	var out []*dns.Msg
+	for _, name := range []string{
+		"web.team-42.svc.cluster.local.",
+		"db.other.team-42.svc.cluster.local.",
+		"db.other.svc.cluster.local.",
+		"api.github.com.team-42.svc.cluster.local.",
+		"api.github.com.svc.cluster.local.",
+		"api.github.com.cluster.local.",
+		"api.github.com.",
+		"storage.googleapis.com.team-42.svc.cluster.local.",
+	} {
+		for _, qtype := range []uint16{dns.TypeA, dns.TypeAAAA} {
+			out = append(out, new(dns.Msg).SetQuestion(name, qtype))
+		}
+	}
+	return out
+}()
+
+// passThroughChains are kube-system's layout (zone ".", fallthrough, the
+// rest of the chain after the plugin) at 10,000 entries: without and with
+// searchpath, and with searchpath, "exportto client" (1,000 namespaces with
+// an overlay each) and per-client classes, the client a pod of team-42.
+func passThroughChains(b *testing.B, next plugin.Handler) []struct {
+	name string
+	se   *ServiceEntry
+} {
+	st := newStore(false)
+	st.ReplaceAll(benchEntries(10_000))
+	st.MarkSynced()
+	entries, pods := exportToBench()
+	client := newStore(false)
+	client.ReplaceAll(entries)
+	client.MarkSynced()
+	client.clients = clientsOf(b, pods)
+	path := []string{"cluster.local."}
+	return []struct {
+		name string
+		se   *ServiceEntry
+	}{
+		{"fallthrough", (&ServiceEntry{Zones: []string{"."}, TTL: 30, Fall: fall.Root, Next: next}).attach(st)},
+		{"searchpath", (&ServiceEntry{Zones: []string{"."}, TTL: 30, Fall: fall.Root, SearchDomains: path, Next: next}).attach(st)},
+		{"searchpath-exportto-client", (&ServiceEntry{Zones: []string{"."}, TTL: 30, Fall: fall.Root, SearchDomains: path,
+			clients: clientsByPod, Next: next}).attach(client)},
+	}
+}
+
+// BenchmarkPassThrough: ServeDNS for names that are not ours, which every
+// query of a cluster pays when the plugin sits in kube-system's stanza; the
+// next plugin does nothing. ns/op is per query of passThroughQueries.
+func BenchmarkPassThrough(b *testing.B) {
+	for _, c := range passThroughChains(b, test.NextHandler(dns.RcodeSuccess, nil)) {
+		b.Run(c.name, func(b *testing.B) {
+			w := &fromAddr{remote: &net.UDPAddr{IP: net.ParseIP("10.1.0.42").To4(), Port: 40212}}
+			ctx := context.Background()
+			b.ReportAllocs()
+			for i := 0; b.Loop(); i++ {
+				m := passThroughQueries[i%len(passThroughQueries)]
+				if rcode, _ := c.se.ServeDNS(ctx, w, m); rcode != dns.RcodeSuccess {
+					b.Fatalf("%s: rcode %d, want the next plugin's", m.Question[0].Name, rcode)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkServeUDP: queries served by CoreDNS's own server over loopback
+// UDP, each on the fresh goroutine the server starts for every packet, so
+// that the stack the chain needs is grown (and copied) on every query as in
+// production: BenchmarkServeDNS and BenchmarkPassThrough loop on one
+// goroutine, whose stack stays grown, and never show it. The chains are
+// whoami alone and serviceentry (fallthrough, searchpath, 10,000 entries)
+// before whoami; compare the sub-benchmarks of one run. 8 clients ask in
+// turn, each waiting for its reply; cpu-ns/op is the process's CPU time
+// (server and clients) per query.
+func BenchmarkServeUDP(b *testing.B) {
+	st := newStore(false)
+	st.ReplaceAll(benchEntries(10_000))
+	st.MarkSynced()
+	whoamiOnly := []plugin.Plugin{func(plugin.Handler) plugin.Handler { return whoami.Whoami{} }}
+	withPlugin := []plugin.Plugin{
+		func(next plugin.Handler) plugin.Handler {
+			return (&ServiceEntry{Zones: []string{"."}, TTL: 30, Fall: fall.Root, SearchDomains: []string{"cluster.local."}, Next: next}).attach(st)
+		},
+		whoamiOnly[0],
+	}
+	hit := []*dns.Msg{new(dns.Msg).SetQuestion("svc-42.ns-42.internal.", dns.TypeA)}
+	for _, c := range []struct {
+		name    string
+		chain   []plugin.Plugin
+		queries []*dns.Msg
+		answers int // in each reply
+	}{
+		{"whoami/not-ours", whoamiOnly, passThroughQueries, 0},
+		{"serviceentry-whoami/not-ours", withPlugin, passThroughQueries, 0},
+		{"serviceentry-whoami/hit-A", withPlugin, hit, 1},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			addr := serveUDP(b, c.chain)
+			packed := make([][]byte, len(c.queries))
+			for i, m := range c.queries {
+				var err error
+				if packed[i], err = m.Pack(); err != nil {
+					b.Fatal(err)
+				}
+				if r, err := dns.Exchange(m, addr); err != nil || r.Rcode != dns.RcodeSuccess || len(r.Answer) != c.answers {
+					b.Fatalf("%s: got %v (%v), want NOERROR with %d answers", m.Question[0].Name, r, err, c.answers)
+				}
+			}
+			cpu0 := processCPU(b)
+			b.SetParallelism(4)
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				conn, err := net.Dial("udp", addr)
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				defer conn.Close()
+				buf := make([]byte, 512)
+				for i := 0; pb.Next(); i++ {
+					q := packed[i%len(packed)]
+					for {
+						if _, err := conn.Write(q); err != nil {
+							b.Error(err)
+							return
+						}
+						_ = conn.SetReadDeadline(time.Now().Add(time.Second))
+						if _, err := conn.Read(buf); err == nil {
+							break
+						} else if !errors.Is(err, os.ErrDeadlineExceeded) {
+							b.Error(err)
+							return
+						}
+						// Lost on loopback: ask again.
+					}
+				}
+			})
+			b.StopTimer()
+			b.ReportMetric(float64((processCPU(b)-cpu0).Nanoseconds())/float64(b.N), "cpu-ns/op")
+		})
+	}
+}
+
+// serveUDP starts CoreDNS's server with the chain on a loopback port and
+// returns its address; it stops with the benchmark.
+func serveUDP(b *testing.B, chain []plugin.Plugin) string {
+	b.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	addr := pc.LocalAddr().String()
+	s, err := dnsserver.NewServer("dns://"+addr, []*dnsserver.Config{{Zone: ".", Plugin: chain}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	go func() { _ = s.ServePacket(pc) }()
+	b.Cleanup(func() { _ = s.Stop() })
+	return addr
 }

@@ -1,6 +1,8 @@
 package serviceentry
 
 import (
+	"strings"
+
 	"github.com/coredns-serviceentry/serviceentry/internal/table"
 	"github.com/miekg/dns"
 )
@@ -18,19 +20,7 @@ import (
 // asked is the question's name: the alias and the host keep its case.
 func (se *ServiceEntry) expansion(tbl table.View, qname, asked string) (reply, bool) {
 	for _, d := range se.SearchDomains {
-		i, start := dns.PrevLabel(qname, dns.CountLabel(d))
-		if start || i == 0 || qname[i:] != d {
-			continue
-		}
-		rest := qname[:i]
-		ends := [3]int{0, 0, len(rest)} // where the host ends in each form
-		if svc, _ := dns.PrevLabel(rest, 1); rest[svc:] == "svc." {
-			ends[1] = svc
-			if label, start := dns.PrevLabel(rest, 2); !start {
-				ends[0] = label
-			}
-		}
-		for _, end := range ends {
+		for _, end := range searchForms(qname, d) {
 			if end == 0 {
 				continue
 			}
@@ -45,4 +35,41 @@ func (se *ServiceEntry) expansion(tbl table.View, qname, asked string) (reply, b
 		}
 	}
 	return reply{}, false
+}
+
+// searchForms returns where the host ends in each form qname may be an
+// expansion of under search domain d, in the resolver's order: before
+// <label>.svc.d, before svc.d and before d; 0 for a form qname does not have.
+func searchForms(qname, d string) [3]int {
+	i, start := dns.PrevLabel(qname, dns.CountLabel(d))
+	if start || i == 0 || qname[i:] != d {
+		return [3]int{}
+	}
+	rest := qname[:i]
+	ends := [3]int{0, 0, len(rest)}
+	if svc, _ := dns.PrevLabel(rest, 1); rest[svc:] == "svc." {
+		ends[1] = svc
+		if label, start := dns.PrevLabel(rest, 2); !start {
+			ends[0] = label
+		}
+	}
+	return ends
+}
+
+// mayServe reports whether some client may be answered for qname (lower
+// case, fully qualified) by t: false when neither the name nor any of its
+// search forms can be served by any view of t, nor is a reverse name.
+func (se *ServiceEntry) mayServe(t *table.Table, qname string) bool {
+	name := trimDot(qname)
+	if strings.HasSuffix(name, ".arpa") || t.MayServe(name) {
+		return true
+	}
+	for _, d := range se.SearchDomains {
+		for _, end := range searchForms(qname, d) {
+			if end != 0 && t.MayServe(qname[:end-1]) {
+				return true
+			}
+		}
+	}
+	return false
 }

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -16,7 +17,6 @@ import (
 	"github.com/coredns/coredns/plugin/pkg/dnsutil"
 	"github.com/coredns/coredns/plugin/pkg/fall"
 	"github.com/coredns/coredns/plugin/pkg/nonwriter"
-	"github.com/coredns/coredns/request"
 	"github.com/miekg/dns"
 )
 
@@ -70,24 +70,16 @@ func (se *ServiceEntry) table() *table.Table {
 	return nil
 }
 
-// viewOf returns the table as the client of w sees it, and false before the
-// first full read. With "exportto client" the client's namespace comes from
-// the address it asks from.
-func (se *ServiceEntry) viewOf(w dns.ResponseWriter) (table.View, asker, bool) {
-	st := se.store.Load()
-	if st == nil {
-		return table.View{}, asker{}, false
-	}
-	t := st.table()
-	if t == nil {
-		return table.View{}, asker{}, false
-	}
+// viewOf returns t, the table of st, as the client of w sees it. With
+// "exportto client" the client's namespace comes from the address it asks
+// from.
+func (se *ServiceEntry) viewOf(st *store, t *table.Table, w dns.ResponseWriter) (table.View, asker) {
 	who := asker{w: w, pods: st.clients, mode: se.clients}
 	if t.Overlays == nil {
 		// No namespace sees anything else: no need to know the client's.
-		return table.View{Table: t}, who, true
+		return table.View{Table: t}, who
 	}
-	return t.ViewFor(who.client().Namespace), who, true
+	return t.ViewFor(who.client().Namespace), who
 }
 
 // defaultClusterDomains is where Kubernetes names live unless cluster_domain
@@ -102,13 +94,59 @@ var (
 	errChainFailed = errors.New("the next plugin failed for a ServiceEntry host in the cluster domain")
 )
 
-// ServeDNS implements plugin.Handler. It writes the reply, or hands the query
-// on, from a small frame: resolve, whose frame is large, has returned by then.
-// The goroutine serving a query starts with a small stack, and one that is
-// deep when the reply is sent (or when the next plugin runs, for every name
-// passed on) makes the runtime copy it into a larger one for every query.
+// ServeDNS implements plugin.Handler. The goroutine serving a query starts
+// with a small stack, and one that is deep when the reply is sent (or when
+// the next plugin runs) makes the runtime copy it into a larger one for every
+// query. Nearly every name of a cluster is not ours: ServeDNS tells those
+// from a small frame and hands them on from it, with no larger frame of ours
+// below the rest of the chain.
 func (se *ServiceEntry) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
-	out := se.resolve(w, r)
+	qname, zone, on := se.passes(r)
+	if on {
+		return plugin.NextOrFailure(se.Name(), se.Next, ctx, w, r)
+	}
+	return se.serve(ctx, w, r, qname, zone)
+}
+
+// passes reports whether r goes to the next plugin without a look at the
+// client: its class or zone is not ours, or fallthrough covers it and no view
+// may serve it or one of its search forms, or, before the first full read,
+// fallthrough covers it. Otherwise it returns, for serve, the question's
+// name, lower case, and its zone (matching a zone other than "." allocates:
+// it is done once).
+func (se *ServiceEntry) passes(r *dns.Msg) (qname, zone string, on bool) {
+	// ServiceEntries are class IN data: CHAOS (version.bind) and the other
+	// classes belong to other plugins, whatever the name.
+	if len(r.Question) == 0 || r.Question[0].Qclass != dns.ClassINET {
+		return "", "", true
+	}
+	qname = lowerName(r.Question[0].Name)
+	// With zone ".", the root itself is not ours: no ServiceEntry declares it
+	// and a made-up root SOA or NS would be cached as the real root's.
+	if qname == "." {
+		return "", "", true
+	}
+	if zone = plugin.Zones(se.Zones).Matches(qname); zone == "" {
+		return "", "", true
+	}
+	if !se.Fall.Through(qname) {
+		return qname, zone, false
+	}
+	t := se.table()
+	// Not synced. Cluster DNS must not go down with us: a name that
+	// fallthrough covers goes on exactly as an unknown name would (a
+	// ServiceEntry host may get the next plugin's answer until then).
+	if t == nil || !se.mayServe(t, qname) {
+		return "", "", true
+	}
+	return qname, zone, false
+}
+
+// serve answers r, whose lower-case name is qname in zone, or hands it on. It writes
+// the reply, or hands the query on, from its own frame: resolve, whose frame
+// is large, has returned by then.
+func (se *ServiceEntry) serve(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, qname, zone string) (int, error) {
+	out := se.resolve(w, r, qname, zone)
 	switch {
 	case out.msg != nil:
 		if out.chase != "" {
@@ -143,24 +181,15 @@ type outcome struct {
 	x               reply
 }
 
-// resolve decides how to answer r.
-func (se *ServiceEntry) resolve(w dns.ResponseWriter, r *dns.Msg) outcome {
-	state := request.Request{W: w, Req: r}
-	// ServiceEntries are class IN data: CHAOS (version.bind) and the other
-	// classes belong to other plugins, whatever the name.
-	if state.QClass() != dns.ClassINET {
-		return outcome{next: true}
+// resolve decides how to answer r, whose lower-case name is qname in zone,
+// once passes has not handed it on.
+func (se *ServiceEntry) resolve(w dns.ResponseWriter, r *dns.Msg, qname, zone string) outcome {
+	var t *table.Table
+	st := se.store.Load()
+	if st != nil {
+		t = st.table()
 	}
-	qname := state.Name()
-	zone := plugin.Zones(se.Zones).Matches(qname)
-	// With zone ".", the root itself is not ours: no ServiceEntry declares it
-	// and a made-up root SOA or NS would be cached as the real root's.
-	if zone == "" || qname == "." {
-		return outcome{next: true}
-	}
-
-	tbl, who, ok := se.viewOf(w)
-	if !ok {
+	if t == nil {
 		// Not synced. Cluster DNS must not go down with us: a name that
 		// fallthrough covers goes on exactly as an unknown name would (a
 		// ServiceEntry host may get the next plugin's answer until then).
@@ -171,7 +200,8 @@ func (se *ServiceEntry) resolve(w dns.ResponseWriter, r *dns.Msg) outcome {
 	// Where fallthrough covers a name it may exist elsewhere: only the names
 	// we serve are ours, the apex and empty non-terminals are not.
 	authoritative := !se.Fall.Through(qname)
-	qtype := state.QType()
+	tbl, who := se.viewOf(st, t, w)
+	qtype := r.Question[0].Qtype
 	if qname == zone && authoritative && (qtype == dns.TypeSOA || qtype == dns.TypeNS) {
 		return outcome{msg: se.apex(r, tbl, zone, qtype)}
 	}
@@ -434,6 +464,22 @@ func oneRecord[T any, P interface {
 	}{rec: rec}
 	one.rrs[0] = P(&one.rec)
 	return one.rrs[:]
+}
+
+// lowerName is the question's name as request.Request.Name gives it: in
+// presentation form (escaped) and lower case. A name of lower-case letters,
+// digits, '-', '_' and dots, as nearly all are, is already both: it is
+// returned as it is, where request.Request copies it through a
+// strings.Builder first.
+func lowerName(name string) string {
+	for i := 0; i < len(name); i++ {
+		switch c := name[i]; {
+		case 'a' <= c && c <= 'z', '0' <= c && c <= '9', c == '-', c == '_', c == '.':
+		default:
+			return strings.ToLower(dns.Name(name).String())
+		}
+	}
+	return name
 }
 
 // trimDot drops the trailing dot of a fully qualified name: the table keys

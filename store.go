@@ -280,7 +280,7 @@ func (s *store) publishLocked() {
 		ports[host] = s.portsFor(host, "")
 	}
 	s.building = s.building.With(changes, ports)
-	s.building.Overlays = s.overlaysLocked(changes, ports)
+	s.building.SetOverlays(s.overlaysLocked(changes, ports))
 	// A fresh map, not clear: a cleared map keeps the capacity of the
 	// initial sync and ranging over it would cost O(all hosts) per change.
 	s.dirty = make(map[string]bool)
@@ -309,12 +309,13 @@ func (s *store) deferReallocLocked(wait time.Duration) {
 }
 
 // overlaysLocked returns the overlays of s.building after the public answers
-// of the dirty hosts changed to changes and ports. A dirty host is looked at
+// of the dirty hosts changed to changes and ports, and the namespaces whose
+// overlay it replaced. A dirty host is looked at
 // again for every namespace an entry declaring it is exported to, and every
 // namespace whose overlay held it: it stays in (or enters) the overlay of
 // those where its answer or ports differ from the public ones. Only the
 // overlays of namespaces with such a host are rebuilt; the others are shared.
-func (s *store) overlaysLocked(changes map[string]*table.Answer, ports map[string][]entry.Port) map[string]*table.Overlay {
+func (s *store) overlaysLocked(changes map[string]*table.Answer, ports map[string][]entry.Port) (map[string]*table.Overlay, []string) {
 	touched := make(map[string]map[string]*table.OverlayHost) // namespace -> host -> its answer there, nil: as public
 	shared := make(map[any]*table.Answer)
 	for host, public := range changes {
@@ -349,7 +350,7 @@ func (s *store) overlaysLocked(changes map[string]*table.Answer, ports map[strin
 		}
 	}
 	if len(touched) == 0 {
-		return s.building.Overlays
+		return s.building.Overlays, nil
 	}
 	out := maps.Clone(s.building.Overlays)
 	if out == nil {
@@ -370,7 +371,7 @@ func (s *store) overlaysLocked(changes map[string]*table.Answer, ports map[strin
 			out[ns] = table.NewOverlay(all, s.building)
 		}
 	}
-	return out
+	return out, slices.Collect(maps.Keys(touched))
 }
 
 // sameAnswer reports whether a and b answer alike: the same addresses in the

@@ -40,6 +40,7 @@ type options struct {
 	serverCPU  string
 	clientCPU  string
 	work       string
+	mode       string
 }
 
 func main() {
@@ -55,6 +56,8 @@ func main() {
 	flag.StringVar(&o.serverCPU, "server-cpu", "0", "CPU the server is pinned to")
 	flag.StringVar(&o.clientCPU, "client-cpu", "1", "CPU dnsperf is pinned to")
 	flag.StringVar(&o.work, "work", "", "folder for the generated files (a temporary one if empty)")
+	flag.StringVar(&o.mode, "mode", "hosts", "hosts: serviceentry against the hosts plugin on the same names; "+
+		"passthrough: names that are not ours, whoami after serviceentry (fallthrough, then with searchpath) against whoami alone")
 	flag.Parse()
 	if o.coredns == "" {
 		log.Fatal("-coredns is required")
@@ -75,6 +78,13 @@ func main() {
 		o.work = dir
 	}
 
+	if o.mode == "passthrough" {
+		passThrough(o)
+		return
+	}
+	if o.mode != "hosts" {
+		log.Fatalf("-mode: %q is neither hosts nor passthrough", o.mode)
+	}
 	fmt.Printf("# load benchmark: serviceentry vs hosts, same binary, %s\n", time.Now().UTC().Format(time.RFC3339))
 	fmt.Printf("# dnsperf -l %v -c %d (throughput), -Q %d -l %v (latency); server on CPU %s, dnsperf on CPU %s, %s; %d reps, medians\n",
 		o.length.Seconds(), o.clients, o.rate, o.latencyLen.Seconds(), o.serverCPU, o.clientCPU, pinning(), o.reps)
@@ -225,12 +235,18 @@ func median(rs []result) result {
 // run starts the server for one variant, checks its answers, and measures
 // throughput with CPU per query, then latency at a fixed rate, then RSS.
 func run(o options, f files, variant string) (result, error) {
+	return serve(o, f, variant, func(port int) string { return corefile(f, variant, port) }, checkAnswers)
+}
+
+// serve starts the server of a Corefile (made for a port), checks its
+// answers with check, and measures it as run says.
+func serve(o options, f files, variant string, corefile func(port int) string, check func(addr string, f files) error) (result, error) {
 	port, err := freeUDPPort()
 	if err != nil {
 		return result{}, err
 	}
 	conf := filepath.Join(o.work, "Corefile."+variant)
-	if err := os.WriteFile(conf, []byte(corefile(f, variant, port)), 0o644); err != nil {
+	if err := os.WriteFile(conf, []byte(corefile(port)), 0o644); err != nil {
 		return result{}, err
 	}
 	server := exec.Command(o.coredns, "-conf", conf, "-quiet")
@@ -242,7 +258,7 @@ func run(o options, f files, variant string) (result, error) {
 	}
 	defer func() { _ = server.Process.Kill(); _ = server.Wait() }()
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	if err := checkAnswers(addr, f); err != nil {
+	if err := check(addr, f); err != nil {
 		return result{}, fmt.Errorf("%w\n%s", err, serverLog.String())
 	}
 

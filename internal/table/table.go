@@ -170,6 +170,13 @@ type Table struct {
 	// fully qualified, sorted: the PTR answer, built with the table.
 	reverse sharded[netip.Addr, []string]
 
+	// tails and shortWild tell a name no view serves in one probe
+	// (tails.go). tails is behind a pointer, copied only by a change that
+	// adds or removes a host: the header above is copied on every change,
+	// and most changes are of addresses.
+	tails     *sharded[string, int32]
+	shortWild int32
+
 	// overlays are, by client namespace, what that namespace sees
 	// differently with "exportto client"; nil otherwise.
 	Overlays map[string]*Overlay
@@ -226,6 +233,7 @@ func (t *Table) With(changes map[string]*Answer, ports map[string][]entry.Port) 
 			shards.del(h, key, copied)
 			next.Hosts--
 			next.countAncestors(host, -1, copied)
+			next.countTail(host, -1, copied)
 		case ans != nil:
 			// Setting the answer a name already has copies nothing.
 			if !had || old != ans {
@@ -234,6 +242,7 @@ func (t *Table) With(changes map[string]*Answer, ports map[string][]entry.Port) 
 			if !had {
 				next.Hosts++
 				next.countAncestors(host, 1, copied)
+				next.countTail(host, 1, copied)
 			}
 		}
 	}
