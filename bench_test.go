@@ -320,11 +320,11 @@ func passThroughChains(b *testing.B, next plugin.Handler) []struct {
 	se   *ServiceEntry
 } {
 	st := newStore(false)
-	st.ReplaceAll(benchEntries(10_000))
+	st.ReplaceAll(benchEntries(10_000), nil)
 	st.MarkSynced()
 	entries, pods := exportToBench()
 	client := newStore(false)
-	client.ReplaceAll(entries)
+	client.ReplaceAll(entries, nil)
 	client.MarkSynced()
 	client.clients = clientsOf(b, pods)
 	path := []string{"cluster.local."}
@@ -369,7 +369,7 @@ func BenchmarkPassThrough(b *testing.B) {
 // (server and clients) per query.
 func BenchmarkServeUDP(b *testing.B) {
 	st := newStore(false)
-	st.ReplaceAll(benchEntries(10_000))
+	st.ReplaceAll(benchEntries(10_000), nil)
 	st.MarkSynced()
 	whoamiOnly := []plugin.Plugin{func(plugin.Handler) plugin.Handler { return whoami.Whoami{} }}
 	withPlugin := []plugin.Plugin{
