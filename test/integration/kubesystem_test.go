@@ -182,6 +182,11 @@ func sourceGoroutines(t testing.TB, pprofAddr string) int {
 		if !strings.Contains(stack, "serviceentry") && !strings.Contains(stack, "k8s.io/client-go") {
 			continue
 		}
+		// The first group follows the profile's header line.
+		_, group, _ := strings.Cut(stack, "goroutine profile:")
+		if group != "" {
+			_, stack, _ = strings.Cut(group, "\n")
+		}
 		var count int
 		if _, err := fmt.Sscanf(stack, "%d @", &count); err == nil {
 			n += count
@@ -339,7 +344,8 @@ func TestReloadSoak(t *testing.T) {
 		t.Errorf("during reloads: %d queries got no answer", got.errors)
 	}
 	if oursAfter != oursBefore {
-		t.Errorf("goroutines of the plugin and client-go: %d before the reloads, %d after", oursBefore, oursAfter)
+		t.Errorf("goroutines of the plugin and client-go: %d before the reloads, %d after:\n%s", oursBefore, oursAfter,
+			httpGet(t, "http://"+pprofAddr+"/debug/pprof/goroutine?debug=1"))
 	}
 	if float64(heapAfter) > 1.25*float64(heapBefore) {
 		t.Errorf("live heap %.1f MiB before the reloads, %.1f MiB after; what grew:\n%s",
