@@ -108,6 +108,15 @@ func BenchmarkHeadlessMemory(b *testing.B) {
 		}
 		b.ReportMetric(float64(withEntries-before)/float64(scale.entries), "B/entry")
 		b.ReportMetric(float64(withPods-withEntries)/float64(scale.pods), "B/pod")
+		// Pods no entry selects cost what the store keeps of every ready
+		// pod: the workload and its place in its namespace's map.
+		bare := newStore(false)
+		bare.MarkSynced()
+		beforeBare := heap()
+		bare.ReplaceWorkloads(entry.KindPod, "", scale.workloads(0))
+		b.ReportMetric(float64(heap()-beforeBare)/float64(scale.pods), "B/unselected-pod")
+		runtime.KeepAlive(bare)
+		runtime.KeepAlive(st)
 		runtime.KeepAlive(st)
 	}
 }
