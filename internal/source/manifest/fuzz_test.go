@@ -12,7 +12,7 @@ import (
 
 // FuzzParseManifests feeds arbitrary bytes to the manifest parser, between two
 // valid ServiceEntries: no panic; every entry returned holds only valid,
-// lower-case names; the valid entry before the input is always returned, and
+// lower-case names, every workload only plain IPs under its own key; the valid entry before the input is always returned, and
 // the one after it whenever the stream parses to its end.
 func FuzzParseManifests(f *testing.F) {
 	for _, data := range sourcetest.ManifestFiles(f) {
@@ -21,12 +21,24 @@ func FuzzParseManifests(f *testing.F) {
 	f.Add([]byte(`{"apiVersion":"networking.istio.io/v1","kind":"ServiceEntry","metadata":{"name":"j"},"spec":{"hosts":["J.internal"],"addresses":["192.0.2.1"]}}`))
 	f.Add([]byte("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: x}\nspec: {hosts: ['*'], addresses: ['fe80::1%eth0']}\n"))
 	f.Add([]byte("---\n---\n"))
+	f.Add([]byte(`{"apiVersion":"networking.istio.io/v1","kind":"WorkloadEntry","metadata":{"name":"w","annotations":{"proxy.istio.io/health-checks-enabled":"true"}},"spec":{"address":"10.0.0.1","labels":{"app":"db"}},"status":{"conditions":[{"type":"Healthy","status":"True"}]}}`))
+	f.Add([]byte("apiVersion: networking.istio.io/v1beta1\nkind: WorkloadEntry\nmetadata: {name: w, namespace: ns}\nspec: {address: 'fe80::1%eth0', labels: {'a\\0b': c}}\n"))
 	const before = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: fuzz-before, namespace: fuzz}\nspec: {hosts: [before.fuzz], addresses: [192.0.2.1]}\n---\n"
 	const after = "\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: fuzz-after, namespace: fuzz}\nspec: {hosts: [after.fuzz], addresses: [192.0.2.2]}\n"
 	f.Fuzz(func(t *testing.T, data []byte) {
 		input := append(append([]byte(before), data...), after...)
 		for _, mode := range []entry.AutoAllocateMode{entry.AutoAllocateStatus, entry.AutoAllocateLegacy} {
-			entries, _, err := Parse("test.yaml", input, entry.Options{AutoAllocate: mode}, discard{})
+			entries, workloads, err := Parse("test.yaml", input, entry.Options{AutoAllocate: mode}, discard{})
+			for _, w := range workloads {
+				if w.Key.Kind != entry.KindWorkloadEntry || !strings.HasPrefix(w.Key.Name, w.Namespace+"/") {
+					t.Fatalf("workload %v in namespace %q", w.Key, w.Namespace)
+				}
+				for _, ip := range w.Addrs {
+					if !ip.IsValid() || ip.Zone() != "" || ip.Is4In6() {
+						t.Fatalf("workload %v holds address %v", w.Key, ip)
+					}
+				}
+			}
 			keys := make(map[string]bool)
 			for _, e := range entries {
 				keys[e.Key.Name] = true
