@@ -152,7 +152,7 @@ func startKubeWith(t *testing.T, client *fake.Clientset, labels string, namespac
 	sink := sourcetest.NewSink()
 	k := fakeSource(client, sink, entry.Options{}, namespaces...)
 	k.labels = labels
-	watching := signalWatches(k)
+	watching := signalWatches(&k.lister)
 	if err := k.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -173,12 +173,13 @@ func startKubeWith(t *testing.T, client *fake.Clientset, labels string, namespac
 	return sink
 }
 
-// signalWatches makes k's lister signal on the returned channel each watch it
-// has begun, once the fake clientset delivers its events.
-func signalWatches(k *Source) <-chan struct{} {
+// signalWatches makes the lister at listerOf (a Source's lister of
+// ServiceEntries or of WorkloadEntries) signal on the returned channel each
+// watch it has begun, once the fake clientset delivers its events.
+func signalWatches(listerOf *func(namespace, version string) (listWatchFuncs, error)) <-chan struct{} {
 	watching := make(chan struct{}, 100)
-	lister := k.lister
-	k.lister = func(namespace, version string) (listWatchFuncs, error) {
+	lister := *listerOf
+	*listerOf = func(namespace, version string) (listWatchFuncs, error) {
 		lw, err := lister(namespace, version)
 		if err != nil {
 			return lw, err

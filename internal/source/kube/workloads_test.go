@@ -21,7 +21,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	k8sruntime "k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/apimachinery/pkg/watch"
 	k8stesting "k8s.io/client-go/testing"
 )
 
@@ -31,31 +30,6 @@ func v1WorkloadEntry(ns, name, address string, labels map[string]string) *client
 			ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kubectl"}}},
 		Spec: networking.WorkloadEntry{Address: address, Labels: labels, Ports: map[string]uint32{"tcp": 5432}},
 	}
-}
-
-// signalWorkloadWatches is signalWatches for k's WorkloadEntry readers.
-func signalWorkloadWatches(k *Source) <-chan struct{} {
-	watching := make(chan struct{}, 100)
-	lister := k.workloadLister
-	k.workloadLister = func(namespace, version string) (listWatchFuncs, error) {
-		lw, err := lister(namespace, version)
-		if err != nil {
-			return lw, err
-		}
-		inner := lw.watch
-		lw.watch = func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-			w, err := inner(ctx, o)
-			if err == nil {
-				select {
-				case watching <- struct{}{}:
-				default:
-				}
-			}
-			return w, err
-		}
-		return lw, nil
-	}
-	return watching
 }
 
 func waitSignal(t *testing.T, c <-chan struct{}, what string) {
@@ -85,7 +59,7 @@ func TestKubeSourceWorkloadEntries(t *testing.T) {
 	}
 	st := sourcetest.NewSink()
 	k := fakeSource(client, st, entry.Options{}, "ns")
-	watching := signalWorkloadWatches(k)
+	watching := signalWatches(&k.workloadLister)
 	if err := k.Start(); err != nil {
 		t.Fatal(err)
 	}
