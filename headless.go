@@ -83,25 +83,33 @@ func (s *store) SetWorkloads(changes map[entry.Key]*entry.Workload) {
 }
 
 // ReplaceWorkloads makes the store hold exactly all of the workloads of kind
-// in namespace ("" for every namespace), and publishes once.
-func (s *store) ReplaceWorkloads(kind entry.Kind, namespace string, all map[entry.Key]*entry.Workload) {
+// in namespaces ("" among them: every namespace), and publishes once.
+func (s *store) ReplaceWorkloads(kind entry.Kind, namespaces []string, all map[entry.Key]*entry.Workload) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.replaceWorkloadsLocked(func(k entry.Key) bool { return k.Kind == kind }, namespace, all)
+	s.replaceWorkloadsLocked(func(k entry.Key) bool { return k.Kind == kind }, namespaces, all)
 	s.publishLocked()
 }
 
-// replaceWorkloadsLocked removes the workloads of namespace ("" for all)
-// that of says are replaced and all does not hold, then sets all.
-func (s *store) replaceWorkloadsLocked(of func(entry.Key) bool, namespace string, all map[entry.Key]*entry.Workload) {
+// replaceWorkloadsLocked removes the workloads of namespaces ("" among them:
+// all) that of says are replaced and all does not hold, then sets all.
+func (s *store) replaceWorkloadsLocked(of func(entry.Key) bool, namespaces []string, all map[entry.Key]*entry.Workload) {
 	var gone []entry.Key
-	for ns, sel := range s.namespaces {
-		if namespace != "" && ns != namespace {
-			continue
-		}
+	drop := func(sel *selection) {
 		for key := range sel.workloads {
 			if _, kept := all[key]; !kept && of(key) {
 				gone = append(gone, key)
+			}
+		}
+	}
+	if slices.Contains(namespaces, "") {
+		for _, sel := range s.namespaces {
+			drop(sel)
+		}
+	} else {
+		for _, ns := range namespaces {
+			if sel := s.namespaces[ns]; sel != nil {
+				drop(sel)
 			}
 		}
 	}

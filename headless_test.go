@@ -196,9 +196,9 @@ func TestHeadlessWorkloadChanges(t *testing.T) {
 		{"it turns unready", func() { st.SetWorkloads(map[entry.Key]*entry.Workload{entry.PodKey("ns/p"): pod("p", "", db)}) },
 			"192.0.2.1 192.0.2.5 2001:db8::2", "192.0.2.1 192.0.2.5 192.0.2.8 2001:db8::2"},
 		{"a relist of the namespace's pods", func() {
-			st.ReplaceWorkloads(entry.KindPod, "ns", map[entry.Key]*entry.Workload{entry.PodKey("ns/q"): pod("q", "10.0.0.3", db)})
+			st.ReplaceWorkloads(entry.KindPod, []string{"ns"}, map[entry.Key]*entry.Workload{entry.PodKey("ns/q"): pod("q", "10.0.0.3", db)})
 		}, "10.0.0.3 192.0.2.1 192.0.2.5 2001:db8::2", "10.0.0.3 192.0.2.1 192.0.2.5 192.0.2.8 2001:db8::2"},
-		{"a relist without it", func() { st.ReplaceWorkloads(entry.KindPod, "", nil) },
+		{"a relist without it", func() { st.ReplaceWorkloads(entry.KindPod, []string{""}, nil) },
 			"192.0.2.1 192.0.2.5 2001:db8::2", "192.0.2.1 192.0.2.5 192.0.2.8 2001:db8::2"},
 		{"a WorkloadEntry goes", func() { st.SetWorkloads(map[entry.Key]*entry.Workload{entry.WorkloadEntryKey("ns/db-1"): nil}) },
 			"192.0.2.1 192.0.2.5 2001:db8::2", "192.0.2.1 192.0.2.5 192.0.2.8 2001:db8::2"},

@@ -160,7 +160,7 @@ func (s *store) UpsertAll(changes map[entry.Key]*entry.Entry) {
 func (s *store) ReplaceAll(entries map[entry.Key]*entry.Entry, workloads map[entry.Key]*entry.Workload) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.replaceWorkloadsLocked(func(entry.Key) bool { return true }, "", workloads)
+	s.replaceWorkloadsLocked(func(entry.Key) bool { return true }, []string{""}, workloads)
 	for key := range s.entries {
 		if _, ok := entries[key]; !ok {
 			s.setLocked(key, nil)

@@ -347,6 +347,11 @@ func exportedNamespaces(own string, exportTo []string) []string {
 	return out
 }
 
+// SelectsWorkloads reports whether e answers with the workloads its
+// selector picks in its namespace: a source must deliver that namespace's
+// workloads, pods included, and need deliver no others.
+func (e *Entry) SelectsWorkloads() bool { return e.Headless && e.Selector != nil }
+
 // VisibleTo reports whether clients of namespace ns ("" for a client of no
 // known namespace) see e.
 func (e *Entry) VisibleTo(ns string) bool {

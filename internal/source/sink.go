@@ -18,8 +18,9 @@ type Sink interface {
 	// removes one) as one change.
 	SetWorkloads(changes map[entry.Key]*entry.Workload)
 	// ReplaceWorkloads makes the sink hold exactly all of the workloads of
-	// kind in namespace ("" for every namespace), as one change: a relist.
-	ReplaceWorkloads(kind entry.Kind, namespace string, all map[entry.Key]*entry.Workload)
+	// kind in namespaces ("" among them: every namespace), as one change: a
+	// relist.
+	ReplaceWorkloads(kind entry.Kind, namespaces []string, all map[entry.Key]*entry.Workload)
 	// BeginFullRead starts a new full read: changes are gathered, and what
 	// was published keeps answering, until MarkSynced.
 	BeginFullRead()

@@ -109,12 +109,13 @@ func (s *Sink) SetWorkloads(changes map[entry.Key]*entry.Workload) {
 }
 
 // ReplaceWorkloads makes the sink hold exactly all of the workloads of kind
-// in namespace ("" for every namespace).
-func (s *Sink) ReplaceWorkloads(kind entry.Kind, namespace string, all map[entry.Key]*entry.Workload) {
+// in namespaces ("" among them: every namespace).
+func (s *Sink) ReplaceWorkloads(kind entry.Kind, namespaces []string, all map[entry.Key]*entry.Workload) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for key := range s.workloads {
-		if _, kept := all[key]; !kept && key.Kind == kind && (namespace == "" || strings.HasPrefix(key.Name, namespace+"/")) {
+		ns, _, _ := strings.Cut(key.Name, "/")
+		if _, kept := all[key]; !kept && key.Kind == kind && (slices.Contains(namespaces, "") || slices.Contains(namespaces, ns)) {
 			delete(s.workloads, key)
 		}
 	}

@@ -62,7 +62,8 @@ func workloadEntry(ns, name, address string, labels map[string]string) *clientv1
 // ports, a workload selector) is answered by the real binary with the
 // addresses of the WorkloadEntries and ready pods it selects in its
 // namespace, read from the start; a pod turning unready, a WorkloadEntry
-// deleted, drop out of the answer, and new ones join it, within a deadline.
+// deleted, drop out of the answer, and new ones join it, within a deadline;
+// so do the pods of a namespace where the first selecting entry comes later.
 func TestHeadlessEntries(t *testing.T) {
 	c := startCluster(t, "RBAC")
 	c.installCRDs(t, istioCRDs(t))
@@ -146,6 +147,22 @@ func TestHeadlessEntries(t *testing.T) {
 	}
 	server.waitAnswer(t, deadline, "db.headless.internal", dns.TypeA, "NOERROR 10.20.0.2")
 	server.waitAnswer(t, deadline, "db.headless.internal", dns.TypeAAAA, "NOERROR")
+
+	// The first entry to select in "other" comes after the pods were read:
+	// the plugin lists that namespace's pods then, and follows them.
+	createSelectedPod(t, kube, "other", "db-0", "10.31.0.1", selected, true)
+	late := headless.DeepCopy()
+	late.Namespace, late.ResourceVersion, late.Spec.Hosts = "other", "", []string{"late.headless.internal"}
+	if _, err := istio.ServiceEntries("other").Create(ctx, late, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	server.waitAnswer(t, deadline, "late.headless.internal", dns.TypeA, "NOERROR 10.20.0.8 10.31.0.1")
+	other0, err := kube.CoreV1().Pods("other").Get(ctx, "db-0", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	setPodReady(t, kube, other0, "10.31.0.1", false)
+	server.waitAnswer(t, deadline, "late.headless.internal", dns.TypeA, "NOERROR 10.20.0.8")
 }
 
 // TestHeadlessWithoutWorkloadEntryPermission: a ClusterRole from before

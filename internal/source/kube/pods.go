@@ -27,6 +27,7 @@ import (
 // (who asks) and the workloads headless entries select (who answers).
 type podClaim struct {
 	keyed
+	version  string          // the pod's resource version
 	claim    *podindex.Claim // nil: the pod claims no address
 	workload *entry.Workload // never nil: every pod is a workload, with no address while not ready
 	problems []entry.Skip    // odd Istio marks, reported once per change
@@ -52,7 +53,7 @@ func toClaim(obj any, dualStack bool) (any, error) {
 	}
 	w := entry.ConvertPod(pod, dualStack)
 	// The key is the workload's, not a copy: one string per pod.
-	p := &podClaim{keyed: keyed{w.Key.Name}, workload: w}
+	p := &podClaim{keyed: keyed{w.Key.Name}, version: pod.ResourceVersion, workload: w}
 	if pod.Spec.HostNetwork || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
 		return p, nil
 	}
@@ -83,21 +84,22 @@ func toClaim(obj any, dualStack bool) (any, error) {
 }
 
 // podStore is the store of one namespace's pod reflector: it takes each
-// change straight to the index, and each pod's workload to the sink. It
-// keeps only the problems of the pods that have some, so that each is
-// reported when it first appears.
+// change straight to the index, and each pod's workload to workloads, which
+// hands on those the sink needs. It keeps only the problems of the pods that
+// have some, so that each is reported when it first appears.
 type podStore struct {
 	namespace string // "" for all
 	dualStack bool   // a pod's workload has every podIPs, not only podIP
 	idx       *podindex.Index
+	workloads *podWorkloads
 	sink      source.Sink
 	problems  map[string][]entry.Skip
 	synced    chan struct{} // closed by the first Replace: the namespace is read whole
 }
 
-func newPodStore(namespace string, dualStack bool, idx *podindex.Index, sink source.Sink) *podStore {
-	return &podStore{namespace: namespace, dualStack: dualStack, idx: idx, sink: sink, problems: make(map[string][]entry.Skip),
-		synced: make(chan struct{})}
+func newPodStore(namespace string, dualStack bool, idx *podindex.Index, workloads *podWorkloads, sink source.Sink) *podStore {
+	return &podStore{namespace: namespace, dualStack: dualStack, idx: idx, workloads: workloads, sink: sink,
+		problems: make(map[string][]entry.Skip), synced: make(chan struct{})}
 }
 
 func (s *podStore) Transformer() cache.TransformFunc {
@@ -113,7 +115,7 @@ func (s *podStore) Update(obj any) error {
 	}
 	s.note(p)
 	s.idx.Set(p.key, p.claim)
-	s.sink.SetWorkloads(map[entry.Key]*entry.Workload{entry.PodKey(p.key): p.workload})
+	s.workloads.changed(p.key, p.workload, p.version)
 	return nil
 }
 
@@ -124,15 +126,15 @@ func (s *podStore) Delete(obj any) error {
 	}
 	delete(s.problems, p.key)
 	s.idx.Set(p.key, nil)
-	s.sink.SetWorkloads(map[entry.Key]*entry.Workload{entry.PodKey(p.key): nil})
+	s.workloads.changed(p.key, nil, p.version)
 	return nil
 }
 
 // Replace is a full list of the namespace, the first one or a relist: the
-// index and the sink's pods of the namespace become what it holds.
-func (s *podStore) Replace(list []any, _ string) error {
+// index and the workloads of the namespace become what it holds.
+func (s *podStore) Replace(list []any, version string) error {
 	claims := make(map[string]*podindex.Claim, len(list))
-	workloads := make(map[entry.Key]*entry.Workload, len(list))
+	listed := make([]*podClaim, 0, len(list))
 	for _, obj := range list {
 		p, err := s.claimOf(obj)
 		if err != nil {
@@ -142,10 +144,10 @@ func (s *podStore) Replace(list []any, _ string) error {
 		if p.claim != nil {
 			claims[p.key] = p.claim
 		}
-		workloads[entry.PodKey(p.key)] = p.workload
+		listed = append(listed, p)
 	}
 	s.idx.Replace(s.namespace, claims)
-	s.sink.ReplaceWorkloads(entry.KindPod, s.namespace, workloads)
+	s.workloads.replaced(s.namespace, listed, version)
 	select {
 	case <-s.synced:
 	default:
@@ -219,30 +221,59 @@ func podReadError(err error) {
 // index is the only cache, and a pod's event goes from the reflector straight
 // into it.
 type podSource struct {
-	idx    *podindex.Index
-	stores []*podStore
-	client kubernetes.Interface
-	lists  *listCalls
+	idx       *podindex.Index
+	stores    []*podStore
+	workloads *podWorkloads
+	client    kubernetes.Interface
+	lists     *listCalls
 
 	cancel context.CancelFunc
 	done   chan struct{} // closed when run has returned
 }
 
-// newPodSource reads the pods of namespaces (empty: all) into idx and their
-// workloads into sink (every podIPs with dualStack), reporting odd Istio
-// marks to sink. Nothing runs until start.
+// newPodSource reads the pods of namespaces (empty: all) into idx and the
+// workloads of those in namespaces where an entry selects (entriesChanged)
+// into sink (every podIPs with dualStack), reporting odd Istio marks to
+// sink. Nothing runs until start.
 func newPodSource(client kubernetes.Interface, namespaces []string, dualStack bool, idx *podindex.Index, sink source.Sink) *podSource {
 	p := &podSource{idx: idx, client: client, lists: &listCalls{}}
+	p.workloads = newPodWorkloads(sink, func(ctx context.Context, ns string) (map[entry.Key]*entry.Workload, string, error) {
+		return listWorkloads(ctx, client, ns, dualStack)
+	})
 	if len(namespaces) == 0 {
 		namespaces = []string{metav1.NamespaceAll}
 	}
 	for _, ns := range namespaces {
 		// Two reflectors on one namespace would replace each other's pods.
 		if !slices.ContainsFunc(p.stores, func(s *podStore) bool { return s.namespace == ns }) {
-			p.stores = append(p.stores, newPodStore(ns, dualStack, idx, sink))
+			p.stores = append(p.stores, newPodStore(ns, dualStack, idx, p.workloads, sink))
 		}
 	}
 	return p
+}
+
+// listWorkloads lists the pods of ns as workloads (a namespace's fill), with
+// the list's resource version; the most recent one, so that no event the
+// watch delivered before the fill began is newer.
+func listWorkloads(ctx context.Context, client kubernetes.Interface, ns string, dualStack bool) (map[entry.Key]*entry.Workload, string, error) {
+	list, err := client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+	podReadError(err)
+	if err != nil {
+		return nil, "", err
+	}
+	pods := make(map[entry.Key]*entry.Workload, len(list.Items))
+	for i := range list.Items {
+		w := entry.ConvertPod(&list.Items[i], dualStack)
+		pods[w.Key] = w
+	}
+	return pods, list.ResourceVersion, nil
+}
+
+// entriesChanged tells the source which entries are stored under the keys of
+// changes (nil: none any more), so that it reads the workloads of the
+// namespaces where some entry selects.
+func (p *podSource) entriesChanged(changes map[entry.Key]*entry.Entry) {
+	p.workloads.entriesChanged(changes)
 }
 
 // start runs the reflectors in the background until stop.
@@ -250,6 +281,7 @@ func (p *podSource) start() {
 	ctx, cancel := context.WithCancel(context.Background())
 	p.cancel = cancel
 	p.done = make(chan struct{})
+	p.workloads.start()
 	go p.run(ctx)
 }
 
@@ -269,6 +301,7 @@ func (p *podSource) run(ctx context.Context) {
 	defer close(p.done)
 	var running sync.WaitGroup
 	defer running.Wait()
+	running.Go(func() { p.workloads.run(ctx) })
 	for _, s := range p.stores {
 		r := podReflector(p.client, s, p.lists)
 		running.Go(func() { r.RunWithContext(ctx) })
@@ -279,6 +312,13 @@ func (p *podSource) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		}
+	}
+	// Synced means every client is placed and every selecting entry has
+	// its pods.
+	select {
+	case <-p.workloads.settled:
+	case <-ctx.Done():
+		return
 	}
 	p.idx.MarkSynced()
 	// The first lists leave behind the garbage of every pod decoded at

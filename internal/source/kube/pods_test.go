@@ -143,16 +143,16 @@ func TestPodTransform(t *testing.T) {
 	workload := func(addrs ...netip.Addr) *entry.Workload {
 		return &entry.Workload{Key: entry.PodKey("ns1/web-0"), Namespace: "ns1", Labels: entry.MakeLabels(map[string]string{"app": "web"}), Addrs: addrs}
 	}
-	fullClaim := &podClaim{keyed: keyed{"ns1/web-0"}, claim: &podindex.Claim{Namespace: "ns1", Created: clientEpoch.Unix(),
+	fullClaim := &podClaim{keyed: keyed{"ns1/web-0"}, version: "42", claim: &podindex.Claim{Namespace: "ns1", Created: clientEpoch.Unix(),
 		IPs: []netip.Addr{v4, v6}}, workload: workload(v4)}
-	dualClaim := &podClaim{keyed: keyed{"ns1/web-0"}, claim: fullClaim.claim, workload: workload(v4, v6)}
+	dualClaim := &podClaim{keyed: keyed{"ns1/web-0"}, version: "42", claim: fullClaim.claim, workload: workload(v4, v6)}
 	for _, tc := range []struct {
 		name      string
 		in        any
 		dualStack bool
 		want      any
 	}{
-		{"a host-network pod claims nothing but is a workload", fullPod(), false, &podClaim{keyed: keyed{"ns1/web-0"}, workload: workload(v4)}},
+		{"a host-network pod claims nothing but is a workload", fullPod(), false, &podClaim{keyed: keyed{"ns1/web-0"}, version: "42", workload: workload(v4)}},
 		{"a pod keeps only what the index and the store read", podNetworkFullPod(), false, fullClaim},
 		{"dual-stack: the workload has every pod IP", podNetworkFullPod(), true, dualClaim},
 		{"transforming twice changes nothing", fullClaim, false, fullClaim},
@@ -233,7 +233,9 @@ func TestPodMarks(t *testing.T) {
 // namespaces' pods alone.
 func TestPodRelistRemoves(t *testing.T) {
 	idx := podindex.New()
-	a, b := newPodStore("ns1", false, idx, sourcetest.NewSink()), newPodStore("ns2", false, idx, sourcetest.NewSink())
+	sink := sourcetest.NewSink()
+	workloads := newPodWorkloads(sink, nil)
+	a, b := newPodStore("ns1", false, idx, workloads, sink), newPodStore("ns2", false, idx, workloads, sink)
 	replace := func(s *podStore, pods ...*corev1.Pod) {
 		var list []any
 		for _, pod := range pods {
@@ -691,10 +693,17 @@ func addrsOf(st *sourcetest.Sink, kind entry.Kind) map[string]string {
 	return out
 }
 
+// selecting is a headless entry of ns selecting every workload there.
+func selecting(ns, name string) map[entry.Key]*entry.Entry {
+	e := &entry.Entry{Key: entry.ServiceEntryKey(ns + "/" + name), Namespace: ns, Name: name, Headless: true, Selector: map[string]string{}}
+	return map[entry.Key]*entry.Entry{e.Key: e}
+}
+
 // TestPodSourceWorkloads: the pod watch that places clients also gives the
-// sink every pod's workload: its address while ready (every pod IP with
-// dual-stack), none otherwise, gone with the pod; a relist replaces the
-// namespace's pods and nothing else.
+// sink the workload of every pod in a namespace where an entry selects: its
+// address while ready (every pod IP with dual-stack), none otherwise, gone
+// with the pod; a relist replaces the namespace's pods and nothing else.
+// The pods of other namespaces never reach the sink.
 func TestPodSourceWorkloads(t *testing.T) {
 	ready := func(pod *corev1.Pod, labels map[string]string) *corev1.Pod {
 		pod.Labels = labels
@@ -702,10 +711,12 @@ func TestPodSourceWorkloads(t *testing.T) {
 		return pod
 	}
 	web := map[string]string{"app": "web"}
-	client := newFakePods(t, ready(testPod("ns1", "a", 0, "10.1.0.1", "fd00::1"), web), testPod("ns1", "unready", 0, "10.1.0.2"))
+	client := newFakePods(t, ready(testPod("ns1", "a", 0, "10.1.0.1", "fd00::1"), web), testPod("ns1", "unready", 0, "10.1.0.2"),
+		ready(testPod("ns3", "elsewhere", 0, "10.3.0.1"), web))
 	idx := podindex.New()
 	st := sourcetest.NewSink()
 	p := newPodSource(client, nil, true, idx, st)
+	p.entriesChanged(selecting("ns1", "db"))
 	p.start()
 	t.Cleanup(p.stop)
 	sourcetest.Eventually(t, "pod reader synced", idx.Synced)
@@ -747,10 +758,20 @@ func TestPodSourceWorkloads(t *testing.T) {
 		t.Errorf("a host-network pod claims its address for %q", got)
 	}
 
+	// ns3's pods reach the sink once an entry selects there, and leave it
+	// with the last such entry.
+	p.entriesChanged(selecting("ns3", "db"))
+	sourcetest.Eventually(t, "ns3's pods listed", func() bool { return addrsOf(st, entry.KindPod)["ns3/elsewhere"] == "10.3.0.1" })
+	p.entriesChanged(map[entry.Key]*entry.Entry{entry.ServiceEntryKey("ns3/db"): nil})
+	if _, ok := addrsOf(st, entry.KindPod)["ns3/elsewhere"]; ok {
+		t.Error("ns3's pods stay in the sink after its last selecting entry")
+	}
+
 	// A relist of ns2 leaves ns1's pods and the WorkloadEntries alone.
 	wle := &entry.Workload{Key: entry.WorkloadEntryKey("ns2/w"), Namespace: "ns2"}
 	st.SetWorkloads(map[entry.Key]*entry.Workload{wle.Key: wle})
-	s2 := newPodStore("ns2", false, idx, st)
+	s2 := newPodStore("ns2", false, idx, p.workloads, st)
+	p.entriesChanged(selecting("ns2", "db"))
 	if err := s2.Replace([]any{ready(testPod("ns2", "b", 0, "10.2.0.1", "fd00::2"), nil)}, "9"); err != nil {
 		t.Fatal(err)
 	}

@@ -100,7 +100,9 @@ func (r *readerStore) Update(obj any) error {
 		return err
 	}
 	r.note(r.skips, c)
-	r.k.sink.Upsert(entry.ServiceEntryKey(c.key), c.entry)
+	key := entry.ServiceEntryKey(c.key)
+	r.k.sink.Upsert(key, c.entry)
+	r.k.entriesChanged(map[entry.Key]*entry.Entry{key: c.entry})
 	return nil
 }
 
@@ -110,7 +112,9 @@ func (r *readerStore) Delete(obj any) error {
 		return err
 	}
 	delete(r.skips, c.key)
-	r.k.sink.Upsert(entry.ServiceEntryKey(c.key), nil)
+	key := entry.ServiceEntryKey(c.key)
+	r.k.sink.Upsert(key, nil)
+	r.k.entriesChanged(map[entry.Key]*entry.Entry{key: nil})
 	return nil
 }
 
@@ -134,6 +138,7 @@ func (r *readerStore) Replace(list []any, _ string) error {
 	}
 	r.skips = read
 	r.k.sink.UpsertAll(changes)
+	r.k.entriesChanged(changes)
 	select {
 	case <-r.synced:
 	default:

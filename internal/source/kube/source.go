@@ -90,6 +90,7 @@ func New(cfg Config, sink source.Sink, clients *podindex.Index) (*Source, error)
 			return nil, fmt.Errorf("creating Kubernetes client: %w", err)
 		}
 		k.pods = newPodSource(pods, cfg.Namespaces, cfg.Convert.DualStack, clients, sink)
+		k.pods.workloads.awaitEntries()
 	}
 	return k, nil
 }
@@ -147,6 +148,23 @@ func RESTConfig(kubeconfig, context string) (*rest.Config, error) {
 		return nil, fmt.Errorf("loading kubeconfig %s: %w", kubeconfig, err)
 	}
 	return c, nil
+}
+
+// entriesChanged tells the pod source, if any, which entries are stored under
+// the keys of changes (nil: none any more): it reads the workloads of the
+// namespaces where some entry selects them.
+func (k *Source) entriesChanged(changes map[entry.Key]*entry.Entry) {
+	if k.pods != nil {
+		k.pods.entriesChanged(changes)
+	}
+}
+
+// entriesRead tells the pod source, if any, that the first read of entries
+// is in (or that there are none to read).
+func (k *Source) entriesRead() {
+	if k.pods != nil {
+		k.pods.workloads.readEntries()
+	}
 }
 
 // Start begins reading in the background.
@@ -241,6 +259,7 @@ func (k *Source) run(ctx context.Context) {
 			return
 		}
 	}
+	k.entriesRead()
 	k.sink.MarkSynced()
 	<-ctx.Done()
 }
@@ -345,6 +364,7 @@ func (k *Source) discover(ctx context.Context) (servedVersions, error) {
 		case errors.Is(err, errNoServiceEntryAPI):
 			if lastErr != err.Error() {
 				log.Infof("%v; serving no ServiceEntries until it is (checking every %s at most)", err, k.backoff.Cap)
+				k.entriesRead()
 				k.sink.MarkSynced()
 			}
 		case lastErr != err.Error():

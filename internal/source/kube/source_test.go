@@ -28,6 +28,7 @@ import (
 	clientv1 "istio.io/client-go/pkg/apis/networking/v1"
 	clientv1beta1 "istio.io/client-go/pkg/apis/networking/v1beta1"
 	"istio.io/client-go/pkg/clientset/versioned/fake"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -961,4 +962,45 @@ func TestReaderStore(t *testing.T) {
 			t.Errorf("%s: %d skips counted, want %d", s.name, got, s.skips)
 		}
 	}
+}
+
+// TestKubeSourceReadsPodsWhereEntriesSelect: the pods of a namespace reach
+// the sink as workloads while a ServiceEntry there selects workloads, and the
+// pods of other namespaces never do.
+func TestKubeSourceReadsPodsWhereEntriesSelect(t *testing.T) {
+	client := newFakeKube(t, "v1")
+	ctx := context.Background()
+	headless := v1Entry("ns1", "db", "db.internal")
+	headless.Spec.Resolution = networking.ServiceEntry_NONE
+	headless.Spec.Ports = []*networking.ServicePort{{Number: 5432, Name: "tcp", Protocol: "TCP"}}
+	headless.Spec.WorkloadSelector = &networking.WorkloadSelector{Labels: map[string]string{"app": "db"}}
+	headless.Spec.Endpoints = nil
+	ses := client.NetworkingV1().ServiceEntries("ns1")
+	if _, err := ses.Create(ctx, headless, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	readyPod := func(ns, name, ip string) *corev1.Pod {
+		pod := testPod(ns, name, 0, ip)
+		pod.Labels = map[string]string{"app": "db"}
+		pod.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}
+		return pod
+	}
+	pods := newFakePods(t, readyPod("ns1", "db-0", "10.1.0.1"), readyPod("ns2", "db-0", "10.2.0.1"))
+	sink := sourcetest.NewSink()
+	idx := podindex.New()
+	k := fakeSource(client, sink, entry.Options{})
+	k.pods = newPodSource(pods, nil, false, idx, sink)
+	watching := signalWatches(&k.lister)
+	if err := k.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(k.Stop)
+	sourcetest.Eventually(t, "ns1's pods in the sink", func() bool {
+		return maps.Equal(addrsOf(sink, entry.KindPod), map[string]string{"ns1/db-0": "10.1.0.1"})
+	})
+	<-watching
+	if err := ses.Delete(ctx, "db", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	sourcetest.Eventually(t, "ns1's pods gone with its entry", func() bool { return len(addrsOf(sink, entry.KindPod)) == 0 })
 }

@@ -108,7 +108,7 @@ func (s *workloadStore) Replace(list []any, _ string) error {
 		all[entry.WorkloadEntryKey(c.key)] = c.workload
 	}
 	s.skips = read
-	s.sink.ReplaceWorkloads(entry.KindWorkloadEntry, s.namespace, all)
+	s.sink.ReplaceWorkloads(entry.KindWorkloadEntry, []string{s.namespace}, all)
 	select {
 	case <-s.synced:
 	default:
