@@ -276,6 +276,97 @@ func TestAnswersCountedByClass(t *testing.T) {
 	}
 }
 
+// TestSelectorEntriesAnswerOutsideClients: a STATIC, DNS or DNS_ROUND_ROBIN
+// entry with a workload selector sends Envoy to the workloads it selects, so
+// a client that cannot route its mesh address gets theirs (DNS_ROUND_ROBIN:
+// the first), pods first, and follows their changes; a selector that picks
+// no workload with an address leaves nothing reachable: passed on.
+func TestSelectorEntriesAnswerOutsideClients(t *testing.T) {
+	st := storeFrom(t, entry.Options{}, `
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: sel-static, namespace: ns}
+spec: {hosts: [sel-static.internal], resolution: STATIC, ports: [{name: http, number: 80}], workloadSelector: {labels: {app: api}}}
+status: {addresses: [{host: sel-static.internal, value: 240.240.0.11}]}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: sel-dns, namespace: ns}
+spec: {hosts: [sel-dns.internal], resolution: DNS, ports: [{name: http, number: 80}], workloadSelector: {labels: {app: api}}}
+status: {addresses: [{host: sel-dns.internal, value: 240.240.0.12}]}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: sel-rr, namespace: ns}
+spec: {hosts: [sel-rr.internal], resolution: DNS_ROUND_ROBIN, ports: [{name: http, number: 80}], workloadSelector: {labels: {app: api}}}
+status: {addresses: [{host: sel-rr.internal, value: 240.240.0.13}]}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: sel-declared, namespace: ns}
+spec: {hosts: [sel-declared.internal], addresses: [10.9.0.14], resolution: STATIC, ports: [{name: http, number: 80}], workloadSelector: {labels: {app: api}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: sel-nothing, namespace: ns}
+spec: {hosts: [sel-nothing.internal], resolution: STATIC, ports: [{name: http, number: 80}], workloadSelector: {labels: {app: nothing}}}
+status: {addresses: [{host: sel-nothing.internal, value: 240.240.0.15}]}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: api-b, namespace: ns}
+spec: {address: 192.0.2.92, labels: {app: api}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: api-a, namespace: ns}
+spec: {address: 192.0.2.91, labels: {app: api}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: api-vm, namespace: ns}
+spec: {address: api.example.com, labels: {app: api}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: api-x, namespace: other}
+spec: {address: 192.0.2.99, labels: {app: api}}
+`)
+	pod := func(addrs ...string) map[entry.Key]*entry.Workload {
+		w := &entry.Workload{Key: entry.PodKey("ns/api-0"), Namespace: "ns", Labels: entry.MakeLabels(map[string]string{"app": "api"})}
+		for _, a := range addrs {
+			w.Addrs = append(w.Addrs, netip.MustParseAddr(a))
+		}
+		return map[entry.Key]*entry.Workload{w.Key: w}
+	}
+	st.SetWorkloads(pod("192.0.2.90"))
+	st.clients = reachClients(t)
+	se := (&ServiceEntry{Zones: []string{"internal."}, TTL: 30, clients: clientsByPod}).attach(st)
+	check := func(when string, answers map[string]map[string]string) {
+		t.Helper()
+		for name, byClient := range answers {
+			for client, want := range byClient {
+				if got := askFrom(t, se, client, name, dns.TypeA); got != want {
+					t.Errorf("%s: %s from %s: got %q, want %q", when, name, client, got, want)
+				}
+			}
+		}
+	}
+	all := "NOERROR 192.0.2.90 192.0.2.91 192.0.2.92"
+	check("pod ready", map[string]map[string]string{
+		"sel-static.internal.":   {ambientClient: "NOERROR 240.240.0.11", plainClient: all, sidecarClient: all},
+		"sel-dns.internal.":      {ambientClient: "NOERROR 240.240.0.12", plainClient: all},
+		"sel-rr.internal.":       {ambientClient: "NOERROR 240.240.0.13", plainClient: "NOERROR 192.0.2.90"},
+		"sel-declared.internal.": {ambientClient: "NOERROR 10.9.0.14", sidecarClient: "NOERROR 10.9.0.14", plainClient: all},
+		"sel-nothing.internal.":  {ambientClient: "NOERROR 240.240.0.15", plainClient: passedOn},
+	})
+	st.SetWorkloads(pod())
+	check("pod unready", map[string]map[string]string{
+		"sel-static.internal.": {plainClient: "NOERROR 192.0.2.91 192.0.2.92"},
+		"sel-rr.internal.":     {plainClient: "NOERROR 192.0.2.91"},
+	})
+}
+
 // TestSelectorEntryIsNotResolvedByEnvoy: a DNS entry with a workload
 // selector sends Envoy to the workloads it selects, not to its own host, so a
 // sidecar without DNS capture gets the entry's declared address like any

@@ -42,16 +42,21 @@ func reachOf(e *entry.Entry) reach.Class {
 //     host-name endpoint (one name can alias one target);
 //   - DNS_ROUND_ROBIN (LOGICAL_DNS, Envoy uses the first endpoint only): that
 //     endpoint, as an address or a CNAME;
+//   - with a workload selector, the endpoints are the workloads it selects
+//     (a STRICT_DNS or LOGICAL_DNS cluster's too: FromServiceEndpoints,
+//     pilot/pkg/xds/endpoints/endpoint_builder.go), in endpointAddrs'
+//     order;
 //   - DNS or DNS_ROUND_ROBIN without endpoints and without a workload
 //     selector: Envoy resolves the host itself, so the real answer is the
 //     next plugin's: nil, and resolved is true (a sidecar's Envoy asking
 //     for it must get it too);
-//   - anything else (DYNAMIC_DNS, NONE without reachable addresses): nil,
-//     the name is passed on.
+//   - anything else (DYNAMIC_DNS, NONE without reachable addresses, a
+//     selector that picks no workload with an address): nil, the name is
+//     passed on.
 //
 // Answers are shared through shared by entry, so an entry's many hosts hold
 // one.
-func directOf(contributors []*entry.Entry, shared map[any]*table.Answer) (ans *table.Answer, resolved bool) {
+func (s *store) directOf(contributors []*entry.Entry, shared map[any]*table.Answer) (ans *table.Answer, resolved bool) {
 	oldest := contributors[0]
 	resolution := oldest.Resolution
 	switch resolution {
@@ -59,42 +64,62 @@ func directOf(contributors []*entry.Entry, shared map[any]*table.Answer) (ans *t
 	default:
 		return nil, false
 	}
-	if len(oldest.Endpoints) == 0 {
-		// With a workload selector Envoy's endpoints are the selected
-		// workloads, never the host itself.
-		return nil, resolution != networking.ServiceEntry_STATIC && oldest.Selector == nil
+	if len(oldest.Endpoints) == 0 && oldest.Selector == nil {
+		return nil, resolution != networking.ServiceEntry_STATIC
 	}
 	type directKey struct{ e *entry.Entry }
 	if len(contributors) == 1 {
-		if ans := shared[directKey{oldest}]; ans != nil {
+		if ans, ok := shared[directKey{oldest}]; ok {
 			return ans, false
 		}
 	}
-	first := oldest.Endpoints[0]
 	switch {
-	case resolution == networking.ServiceEntry_DNS_ROUND_ROBIN && first.Host != "",
-		resolution == networking.ServiceEntry_DNS && first.Host != "":
-		ans = &table.Answer{Target: first.Host}
-	case resolution == networking.ServiceEntry_DNS_ROUND_ROBIN:
-		ans = table.NewAnswer([]netip.Addr{first.IP})
-	default:
-		var ips []netip.Addr
-		for _, e := range contributors {
-			if e.Resolution != resolution {
-				continue
-			}
-			for _, ep := range e.Endpoints {
-				if ep.IP.IsValid() && !slices.Contains(ips, ep.IP) {
-					ips = append(ips, ep.IP)
-				}
-			}
+	case oldest.Selector != nil && resolution == networking.ServiceEntry_DNS_ROUND_ROBIN:
+		if addrs := s.endpointAddrs(oldest); len(addrs) > 0 {
+			ans = table.NewAnswer(addrs[:1])
 		}
-		ans = table.NewAnswer(ips)
+	case oldest.Selector != nil:
+		ans = s.directAddrs(contributors, resolution)
+	case oldest.Endpoints[0].Host != "" && resolution != networking.ServiceEntry_STATIC:
+		ans = &table.Answer{Target: oldest.Endpoints[0].Host}
+	case resolution == networking.ServiceEntry_DNS_ROUND_ROBIN:
+		ans = table.NewAnswer([]netip.Addr{oldest.Endpoints[0].IP})
+	default:
+		ans = s.directAddrs(contributors, resolution)
 	}
 	if len(contributors) == 1 {
 		shared[directKey{oldest}] = ans
 	}
 	return ans, false
+}
+
+// directAddrs answers with the IP endpoints (the selected workloads, with a
+// selector) of every contributor of resolution, without duplicates; nil
+// when there are none.
+func (s *store) directAddrs(contributors []*entry.Entry, resolution networking.ServiceEntry_Resolution) *table.Answer {
+	var ips []netip.Addr
+	add := func(ip netip.Addr) {
+		if ip.IsValid() && !slices.Contains(ips, ip) {
+			ips = append(ips, ip)
+		}
+	}
+	for _, e := range contributors {
+		switch {
+		case e.Resolution != resolution:
+		case e.Selector != nil:
+			for _, ip := range s.endpointAddrs(e) {
+				add(ip)
+			}
+		default:
+			for _, ep := range e.Endpoints {
+				add(ep.IP)
+			}
+		}
+	}
+	if len(ips) == 0 {
+		return nil
+	}
+	return table.NewAnswer(ips)
 }
 
 // resolvedBy lists the names Envoy resolves itself for entry e, through

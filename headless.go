@@ -12,10 +12,12 @@ import (
 // A headless entry (entry.Entry.Headless) answers with the addresses of its
 // endpoints, as Istio's name table does (BuildNameTable,
 // pkg/dns/server/name_table.go): those of the workloads its selector picks
-// in its own namespace, else those of spec.endpoints.
+// in its own namespace, else those of spec.endpoints. A STATIC or DNS entry
+// with a selector answers a client outside the mesh with those of its
+// workloads (directOf).
 //
-// selection is one namespace's part of it: its workloads, and its headless
-// entries with a selector, each filed under one label of its selector (its
+// selection is one namespace's part of it: its workloads, and its entries
+// that select workloads, each filed under one label of its selector (its
 // "pair", entry.SelectorPair). The workloads holding a label that some
 // selector is filed under are indexed by it too, so that a workload's change
 // looks only at the entries filed under its own labels, and an entry's
@@ -167,25 +169,22 @@ func (s *store) touchSelecting(sel *selection, w *entry.Workload) {
 		return
 	}
 	for _, e := range sel.selectAll {
-		s.touchHeadless(e)
+		s.touchSelected(e)
 	}
 	for pair := range w.Labels.Pairs() {
 		for _, e := range sel.filed[pair] {
 			if w.Labels.Selects(e.Selector) {
-				s.touchHeadless(e)
+				s.touchSelected(e)
 			}
 		}
 	}
 }
 
-// selectFor files a headless entry with a selector; unselect takes it out.
-// Either way its cached addresses go.
+// selectFor files an entry that selects workloads; unselect takes it out.
+// Either way the endpoint addresses cached for it go.
 func (s *store) selectFor(e *entry.Entry) {
-	if !e.Headless {
-		return
-	}
 	delete(s.endpoints, e)
-	if e.Selector == nil {
+	if !e.SelectsWorkloads() {
 		return
 	}
 	sel := s.selectionOf(e.Namespace)
@@ -202,12 +201,9 @@ func (s *store) selectFor(e *entry.Entry) {
 }
 
 func (s *store) unselect(e *entry.Entry) {
-	if !e.Headless {
-		return
-	}
 	delete(s.endpoints, e)
 	sel := s.namespaces[e.Namespace]
-	if e.Selector == nil || sel == nil {
+	if !e.SelectsWorkloads() || sel == nil {
 		return
 	}
 	isE := func(x *entry.Entry) bool { return x == e }
@@ -222,22 +218,23 @@ func (s *store) unselect(e *entry.Entry) {
 	s.dropIfEmpty(e.Namespace, sel)
 }
 
-// touchHeadless drops e's cached addresses and rebuilds its hosts at the
+// touchSelected drops e's cached addresses and rebuilds its hosts at the
 // next publish.
-func (s *store) touchHeadless(e *entry.Entry) {
+func (s *store) touchSelected(e *entry.Entry) {
 	delete(s.endpoints, e)
 	for _, h := range e.Hosts {
 		s.dirty[h.Name] = true
 	}
 }
 
-// headlessAddrs returns the addresses of a headless entry's endpoints:
-// those of the workloads its selector picks in its namespace (Istio's
-// ServiceEntry controller selects workloads of the entry's namespace only),
-// pods before WorkloadEntries and each kind by name, or, without a selector,
-// the IPs of spec.endpoints in order; without duplicates. Istio ignores
-// spec.endpoints when there is a selector.
-func (s *store) headlessAddrs(e *entry.Entry) []netip.Addr {
+// endpointAddrs returns the addresses of a headless entry's endpoints, or
+// of the workloads of an entry that selects them: those of the workloads
+// its selector picks in its namespace (Istio's ServiceEntry controller
+// selects workloads of the entry's namespace only), pods before
+// WorkloadEntries and each kind by name, or, without a selector, the IPs of
+// spec.endpoints in order; without duplicates. Istio ignores spec.endpoints
+// when there is a selector.
+func (s *store) endpointAddrs(e *entry.Entry) []netip.Addr {
 	if addrs, ok := s.endpoints[e]; ok {
 		return addrs
 	}

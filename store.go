@@ -432,7 +432,7 @@ func (s *store) answerOf(host, ns string, shared map[any]*table.Answer) *table.A
 		ans := table.NewAnswer(addrs)
 		ans.Reach = reach
 		if reach > minReach {
-			ans.Else, ans.Resolved = directOf(contributors, shared)
+			ans.Else, ans.Resolved = s.directOf(contributors, shared)
 		}
 		shared[key] = ans
 		return ans
@@ -451,7 +451,7 @@ func (s *store) answerOf(host, ns string, shared map[any]*table.Answer) *table.A
 	ans := table.NewAnswer(merged)
 	ans.Reach = most
 	if most > minReach {
-		ans.Else, ans.Resolved = directOf(contributors, shared)
+		ans.Else, ans.Resolved = s.directOf(contributors, shared)
 	}
 	return ans
 }
@@ -507,7 +507,7 @@ func (s *store) addrsOf(e *entry.Entry, host string) ([]netip.Addr, reach.Class)
 		if e.Headless {
 			// Endpoint addresses are where a client connects, with or
 			// without a proxy.
-			return s.headlessAddrs(e), reach.Outside
+			return s.endpointAddrs(e), reach.Outside
 		}
 		return h.Addrs, reachOf(e)
 	}

@@ -348,9 +348,20 @@ func exportedNamespaces(own string, exportTo []string) []string {
 }
 
 // SelectsWorkloads reports whether e answers with the workloads its
-// selector picks in its namespace: a source must deliver that namespace's
-// workloads, pods included, and need deliver no others.
-func (e *Entry) SelectsWorkloads() bool { return e.Headless && e.Selector != nil }
+// selector picks in its namespace: a headless entry to every client, and a
+// STATIC, DNS or DNS_ROUND_ROBIN one to a client outside the mesh (Envoy's
+// endpoints for it are those workloads). A source must deliver the
+// workloads of that namespace, pods included, and need deliver no others.
+func (e *Entry) SelectsWorkloads() bool {
+	if e.Selector == nil {
+		return false
+	}
+	switch e.Resolution {
+	case networking.ServiceEntry_STATIC, networking.ServiceEntry_DNS, networking.ServiceEntry_DNS_ROUND_ROBIN:
+		return true
+	}
+	return e.Headless
+}
 
 // VisibleTo reports whether clients of namespace ns ("" for a client of no
 // known namespace) see e.
