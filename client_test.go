@@ -333,7 +333,7 @@ metadata: {name: api-x, namespace: other}
 spec: {address: 192.0.2.99, labels: {app: api}}
 `)
 	pod := func(addrs ...string) map[entry.Key]*entry.Workload {
-		w := &entry.Workload{Key: entry.PodKey("ns/api-0"), Namespace: "ns", Labels: entry.MakeLabels(map[string]string{"app": "api"})}
+		w := &entry.Workload{Key: entry.PodKey("ns/api-0"), Labels: entry.MakeLabels(map[string]string{"app": "api"})}
 		for _, a := range addrs {
 			w.Addrs = append(w.Addrs, netip.MustParseAddr(a))
 		}

@@ -31,8 +31,10 @@ type selection struct {
 	// holding has, by pair, the workloads holding that label; a pair whose
 	// entry has just been filed is nil until built, in one pass over the
 	// namespace for all such pairs (build), so that a sync filing many
-	// entries scans the namespace once, not once per entry.
-	holding map[string]map[entry.Key]*entry.Workload
+	// entries scans the namespace once, not once per entry. A set of the
+	// workloads themselves: a workload's change replaces the one stored
+	// under its key in workloads, which says which to take out.
+	holding map[string]map[*entry.Workload]struct{}
 	pending bool // some pair of holding is nil
 }
 
@@ -40,7 +42,7 @@ func (s *store) selectionOf(ns string) *selection {
 	sel := s.namespaces[ns]
 	if sel == nil {
 		sel = &selection{workloads: make(map[entry.Key]*entry.Workload), filed: make(map[string][]*entry.Entry),
-			holding: make(map[string]map[entry.Key]*entry.Workload)}
+			holding: make(map[string]map[*entry.Workload]struct{})}
 		s.namespaces[ns] = sel
 	}
 	return sel
@@ -61,13 +63,13 @@ func (sel *selection) build() {
 	sel.pending = false
 	for pair, held := range sel.holding {
 		if held == nil {
-			sel.holding[pair] = make(map[entry.Key]*entry.Workload)
+			sel.holding[pair] = make(map[*entry.Workload]struct{})
 		}
 	}
-	for key, w := range sel.workloads {
+	for _, w := range sel.workloads {
 		for pair := range w.Labels.Pairs() {
 			if held, ok := sel.holding[pair]; ok {
-				held[key] = w
+				held[w] = struct{}{}
 			}
 		}
 	}
@@ -149,14 +151,14 @@ func (s *store) setWorkloadLocked(key entry.Key, w *entry.Workload) {
 	if old != nil {
 		delete(sel.workloads, key)
 		for pair := range old.Labels.Pairs() {
-			delete(sel.holding[pair], key)
+			delete(sel.holding[pair], old)
 		}
 	}
 	if w != nil {
 		sel.workloads[key] = w
 		for pair := range w.Labels.Pairs() {
 			if held := sel.holding[pair]; held != nil {
-				held[key] = w
+				held[w] = struct{}{}
 			}
 		}
 	}
@@ -181,9 +183,7 @@ func (s *store) touchSelecting(sel *selection, w *entry.Workload) {
 }
 
 // selectFor files an entry that selects workloads; unselect takes it out.
-// Either way the endpoint addresses cached for it go.
 func (s *store) selectFor(e *entry.Entry) {
-	delete(s.endpoints, e)
 	if !e.SelectsWorkloads() {
 		return
 	}
@@ -201,7 +201,6 @@ func (s *store) selectFor(e *entry.Entry) {
 }
 
 func (s *store) unselect(e *entry.Entry) {
-	delete(s.endpoints, e)
 	sel := s.namespaces[e.Namespace]
 	if !e.SelectsWorkloads() || sel == nil {
 		return
@@ -218,10 +217,8 @@ func (s *store) unselect(e *entry.Entry) {
 	s.dropIfEmpty(e.Namespace, sel)
 }
 
-// touchSelected drops e's cached addresses and rebuilds its hosts at the
-// next publish.
+// touchSelected rebuilds e's hosts at the next publish.
 func (s *store) touchSelected(e *entry.Entry) {
-	delete(s.endpoints, e)
 	for _, h := range e.Hosts {
 		s.dirty[h.Name] = true
 	}
@@ -246,21 +243,31 @@ func (s *store) endpointAddrs(e *entry.Entry) []netip.Addr {
 			}
 		}
 	} else if sel := s.namespaces[e.Namespace]; sel != nil {
-		candidates := sel.workloads
-		if pair := entry.SelectorPair(e.Selector); pair != "" {
-			sel.build()
-			candidates = sel.holding[pair]
-		}
 		var picked []*entry.Workload
-		for _, w := range candidates {
+		total := 0
+		pick := func(w *entry.Workload) {
 			if w.Labels.Selects(e.Selector) {
 				picked = append(picked, w)
+				total += len(w.Addrs)
+			}
+		}
+		if pair := entry.SelectorPair(e.Selector); pair != "" {
+			sel.build()
+			for w := range sel.holding[pair] {
+				pick(w)
+			}
+		} else {
+			for _, w := range sel.workloads {
+				pick(w)
 			}
 		}
 		slices.SortFunc(picked, func(a, b *entry.Workload) int {
 			return cmp.Or(cmp.Compare(b.Key.Kind, a.Key.Kind), cmp.Compare(a.Key.Name, b.Key.Name))
 		})
-		seen := make(map[netip.Addr]bool, len(picked))
+		// Sized once: the table's answer copies them, and a publish's
+		// cache holds them meanwhile.
+		addrs = make([]netip.Addr, 0, total)
+		seen := make(map[netip.Addr]bool, total)
 		for _, w := range picked {
 			for _, ip := range w.Addrs {
 				if !seen[ip] {
@@ -269,6 +276,9 @@ func (s *store) endpointAddrs(e *entry.Entry) []netip.Addr {
 				}
 			}
 		}
+	}
+	if s.endpoints == nil {
+		s.endpoints = make(map[*entry.Entry][]netip.Addr)
 	}
 	s.endpoints[e] = addrs
 	return addrs

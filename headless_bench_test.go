@@ -25,7 +25,7 @@ func (s headlessScale) build() (map[entry.Key]*entry.Entry, map[entry.Key]*entry
 		name := fmt.Sprintf("db-%d", i)
 		e := &entry.Entry{Key: entry.ServiceEntryKey(ns + "/" + name), Namespace: ns, Name: name, Headless: true, Ports: ports,
 			Hosts:    []entry.Host{{Name: name + "." + ns + ".internal"}},
-			Selector: map[string]string{"app": name}}
+			Selector: entry.SelectorOf(map[string]string{"app": name})}
 		entries[e.Key] = e
 	}
 	return entries, s.workloads(0)
@@ -49,7 +49,7 @@ func (s headlessScale) pod(i, j, _ int) entry.Key {
 func (s headlessScale) podOf(i, j, base int) *entry.Workload {
 	key := s.pod(i, j, base)
 	n := j + base
-	return &entry.Workload{Key: key, Namespace: fmt.Sprintf("ns-%d", i%s.namespaces),
+	return &entry.Workload{Key: key,
 		Labels: entry.MakeLabels(map[string]string{"app": fmt.Sprintf("db-%d", i), "pod-template-hash": "5d8f7c9b6"}),
 		Addrs:  []netip.Addr{netip.AddrFrom4([4]byte{10, byte(n >> 16), byte(n >> 8), byte(n)})}}
 }

@@ -173,7 +173,7 @@ func TestHeadlessAnswers(t *testing.T) {
 func TestHeadlessWorkloadChanges(t *testing.T) {
 	st := storeFrom(t, entry.Options{}, headlessEntries)
 	pod := func(name, ip string, labels map[string]string) *entry.Workload {
-		w := &entry.Workload{Key: entry.PodKey("ns/" + name), Namespace: "ns", Labels: entry.MakeLabels(labels)}
+		w := &entry.Workload{Key: entry.PodKey("ns/" + name), Labels: entry.MakeLabels(labels)}
 		if ip != "" {
 			w.Addrs = []netip.Addr{netip.MustParseAddr(ip)}
 		}
@@ -249,7 +249,7 @@ func TestHeadlessIndexAgainstScan(t *testing.T) {
 				if r.IntN(10) == 0 {
 					selector = map[string]string{}
 				}
-				e = &entry.Entry{Key: key, Namespace: ns, Name: name, Headless: true, Selector: selector,
+				e = &entry.Entry{Key: key, Namespace: ns, Name: name, Headless: true, Selector: entry.SelectorOf(selector),
 					Ports: []entry.Port{{Name: "tcp", Number: 80}}, Hosts: []entry.Host{{Name: name + "." + ns + ".internal"}}}
 				entries[key] = e
 			} else {
@@ -260,7 +260,7 @@ func TestHeadlessIndexAgainstScan(t *testing.T) {
 			key := entry.PodKey(fmt.Sprintf("%s/p%d", ns, r.IntN(30)))
 			var w *entry.Workload
 			if r.IntN(5) > 0 {
-				w = &entry.Workload{Key: key, Namespace: ns, Labels: entry.MakeLabels(labelsOf())}
+				w = &entry.Workload{Key: key, Labels: entry.MakeLabels(labelsOf())}
 				if r.IntN(5) > 0 {
 					w.Addrs = []netip.Addr{netip.AddrFrom4([4]byte{10, 0, 0, byte(r.IntN(40))})}
 				}
@@ -273,7 +273,7 @@ func TestHeadlessIndexAgainstScan(t *testing.T) {
 		for _, e := range entries {
 			var want []string
 			for _, w := range workloads {
-				if w.Namespace == e.Namespace && len(w.Addrs) > 0 && w.Labels.Selects(e.Selector) && !slices.Contains(want, w.Addrs[0].String()) {
+				if w.Namespace() == e.Namespace && len(w.Addrs) > 0 && w.Labels.Selects(e.Selector) && !slices.Contains(want, w.Addrs[0].String()) {
 					want = append(want, w.Addrs[0].String())
 				}
 			}

@@ -63,10 +63,12 @@ type store struct {
 	clients  *podindex.Index
 	overlaid map[string][]string
 
-	// namespaces index, by namespace, the workloads a headless entry's
-	// selector may pick and the entries that select; endpoints caches the
-	// addresses of each headless entry, dropped when the entry or a
-	// workload it selects changes (see headless.go).
+	// namespaces index, by namespace, the workloads a selector may pick and
+	// the entries that select (see headless.go). endpoints caches the
+	// endpoint addresses of an entry during one publish: its hosts and
+	// views look them up several times, and share one answer by them. It
+	// is dropped after the publish, so that the table's answers are the
+	// only copy kept; an entry not rebuilt keeps its answers.
 	namespaces map[string]*selection
 	endpoints  map[*entry.Entry][]netip.Addr
 
@@ -84,7 +86,6 @@ func newStore(legacy bool) *store {
 
 		envoyResolves: make(map[string]int),
 		namespaces:    make(map[string]*selection),
-		endpoints:     make(map[*entry.Entry][]netip.Addr),
 		building:      table.NewTable(maphash.MakeSeed()),
 		dirty:         make(map[string]bool),
 
@@ -281,6 +282,7 @@ func (s *store) publishLocked() {
 	}
 	s.building = s.building.With(changes, ports)
 	s.building.SetOverlays(s.overlaysLocked(changes, ports))
+	s.endpoints = nil
 	// A fresh map, not clear: a cleared map keeps the capacity of the
 	// initial sync and ranging over it would cost O(all hosts) per change.
 	s.dirty = make(map[string]bool)

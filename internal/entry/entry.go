@@ -56,8 +56,9 @@ type Entry struct {
 	// Selector is spec.workloadSelector's labels: nil when the entry has
 	// none, empty when it selects every workload of its namespace. With a
 	// selector Istio takes the entry's endpoints from the workloads it
-	// selects and ignores spec.endpoints.
-	Selector map[string]string
+	// selects and ignores spec.endpoints. Interned as a workload's labels
+	// are: a map would weigh more than the rest of the entry.
+	Selector *Labels
 
 	// exportedTo is nil for a public entry, visible to every client
 	// namespace (exportTo empty, the mesh default, or holding "*"; every
@@ -287,14 +288,20 @@ func convert(meta *metav1.ObjectMeta, spec *slimSpec, status *slimStatus, opts O
 // validation does (ValidateAlphaWorkloadSelector, pkg/config/validation): no
 // empty key, no "*" in a key or a value. Istio refuses the whole entry for
 // such a label; here the selector alone is left out, so the entry selects
-// nothing.
-func parseSelector(labels map[string]string) (map[string]string, []Skip) {
+// nothing. So is a label whose key holds "=" or NUL, or whose value holds
+// NUL: Istio keeps it, but no workload's label can match it (Istio's
+// validation of WorkloadEntries and the API server's of pods refuse such
+// labels), and Labels could not tell it apart from another.
+func parseSelector(labels map[string]string) (*Labels, []Skip) {
+	if labels == nil {
+		return nil, nil
+	}
 	for _, k := range slices.Sorted(maps.Keys(labels)) {
-		if v := labels[k]; k == "" || strings.Contains(k, "*") || strings.Contains(v, "*") {
+		if v := labels[k]; k == "" || strings.Contains(k, "*") || strings.Contains(v, "*") || strings.ContainsAny(k, "=\x00") || strings.Contains(v, "\x00") {
 			return nil, []Skip{{Reason: ReasonInvalidSelector, Item: k + "=" + v}}
 		}
 	}
-	return labels, nil
+	return SelectorOf(labels), nil
 }
 
 // parseEndpoints validates the addresses of spec.endpoints one by one: an IP

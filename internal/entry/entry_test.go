@@ -1,7 +1,6 @@
 package entry
 
 import (
-	"maps"
 	"strings"
 	"testing"
 
@@ -118,6 +117,8 @@ func TestWorkloadSelector(t *testing.T) {
 		{"none", `{hosts: [a.internal], resolution: NONE}`, nil, 0, ""},
 		{"wildcard value", `{hosts: [a.internal], resolution: NONE, workloadSelector: {labels: {app: "db*", b: c}}}`, nil, 0, "invalid_selector"},
 		{"empty key", `{hosts: [a.internal], resolution: NONE, workloadSelector: {labels: {"": db}}}`, nil, 0, "invalid_selector"},
+		{"key holding =", `{hosts: [a.internal], resolution: NONE, workloadSelector: {labels: {"app=db": x}}}`, nil, 0, "invalid_selector"},
+		{"NUL in a value", `{hosts: [a.internal], resolution: NONE, workloadSelector: {labels: {app: "db\0"}}}`, nil, 0, "invalid_selector"},
 		{"with endpoints", `{hosts: [a.internal], resolution: DNS, endpoints: [{address: 192.0.2.1}], workloadSelector: {labels: {app: db}}}`,
 			map[string]string{"app": "db"}, 0, ""},
 		{"endpoints only", `{hosts: [a.internal], resolution: DNS, endpoints: [{address: 192.0.2.1}]}`, nil, 1, ""},
@@ -136,7 +137,7 @@ func TestWorkloadSelector(t *testing.T) {
 			for _, s := range skips {
 				reasons = append(reasons, s.Reason)
 			}
-			if (e.Selector == nil) != (c.want == nil) || !maps.Equal(e.Selector, c.want) || len(e.Endpoints) != c.endpoints ||
+			if (e.Selector == nil) != (c.want == nil) || e.Selector != nil && *e.Selector != MakeLabels(c.want) || len(e.Endpoints) != c.endpoints ||
 				strings.Join(reasons, ",") != c.reasons {
 				t.Errorf("selector %v, %d endpoints, skips %v; want %v, %d, %q", e.Selector, len(e.Endpoints), reasons, c.want, c.endpoints, c.reasons)
 			}

@@ -23,14 +23,19 @@ import (
 // a pod not ready) still exists, with no addresses, so that a change of it is
 // a change, not an appearance.
 type Workload struct {
-	Key       Key // KindWorkloadEntry or KindPod, namespace/name
-	Namespace string
-	Labels    Labels
+	Key    Key // KindWorkloadEntry or KindPod, namespace/name
+	Labels Labels
 	// Addrs are the addresses a headless entry that selects the workload
 	// answers with: none unless it is healthy and every address it has is
 	// an IP, as Istio's name table takes an endpoint (BuildNameTable,
 	// pkg/dns/server/name_table.go).
 	Addrs []netip.Addr
+}
+
+// Namespace is the namespace of w, from its key.
+func (w *Workload) Namespace() string {
+	ns, _, _ := strings.Cut(w.Key.Name, "/")
+	return ns
 }
 
 // Labels is a set of labels held as one interned string, "\x00k=v\x00" per
@@ -93,27 +98,28 @@ func (l Labels) Pairs() iter.Seq[string] {
 	}
 }
 
+// SelectorOf is the selector of labels, held as Labels.
+func SelectorOf(labels map[string]string) *Labels {
+	l := MakeLabels(labels)
+	return &l
+}
+
 // SelectorPair is the label of a non-empty selector that the store indexes
 // it by, "k=v" of its least key; "" for an empty selector.
-func SelectorPair(selector map[string]string) string {
-	if len(selector) == 0 {
-		return ""
+func SelectorPair(selector *Labels) string {
+	for pair := range selector.Pairs() {
+		return pair // sorted by key: the first is the least
 	}
-	least := ""
-	first := true
-	for k := range selector {
-		if first || k < least {
-			least, first = k, false
-		}
-	}
-	return least + "=" + selector[least]
+	return ""
 }
 
 // Selects reports whether a workload selector's labels all hold in l, as
 // Istio's labels.Instance.SubsetOf does: an empty selector selects every
-// workload.
-func (l Labels) Selects(selector map[string]string) bool {
-	for k, v := range selector {
+// workload. A selector's keys hold no "=" (parseSelector), so a pair splits
+// at its first.
+func (l Labels) Selects(selector *Labels) bool {
+	for pair := range selector.Pairs() {
+		k, v, _ := strings.Cut(pair, "=")
 		if !l.Has(k, v) {
 			return false
 		}
@@ -229,7 +235,7 @@ func ConvertWorkloadEntry(meta *metav1.ObjectMeta, address string, labels map[st
 		namespace = metav1.NamespaceDefault
 	}
 	key := WorkloadEntryKey(types.NamespacedName{Namespace: namespace, Name: meta.Name}.String())
-	w := &Workload{Key: key, Namespace: key.Name[:len(namespace)], Labels: MakeLabels(labels)}
+	w := &Workload{Key: key, Labels: MakeLabels(labels)}
 	ip, err := netip.ParseAddr(address)
 	switch {
 	case err == nil && ip.Zone() == "":
@@ -260,7 +266,7 @@ func hostNameOK(s string) bool {
 // address is the node's, which is where it listens.
 func ConvertPod(pod *corev1.Pod, dualStack bool) *Workload {
 	key := PodKey(pod.Namespace + "/" + pod.Name)
-	w := &Workload{Key: key, Namespace: key.Name[:len(pod.Namespace)], Labels: MakeLabels(pod.Labels)}
+	w := &Workload{Key: key, Labels: MakeLabels(pod.Labels)}
 	if pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed || pod.DeletionTimestamp != nil ||
 		!podReady(pod) {
 		return w

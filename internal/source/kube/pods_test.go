@@ -124,7 +124,7 @@ func podNetworkFullPod() *corev1.Pod {
 // and its workload: without a Ready condition, it has no address.
 func claimOfTest(ns, name string, created int, ips ...string) *podClaim {
 	p := &podClaim{keyed: keyed{ns + "/" + name},
-		workload: &entry.Workload{Key: entry.PodKey(ns + "/" + name), Namespace: ns, Labels: entry.MakeLabels(nil)}}
+		workload: &entry.Workload{Key: entry.PodKey(ns + "/" + name), Labels: entry.MakeLabels(nil)}}
 	if len(ips) == 0 {
 		return p
 	}
@@ -141,7 +141,7 @@ func TestPodTransform(t *testing.T) {
 	// with dual-stack, on the host network too (the node's address, where
 	// it listens).
 	workload := func(addrs ...netip.Addr) *entry.Workload {
-		return &entry.Workload{Key: entry.PodKey("ns1/web-0"), Namespace: "ns1", Labels: entry.MakeLabels(map[string]string{"app": "web"}), Addrs: addrs}
+		return &entry.Workload{Key: entry.PodKey("ns1/web-0"), Labels: entry.MakeLabels(map[string]string{"app": "web"}), Addrs: addrs}
 	}
 	fullClaim := &podClaim{keyed: keyed{"ns1/web-0"}, version: "42", claim: &podindex.Claim{Namespace: "ns1", Created: clientEpoch.Unix(),
 		IPs: []netip.Addr{v4, v6}}, workload: workload(v4)}
@@ -695,7 +695,7 @@ func addrsOf(st *sourcetest.Sink, kind entry.Kind) map[string]string {
 
 // selecting is a headless entry of ns selecting every workload there.
 func selecting(ns, name string) map[entry.Key]*entry.Entry {
-	e := &entry.Entry{Key: entry.ServiceEntryKey(ns + "/" + name), Namespace: ns, Name: name, Headless: true, Selector: map[string]string{}}
+	e := &entry.Entry{Key: entry.ServiceEntryKey(ns + "/" + name), Namespace: ns, Name: name, Headless: true, Selector: entry.SelectorOf(nil)}
 	return map[entry.Key]*entry.Entry{e.Key: e}
 }
 
@@ -723,7 +723,7 @@ func TestPodSourceWorkloads(t *testing.T) {
 	if got, want := addrsOf(st, entry.KindPod), map[string]string{"ns1/a": "10.1.0.1,fd00::1", "ns1/unready": ""}; !maps.Equal(got, want) {
 		t.Fatalf("first list: %v, want %v", got, want)
 	}
-	if w := st.Workloads()[entry.PodKey("ns1/a")]; !w.Labels.Selects(web) {
+	if w := st.Workloads()[entry.PodKey("ns1/a")]; !w.Labels.Selects(entry.SelectorOf(web)) {
 		t.Fatalf("labels of %+v", w)
 	}
 	pods := client.CoreV1().Pods("ns1")
@@ -768,7 +768,7 @@ func TestPodSourceWorkloads(t *testing.T) {
 	}
 
 	// A relist of ns2 leaves ns1's pods and the WorkloadEntries alone.
-	wle := &entry.Workload{Key: entry.WorkloadEntryKey("ns2/w"), Namespace: "ns2"}
+	wle := &entry.Workload{Key: entry.WorkloadEntryKey("ns2/w")}
 	st.SetWorkloads(map[entry.Key]*entry.Workload{wle.Key: wle})
 	s2 := newPodStore("ns2", false, idx, p.workloads, st)
 	p.entriesChanged(selecting("ns2", "db"))

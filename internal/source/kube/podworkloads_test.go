@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
-	"strings"
 	"testing"
 	"time"
 
@@ -76,8 +75,7 @@ func workload(key, addr string) *entry.Workload {
 	if addr == "" {
 		return nil
 	}
-	ns, _, _ := strings.Cut(key, "/")
-	return &entry.Workload{Key: entry.PodKey(key), Namespace: ns, Addrs: []netip.Addr{netip.MustParseAddr(addr)}}
+	return &entry.Workload{Key: entry.PodKey(key), Addrs: []netip.Addr{netip.MustParseAddr(addr)}}
 }
 
 // pods is a list of pods, namespace/name -> address.

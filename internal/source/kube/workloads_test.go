@@ -71,7 +71,7 @@ func TestKubeSourceWorkloadEntries(t *testing.T) {
 	if got := addrsOf(st, entry.KindWorkloadEntry); !maps.Equal(got, map[string]string{"ns/a": "10.0.0.1"}) {
 		t.Fatalf("when synced: %v", got)
 	}
-	if w := st.Workloads()[entry.WorkloadEntryKey("ns/a")]; !w.Labels.Selects(map[string]string{"app": "db"}) || w.Namespace != "ns" {
+	if w := st.Workloads()[entry.WorkloadEntryKey("ns/a")]; !w.Labels.Selects(entry.SelectorOf(map[string]string{"app": "db"})) || w.Namespace() != "ns" {
 		t.Fatalf("workload %+v", w)
 	}
 	waitSignal(t, watching, "WorkloadEntry watch")
@@ -132,8 +132,8 @@ func TestKubeSourceWorkloadEntries(t *testing.T) {
 // kept), and a problem is reported once, not again at each relist.
 func TestWorkloadStoreRelist(t *testing.T) {
 	st := sourcetest.NewSink()
-	other := &entry.Workload{Key: entry.WorkloadEntryKey("ns2/x"), Namespace: "ns2"}
-	pod := &entry.Workload{Key: entry.PodKey("ns1/p"), Namespace: "ns1"}
+	other := &entry.Workload{Key: entry.WorkloadEntryKey("ns2/x")}
+	pod := &entry.Workload{Key: entry.PodKey("ns1/p")}
 	st.SetWorkloads(map[entry.Key]*entry.Workload{other.Key: other, pod.Key: pod})
 	ws := newWorkloadStore("ns1", st)
 	obj := func(name, address string) any {

@@ -30,8 +30,8 @@ func FuzzParseManifests(f *testing.F) {
 		for _, mode := range []entry.AutoAllocateMode{entry.AutoAllocateStatus, entry.AutoAllocateLegacy} {
 			entries, workloads, err := Parse("test.yaml", input, entry.Options{AutoAllocate: mode}, discard{})
 			for _, w := range workloads {
-				if w.Key.Kind != entry.KindWorkloadEntry || !strings.HasPrefix(w.Key.Name, w.Namespace+"/") {
-					t.Fatalf("workload %v in namespace %q", w.Key, w.Namespace)
+				if ns, name, ok := strings.Cut(w.Key.Name, "/"); w.Key.Kind != entry.KindWorkloadEntry || !ok || ns == "" || name == "" {
+					t.Fatalf("workload %v: not a WorkloadEntry's namespace/name", w.Key)
 				}
 				for _, ip := range w.Addrs {
 					if !ip.IsValid() || ip.Zone() != "" || ip.Is4In6() {
