@@ -1,14 +1,18 @@
 # The custom CoreDNS image, for hosts with a Docker engine (or buildah/kaniko).
 # Without one, scripts/image builds the same image as an OCI archive.
 #   docker build -t REGISTRY/coredns-serviceentry:TAG .
-FROM golang:1.26-bookworm AS build
+# Multi-arch, cross-compiled on the build machine (no emulation):
+#   docker buildx build --platform linux/amd64,linux/arm64 -t REGISTRY/coredns-serviceentry:TAG --push .
+FROM --platform=$BUILDPLATFORM golang:1.26-bookworm AS build
+ARG TARGETOS=linux
+ARG TARGETARCH
 WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
 # Static, so that the runtime image needs no libc; setcap lets the nonroot
 # user bind port 53, as the upstream CoreDNS image does.
-RUN CGO_ENABLED=0 go build -trimpath -ldflags=-s -o /coredns ./cmd/coredns \
+RUN CGO_ENABLED=0 GOOS=$TARGETOS GOARCH=$TARGETARCH go build -trimpath -ldflags=-s -o /coredns ./cmd/coredns \
  && apt-get update && apt-get install -y --no-install-recommends libcap2-bin \
  && setcap cap_net_bind_service=+ep /coredns
 

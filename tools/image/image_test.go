@@ -104,6 +104,18 @@ func TestImageArchive(t *testing.T) {
 // openArchive unpacks an OCI archive and returns the image named ref.
 func openArchive(t *testing.T, archive, ref string) v1.Image {
 	t.Helper()
+	index, top := openLayout(t, archive, ref)
+	img, err := index.Image(top.Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+// openLayout unpacks an OCI archive and returns its layout's index and the
+// one entry of it, which must be named ref.
+func openLayout(t *testing.T, archive, ref string) (v1.ImageIndex, v1.Descriptor) {
+	t.Helper()
 	dir := t.TempDir()
 	f, err := os.Open(archive)
 	if err != nil {
@@ -149,11 +161,7 @@ func openArchive(t *testing.T, archive, ref string) v1.Image {
 	if len(manifest.Manifests) != 1 || manifest.Manifests[0].Annotations["org.opencontainers.image.ref.name"] != ref {
 		t.Fatalf("index: %+v", manifest.Manifests)
 	}
-	img, err := index.Image(manifest.Manifests[0].Digest)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return img
+	return index, manifest.Manifests[0]
 }
 
 type layerFile struct {
@@ -223,5 +231,65 @@ func TestImageForAnotherArchitecture(t *testing.T) {
 	}
 	if bin.Machine != elf.EM_AARCH64 || bin.OSABI != elf.ELFOSABI_NONE {
 		t.Errorf("/coredns is for %v (OS ABI %v), want EM_AARCH64 for Linux", bin.Machine, bin.OSABI)
+	}
+}
+
+// TestMultiArchImage: GOARCH="amd64 arm64" builds one archive holding an OCI
+// image index named by the tag, with one image per architecture under its
+// platform, each holding a Linux binary for that architecture; built twice,
+// the index's digest is the same.
+func TestMultiArchImage(t *testing.T) {
+	dir := t.TempDir()
+	const ref = "example.org/coredns-serviceentry:multi"
+	var digests []v1.Hash
+	for _, out := range []string{filepath.Join(dir, "first.tar"), filepath.Join(dir, "second.tar")} {
+		cmd := exec.Command("../../scripts/image", out, ref)
+		cmd.Env = append(os.Environ(), "GOARCH=amd64 arm64")
+		if output, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf(`GOARCH="amd64 arm64" scripts/image: %v\n%s`, err, output)
+		}
+		layoutIndex, top := openLayout(t, out, ref)
+		digests = append(digests, top.Digest)
+		if top.MediaType != types.OCIImageIndex {
+			t.Fatalf("the archive's entry is a %s, want an image index", top.MediaType)
+		}
+		multi, err := layoutIndex.ImageIndex(top.Digest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		manifest, err := multi.IndexManifest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		machines := map[string]elf.Machine{"amd64": elf.EM_X86_64, "arm64": elf.EM_AARCH64}
+		if len(manifest.Manifests) != len(machines) {
+			t.Fatalf("%d images in the index, want %d", len(manifest.Manifests), len(machines))
+		}
+		for _, m := range manifest.Manifests {
+			if m.Platform == nil || m.Platform.OS != "linux" || machines[m.Platform.Architecture] == elf.EM_NONE {
+				t.Fatalf("an image for platform %+v", m.Platform)
+			}
+			img, err := multi.Image(m.Digest)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg, err := img.ConfigFile()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.OS != "linux" || cfg.Architecture != m.Platform.Architecture {
+				t.Errorf("the image for %s has config platform %s/%s", m.Platform.Architecture, cfg.OS, cfg.Architecture)
+			}
+			bin, err := elf.NewFile(bytes.NewReader(layerFiles(t, img)["coredns"].data))
+			if err != nil {
+				t.Fatalf("%s: /coredns is not an ELF executable: %v", m.Platform.Architecture, err)
+			}
+			if want := machines[m.Platform.Architecture]; bin.Machine != want {
+				t.Errorf("%s: /coredns is for %v, want %v", m.Platform.Architecture, bin.Machine, want)
+			}
+		}
+	}
+	if digests[0] != digests[1] {
+		t.Errorf("two builds of the same tree differ: %s, %s", digests[0], digests[1])
 	}
 }

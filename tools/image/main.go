@@ -2,7 +2,9 @@
 // image layout in one tar file) without a Docker engine or a registry: one
 // layer on an empty base holding the static binary, CA certificates and a
 // nonroot user, configured as the upstream CoreDNS image is (numeric nonroot
-// user, the binary allowed to bind port 53 by a file capability).
+// user, the binary allowed to bind port 53 by a file capability). Given a
+// binary for each of several architectures, it writes one image of each
+// under an image index, as a multi-arch image is pushed.
 //
 // Load the archive with `docker load`, `podman load`, `ctr -n k8s.io images
 // import` or `kind load image-archive`, or push it with
@@ -19,8 +21,8 @@ import (
 	"log"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strconv"
+	"strings"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -53,31 +55,78 @@ type spec struct {
 	created  time.Time // every timestamp in the image, for reproducible digests
 }
 
+// binaries are the -binary flags: a static coredns binary for each
+// architecture, in the order given.
+type binaries []spec
+
+func (b *binaries) String() string { return fmt.Sprint(*b) }
+
+func (b *binaries) Set(v string) error {
+	arch, path, ok := strings.Cut(v, "=")
+	if !ok || arch == "" || path == "" {
+		return fmt.Errorf("want ARCH=PATH (GOARCH and the binary built for it), got %q", v)
+	}
+	*b = append(*b, spec{arch: arch, binary: path})
+	return nil
+}
+
 func main() {
-	var s spec
-	flag.StringVar(&s.binary, "binary", "", "static coredns binary to package (required)")
-	flag.StringVar(&s.caBundle, "ca-certificates", "/etc/ssl/certs/ca-certificates.crt", "CA bundle to include; empty for none")
-	flag.StringVar(&s.arch, "arch", runtime.GOARCH, "architecture the binary was built for")
+	var specs binaries
+	flag.Var(&specs, "binary", "ARCH=PATH: a static coredns binary built for GOARCH ARCH (required; repeat it for a multi-arch image)")
+	caBundle := flag.String("ca-certificates", "/etc/ssl/certs/ca-certificates.crt", "CA bundle to include; empty for none")
 	out := flag.String("o", "coredns-serviceentry.oci.tar", "OCI archive to write")
 	ref := flag.String("tag", "coredns-serviceentry:dev", "image name recorded in the archive")
 	flag.Parse()
-	if s.binary == "" {
+	if len(specs) == 0 {
 		log.Fatal("-binary is required")
 	}
-	s.created = sourceDate()
+	created := sourceDate()
+	images := make([]v1.Image, len(specs))
+	for i, s := range specs {
+		s.caBundle, s.created = *caBundle, created
+		img, err := build(s)
+		if err != nil {
+			log.Fatalf("%s: %v", s.arch, err)
+		}
+		images[i] = img
+	}
 
-	img, err := build(s)
-	if err != nil {
+	// One architecture is one image, as a registry serves it; several are
+	// an image index of one image per platform, which a runtime picks from.
+	var top interface{ Digest() (v1.Hash, error) } = images[0]
+	add := func(p layout.Path, annotations layout.Option) error { return p.AppendImage(images[0], annotations) }
+	if len(images) > 1 {
+		idx, err := multiArch(specs, images)
+		if err != nil {
+			log.Fatal(err)
+		}
+		top = idx
+		add = func(p layout.Path, annotations layout.Option) error { return p.AppendIndex(idx, annotations) }
+	}
+	if err := writeArchive(add, *ref, *out); err != nil {
 		log.Fatal(err)
 	}
-	if err := writeArchive(img, *ref, *out); err != nil {
-		log.Fatal(err)
-	}
-	digest, err := img.Digest()
+	digest, err := top.Digest()
 	if err != nil {
 		log.Fatal(err)
 	}
 	fmt.Printf("%s %s %s\n", *out, *ref, digest)
+}
+
+// multiArch is the OCI image index of images, each under the platform of its
+// spec, in order.
+func multiArch(specs []spec, images []v1.Image) (v1.ImageIndex, error) {
+	idx := mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
+	for i, img := range images {
+		for _, earlier := range specs[:i] {
+			if earlier.arch == specs[i].arch {
+				return nil, fmt.Errorf("two binaries for %s", specs[i].arch)
+			}
+		}
+		idx = mutate.AppendManifests(idx, mutate.IndexAddendum{Add: img,
+			Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: specs[i].arch}}})
+	}
+	return idx, nil
 }
 
 // sourceDate honours SOURCE_DATE_EPOCH (reproducible-builds.org); the Unix
@@ -193,8 +242,9 @@ func rootLayer(s spec) (v1.Layer, error) {
 	}, tarball.WithMediaType(types.OCILayer))
 }
 
-// writeArchive writes img as an OCI image layout, named ref, packed in one tar.
-func writeArchive(img v1.Image, ref, out string) error {
+// writeArchive writes an OCI image layout whose one entry add appends (an
+// image or an index), named ref, packed in one tar.
+func writeArchive(add func(layout.Path, layout.Option) error, ref, out string) error {
 	dir, err := os.MkdirTemp("", "oci-layout-")
 	if err != nil {
 		return err
@@ -204,7 +254,7 @@ func writeArchive(img v1.Image, ref, out string) error {
 	if err != nil {
 		return fmt.Errorf("OCI layout: %w", err)
 	}
-	if err := p.AppendImage(img, layout.WithAnnotations(map[string]string{"org.opencontainers.image.ref.name": ref})); err != nil {
+	if err := add(p, layout.WithAnnotations(map[string]string{"org.opencontainers.image.ref.name": ref})); err != nil {
 		return fmt.Errorf("OCI layout: %w", err)
 	}
 
