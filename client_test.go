@@ -276,6 +276,55 @@ func TestAnswersCountedByClass(t *testing.T) {
 	}
 }
 
+// TestResponsesCountedByResult: each query for a name the plugin looks up is
+// counted once under what it did with it: answered, a search-path expansion
+// answered, NODATA, NXDOMAIN, or handed on.
+func TestResponsesCountedByResult(t *testing.T) {
+	st := storeFrom(t, entry.Options{}, reachEntries)
+	st.clients = reachClients(t)
+	var asked int
+	authority := (&ServiceEntry{Zones: []string{"internal."}, TTL: 30, clients: clientsByPod, zonesLabel: "results.internal."}).attach(st)
+	searching := (&ServiceEntry{Zones: []string{"."}, Fall: fall.Root, TTL: 30, ClusterDomains: []string{"cluster.local."},
+		SearchDomains: []string{"cluster.local."}, Next: fakeKubernetes(&asked, "cluster.local."), clients: clientsByPod,
+		zonesLabel: "results.searching."}).attach(st)
+	count := func(se *ServiceEntry, r result) float64 {
+		var m dto.Metric
+		if err := responsesTotal.WithLabelValues("dns://:1053", se.zonesLabel, resultNames[r]).Write(&m); err != nil {
+			t.Fatal(err)
+		}
+		return m.GetCounter().GetValue()
+	}
+	for _, c := range []struct {
+		se           *ServiceEntry
+		name, client string
+		qtype        uint16
+		want         result
+	}{
+		{authority, "static.internal.", plainClient, dns.TypeA, resultAnswered},
+		{authority, "static.internal.", plainClient, dns.TypeTXT, resultNoData},
+		{authority, "nothing.internal.", plainClient, dns.TypeA, resultNXDomain},
+		{authority, "auto.internal.", plainClient, dns.TypeA, resultPassedOn},
+		{searching, "auto.internal.ns.svc.cluster.local.", ambientClient, dns.TypeA, resultSearchpath},
+		{searching, "auto.internal.ns.svc.cluster.local.", plainClient, dns.TypeA, resultPassedOn},
+	} {
+		var before [results]float64
+		for r := range results {
+			before[r] = count(c.se, r)
+		}
+		ctx := context.WithValue(context.Background(), dnsserver.Key{}, &dnsserver.Server{Addr: "dns://:1053"})
+		c.se.ServeDNS(ctx, dnstest.NewRecorder(&test.ResponseWriter{RemoteIP: c.client}), new(dns.Msg).SetQuestion(c.name, c.qtype))
+		for r := range results {
+			want := 0.0
+			if r == c.want {
+				want = 1
+			}
+			if got := count(c.se, r) - before[r]; got != want {
+				t.Errorf("%s %s from %s: counted %v times as %s, want %v", c.name, dns.TypeToString[c.qtype], c.client, got, resultNames[r], want)
+			}
+		}
+	}
+}
+
 // TestSelectorEntriesAnswerOutsideClients: a STATIC, DNS or DNS_ROUND_ROBIN
 // entry with a workload selector sends Envoy to the workloads it selects, so
 // a client that cannot route its mesh address gets theirs (DNS_ROUND_ROBIN:

@@ -11,6 +11,7 @@ import (
 	"github.com/coredns-serviceentry/serviceentry/internal/reach"
 	"github.com/coredns/coredns/plugin"
 	"github.com/coredns/coredns/plugin/metrics"
+	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 )
@@ -38,50 +39,89 @@ var (
 		Name:      "answers_total",
 		Help:      "Served names answered by the plugin, by the class of the client: what it routes (mesh, declared_only, outside).",
 	}, []string{"server", "zones", "class"})
+	responsesTotal = promauto.NewCounterVec(prometheus.CounterOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: pluginName,
+		Name:      "responses_total",
+		Help: "Queries for names the plugin looked up, by what it did: answered, searchpath (an expansion answered), " +
+			"nodata, nxdomain, passed_on (handed to the next plugin).",
+	}, []string{"server", "zones", "result"})
 )
 
-// countAnswer counts one served name answered for a client of class.
-func (se *ServiceEntry) countAnswer(ctx context.Context, class reach.Class) {
-	se.answerCounters(metrics.WithServer(ctx))[class].Inc()
+// result is what the plugin did with a query for a name it looked up.
+type result int
+
+const (
+	resultAnswered   result = iota // records for the name asked
+	resultSearchpath               // records for a search-path expansion, after its CNAME
+	resultNoData                   // NOERROR without records
+	resultNXDomain                 // the name does not exist (a zone the plugin is the authority of)
+	resultPassedOn                 // handed to the next plugin, which answers
+	results
+)
+
+var resultNames = [results]string{"answered", "searchpath", "nodata", "nxdomain", "passed_on"}
+
+// resultOf is what a reply the plugin wrote says of the name asked.
+func resultOf(m *dns.Msg) result {
+	switch {
+	case m.Rcode == dns.RcodeNameError:
+		return resultNXDomain
+	case len(m.Answer) == 0:
+		return resultNoData
+	}
+	return resultAnswered
 }
 
-// answerCounters holds one server's answer counters, one per class, so that
-// counting an answer is one atomic add: looking a series up by its label
-// values hashes the three strings on every answer.
-type answerCounters struct {
-	server  string
-	byClass [reach.Mesh + 1]prometheus.Counter
+// queryCounters holds one server's counters, one per class of client and
+// one per result, so that counting a query is an atomic add or two: looking
+// a series up by its label values hashes three strings on every query.
+type queryCounters struct {
+	server   string
+	byClass  [reach.Mesh + 1]prometheus.Counter
+	byResult [results]prometheus.Counter
 }
 
-// answerCounters returns the counters of server. An instance answers for the
-// servers of its block (one per address it listens on), so the list is short
-// and a server's counters are added to it once, copy on write.
-func (se *ServiceEntry) answerCounters(server string) *[reach.Mesh + 1]prometheus.Counter {
+// answer counts a served name answered for a client of class, with what the
+// reply says.
+func (c *queryCounters) answer(class reach.Class, r result) {
+	c.byClass[class].Inc()
+	c.byResult[r].Inc()
+}
+
+// counted returns the counters of the server that asked. An instance answers
+// for the servers of its block (one per address it listens on), so the list
+// is short and a server's counters are added to it once, copy on write.
+func (se *ServiceEntry) counted(ctx context.Context) *queryCounters {
+	server := metrics.WithServer(ctx)
 	if list := se.counters.Load(); list != nil {
 		for _, c := range *list {
 			if c.server == server {
-				return &c.byClass
+				return c
 			}
 		}
 	}
 	se.countersMu.Lock()
 	defer se.countersMu.Unlock()
-	var list []*answerCounters
+	var list []*queryCounters
 	if old := se.counters.Load(); old != nil {
 		list = *old
 		for _, c := range list {
 			if c.server == server {
-				return &c.byClass
+				return c
 			}
 		}
 	}
-	c := &answerCounters{server: server}
+	c := &queryCounters{server: server}
 	for class := range c.byClass {
 		c.byClass[class] = answersTotal.WithLabelValues(server, se.zonesLabel, reach.Class(class).String())
 	}
+	for r := range c.byResult {
+		c.byResult[r] = responsesTotal.WithLabelValues(server, se.zonesLabel, resultNames[r])
+	}
 	list = append(slices.Clip(list), c)
 	se.counters.Store(&list)
-	return &c.byClass
+	return c
 }
 
 // skipTally counts, by reason, the items one source left out. A source's

@@ -45,9 +45,9 @@ type ServiceEntry struct {
 	clients clientMode
 	// zonesLabel is the value of the zones label of the plugin's metrics.
 	zonesLabel string
-	// counters are the answer counters of each server answered for; a
+	// counters are the query counters of each server answered for; a
 	// server's are added under countersMu.
-	counters   atomic.Pointer[[]*answerCounters]
+	counters   atomic.Pointer[[]*queryCounters]
 	countersMu sync.Mutex
 
 	// store is the one of the source this instance answers from. OnStartup
@@ -152,12 +152,15 @@ func (se *ServiceEntry) serve(ctx context.Context, w dns.ResponseWriter, r *dns.
 		if out.chase != "" {
 			se.chase(ctx, w, r, out.msg, out.chase)
 		}
-		if out.answered {
-			se.countAnswer(ctx, out.class)
+		if c := se.counted(ctx); out.answered {
+			c.answer(out.class, resultOf(out.msg))
+		} else {
+			c.byResult[resultOf(out.msg)].Inc()
 		}
 		w.WriteMsg(out.msg)
 		return out.msg.Rcode, nil
 	case out.next:
+		se.counted(ctx).byResult[resultPassedOn].Inc()
 		return plugin.NextOrFailure(se.Name(), se.Next, ctx, w, r)
 	case out.afterKubernetes:
 		return se.afterKubernetes(ctx, w, r, out.tbl, out.x, out.class)
@@ -344,10 +347,15 @@ func (se *ServiceEntry) afterKubernetes(ctx context.Context, w dns.ResponseWrite
 		if chase != "" {
 			se.chase(ctx, w, r, m, chase)
 		}
-		se.countAnswer(ctx, class)
+		res := resultOf(m)
+		if x.alias != "" {
+			res = resultSearchpath
+		}
+		se.counted(ctx).answer(class, res)
 		w.WriteMsg(m)
 		return m.Rcode, nil
 	}
+	se.counted(ctx).byResult[resultPassedOn].Inc()
 	if nw.Msg.Rcode == dns.RcodeServerFailure && err == nil {
 		err = plugin.Error(se.Name(), errChainFailed)
 	}

@@ -71,7 +71,8 @@ func markPod(t *testing.T, kube kubernetes.Interface, ns, name, ip string, annot
 // host, a sidecar with DNS capture the VIP; asked in both orders, so that
 // cache could only mix clients if it saw the plugin's answers. A pod whose
 // ambient redirection goes from pending to enabled is answered as a mesh
-// client as soon as its event arrives.
+// client as soon as its event arrives. The shipped alert rules and dashboard
+// (deploy/monitoring) query only what this server exports.
 func TestReachInKubeSystem(t *testing.T) {
 	c := startCluster(t, "AlwaysAllow")
 	c.installCRDs(t, istioCRDs(t))
@@ -101,6 +102,14 @@ func TestReachInKubeSystem(t *testing.T) {
 	static.Spec.Resolution = networking.ServiceEntry_STATIC
 	static.Spec.Endpoints = []*networking.WorkloadEntry{{Address: "198.51.100.20"}}
 	if _, err := ses.Create(ctx, static, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// An endpoint the plugin skips, so that the skip counter has a series
+	// for the monitoring check.
+	skipped := serviceEntry("bar", "skipped", []string{"skipped.external.example"}, "10.9.0.2")
+	skipped.Spec.Resolution = networking.ServiceEntry_STATIC
+	skipped.Spec.Endpoints = []*networking.WorkloadEntry{{Address: "not an address"}}
+	if _, err := ses.Create(ctx, skipped, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -166,6 +175,9 @@ func TestReachInKubeSystem(t *testing.T) {
 	}
 	server.waitAnswerFrom(t, 2*time.Second, pending, "api.external.example", "NOERROR 240.240.0.9")
 	t.Logf("redirection enabled: answered as a mesh client after %v", time.Since(start).Round(time.Millisecond))
+
+	// The shipped alert rules and dashboard name what this server exports.
+	checkMonitoring(t, server.metricsAddr)
 }
 
 // The ServiceEntries of TestReachEndToEnd, one per resolution form of the
