@@ -28,9 +28,17 @@ const (
 	loadTeams      = 1_000
 	loadClient     = "127.0.0.2" // the pod of loadClientTeam
 	loadClientTeam = 42
-	loadReps       = 5
-	loadLength     = 10 // seconds of each dnsperf run
 )
+
+// loadRuns is how many alternating repetitions the dnsperf benchmarks make,
+// and how many seconds each run lasts: fewer and shorter with -short, the
+// smoke check scripts/test runs.
+func loadRuns() (reps, seconds int) {
+	if testing.Short() {
+		return 1, 2
+	}
+	return 5, 10
+}
 
 // loadPrivate reports whether entry i is exported to one team only, and to which.
 func loadPrivate(i int) (team int, private bool) {
@@ -114,6 +122,7 @@ func BenchmarkExportToLoad(b *testing.B) {
 		_, _ = loadDNSPerf(b, servers[v.server], loadClient, v.queries, "2")
 	}
 	qps, cpuPerQuery := map[string][]float64{}, map[string][]float64{}
+	loadReps, loadLength := loadRuns()
 	for rep := range loadReps {
 		order := slices.Clone(variants)
 		if rep%2 == 1 {

@@ -115,6 +115,7 @@ func BenchmarkReachLoad(b *testing.B) {
 		loadDNSPerf(b, s, cl.from, queries, "2")
 	}
 	qps, cpuPerQuery, p50, p99 := map[string][]float64{}, map[string][]float64{}, map[string][]float64{}, map[string][]float64{}
+	loadReps, loadLength := loadRuns()
 	for rep := range loadReps {
 		order := slices.Clone(clients)
 		if rep%2 == 1 {
