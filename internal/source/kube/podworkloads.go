@@ -267,8 +267,9 @@ func (w *podWorkloads) run(ctx context.Context) {
 func (w *podWorkloads) fillFromList(ctx context.Context, ns string) error {
 	w.mu.Lock()
 	n := w.namespaces[ns]
+	waiting := n != nil && n.filling
 	w.mu.Unlock()
-	if n == nil || !n.filling {
+	if !waiting {
 		return nil
 	}
 	pods, version, err := w.list(ctx, ns)
