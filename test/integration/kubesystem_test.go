@@ -22,7 +22,7 @@ import (
 // inCluster is deploy/in-cluster's Corefile run as a pod would run it.
 type inCluster struct {
 	*coredns
-	metricsAddr string
+	metricsAddr, healthAddr string
 }
 
 // runInCluster runs kube-system's Corefile (as given, e.g. read back from the
@@ -52,7 +52,8 @@ func runInClusterAsShipped(t testing.TB, corefile, seKubeconfig, k8sKubeconfig, 
 	corefile = replaceOnce(t, corefile, "kubernetes cluster.local in-addr.arpa ip6.arpa {",
 		"kubernetes cluster.local in-addr.arpa ip6.arpa {\n       kubeconfig "+k8sKubeconfig)
 	corefile = replaceOnce(t, corefile, "forward . /etc/resolv.conf", "forward . "+upstreamAddr)
-	return &inCluster{coredns: runCorefile(t, corefile, dnsPort, readyPort), metricsAddr: fmt.Sprintf("127.0.0.1:%d", metricsPort)}
+	return &inCluster{coredns: runCorefile(t, corefile, dnsPort, readyPort), metricsAddr: fmt.Sprintf("127.0.0.1:%d", metricsPort),
+		healthAddr: fmt.Sprintf("127.0.0.1:%d", healthPort)}
 }
 
 // inClusterCorefile is the Corefile of deploy/in-cluster/coredns-configmap.yaml.

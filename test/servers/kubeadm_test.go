@@ -231,6 +231,67 @@ func kubeadmTagMatcher(t *testing.T) *regexp.Regexp {
 // nothing else. The image has no tag kubeadm can read, so kubeadm takes no
 // CoreDNS version from it and migrates nothing, and it is the image of
 // coredns-deployment-patch.yaml, the same patch kubectl applies at install.
+// kubeadmDeployment is the CoreDNS Deployment the pinned kubeadm writes, as
+// JSON: its template (the constant CoreDNSDeployment), filled as kubeadm
+// fills it.
+func kubeadmDeployment(t *testing.T) []byte {
+	t.Helper()
+	tmpl, err := template.New("deployment").Parse(kubeadmConstant(t, "cmd/kubeadm/app/phases/addons/dns/manifests.go", "CoreDNSDeployment"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	replicas := int32(2)
+	var rendered bytes.Buffer
+	if err := tmpl.Execute(&rendered, struct {
+		DeploymentName, Image, ControlPlaneTaintKey string
+		Replicas                                    *int32
+	}{"coredns", "registry.k8s.io/coredns/coredns:v1.13.1", "node-role.kubernetes.io/control-plane", &replicas}); err != nil {
+		t.Fatal(err)
+	}
+	deployment, err := yaml.YAMLToJSON(rendered.Bytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return deployment
+}
+
+// kubeadmProbes is what test/integration's TestKubeadmProbes runs against the
+// binary: the probes of kubeadm's coredns container, the ports they name,
+// and the pod's grace period for its shutdown (nil: Kubernetes' default).
+type kubeadmProbes struct {
+	Ports                         []corev1.ContainerPort `json:"ports"`
+	LivenessProbe                 *corev1.Probe          `json:"livenessProbe"`
+	ReadinessProbe                *corev1.Probe          `json:"readinessProbe"`
+	TerminationGracePeriodSeconds *int64                 `json:"terminationGracePeriodSeconds"`
+}
+
+// TestKubeadmProbesFixture: test/integration/testdata/kubeadm-probes.yaml
+// holds the probes and grace period of the pinned kubeadm's Deployment, so
+// that the integration test runs kubeadm's own probes against the binary
+// without importing kubeadm.
+func TestKubeadmProbesFixture(t *testing.T) {
+	var d appsv1.Deployment
+	if err := json.Unmarshal(kubeadmDeployment(t), &d); err != nil {
+		t.Fatal(err)
+	}
+	c := d.Spec.Template.Spec.Containers[0]
+	want := kubeadmProbes{Ports: c.Ports, LivenessProbe: c.LivenessProbe, ReadinessProbe: c.ReadinessProbe,
+		TerminationGracePeriodSeconds: d.Spec.Template.Spec.TerminationGracePeriodSeconds}
+	const fixture = "../integration/testdata/kubeadm-probes.yaml"
+	raw, err := os.ReadFile(fixture)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got kubeadmProbes
+	if err := yaml.UnmarshalStrict(raw, &got); err != nil {
+		t.Fatalf("%s: %v", fixture, err)
+	}
+	if !reflect.DeepEqual(got, want) {
+		wantYAML, _ := yaml.Marshal(want)
+		t.Errorf("%s differs from the pinned kubeadm's Deployment; it should read:\n%s", fixture, wantYAML)
+	}
+}
+
 func TestKubeadmPatch(t *testing.T) {
 	const dir = "../../deploy/in-cluster/kubeadm-patches"
 	files, err := os.ReadDir(dir)
@@ -250,22 +311,7 @@ func TestKubeadmPatch(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	tmpl, err := template.New("deployment").Parse(kubeadmConstant(t, "cmd/kubeadm/app/phases/addons/dns/manifests.go", "CoreDNSDeployment"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	replicas := int32(2)
-	var rendered bytes.Buffer
-	if err := tmpl.Execute(&rendered, struct {
-		DeploymentName, Image, ControlPlaneTaintKey string
-		Replicas                                    *int32
-	}{"coredns", "registry.k8s.io/coredns/coredns:v1.13.1", "node-role.kubernetes.io/control-plane", &replicas}); err != nil {
-		t.Fatal(err)
-	}
-	original, err := yaml.YAMLToJSON(rendered.Bytes())
-	if err != nil {
-		t.Fatal(err)
-	}
+	original := kubeadmDeployment(t)
 	patched, err := strategicpatch.StrategicMergePatch(original, patch, appsv1.Deployment{})
 	if err != nil {
 		t.Fatalf("kubeadm would refuse the patch: %v", err)
