@@ -32,6 +32,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 )
@@ -272,6 +273,23 @@ func (c *cluster) istio(t testing.TB) versioned.Interface {
 		t.Fatal(err)
 	}
 	return client
+}
+
+// unthrottled are clientsets with no client-side rate limit, for the
+// benchmarks: creating their objects is setup, not what they measure.
+func (c *cluster) unthrottled(t testing.TB) (versioned.Interface, kubernetes.Interface) {
+	t.Helper()
+	cfg := c.restConfig(t)
+	cfg.QPS = -1
+	client, err := versioned.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kube, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return client, kube
 }
 
 // apply creates (or replaces, by server-side apply) every object of a YAML

@@ -39,14 +39,32 @@ func createSelectedPod(t testing.TB, kube kubernetes.Interface, ns, name, ip str
 // as given.
 func setPodReady(t testing.TB, kube kubernetes.Interface, pod *corev1.Pod, ip string, ready bool) {
 	t.Helper()
+	pod.Status = runningStatus(ip, ready)
+	if _, err := kube.CoreV1().Pods(pod.Namespace).UpdateStatus(context.Background(), pod, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// runningStatus is a running pod's status at ip, its Ready condition as
+// given.
+func runningStatus(ip string, ready bool) corev1.PodStatus {
 	status := corev1.ConditionFalse
 	if ready {
 		status = corev1.ConditionTrue
 	}
-	pod.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip, PodIPs: []corev1.PodIP{{IP: ip}},
+	return corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip, PodIPs: []corev1.PodIP{{IP: ip}},
 		Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: status}}}
-	if _, err := kube.CoreV1().Pods(pod.Namespace).UpdateStatus(context.Background(), pod, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
+}
+
+// headlessEntry is a headless ServiceEntry of ns (resolution NONE, no
+// addresses, one port) answered by the workloads selector picks there.
+func headlessEntry(ns, name, host string, selector map[string]string) *clientv1.ServiceEntry {
+	return &clientv1.ServiceEntry{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec: networking.ServiceEntry{Hosts: []string{host},
+			Ports:            []*networking.ServicePort{{Number: 5432, Name: "tcp", Protocol: "TCP"}},
+			Resolution:       networking.ServiceEntry_NONE,
+			WorkloadSelector: &networking.WorkloadSelector{Labels: selector}},
 	}
 }
 
@@ -76,13 +94,7 @@ func TestHeadlessEntries(t *testing.T) {
 	ctx := context.Background()
 	istio := c.istio(t).NetworkingV1()
 	selected := map[string]string{"app": "db"}
-	headless := &clientv1.ServiceEntry{
-		ObjectMeta: metav1.ObjectMeta{Namespace: "db", Name: "db"},
-		Spec: networking.ServiceEntry{Hosts: []string{"db.headless.internal"},
-			Ports:            []*networking.ServicePort{{Number: 5432, Name: "tcp", Protocol: "TCP"}},
-			Resolution:       networking.ServiceEntry_NONE,
-			WorkloadSelector: &networking.WorkloadSelector{Labels: selected}},
-	}
+	headless := headlessEntry("db", "db", "db.headless.internal", selected)
 	if _, err := istio.ServiceEntries("db").Create(ctx, headless, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -197,13 +209,7 @@ subjects:
 		t.Fatal(err)
 	}
 	selected := map[string]string{"app": "db"}
-	headless := &clientv1.ServiceEntry{
-		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "db"},
-		Spec: networking.ServiceEntry{Hosts: []string{"db.headless.internal"},
-			Ports:            []*networking.ServicePort{{Number: 5432, Name: "tcp", Protocol: "TCP"}},
-			Resolution:       networking.ServiceEntry_NONE,
-			WorkloadSelector: &networking.WorkloadSelector{Labels: selected}},
-	}
+	headless := headlessEntry("default", "db", "db.headless.internal", selected)
 	if _, err := istio.ServiceEntries("default").Create(ctx, headless, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}

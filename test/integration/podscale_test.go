@@ -51,43 +51,53 @@ func scalePodIP(i int) string {
 }
 
 // createScalePods creates n pods, copies of scalePodTemplates in turn, in
-// namespaces pods-0, pods-1, ... of podsPerNamespace pods each, with the
-// namespaces and the ServiceAccounts admission wants; each pod's status (its
-// address) is then written through the status subresource, as the kubelet
-// would. 16 at a time.
+// namespaces pods-0, pods-1, ... of podsPerNamespace pods each (createPods).
 func createScalePods(b testing.TB, kube kubernetes.Interface, n int) {
 	templates := make([]*corev1.Pod, len(scalePodTemplates))
 	for t, file := range scalePodTemplates {
 		templates[t] = readFixturePod(b, file)
 	}
-	namespaces := (n + podsPerNamespace - 1) / podsPerNamespace
-	parallel(b, namespaces, func(ns int) error {
-		name := fmt.Sprintf("pods-%d", ns)
-		if _, err := kube.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil {
-			return err
-		}
-		for _, sa := range []string{"default", "checkout", "catalog"} {
-			if _, err := kube.CoreV1().ServiceAccounts(name).Create(context.Background(), &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}},
-				metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-				return err
-			}
-		}
-		return nil
-	})
+	createPods(b, kube, n, podsPerNamespace, "pods", func(i int) *corev1.Pod { return templates[i%len(templates)].DeepCopy() })
+}
+
+// createPods creates n pods, pod(i) each (status included), named pod-i in
+// namespaces <prefix>-0, <prefix>-1, ... of perNamespace pods each, at
+// scalePodIP(i). Each pod's status is written through the status
+// subresource after its create, as the kubelet would. 16 at a time.
+func createPods(b testing.TB, kube kubernetes.Interface, n, perNamespace int, prefix string, pod func(i int) *corev1.Pod) {
+	createNamespaces(b, kube, prefix, (n+perNamespace-1)/perNamespace)
 	parallel(b, n, func(i int) error {
-		pod := templates[i%len(templates)].DeepCopy()
-		pod.Namespace, pod.Name = fmt.Sprintf("pods-%d", i/podsPerNamespace), fmt.Sprintf("pod-%d", i)
-		status := pod.Status
-		pod.Status = corev1.PodStatus{}
-		created, err := kube.CoreV1().Pods(pod.Namespace).Create(context.Background(), pod, metav1.CreateOptions{})
+		p := pod(i)
+		p.Namespace, p.Name = fmt.Sprintf("%s-%d", prefix, i/perNamespace), fmt.Sprintf("pod-%d", i)
+		status := p.Status
+		p.Status = corev1.PodStatus{}
+		created, err := kube.CoreV1().Pods(p.Namespace).Create(context.Background(), p, metav1.CreateOptions{})
 		if err != nil {
 			return fmt.Errorf("creating pod %d: %w", i, err)
 		}
 		created.Status = status
 		ip := scalePodIP(i)
 		created.Status.PodIP, created.Status.PodIPs = ip, []corev1.PodIP{{IP: ip}}
-		if _, err := kube.CoreV1().Pods(pod.Namespace).UpdateStatus(context.Background(), created, metav1.UpdateOptions{}); err != nil {
+		if _, err := kube.CoreV1().Pods(p.Namespace).UpdateStatus(context.Background(), created, metav1.UpdateOptions{}); err != nil {
 			return fmt.Errorf("status of pod %d: %w", i, err)
+		}
+		return nil
+	})
+}
+
+// createNamespaces creates namespaces <prefix>-0 to <prefix>-(n-1), with the
+// ServiceAccounts that admission wants for the fixtures' pods.
+func createNamespaces(b testing.TB, kube kubernetes.Interface, prefix string, n int) {
+	parallel(b, n, func(ns int) error {
+		name := fmt.Sprintf("%s-%d", prefix, ns)
+		if _, err := kube.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil {
+			return fmt.Errorf("creating namespace %s: %w", name, err)
+		}
+		for _, sa := range []string{"default", "checkout", "catalog"} {
+			if _, err := kube.CoreV1().ServiceAccounts(name).Create(context.Background(), &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}},
+				metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+				return fmt.Errorf("creating ServiceAccount %s/%s: %w", name, sa, err)
+			}
 		}
 		return nil
 	})
@@ -141,13 +151,7 @@ func BenchmarkPodScale(b *testing.B) {
 	c := startCluster(b, "AlwaysAllow")
 	c.installCRDs(b, istioCRDs(b))
 	createNamespace(b, c, "scale", "flip")
-	cfg := c.restConfig(b)
-	cfg.QPS = -1 // no client-side limit: creating the pods is setup, not measured
-	kube, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
-	client := c.istio(b)
+	client, kube := c.unthrottled(b)
 	createEntries(b, client, 1, func(int) *clientv1.ServiceEntry {
 		se := serviceEntry("scale", "probe", []string{podScaleHost})
 		se.Spec.Endpoints = []*networking.WorkloadEntry{{Address: "198.51.100.30"}}
@@ -166,94 +170,118 @@ func BenchmarkPodScale(b *testing.B) {
 	floor := listFloor(b, kube.CoreV1().RESTClient(), "", "pods")
 
 	kubeconfig := "kubeconfig " + c.kubeconfig(b, adminToken)
-	type run struct {
-		ready           time.Duration
-		peak, rss, heap int64
+	classed := func(s *coredns, metricsAddr string) {
+		// Ready means the first list of pods is in: no waiting.
+		if classed := metricSum(b, metricsAddr, "coredns_serviceentry_client_pods"); int(classed) != n+podScaleFlippers {
+			b.Fatalf("clients pods, ready: %v pods classed, want %d", classed, n+podScaleFlippers)
+		}
+		if got := s.answerFrom(b, podScaleHost, dns.TypeA, "udp", flipperIP(0)); got != podScaleOutside { // a plain pod
+			b.Fatalf("clients pods, ready: %s from %s: %q, want %q", podScaleHost, flipperIP(0), got, podScaleOutside)
+		}
 	}
-	runs := map[string][]run{}
 	const reps = 3
-	for rep := range reps {
-		order := []string{"mesh", "pods"}
-		if rep%2 == 1 {
-			slices.Reverse(order)
-		}
-		for _, mode := range order {
-			pprofAddr := fmt.Sprintf("127.0.0.1:%d", freePort(b))
-			metricsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(b))
-			start := time.Now()
-			s := startCoreDNSWith(b, []string{"pprof " + pprofAddr, "prometheus " + metricsAddr}, podScaleZone,
-				kubeconfig, "clients "+mode, "startup_timeout 1s")
-			waitFor(b, 10*time.Minute, "CoreDNS (clients "+mode+") ready", s.isReady)
-			r := run{ready: time.Since(start)}
-			// Ready means the first list of pods is in: no waiting.
-			want := podScaleMesh
-			if mode == "pods" {
-				want = podScaleOutside // a plain pod
-				if classed := metricSum(b, metricsAddr, "coredns_serviceentry_client_pods"); int(classed) != n+podScaleFlippers {
-					b.Fatalf("clients pods, ready: %v pods classed, want %d", classed, n+podScaleFlippers)
-				}
+	runs := compareStarts(b, podScaleZone, reps, []startConfig{
+		{name: "mesh", plugin: []string{kubeconfig, "clients mesh"}, check: func(s *coredns, _ string) {
+			if got := s.answerFrom(b, podScaleHost, dns.TypeA, "udp", flipperIP(0)); got != podScaleMesh {
+				b.Fatalf("clients mesh, ready: %s from %s: %q, want %q", podScaleHost, flipperIP(0), got, podScaleMesh)
 			}
-			if got := s.answerFrom(b, podScaleHost, dns.TypeA, "udp", flipperIP(0)); got != want {
-				b.Fatalf("clients %s, ready: %s from %s: %q, want %q", mode, podScaleHost, flipperIP(0), got, want)
-			}
-			r.peak = procStatus(b, s.process, "VmHWM")
-			r.rss = settledRSS(b, s.process)
-			r.heap = heapStat(b, pprofAddr, "HeapInuse")
-			b.Logf("rep %d clients %-4s: start -> ready %v; peak RSS %.1f MiB, settled %.1f MiB, heap in use %.1f MiB",
-				rep+1, mode, r.ready.Round(time.Millisecond), float64(r.peak)/(1<<20), float64(r.rss)/(1<<20), float64(r.heap)/(1<<20))
-			runs[mode] = append(runs[mode], r)
-			s.stop()
-		}
-	}
-	median := func(mode string, get func(run) float64) float64 {
-		v := make([]float64, len(runs[mode]))
-		for i, r := range runs[mode] {
-			v[i] = get(r)
-		}
-		slices.Sort(v)
-		return v[len(v)/2]
-	}
-	ready := time.Duration(median("pods", func(r run) float64 { return float64(r.ready) }))
-	meshReady := time.Duration(median("mesh", func(r run) float64 { return float64(r.ready) }))
-	rss := func(mode string) float64 { return median(mode, func(r run) float64 { return float64(r.rss) }) }
-	heap := func(mode string) float64 { return median(mode, func(r run) float64 { return float64(r.heap) }) }
-	peak := func(mode string) float64 { return median(mode, func(r run) float64 { return float64(r.peak) }) }
-	rssPerPod := (rss("pods") - rss("mesh")) / float64(n)
-	heapPerPod := (heap("pods") - heap("mesh")) / float64(n)
-	peakPerPod := (peak("pods") - peak("mesh")) / float64(n)
+		}},
+		{name: "pods", plugin: []string{kubeconfig, "clients pods"}, check: classed},
+	})
+	pods, mesh := runs["pods"], runs["mesh"]
+	rssPerPod := (pods.rss - mesh.rss) / float64(n)
+	heapPerPod := (pods.heap - mesh.heap) / float64(n)
+	peakPerPod := (pods.peak - mesh.peak) / float64(n)
 
 	// The change latency, on a server with the pod watch that stays.
 	s := startCoreDNS(b, podScaleZone, kubeconfig, "clients pods")
 	waitFor(b, 10*time.Minute, "CoreDNS (clients pods) ready", s.isReady)
 	const rate, length = 20, 20 * time.Second
-	latencies, calls := flipPods(b, kube, s, rate, length)
-	afterCall := make([]time.Duration, len(latencies))
-	for u := range latencies {
-		afterCall[u] = latencies[u] - calls[u]
-	}
-	for _, d := range [][]time.Duration{latencies, calls, afterCall} {
-		slices.Sort(d)
-	}
-	p50, p99 := latencies[len(latencies)/2], latencies[len(latencies)*99/100]
+	times := flipPods(b, kube, s, rate, length)
+	p50, p99 := times.percentile(50), times.percentile(99)
 
 	b.Logf("%d pods, medians of %d runs each: clients pods start -> ready %v (%.2f× a bare LIST of the pods, %v; clients mesh %v); "+
 		"settled RSS %.1f MiB (clients mesh %.1f MiB): %.0f B per pod; heap in use %.1f MiB (mesh %.1f MiB): %.0f B per pod; "+
-		"peak RSS %.1f MiB (mesh %.1f MiB): %.0f B per pod; "+
-		"%d changes of class at %d/s: update -> answer p50 %v, p99 %v, max %v (the API call alone: p50 %v, p99 %v; from its return to the answer: p50 %v, p99 %v)",
-		n, reps, ready.Round(time.Millisecond), ready.Seconds()/floor.Seconds(), floor.Round(time.Millisecond), meshReady.Round(time.Millisecond),
-		rss("pods")/(1<<20), rss("mesh")/(1<<20), rssPerPod, heap("pods")/(1<<20), heap("mesh")/(1<<20), heapPerPod,
-		peak("pods")/(1<<20), peak("mesh")/(1<<20), peakPerPod,
-		len(latencies), rate, p50.Round(100*time.Microsecond), p99.Round(100*time.Microsecond), latencies[len(latencies)-1].Round(100*time.Microsecond),
-		calls[len(calls)/2].Round(100*time.Microsecond), calls[len(calls)*99/100].Round(100*time.Microsecond),
-		afterCall[len(afterCall)/2].Round(100*time.Microsecond), afterCall[len(afterCall)*99/100].Round(100*time.Microsecond))
+		"peak RSS %.1f MiB (mesh %.1f MiB): %.0f B per pod; %d changes of class at %d/s: update -> answer %v",
+		n, reps, pods.ready.Round(time.Millisecond), pods.ready.Seconds()/floor.Seconds(), floor.Round(time.Millisecond), mesh.ready.Round(time.Millisecond),
+		pods.rss/(1<<20), mesh.rss/(1<<20), rssPerPod, pods.heap/(1<<20), mesh.heap/(1<<20), heapPerPod,
+		pods.peak/(1<<20), mesh.peak/(1<<20), peakPerPod, len(times.latencies), rate, times)
 	b.ReportMetric(float64(n)/created.Seconds(), "created-pods/s")
-	b.ReportMetric(ready.Seconds(), "ready-s")
-	b.ReportMetric(ready.Seconds()/floor.Seconds(), "ready/bare-list")
+	b.ReportMetric(pods.ready.Seconds(), "ready-s")
+	b.ReportMetric(pods.ready.Seconds()/floor.Seconds(), "ready/bare-list")
 	b.ReportMetric(rssPerPod, "rss-B/pod")
 	b.ReportMetric(heapPerPod, "heap-B/pod")
 	b.ReportMetric(peakPerPod, "peak-rss-B/pod")
 	b.ReportMetric(float64(p50.Microseconds())/1000, "p50-ms")
 	b.ReportMetric(float64(p99.Microseconds())/1000, "p99-ms")
+}
+
+// startConfig is one way compareStarts starts CoreDNS: the serviceentry
+// block's lines, and a check of what must hold once it is ready (given the
+// server and its Prometheus address).
+type startConfig struct {
+	name   string
+	plugin []string
+	check  func(s *coredns, metricsAddr string)
+}
+
+// startFigures are one start's figures, or the medians of several.
+type startFigures struct {
+	ready           time.Duration
+	peak, rss, heap float64 // VmHWM, RSS after 5 s quiet, heap in use after a GC; bytes
+}
+
+// compareStarts starts CoreDNS reps times in each configuration, in turn and
+// in reverse order every other time (a, b, b, a, ...) so that slow drift of
+// the machine's load falls on all alike, each with pprof and prometheus on
+// and "startup_timeout 1s" (so that CoreDNS listens at once and ready says
+// when it has read everything); it returns each configuration's medians. With
+// SERVICEENTRY_PROFILES set, each configuration's heap profile is saved
+// there.
+func compareStarts(b *testing.B, zone string, reps int, configs []startConfig) map[string]startFigures {
+	runs := map[string][]startFigures{}
+	for rep := range reps {
+		order := slices.Clone(configs)
+		if rep%2 == 1 {
+			slices.Reverse(order)
+		}
+		for _, cfg := range order {
+			pprofAddr := fmt.Sprintf("127.0.0.1:%d", freePort(b))
+			metricsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(b))
+			start := time.Now()
+			s := startCoreDNSWith(b, []string{"pprof " + pprofAddr, "prometheus " + metricsAddr}, zone,
+				append(slices.Clone(cfg.plugin), "startup_timeout 1s")...)
+			waitFor(b, 10*time.Minute, "CoreDNS ("+cfg.name+") ready", s.isReady)
+			r := startFigures{ready: time.Since(start)}
+			cfg.check(s, metricsAddr)
+			r.peak = float64(procStatus(b, s.process, "VmHWM"))
+			r.rss = float64(settledRSS(b, s.process))
+			r.heap = float64(heapStat(b, pprofAddr, "HeapInuse"))
+			saveProfile(b, pprofAddr, "heap?gc=1", fmt.Sprintf("heap-%s.pb.gz", cfg.name))
+			b.Logf("rep %d %s: start -> ready %v; peak RSS %.1f MiB, settled %.1f MiB, heap in use %.1f MiB",
+				rep+1, cfg.name, r.ready.Round(time.Millisecond), r.peak/(1<<20), r.rss/(1<<20), r.heap/(1<<20))
+			runs[cfg.name] = append(runs[cfg.name], r)
+			s.stop()
+		}
+	}
+	medians := map[string]startFigures{}
+	for name, rs := range runs {
+		median := func(get func(startFigures) float64) float64 {
+			v := make([]float64, len(rs))
+			for i, r := range rs {
+				v[i] = get(r)
+			}
+			slices.Sort(v)
+			return v[len(v)/2]
+		}
+		medians[name] = startFigures{
+			ready: time.Duration(median(func(r startFigures) float64 { return float64(r.ready) })),
+			peak:  median(func(r startFigures) float64 { return r.peak }),
+			rss:   median(func(r startFigures) float64 { return r.rss }),
+			heap:  median(func(r startFigures) float64 { return r.heap }),
+		}
+	}
+	return medians
 }
 
 // flipperIP is the loopback address of flipping pod f.
@@ -262,45 +290,22 @@ func flipperIP(f int) string { return fmt.Sprintf("127.0.1.%d", f+1) }
 // flipPods changes the class of the flipping pods at rate per second for the
 // given time, each in turn (so each pod changes every podScaleFlippers/rate
 // seconds), between ambient with redirection enabled (mesh) and plain
-// (outside), by its annotation as istio-cni writes it. For each change it
-// returns how long the API call took and the time from its start to the
-// first answer from the pod's address that follows the new class.
-func flipPods(b *testing.B, kube kubernetes.Interface, s *coredns, rate int, length time.Duration) (latencies, calls []time.Duration) {
+// (outside), by its annotation as istio-cni writes it, and times each until
+// the answer from the pod's address follows the new class (measureChanges).
+func flipPods(b *testing.B, kube kubernetes.Interface, s *coredns, rate int, length time.Duration) changeTimes {
 	pods := kube.CoreV1().Pods("flip")
-	total := rate * int(length/time.Second)
-	latencies, calls = make([]time.Duration, total), make([]time.Duration, total)
-	var wg sync.WaitGroup
-	failed := make(chan string, total)
-	tick := time.NewTicker(time.Second / time.Duration(rate))
-	defer tick.Stop()
-	for u := range total {
-		<-tick.C
+	return measureChanges(b, rate, length, func(u int) change {
 		f := u % podScaleFlippers
 		patch, want := `{"metadata":{"annotations":{"ambient.istio.io/redirection":"enabled"}}}`, podScaleMesh
 		if u/podScaleFlippers%2 == 1 {
 			patch, want = `{"metadata":{"annotations":{"ambient.istio.io/redirection":null}}}`, podScaleOutside
 		}
-		wg.Go(func() {
-			start := time.Now()
-			if _, err := pods.Patch(context.Background(), fmt.Sprintf("flip-%d", f), types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
-				failed <- fmt.Sprintf("patch flip-%d: %v", f, err)
-				return
-			}
-			calls[u] = time.Since(start)
-			for s.answerFrom(b, podScaleHost, dns.TypeA, "udp", flipperIP(f)) != want {
-				if time.Since(start) > 10*time.Second {
-					failed <- fmt.Sprintf("%s from %s not answering %q after 10s", podScaleHost, flipperIP(f), want)
-					return
-				}
-				time.Sleep(time.Millisecond)
-			}
-			latencies[u] = time.Since(start)
-		})
-	}
-	wg.Wait()
-	close(failed)
-	for f := range failed {
-		b.Fatal(f)
-	}
-	return latencies, calls
+		name := fmt.Sprintf("flip-%d", f)
+		return change{what: "patch " + name,
+			apply: func(ctx context.Context) error {
+				_, err := pods.Patch(ctx, name, types.MergePatchType, []byte(patch), metav1.PatchOptions{})
+				return err
+			},
+			answered: func() bool { return s.answerFrom(b, podScaleHost, dns.TypeA, "udp", flipperIP(f)) == want }}
+	})
 }

@@ -17,8 +17,6 @@ import (
 	"github.com/miekg/dns"
 	networking "istio.io/api/networking/v1alpha3"
 	clientv1 "istio.io/client-go/pkg/apis/networking/v1"
-	"istio.io/client-go/pkg/clientset/versioned"
-	"k8s.io/client-go/kubernetes"
 )
 
 // The clients of BenchmarkReachLoad: pods of the fixtures, at loopback
@@ -68,16 +66,7 @@ func BenchmarkReachLoad(b *testing.B) {
 	c := startCluster(b, "AlwaysAllow")
 	c.installCRDs(b, istioCRDs(b))
 	createNamespace(b, c, "scale", "store", "legacy")
-	cfg := c.restConfig(b)
-	cfg.QPS = -1 // no client-side limit: creating the objects is setup, not measured
-	client, err := versioned.NewForConfig(cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
-	kube, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
+	client, kube := c.unthrottled(b)
 	began := time.Now()
 	createEntries(b, client, loadEntries, reachLoadEntry)
 	createScalePods(b, kube, reachLoadPods)

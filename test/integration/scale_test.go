@@ -11,7 +11,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -47,12 +46,7 @@ func BenchmarkScale(b *testing.B) {
 	c := startCluster(b, "AlwaysAllow")
 	c.installCRDs(b, istioCRDs(b))
 	createNamespace(b, c, "scale", "empty")
-	cfg := c.restConfig(b)
-	cfg.QPS = -1 // no client-side limit: the API server is what is measured
-	client, err := versioned.NewForConfig(cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
+	client, _ := c.unthrottled(b)
 	kubeconfig := c.kubeconfig(b, adminToken)
 
 	base := startCoreDNS(b, "scale.internal", "kubeconfig "+kubeconfig, "namespaces empty")
@@ -119,25 +113,14 @@ func BenchmarkScale(b *testing.B) {
 	scaleUpdates(b, client, dnsServer, n, 0, rate, cpuPhase, false)
 	cpuPerUpdate := (processCPU(b, dnsServer.process) - cpu0) / (rate * cpuPhase / time.Second)
 	<-cpuProfile
-	latencies, calls := scaleUpdates(b, client, dnsServer, n, 1, rate, 20*time.Second, true)
-	afterCall := make([]time.Duration, len(latencies)) // watch delivery + table + answer
-	for u := range latencies {
-		afterCall[u] = latencies[u] - calls[u]
-	}
-	for _, d := range [][]time.Duration{latencies, calls, afterCall} {
-		slices.Sort(d)
-	}
-	p50, p99 := latencies[len(latencies)/2], latencies[len(latencies)*99/100]
+	times := scaleUpdates(b, client, dnsServer, n, 1, rate, 20*time.Second, true)
+	p50, p99 := times.percentile(50), times.percentile(99)
 
 	perEntry := float64(rss-baseRSS) / 1024 / float64(n)
 	b.Logf("%d entries: start -> ready %v; RSS %.1f MiB (empty namespace %.1f MiB, %.2f KiB per entry), heap in use %.1f MiB; "+
-		"%d updates at 100/s: apply -> answer p50 %v, p99 %v, max %v (the API call alone: p50 %v, p99 %v; from its return to the answer: p50 %v, p99 %v); CoreDNS CPU %v per update",
+		"%d updates at 100/s: apply -> answer %v; CoreDNS CPU %v per update",
 		n, ready.Round(time.Millisecond), float64(rss)/(1<<20), float64(baseRSS)/(1<<20), perEntry, float64(heapInuse)/(1<<20),
-		len(latencies), p50.Round(100*time.Microsecond), p99.Round(100*time.Microsecond),
-		latencies[len(latencies)-1].Round(100*time.Microsecond),
-		calls[len(calls)/2].Round(100*time.Microsecond), calls[len(calls)*99/100].Round(100*time.Microsecond),
-		afterCall[len(afterCall)/2].Round(100*time.Microsecond), afterCall[len(afterCall)*99/100].Round(100*time.Microsecond),
-		cpuPerUpdate.Round(time.Microsecond))
+		len(times.latencies), times, cpuPerUpdate.Round(time.Microsecond))
 	b.ReportMetric(ready.Seconds(), "ready-s")
 	b.ReportMetric(ready.Seconds()/floor.Seconds(), "ready/bare-list")
 	b.ReportMetric(float64(peak)/float64(rss), "peak/settled-rss")
@@ -172,79 +155,100 @@ func createScaleEntries(b testing.TB, client versioned.Interface, n int) {
 	})
 }
 
-// createEntries creates the n entries that entry makes, in namespace scale,
-// 16 at a time. An entry's status, which create ignores, is then written
-// through the status subresource, as istiod's controller writes its
-// allocations.
+// createEntries creates the n entries that entry makes, 16 at a time. An
+// entry's status, which create ignores, is then written through the status
+// subresource, as istiod's controller writes its allocations.
 func createEntries(b testing.TB, client versioned.Interface, n int, entry func(i int) *clientv1.ServiceEntry) {
-	ses := client.NetworkingV1().ServiceEntries("scale")
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	errs := make(chan error, 16)
-	for range 16 {
-		wg.Go(func() {
-			for i := int(next.Add(1) - 1); i < n; i = int(next.Add(1) - 1) {
-				se := entry(i)
-				created, err := ses.Create(context.Background(), se, metav1.CreateOptions{})
-				if err != nil {
-					errs <- fmt.Errorf("creating %s: %w", se.Name, err)
-					return
-				}
-				if len(se.Status.Addresses) == 0 {
-					continue
-				}
-				created.Status = *se.Status.DeepCopy()
-				if _, err := ses.UpdateStatus(context.Background(), created, metav1.UpdateOptions{}); err != nil {
-					errs <- fmt.Errorf("status of %s: %w", se.Name, err)
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		b.Fatal(err)
-	}
+	parallel(b, n, func(i int) error {
+		se := entry(i)
+		ses := client.NetworkingV1().ServiceEntries(se.Namespace)
+		created, err := ses.Create(context.Background(), se, metav1.CreateOptions{})
+		if err != nil {
+			return fmt.Errorf("creating %s/%s: %w", se.Namespace, se.Name, err)
+		}
+		if len(se.Status.Addresses) == 0 {
+			return nil
+		}
+		created.Status = *se.Status.DeepCopy()
+		if _, err := ses.UpdateStatus(context.Background(), created, metav1.UpdateOptions{}); err != nil {
+			return fmt.Errorf("status of %s/%s: %w", se.Namespace, se.Name, err)
+		}
+		return nil
+	})
 }
 
 // scaleUpdates changes the IPv4 address of distinct entries to generation gen
-// at rate per second for the given time. It returns, for each change, how long
-// the API call took and, with poll, the time from the start of the API call to
-// the first DNS answer carrying the new address; without poll it only checks
-// that the last change is answered.
-func scaleUpdates(b *testing.B, client versioned.Interface, dnsServer *coredns, n, gen, rate int, length time.Duration, poll bool) (latencies, calls []time.Duration) {
+// at rate per second for the given time, with poll timing each change to its
+// answer (measureChanges); without poll it only checks that the last change
+// is answered.
+func scaleUpdates(b *testing.B, client versioned.Interface, dnsServer *coredns, n, gen, rate int, length time.Duration, poll bool) changeTimes {
 	ses := client.NetworkingV1().ServiceEntries("scale")
 	total := rate * int(length/time.Second)
-	latencies, calls = make([]time.Duration, total), make([]time.Duration, total)
-	var wg sync.WaitGroup
-	failed := make(chan string, total)
-	tick := time.NewTicker(time.Second / time.Duration(rate))
-	defer tick.Stop()
 	host := func(u int) (string, string) {
 		i := (u + gen*total) * 7919 % n // distinct entries, spread over the set
 		return fmt.Sprintf("svc-%d", i), scaleHost(i)
 	}
-	for u := range total {
-		<-tick.C
+	times := measureChanges(b, rate, length, func(u int) change {
 		name, qname := host(u)
 		want := scaleAddr(u, gen+1)
+		c := change{what: "patch " + name, apply: func(ctx context.Context) error {
+			_, err := ses.Patch(ctx, name, types.MergePatchType, []byte(fmt.Sprintf(`{"spec":{"addresses":[%q]}}`, want)), metav1.PatchOptions{})
+			return err
+		}}
+		if poll {
+			c.answered = func() bool { return dnsServer.answer(b, qname, dns.TypeA, "udp") == "NOERROR "+want }
+		}
+		return c
+	})
+	_, last := host(total - 1)
+	dnsServer.waitAnswer(b, 10*time.Second, last, dns.TypeA, "NOERROR "+scaleAddr(total-1, gen+1))
+	return times
+}
+
+// change is one change measureChanges makes: apply makes it through the
+// API; answered, when set, tells whether DNS follows it yet.
+type change struct {
+	what     string // for errors
+	apply    func(ctx context.Context) error
+	answered func() bool
+}
+
+// changeTimes are the times of measured changes, each list sorted on its
+// own: from the start of the API call to the first answer that follows it,
+// the call alone, and from the call's return to that answer (the watch's
+// delivery, the table, the answer).
+type changeTimes struct{ latencies, calls, afterCall []time.Duration }
+
+// measureChanges makes the change next(u) gives for u = 0, 1, ... at rate per
+// second for length, each in a goroutine of its own so that a slow one holds
+// up no other, and polls its answer every millisecond after the API call, for
+// at most 10 s from its start.
+func measureChanges(b testing.TB, rate int, length time.Duration, next func(u int) change) changeTimes {
+	total := rate * int(length/time.Second)
+	t := changeTimes{make([]time.Duration, total), make([]time.Duration, total), make([]time.Duration, total)}
+	var wg sync.WaitGroup
+	failed := make(chan string, total)
+	tick := time.NewTicker(time.Second / time.Duration(rate))
+	defer tick.Stop()
+	for u := range total {
+		<-tick.C
+		c := next(u)
 		wg.Go(func() {
 			start := time.Now()
-			patch := fmt.Sprintf(`{"spec":{"addresses":[%q]}}`, want)
-			if _, err := ses.Patch(context.Background(), name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
-				failed <- fmt.Sprintf("patch %s: %v", name, err)
+			if err := c.apply(context.Background()); err != nil {
+				failed <- fmt.Sprintf("%s: %v", c.what, err)
 				return
 			}
-			calls[u] = time.Since(start)
-			for poll && dnsServer.answer(b, qname, dns.TypeA, "udp") != "NOERROR "+want {
+			t.calls[u] = time.Since(start)
+			for c.answered != nil && !c.answered() {
 				if time.Since(start) > 10*time.Second {
-					failed <- fmt.Sprintf("%s not answering %s after 10s", qname, want)
+					failed <- c.what + ": not answered after 10s"
 					return
 				}
 				time.Sleep(time.Millisecond)
 			}
-			latencies[u] = time.Since(start)
+			t.latencies[u] = time.Since(start)
+			t.afterCall[u] = t.latencies[u] - t.calls[u]
 		})
 	}
 	wg.Wait()
@@ -252,9 +256,24 @@ func scaleUpdates(b *testing.B, client versioned.Interface, dnsServer *coredns, 
 	for f := range failed {
 		b.Fatal(f)
 	}
-	_, last := host(total - 1)
-	dnsServer.waitAnswer(b, 10*time.Second, last, dns.TypeA, "NOERROR "+scaleAddr(total-1, gen+1))
-	return latencies, calls
+	for _, d := range [][]time.Duration{t.latencies, t.calls, t.afterCall} {
+		slices.Sort(d)
+	}
+	return t
+}
+
+// percentile is the p-th percentile of the change -> answer latencies.
+func (t changeTimes) percentile(p int) time.Duration { return percentile(t.latencies, p) }
+
+// percentile is the p-th percentile of sorted durations.
+func percentile(sorted []time.Duration, p int) time.Duration { return sorted[len(sorted)*p/100] }
+
+// String is the latencies' summary, as the benchmarks log it.
+func (t changeTimes) String() string {
+	r := func(d []time.Duration, p int) time.Duration { return percentile(d, p).Round(100 * time.Microsecond) }
+	return fmt.Sprintf("p50 %v, p99 %v, max %v (the API call alone: p50 %v, p99 %v; from its return to the answer: p50 %v, p99 %v)",
+		r(t.latencies, 50), r(t.latencies, 99), t.latencies[len(t.latencies)-1].Round(100*time.Microsecond),
+		r(t.calls, 50), r(t.calls, 99), r(t.afterCall, 50), r(t.afterCall, 99))
 }
 
 // settledRSS is the process's resident set after a few seconds of quiet, so
