@@ -163,8 +163,7 @@ func TestHeadlessEntries(t *testing.T) {
 	// The first entry to select in "other" comes after the pods were read:
 	// the plugin lists that namespace's pods then, and follows them.
 	createSelectedPod(t, kube, "other", "db-0", "10.31.0.1", selected, true)
-	late := headless.DeepCopy()
-	late.Namespace, late.ResourceVersion, late.Spec.Hosts = "other", "", []string{"late.headless.internal"}
+	late := headlessEntry("other", "late", "late.headless.internal", selected)
 	if _, err := istio.ServiceEntries("other").Create(ctx, late, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
