@@ -217,20 +217,26 @@ func TestImageForAnotherArchitecture(t *testing.T) {
 	if output, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("GOARCH=arm64 scripts/image: %v\n%s", err, output)
 	}
-	img := openArchive(t, out, "example.org/coredns-serviceentry:arm64")
+	checkPlatform(t, openArchive(t, out, "example.org/coredns-serviceentry:arm64"), "arm64", elf.EM_AARCH64)
+}
+
+// checkPlatform checks that img is configured for linux/arch and holds a
+// Linux executable for machine.
+func checkPlatform(t *testing.T, img v1.Image, arch string, machine elf.Machine) {
+	t.Helper()
 	cfg, err := img.ConfigFile()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.OS != "linux" || cfg.Architecture != "arm64" {
-		t.Errorf("platform %s/%s, want linux/arm64", cfg.OS, cfg.Architecture)
+	if cfg.OS != "linux" || cfg.Architecture != arch {
+		t.Errorf("platform %s/%s, want linux/%s", cfg.OS, cfg.Architecture, arch)
 	}
 	bin, err := elf.NewFile(bytes.NewReader(layerFiles(t, img)["coredns"].data))
 	if err != nil {
-		t.Fatalf("/coredns is not an ELF executable: %v", err)
+		t.Fatalf("%s: /coredns is not an ELF executable: %v", arch, err)
 	}
-	if bin.Machine != elf.EM_AARCH64 || bin.OSABI != elf.ELFOSABI_NONE {
-		t.Errorf("/coredns is for %v (OS ABI %v), want EM_AARCH64 for Linux", bin.Machine, bin.OSABI)
+	if bin.Machine != machine || bin.OSABI != elf.ELFOSABI_NONE {
+		t.Errorf("%s: /coredns is for %v (OS ABI %v), want %v for Linux", arch, bin.Machine, bin.OSABI, machine)
 	}
 }
 
@@ -273,20 +279,7 @@ func TestMultiArchImage(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			cfg, err := img.ConfigFile()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if cfg.OS != "linux" || cfg.Architecture != m.Platform.Architecture {
-				t.Errorf("the image for %s has config platform %s/%s", m.Platform.Architecture, cfg.OS, cfg.Architecture)
-			}
-			bin, err := elf.NewFile(bytes.NewReader(layerFiles(t, img)["coredns"].data))
-			if err != nil {
-				t.Fatalf("%s: /coredns is not an ELF executable: %v", m.Platform.Architecture, err)
-			}
-			if want := machines[m.Platform.Architecture]; bin.Machine != want {
-				t.Errorf("%s: /coredns is for %v, want %v", m.Platform.Architecture, bin.Machine, want)
-			}
+			checkPlatform(t, img, m.Platform.Architecture, machines[m.Platform.Architecture])
 		}
 	}
 	if digests[0] != digests[1] {
