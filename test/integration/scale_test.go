@@ -355,10 +355,15 @@ func heapStat(b testing.TB, pprofAddr, name string) int64 {
 	return 0
 }
 
-// saveProfile stores a pprof profile of CoreDNS in SERVICEENTRY_PROFILES, when set.
+// saveProfile stores a pprof profile of CoreDNS in SERVICEENTRY_PROFILES, when
+// set (made if missing).
 func saveProfile(b *testing.B, pprofAddr, query, file string) {
 	dir := os.Getenv("SERVICEENTRY_PROFILES")
 	if dir == "" {
+		return
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		b.Error(err)
 		return
 	}
 	path := filepath.Join(dir, file)
