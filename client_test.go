@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/coredns-serviceentry/serviceentry/internal/entry"
 	"github.com/coredns-serviceentry/serviceentry/internal/podindex"
@@ -209,6 +210,30 @@ func TestClientsBeforePodsAreRead(t *testing.T) {
 	se := (&ServiceEntry{Zones: []string{"internal."}, TTL: 30, clients: clientsByPod}).attach(st)
 	if got := askFrom(t, se, ambientClient, "auto.internal.", dns.TypeA); got != passedOn {
 		t.Errorf("before the pods are read: got %q, want the query passed on", got)
+	}
+}
+
+// TestWaitSyncedSaysWhatIsMissing: the startup wait names what is not in
+// yet, so that its warning says whether the entries or the pods are late.
+func TestWaitSyncedSaysWhatIsMissing(t *testing.T) {
+	const short = 10 * time.Millisecond
+	unread := newStore(false)
+	unread.clients = podindex.New()
+	if got := unread.waitSynced(short); got != missingEntries {
+		t.Errorf("nothing read: %q missing, want %q", got, missingEntries)
+	}
+	st := storeFrom(t, entry.Options{}, reachEntries)
+	st.clients = podindex.New()
+	if got := st.waitSynced(short); got != missingPods {
+		t.Errorf("entries read, pods not: %q missing, want %q", got, missingPods)
+	}
+	st.clients.MarkSynced()
+	if got := st.waitSynced(short); got != "" {
+		t.Errorf("both read: %q missing", got)
+	}
+	st.clients = nil // pods not read at all ("clients mesh")
+	if got := st.waitSynced(short); got != "" {
+		t.Errorf("entries read, no pods to read: %q missing", got)
 	}
 }
 

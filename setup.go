@@ -88,8 +88,11 @@ func setup(c *caddy.Controller) error {
 			return plugin.Error(pluginName, err)
 		}
 		se.attach(st)
-		if !st.waitSynced(cfg.startupTimeout) {
+		switch st.waitSynced(cfg.startupTimeout) {
+		case missingEntries:
 			log.Warningf("ServiceEntries not read within startup_timeout %s; until they are, names that fallthrough covers are passed on, the rest get SERVFAIL, and the plugin is not ready", cfg.startupTimeout)
+		case missingPods:
+			log.Warningf("ServiceEntries read, but pods not all read within startup_timeout %s; until they are, every client is answered as one outside the mesh, and the plugin is not ready", cfg.startupTimeout)
 		}
 		return nil
 	})

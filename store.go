@@ -116,26 +116,32 @@ func (s *store) close() {
 func (s *store) table() *table.Table { return s.published.Load() }
 
 // waitSynced waits up to timeout for the first table and, when the store
-// tells clients apart by their pods, the first list of pods, and reports
-// whether both are in.
-func (s *store) waitSynced(timeout time.Duration) bool {
+// tells clients apart by their pods, the first list of pods, and says what
+// is still missing then: "" when both are in.
+func (s *store) waitSynced(timeout time.Duration) (missing string) {
 	t := time.NewTimer(timeout)
 	defer t.Stop()
 	select {
 	case <-s.firstSynced:
 	case <-t.C:
-		return false
+		return missingEntries
 	}
 	if s.clients == nil {
-		return true
+		return ""
 	}
 	select {
 	case <-s.clients.WaitSynced():
-		return true
+		return ""
 	case <-t.C:
-		return false
+		return missingPods
 	}
 }
+
+// What waitSynced can find missing.
+const (
+	missingEntries = "entries"
+	missingPods    = "pods"
+)
 
 // Upsert adds or replaces the entry stored under key; a nil entry removes it.
 func (s *store) Upsert(key entry.Key, e *entry.Entry) {
