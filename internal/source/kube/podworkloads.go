@@ -47,7 +47,6 @@ type podWorkloads struct {
 	// answered without its pods, and the pod source is not synced.
 	settled     chan struct{}
 	entriesRead bool
-	filling     int // namespaces waiting for their fill
 }
 
 // podNamespace is one namespace whose pods are workloads.
@@ -93,14 +92,23 @@ func (w *podWorkloads) readEntries() {
 	w.settleLocked()
 }
 
+// settleLocked closes settled once the entries are read and no namespace
+// waits for its list. It looks at the namespaces only until then.
 func (w *podWorkloads) settleLocked() {
 	select {
 	case <-w.settled:
+		return
 	default:
-		if w.entriesRead && w.filling == 0 {
-			close(w.settled)
+	}
+	if !w.entriesRead {
+		return
+	}
+	for _, n := range w.namespaces {
+		if n.filling {
+			return
 		}
 	}
+	close(w.settled)
 }
 
 // newer reports whether resource version a comes after b. A version that is
@@ -129,9 +137,7 @@ func (w *podWorkloads) entriesChanged(changes map[entry.Key]*entry.Entry) {
 			n := w.namespaces[ns]
 			if n.entries--; n.entries == 0 {
 				delete(w.namespaces, ns)
-				if n.filling {
-					w.filling--
-				} else {
+				if !n.filling {
 					emptied = append(emptied, ns)
 				}
 			}
@@ -149,7 +155,6 @@ func (w *podWorkloads) addEntryLocked(ns string) {
 		return
 	}
 	w.namespaces[ns] = &podNamespace{entries: 1, filling: true, pending: make(map[string]podEvent)}
-	w.filling++
 	// Before its reflector's first list, that list fills it.
 	if w.queue != nil && (w.listed[""] || w.listed[ns]) {
 		w.queue.Add(ns)
@@ -198,7 +203,6 @@ func (w *podWorkloads) replaced(scope string, claims []*podClaim, version string
 		pods := byNamespace[ns]
 		if n.filling {
 			pods = n.fill(pods, version)
-			w.filling--
 		}
 		n.version = version
 		replace = append(replace, ns)
@@ -285,7 +289,6 @@ func (w *podWorkloads) fillFromList(ctx context.Context, ns string) error {
 		return nil
 	}
 	n.version = version
-	w.filling--
 	w.sink.ReplaceWorkloads(entry.KindPod, []string{ns}, n.fill(pods, version))
 	w.settleLocked()
 	return nil
