@@ -32,12 +32,14 @@ func (s headlessScale) build() (map[entry.Key]*entry.Entry, map[entry.Key]*entry
 }
 
 // workloads makes the pods, pods/entries to each entry's app, with a
-// pod-template-hash shared by its ReplicaSet and addresses from base.
+// pod-template-hash shared by its ReplicaSet and addresses from base. Each
+// is filed under its own key, one string per pod, as the pod source files
+// them.
 func (s headlessScale) workloads(base int) map[entry.Key]*entry.Workload {
 	out := make(map[entry.Key]*entry.Workload, s.pods)
 	for j := range s.pods {
-		i := j % s.entries
-		out[s.pod(i, j, base)] = s.podOf(i, j, base)
+		w := s.podOf(j%s.entries, j, base)
+		out[w.Key] = w
 	}
 	return out
 }
