@@ -105,7 +105,7 @@ func BenchmarkHeadlessMemory(b *testing.B) {
 		withEntries := heap()
 		st.ReplaceWorkloads(entry.KindPod, []string{""}, scale.workloads(0))
 		withPods := heap()
-		if got := len(lookupIn(st.table(), "db-7.ns-7.internal").For(reach.Outside, false).A); got != scale.pods/scale.entries {
+		if got := lookupIn(st.table(), "db-7.ns-7.internal").For(reach.Outside, false).A.Len(); got != scale.pods/scale.entries {
 			b.Fatalf("db-7 answers %d addresses, want %d", got, scale.pods/scale.entries)
 		}
 		b.ReportMetric(float64(withEntries-before)/float64(scale.entries), "B/entry")

@@ -42,7 +42,7 @@ func lookupA(st *store, name string) string {
 	if ans == nil || len(ans.A) == 0 {
 		return ""
 	}
-	return ans.A[0].String()
+	return ans.A.At(0).String()
 }
 
 // answerAddrs lists an answer's addresses, both families, sorted, separated
@@ -52,7 +52,7 @@ func answerAddrs(ans *table.Answer) string {
 		return ""
 	}
 	var out []string
-	for _, ip := range slices.Concat(ans.A, ans.AAAA) {
+	for _, ip := range table.AddressesOf(ans) {
 		out = append(out, ip.String())
 	}
 	slices.Sort(out)

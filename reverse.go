@@ -1,7 +1,6 @@
 package serviceentry
 
 import (
-	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -111,10 +110,7 @@ func answersWith(tbl table.View, who *asker, host string, addr netip.Addr) bool 
 		return false
 	}
 	ans := h.Answer.For(who.class())
-	return ans != nil && slices.ContainsFunc(table.AddressesOf(ans), func(ip net.IP) bool {
-		a, _ := netip.AddrFromSlice(ip)
-		return a.Unmap() == addr
-	})
+	return ans != nil && slices.ContainsFunc(table.AddressesOf(ans), func(a netip.Addr) bool { return a.Unmap() == addr })
 }
 
 // ptr is the reply at the reverse name of an address the hosts answer with:

@@ -429,32 +429,39 @@ func soa(zone string, ttl uint32) dns.RR {
 }
 
 // addressRecords builds the answer for the query name as asked (keeping its
-// case). The records are fresh for every reply because plugins in front of us
-// (rewrite, loadbalance, cache) may change what they are handed; the IPs are
-// shared and never written.
-func addressRecords(owner string, qtype uint16, ttl uint32, ips []net.IP) []dns.RR {
-	if len(ips) == 0 {
+// case), from the packed addresses of qtype's family (table.IPv4s or
+// table.IPv6s). The records are fresh for every reply because plugins in
+// front of us (rewrite, loadbalance, cache) may change what they are handed;
+// the IPs share the table's bytes and are never written.
+func addressRecords(owner string, qtype uint16, ttl uint32, packed []byte) []dns.RR {
+	size := net.IPv6len
+	if qtype == dns.TypeA {
+		size = net.IPv4len
+	}
+	n := len(packed) / size
+	if n == 0 {
 		return nil
 	}
+	ip := func(i int) net.IP { return net.IP(packed[i*size : (i+1)*size : (i+1)*size]) }
 	hdr := dns.RR_Header{Name: owner, Rrtype: qtype, Class: dns.ClassINET, Ttl: ttl}
-	if len(ips) == 1 {
+	if n == 1 {
 		if qtype == dns.TypeA {
-			return oneRecord(dns.A{Hdr: hdr, A: ips[0]})
+			return oneRecord(dns.A{Hdr: hdr, A: ip(0)})
 		}
-		return oneRecord(dns.AAAA{Hdr: hdr, AAAA: ips[0]})
+		return oneRecord(dns.AAAA{Hdr: hdr, AAAA: ip(0)})
 	}
-	rrs := make([]dns.RR, len(ips))
+	rrs := make([]dns.RR, n)
 	if qtype == dns.TypeA {
-		recs := make([]dns.A, len(ips))
-		for i, ip := range ips {
-			recs[i] = dns.A{Hdr: hdr, A: ip}
+		recs := make([]dns.A, n)
+		for i := range recs {
+			recs[i] = dns.A{Hdr: hdr, A: ip(i)}
 			rrs[i] = &recs[i]
 		}
 		return rrs
 	}
-	recs := make([]dns.AAAA, len(ips))
-	for i, ip := range ips {
-		recs[i] = dns.AAAA{Hdr: hdr, AAAA: ip}
+	recs := make([]dns.AAAA, n)
+	for i := range recs {
+		recs[i] = dns.AAAA{Hdr: hdr, AAAA: ip(i)}
 		rrs[i] = &recs[i]
 	}
 	return rrs

@@ -1,10 +1,10 @@
 package serviceentry
 
 import (
+	"bytes"
 	"cmp"
 	"hash/maphash"
 	"maps"
-	"net"
 	"net/netip"
 	"runtime/debug"
 	"slices"
@@ -388,7 +388,7 @@ func sameAnswer(a, b *table.Answer) bool {
 	if a == nil || b == nil {
 		return a == b
 	}
-	return slices.EqualFunc(a.A, b.A, net.IP.Equal) && slices.EqualFunc(a.AAAA, b.AAAA, net.IP.Equal) &&
+	return bytes.Equal(a.A, b.A) && bytes.Equal(a.AAAA, b.AAAA) &&
 		a.Target == b.Target && a.Reach == b.Reach && a.Resolved == b.Resolved && sameAnswer(a.Else, b.Else)
 }
 

@@ -2,9 +2,9 @@ package table
 
 import (
 	"hash/maphash"
-	"net"
 	"net/netip"
 	"slices"
+	"strings"
 )
 
 // reverseChanges gathers, per address, the hosts (fully qualified) that start
@@ -27,26 +27,58 @@ func (rc reverseChanges) add(host string, old, new *Answer) {
 		}
 		return target
 	}
-	for _, ip := range AddressesOf(old) {
-		if !containsIP(new, ip) {
+	was, is := AddressesOf(old), AddressesOf(new)
+	for _, ip := range was {
+		if !slices.Contains(is, ip) {
 			rc.at(ip).del = append(rc.at(ip).del, fqdn())
 		}
 	}
-	for _, ip := range AddressesOf(new) {
-		if !containsIP(old, ip) {
+	for _, ip := range is {
+		if !slices.Contains(was, ip) {
 			rc.at(ip).add = append(rc.at(ip).add, fqdn())
 		}
 	}
 }
 
-func (rc reverseChanges) at(ip net.IP) *reverseChange {
-	addr, _ := netip.AddrFromSlice(ip)
+func (rc reverseChanges) at(addr netip.Addr) *reverseChange {
 	c := rc[addr]
 	if c == nil {
 		c = new(reverseChange)
 		rc[addr] = c
 	}
 	return c
+}
+
+// reverseIndex maps each address to the hosts answering with it, fully
+// qualified, sorted and joined by a space (a host name holds none). Every
+// endpoint address of a headless entry is in it, so an address costs one
+// map slot and nothing else: an address of one host (nearly all of them)
+// holds the host's own name, a string shared by all its addresses, and
+// IPv4 addresses, keyed apart by their four bytes, take the smallest slot.
+type reverseIndex struct {
+	v4 sharded[[4]byte, string]
+	v6 sharded[[16]byte, string]
+}
+
+func (r *reverseIndex) at(h uint64, addr netip.Addr) string {
+	if addr.Is4() {
+		return r.v4.at(h, addr.As4())
+	}
+	return r.v6.at(h, addr.As16())
+}
+
+// set sets the hosts of addr (hash h), or deletes addr for none.
+func (r *reverseIndex) set(h uint64, addr netip.Addr, hosts string, copied map[any]bool) {
+	switch {
+	case addr.Is4() && hosts == "":
+		r.v4.del(h, addr.As4(), copied)
+	case addr.Is4():
+		r.v4.set(h, addr.As4(), hosts, copied)
+	case hosts == "":
+		r.v6.del(h, addr.As16(), copied)
+	default:
+		r.v6.set(h, addr.As16(), hosts, copied)
+	}
 }
 
 // applyReverse rebuilds the PTR set of each address rc touches: O(hosts
@@ -56,20 +88,16 @@ func (t *Table) applyReverse(rc reverseChanges, copied map[any]bool) {
 		h := t.addrHash(addr)
 		slices.Sort(c.del)
 		cur := t.reverse.at(h, addr)
-		targets := make([]string, 0, len(cur)+len(c.add))
-		for _, h := range cur {
-			if _, gone := slices.BinarySearch(c.del, h); !gone {
-				targets = append(targets, h)
+		var targets []string
+		for host := range strings.FieldsSeq(cur) {
+			if _, gone := slices.BinarySearch(c.del, host); !gone {
+				targets = append(targets, host)
 			}
 		}
 		targets = append(targets, c.add...)
 		slices.Sort(targets)
-		targets = slices.Compact(targets)
-		if len(targets) == 0 {
-			t.reverse.del(h, addr, copied)
-		} else {
-			t.reverse.set(h, addr, targets, copied)
-		}
+		// Join allocates nothing for one host: its name is kept as is.
+		t.reverse.set(h, addr, strings.Join(slices.Compact(targets), " "), copied)
 	}
 }
 
@@ -80,17 +108,24 @@ func (t *Table) addrHash(addr netip.Addr) uint64 {
 
 // PTR returns the hosts answering with addr, sorted, or nil.
 func (t *Table) PTR(addr netip.Addr) []string {
-	return t.reverse.at(t.addrHash(addr), addr)
+	if hosts := t.reverse.at(t.addrHash(addr), addr); hosts != "" {
+		return strings.Split(hosts, " ")
+	}
+	return nil
 }
 
-// AddressesOf lists the addresses of ans, both families.
-func AddressesOf(ans *Answer) []net.IP {
+// AddressesOf lists the addresses of ans, both families: the IPv4 ones in
+// their 4-byte form.
+func AddressesOf(ans *Answer) []netip.Addr {
 	if ans == nil {
 		return nil
 	}
-	return append(ans.A[:len(ans.A):len(ans.A)], ans.AAAA...)
-}
-
-func containsIP(ans *Answer, ip net.IP) bool {
-	return ans != nil && (slices.ContainsFunc(ans.A, ip.Equal) || slices.ContainsFunc(ans.AAAA, ip.Equal))
+	out := make([]netip.Addr, 0, ans.A.Len()+ans.AAAA.Len())
+	for i := range ans.A.Len() {
+		out = append(out, netip.AddrFrom4([4]byte(ans.A.At(i))))
+	}
+	for i := range ans.AAAA.Len() {
+		out = append(out, netip.AddrFrom16([16]byte(ans.AAAA.At(i))))
+	}
+	return out
 }

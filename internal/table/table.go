@@ -105,8 +105,8 @@ func (s *sharded[K, V]) del(h uint64, k K, copied map[any]bool) {
 // addresses, and, through Else, for those that cannot. It is never modified
 // after the table that holds it is published.
 type Answer struct {
-	A    []net.IP // IPv4, 4-byte form
-	AAAA []net.IP // IPv6, 16-byte form
+	A    IPv4s
+	AAAA IPv6s
 	// Target, when set, is the host the name is an alias of (a CNAME): what
 	// Envoy connects to for it. The answer then has no address of its own.
 	Target string
@@ -166,9 +166,9 @@ type Table struct {
 	// declared ("*.a.com" for a wildcard).
 	ports sharded[string, []entry.Port]
 
-	// reverse maps every address an exact host answers with to those hosts,
-	// fully qualified, sorted: the PTR answer, built with the table.
-	reverse sharded[netip.Addr, []string]
+	// reverse maps every address an exact host answers with to those hosts:
+	// the PTR answer, built with the table (reverse.go).
+	reverse reverseIndex
 
 	// tails and shortWild tell a name no view serves in one probe
 	// (tails.go). tails is behind a pointer, copied only by a change that
@@ -298,10 +298,8 @@ func (t *Table) PortsOf(h Hit) []entry.Port {
 	return t.ports.at(t.hash(key), key)
 }
 
-// NewAnswer splits addresses, in order, into the records' two families. The
-// bytes of all the IPs share one array and the two lists one slice: three
-// objects per answer whatever its size, which keeps the garbage collector's
-// work per name small when there are many names.
+// NewAnswer returns the answer holding addrs, in their order within each
+// family.
 func NewAnswer(addrs []netip.Addr) *Answer {
 	v4 := 0
 	for _, ip := range addrs {
@@ -309,25 +307,37 @@ func NewAnswer(addrs []netip.Addr) *Answer {
 			v4++
 		}
 	}
-	bytes := make([]byte, 0, v4*net.IPv4len+(len(addrs)-v4)*net.IPv6len)
-	ips := make([]net.IP, len(addrs))
-	next4, next6 := 0, v4
+	packed := make([]byte, v4*net.IPv4len, v4*net.IPv4len+(len(addrs)-v4)*net.IPv6len)
+	next4 := 0
 	for _, ip := range addrs {
-		start := len(bytes)
 		if ip.Is4() {
 			b := ip.As4()
-			bytes = append(bytes, b[:]...)
+			next4 += copy(packed[next4:], b[:])
 		} else {
 			b := ip.As16()
-			bytes = append(bytes, b[:]...)
-		}
-		if ip.Is4() {
-			ips[next4] = bytes[start:len(bytes):len(bytes)]
-			next4++
-		} else {
-			ips[next6] = bytes[start:len(bytes):len(bytes)]
-			next6++
+			packed = append(packed, b[:]...)
 		}
 	}
-	return &Answer{A: ips[:v4:v4], AAAA: ips[v4:]}
+	return &Answer{A: packed[: v4*net.IPv4len : v4*net.IPv4len], AAAA: packed[v4*net.IPv4len:]}
+}
+
+// IPv4s and IPv6s are addresses of one family packed end to end: an answer
+// holds every endpoint address of a headless entry, and a slice of net.IP
+// would cost a slice header more per address. At's net.IP shares the
+// bytes and must not be written.
+type (
+	IPv4s []byte
+	IPv6s []byte
+)
+
+func (s IPv4s) Len() int { return len(s) / net.IPv4len }
+
+func (s IPv4s) At(i int) net.IP {
+	return net.IP(s[i*net.IPv4len : (i+1)*net.IPv4len : (i+1)*net.IPv4len])
+}
+
+func (s IPv6s) Len() int { return len(s) / net.IPv6len }
+
+func (s IPv6s) At(i int) net.IP {
+	return net.IP(s[i*net.IPv6len : (i+1)*net.IPv6len : (i+1)*net.IPv6len])
 }

@@ -215,8 +215,7 @@ func NewOverlay(hosts map[string]OverlayHost, t *Table) *Overlay {
 		} else {
 			setIn(&o.exact, host, oh)
 			public = t.exact.at(t.hash(host), host) != nil
-			for _, ip := range AddressesOf(oh.Answer) {
-				addr, _ := netip.AddrFromSlice(ip)
+			for _, addr := range AddressesOf(oh.Answer) {
 				setIn(&o.reverse, addr, append(o.reverse[addr], host+"."))
 			}
 		}
