@@ -81,6 +81,11 @@ func TestReverseFollowsChanges(t *testing.T) {
 			hostChange{fmt.Sprintf("svc-%d.internal", i%13), addrs[:1+i%2]},
 			hostChange{fmt.Sprintf("*.w-%d.internal", i%3), addrs})
 	}
+	// An IPv4 address and its IPv4-mapped IPv6 form (spec.addresses keeps
+	// it) are two addresses, with two PTR names.
+	v4 := netip.MustParseAddr("192.0.2.9")
+	choices = append(choices, hostChange{"mapped.internal", []netip.Addr{v4}},
+		hostChange{"mapped.internal", []netip.Addr{netip.AddrFrom16(v4.As16())}})
 	tbl, left := churnAgainstFresh(t, choices, 3, 600, func(op int, got, fresh *Table) {
 		if got, want := reverseOf(got), reverseOf(fresh); !maps.Equal(got, want) {
 			t.Fatalf("after change %d: reverse %v, want %v", op, got, want)
