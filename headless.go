@@ -2,6 +2,8 @@ package serviceentry
 
 import (
 	"cmp"
+	"iter"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -25,24 +27,27 @@ import (
 // they touch, not the namespace's size, however many entries and pods it
 // holds.
 type selection struct {
-	workloads map[entry.Key]*entry.Workload
+	// workloads are by kind, then by name: a map keyed by name alone has
+	// the smaller slot, and a selected pod's slot is paid per pod.
+	workloads [entry.KindPod + 1]map[string]*entry.Workload
+	count     int                       // of workloads, every kind
 	selectAll []*entry.Entry            // entries with an empty selector
 	filed     map[string][]*entry.Entry // by pair
-	// holding has, by pair, the workloads holding that label; a pair whose
-	// entry has just been filed is nil until built, in one pass over the
-	// namespace for all such pairs (build), so that a sync filing many
-	// entries scans the namespace once, not once per entry. A set of the
-	// workloads themselves: a workload's change replaces the one stored
-	// under its key in workloads, which says which to take out.
-	holding map[string]map[*entry.Workload]struct{}
+	// holding has, by pair, the workloads holding that label, in no order;
+	// a pair whose entry has just been filed is nil until built, in one
+	// pass over the namespace for all such pairs (build), so that a sync
+	// filing many entries scans the namespace once, not once per entry. A
+	// slice, not a set: a map per label costs several times its pointers,
+	// and the linear search a change makes in it costs less than the
+	// rebuild of the entries filed under it, which read every holder.
+	holding map[string][]*entry.Workload
 	pending bool // some pair of holding is nil
 }
 
 func (s *store) selectionOf(ns string) *selection {
 	sel := s.namespaces[ns]
 	if sel == nil {
-		sel = &selection{workloads: make(map[entry.Key]*entry.Workload), filed: make(map[string][]*entry.Entry),
-			holding: make(map[string]map[*entry.Workload]struct{})}
+		sel = &selection{filed: make(map[string][]*entry.Entry), holding: make(map[string][]*entry.Workload)}
 		s.namespaces[ns] = sel
 	}
 	return sel
@@ -50,8 +55,54 @@ func (s *store) selectionOf(ns string) *selection {
 
 // dropIfEmpty forgets a namespace with nothing in it.
 func (s *store) dropIfEmpty(ns string, sel *selection) {
-	if len(sel.workloads) == 0 && len(sel.selectAll) == 0 && len(sel.filed) == 0 {
+	if sel.count == 0 && len(sel.selectAll) == 0 && len(sel.filed) == 0 {
 		delete(s.namespaces, ns)
+	}
+}
+
+func (sel *selection) workload(key entry.Key) *entry.Workload {
+	return sel.workloads[key.Kind][key.Name]
+}
+
+// all yields every workload of the namespace.
+func (sel *selection) all() iter.Seq[*entry.Workload] {
+	return func(yield func(*entry.Workload) bool) {
+		for _, byName := range sel.workloads {
+			for _, w := range byName {
+				if !yield(w) {
+					return
+				}
+			}
+		}
+	}
+}
+
+// put stores w under key, or removes the workload there (nil), with the
+// labels it holds.
+func (sel *selection) put(key entry.Key, old, w *entry.Workload) {
+	if old != nil {
+		delete(sel.workloads[key.Kind], key.Name)
+		sel.count--
+		for pair := range old.Labels.Pairs() {
+			if i := slices.Index(sel.holding[pair], old); i >= 0 {
+				held := sel.holding[pair]
+				held[i] = held[len(held)-1]
+				held[len(held)-1] = nil
+				sel.holding[pair] = held[:len(held)-1]
+			}
+		}
+	}
+	if w != nil {
+		if sel.workloads[key.Kind] == nil {
+			sel.workloads[key.Kind] = make(map[string]*entry.Workload)
+		}
+		sel.workloads[key.Kind][key.Name] = w
+		sel.count++
+		for pair := range w.Labels.Pairs() {
+			if held := sel.holding[pair]; held != nil {
+				sel.holding[pair] = append(held, w)
+			}
+		}
 	}
 }
 
@@ -61,18 +112,20 @@ func (sel *selection) build() {
 		return
 	}
 	sel.pending = false
+	fresh := make(map[string][]*entry.Workload)
 	for pair, held := range sel.holding {
 		if held == nil {
-			sel.holding[pair] = make(map[*entry.Workload]struct{})
+			fresh[pair] = []*entry.Workload{}
 		}
 	}
-	for _, w := range sel.workloads {
+	for w := range sel.all() {
 		for pair := range w.Labels.Pairs() {
-			if held, ok := sel.holding[pair]; ok {
-				held[w] = struct{}{}
+			if held, ok := fresh[pair]; ok {
+				fresh[pair] = append(held, w)
 			}
 		}
 	}
+	maps.Copy(sel.holding, fresh)
 }
 
 // SetWorkloads sets the workloads stored under the keys of changes (nil
@@ -100,9 +153,9 @@ func (s *store) ReplaceWorkloads(kind entry.Kind, namespaces []string, all map[e
 func (s *store) replaceWorkloadsLocked(of func(entry.Key) bool, namespaces []string, all map[entry.Key]*entry.Workload) {
 	var gone []entry.Key
 	drop := func(sel *selection) {
-		for key := range sel.workloads {
-			if _, kept := all[key]; !kept && of(key) {
-				gone = append(gone, key)
+		for w := range sel.all() {
+			if _, kept := all[w.Key]; !kept && of(w.Key) {
+				gone = append(gone, w.Key)
 			}
 		}
 	}
@@ -136,7 +189,7 @@ func (s *store) setWorkloadLocked(key entry.Key, w *entry.Workload) {
 	sel := s.namespaces[ns]
 	var old *entry.Workload
 	if sel != nil {
-		old = sel.workloads[key]
+		old = sel.workload(key)
 	}
 	if old == nil && w == nil {
 		return
@@ -148,20 +201,7 @@ func (s *store) setWorkloadLocked(key entry.Key, w *entry.Workload) {
 		s.touchSelecting(sel, old)
 		s.touchSelecting(sel, w)
 	}
-	if old != nil {
-		delete(sel.workloads, key)
-		for pair := range old.Labels.Pairs() {
-			delete(sel.holding[pair], old)
-		}
-	}
-	if w != nil {
-		sel.workloads[key] = w
-		for pair := range w.Labels.Pairs() {
-			if held := sel.holding[pair]; held != nil {
-				held[w] = struct{}{}
-			}
-		}
-	}
+	sel.put(key, old, w)
 	s.dropIfEmpty(ns, sel)
 }
 
@@ -253,11 +293,11 @@ func (s *store) endpointAddrs(e *entry.Entry) []netip.Addr {
 		}
 		if pair := entry.SelectorPair(e.Selector); pair != "" {
 			sel.build()
-			for w := range sel.holding[pair] {
+			for _, w := range sel.holding[pair] {
 				pick(w)
 			}
 		} else {
-			for _, w := range sel.workloads {
+			for w := range sel.all() {
 				pick(w)
 			}
 		}
