@@ -407,10 +407,11 @@ metadata: {name: api-x, namespace: other}
 spec: {address: 192.0.2.99, labels: {app: api}}
 `)
 	pod := func(addrs ...string) map[entry.Key]*entry.Workload {
-		w := &entry.Workload{Key: entry.PodKey("ns/api-0"), Labels: entry.MakeLabels(map[string]string{"app": "api"})}
+		var ips []netip.Addr
 		for _, a := range addrs {
-			w.Addrs = append(w.Addrs, netip.MustParseAddr(a))
+			ips = append(ips, netip.MustParseAddr(a))
 		}
+		w := entry.NewWorkload(entry.PodKey("ns/api-0"), entry.MakeLabels(map[string]string{"app": "api"}), ips...)
 		return map[entry.Key]*entry.Workload{w.Key: w}
 	}
 	st.SetWorkloads(pod("192.0.2.90"))

@@ -183,7 +183,7 @@ func (s *store) replaceWorkloadsLocked(of func(entry.Key) bool, namespaces []str
 // becoming ready arrives as a change like any other.
 func (s *store) setWorkloadLocked(key entry.Key, w *entry.Workload) {
 	ns, _, _ := strings.Cut(key.Name, "/")
-	if w != nil && len(w.Addrs) == 0 {
+	if w != nil && w.NumAddrs() == 0 {
 		w = nil
 	}
 	sel := s.namespaces[ns]
@@ -197,7 +197,7 @@ func (s *store) setWorkloadLocked(key entry.Key, w *entry.Workload) {
 	if sel == nil {
 		sel = s.selectionOf(ns)
 	}
-	if old == nil || w == nil || old.Labels != w.Labels || !slices.Equal(old.Addrs, w.Addrs) {
+	if old == nil || w == nil || old.Labels != w.Labels || !old.SameAddrs(w) {
 		s.touchSelecting(sel, old)
 		s.touchSelecting(sel, w)
 	}
@@ -288,7 +288,7 @@ func (s *store) endpointAddrs(e *entry.Entry) []netip.Addr {
 		pick := func(w *entry.Workload) {
 			if w.Labels.Selects(e.Selector) {
 				picked = append(picked, w)
-				total += len(w.Addrs)
+				total += w.NumAddrs()
 			}
 		}
 		if pair := entry.SelectorPair(e.Selector); pair != "" {
@@ -309,7 +309,7 @@ func (s *store) endpointAddrs(e *entry.Entry) []netip.Addr {
 		addrs = make([]netip.Addr, 0, total)
 		seen := make(map[netip.Addr]bool, total)
 		for _, w := range picked {
-			for _, ip := range w.Addrs {
+			for ip := range w.Addrs() {
 				if !seen[ip] {
 					seen[ip] = true
 					addrs = append(addrs, ip)

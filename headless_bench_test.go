@@ -51,9 +51,9 @@ func (s headlessScale) pod(i, j, _ int) entry.Key {
 func (s headlessScale) podOf(i, j, base int) *entry.Workload {
 	key := s.pod(i, j, base)
 	n := j + base
-	return &entry.Workload{Key: key,
-		Labels: entry.MakeLabels(map[string]string{"app": fmt.Sprintf("db-%d", i), "pod-template-hash": "5d8f7c9b6"}),
-		Addrs:  []netip.Addr{netip.AddrFrom4([4]byte{10, byte(n >> 16), byte(n >> 8), byte(n)})}}
+	return entry.NewWorkload(key,
+		entry.MakeLabels(map[string]string{"app": fmt.Sprintf("db-%d", i), "pod-template-hash": "5d8f7c9b6"}),
+		netip.AddrFrom4([4]byte{10, byte(n >> 16), byte(n >> 8), byte(n)}))
 }
 
 // BenchmarkWorkloadEvent is the store's cost of one pod event (a pod's

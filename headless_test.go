@@ -175,7 +175,7 @@ func TestHeadlessWorkloadChanges(t *testing.T) {
 	pod := func(name, ip string, labels map[string]string) *entry.Workload {
 		w := &entry.Workload{Key: entry.PodKey("ns/" + name), Labels: entry.MakeLabels(labels)}
 		if ip != "" {
-			w.Addrs = []netip.Addr{netip.MustParseAddr(ip)}
+			w.SetAddrs([]netip.Addr{netip.MustParseAddr(ip)})
 		}
 		return w
 	}
@@ -262,7 +262,7 @@ func TestHeadlessIndexAgainstScan(t *testing.T) {
 			if r.IntN(5) > 0 {
 				w = &entry.Workload{Key: key, Labels: entry.MakeLabels(labelsOf())}
 				if r.IntN(5) > 0 {
-					w.Addrs = []netip.Addr{netip.AddrFrom4([4]byte{10, 0, 0, byte(r.IntN(40))})}
+					w.SetAddrs([]netip.Addr{netip.AddrFrom4([4]byte{10, 0, 0, byte(r.IntN(40))})})
 				}
 				workloads[key] = w
 			} else {
@@ -273,8 +273,13 @@ func TestHeadlessIndexAgainstScan(t *testing.T) {
 		for _, e := range entries {
 			var want []string
 			for _, w := range workloads {
-				if w.Namespace() == e.Namespace && len(w.Addrs) > 0 && w.Labels.Selects(e.Selector) && !slices.Contains(want, w.Addrs[0].String()) {
-					want = append(want, w.Addrs[0].String())
+				if w.Namespace() != e.Namespace || !w.Labels.Selects(e.Selector) {
+					continue
+				}
+				for ip := range w.Addrs() {
+					if !slices.Contains(want, ip.String()) {
+						want = append(want, ip.String())
+					}
 				}
 			}
 			slices.Sort(want)

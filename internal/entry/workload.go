@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"iter"
 	"maps"
+	"net"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -25,12 +26,72 @@ import (
 type Workload struct {
 	Key    Key // KindWorkloadEntry or KindPod, namespace/name
 	Labels Labels
-	// Addrs are the addresses a headless entry that selects the workload
-	// answers with: none unless it is healthy and every address it has is
-	// an IP, as Istio's name table takes an endpoint (BuildNameTable,
-	// pkg/dns/server/name_table.go).
-	Addrs []netip.Addr
+	// addrs are the addresses a headless entry that selects the workload
+	// answers with (Addrs), packed: every selected pod is one, and a slice
+	// of netip.Addr costs 48 bytes for one IPv4 address. One IPv4 address
+	// (nearly every workload) is its 4 bytes; any other list is 16 bytes an
+	// address, an IPv4 one in its IPv4-mapped form, which no workload
+	// address has (SetAddrs unmaps them), so the form tells the family.
+	addrs string
 }
+
+// NewWorkload returns the workload of key with labels and addrs.
+func NewWorkload(key Key, labels Labels, addrs ...netip.Addr) *Workload {
+	w := &Workload{Key: key, Labels: labels}
+	w.SetAddrs(addrs)
+	return w
+}
+
+// SetAddrs sets w's addresses, in order, unmapped, without duplicates.
+func (w *Workload) SetAddrs(addrs []netip.Addr) {
+	var unique []netip.Addr
+	for _, ip := range addrs {
+		if ip = ip.Unmap(); !slices.Contains(unique, ip) {
+			unique = append(unique, ip)
+		}
+	}
+	if len(unique) == 1 && unique[0].Is4() {
+		b := unique[0].As4()
+		w.addrs = string(b[:])
+		return
+	}
+	packed := make([]byte, 0, 16*len(unique))
+	for _, ip := range unique {
+		b := ip.As16()
+		packed = append(packed, b[:]...)
+	}
+	w.addrs = string(packed)
+}
+
+// Addrs yields the addresses a headless entry that selects the workload
+// answers with: none unless it is healthy and every address it has is an
+// IP, as Istio's name table takes an endpoint (BuildNameTable,
+// pkg/dns/server/name_table.go).
+func (w *Workload) Addrs() iter.Seq[netip.Addr] {
+	return func(yield func(netip.Addr) bool) {
+		if len(w.addrs) == net.IPv4len {
+			yield(netip.AddrFrom4([4]byte([]byte(w.addrs))))
+			return
+		}
+		for s := w.addrs; len(s) >= net.IPv6len; s = s[net.IPv6len:] {
+			if !yield(netip.AddrFrom16([16]byte([]byte(s[:net.IPv6len]))).Unmap()) {
+				return
+			}
+		}
+	}
+}
+
+// NumAddrs is the number of addresses Addrs yields.
+func (w *Workload) NumAddrs() int {
+	if len(w.addrs) == net.IPv4len {
+		return 1
+	}
+	return len(w.addrs) / net.IPv6len
+}
+
+// SameAddrs reports whether w and o have the same addresses in the same
+// order.
+func (w *Workload) SameAddrs(o *Workload) bool { return w.addrs == o.addrs }
 
 // Namespace is the namespace of w, from its key.
 func (w *Workload) Namespace() string {
@@ -240,7 +301,7 @@ func ConvertWorkloadEntry(meta *metav1.ObjectMeta, address string, labels map[st
 	switch {
 	case err == nil && ip.Zone() == "":
 		if healthy {
-			w.Addrs = []netip.Addr{ip.Unmap()}
+			w.SetAddrs([]netip.Addr{ip})
 		}
 	case address == "", strings.HasPrefix(address, "unix://"), hostNameOK(address):
 		// No address is an ambient workload reached through its
@@ -271,9 +332,10 @@ func ConvertPod(pod *corev1.Pod, dualStack bool) *Workload {
 		!podReady(pod) {
 		return w
 	}
+	var addrs []netip.Addr
 	add := func(s string) {
-		if ip, err := netip.ParseAddr(s); err == nil && ip.Zone() == "" && !slices.Contains(w.Addrs, ip.Unmap()) {
-			w.Addrs = append(w.Addrs, ip.Unmap())
+		if ip, err := netip.ParseAddr(s); err == nil && ip.Zone() == "" {
+			addrs = append(addrs, ip)
 		}
 	}
 	add(pod.Status.PodIP)
@@ -282,6 +344,7 @@ func ConvertPod(pod *corev1.Pod, dualStack bool) *Workload {
 			add(ip.IP)
 		}
 	}
+	w.SetAddrs(addrs)
 	return w
 }
 

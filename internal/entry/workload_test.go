@@ -64,7 +64,7 @@ func TestConvertPod(t *testing.T) {
 		tc.pod.Namespace, tc.pod.Name = "ns", "p"
 		w := ConvertPod(&tc.pod, tc.dualStack)
 		var got []string
-		for _, ip := range w.Addrs {
+		for ip := range w.Addrs() {
 			got = append(got, ip.String())
 		}
 		if !slices.Equal(got, tc.want) || w.Key != PodKey("ns/p") || w.Namespace() != "ns" {
@@ -91,8 +91,8 @@ func TestConvertWorkloadEntry(t *testing.T) {
 		{"not a name!", true, nil, true},
 	} {
 		w, skips := ConvertWorkloadEntry(meta, tc.address, nil, tc.healthy)
-		if !slices.Equal(w.Addrs, tc.want) || (len(skips) > 0) != tc.skipped || w.Key != WorkloadEntryKey("default/w") {
-			t.Errorf("%q healthy=%v: %v %v skips %v, want %v skipped=%v", tc.address, tc.healthy, w.Key, w.Addrs, skips, tc.want, tc.skipped)
+		if !slices.Equal(slices.Collect(w.Addrs()), tc.want) || (len(skips) > 0) != tc.skipped || w.Key != WorkloadEntryKey("default/w") {
+			t.Errorf("%q healthy=%v: %v %v skips %v, want %v skipped=%v", tc.address, tc.healthy, w.Key, slices.Collect(w.Addrs()), skips, tc.want, tc.skipped)
 		}
 	}
 }
@@ -131,5 +131,36 @@ func TestWorkloadEntryDeepCopy(t *testing.T) {
 	c.Items[0].Status.Conditions[0].Status = "False"
 	if got := l.Items[0]; got.Annotations[healthChecksAnnotation] != "true" || got.Spec.Labels["app"] != "db" || got.Status.Conditions[0].Status != "True" {
 		t.Fatalf("changing the copy changed the original: %+v", got)
+	}
+}
+
+// TestWorkloadAddrs: the packed addresses come back as set, in order,
+// unmapped and without duplicates, whatever their families.
+func TestWorkloadAddrs(t *testing.T) {
+	for _, tc := range []struct{ set, want []string }{
+		{nil, nil},
+		{[]string{"10.0.0.1"}, []string{"10.0.0.1"}},
+		{[]string{"fd00::1"}, []string{"fd00::1"}},
+		{[]string{"10.0.0.1", "fd00::1"}, []string{"10.0.0.1", "fd00::1"}},
+		{[]string{"fd00::1", "10.0.0.1"}, []string{"fd00::1", "10.0.0.1"}},
+		{[]string{"::ffff:10.0.0.1"}, []string{"10.0.0.1"}},
+		{[]string{"fd00::1", "::ffff:10.0.0.1", "10.0.0.1", "fd00::1"}, []string{"fd00::1", "10.0.0.1"}},
+		{[]string{"10.0.0.1", "10.0.0.2"}, []string{"10.0.0.1", "10.0.0.2"}},
+	} {
+		var addrs []netip.Addr
+		for _, s := range tc.set {
+			addrs = append(addrs, netip.MustParseAddr(s))
+		}
+		w := NewWorkload(PodKey("ns/p"), Labels{}, addrs...)
+		var got []string
+		for ip := range w.Addrs() {
+			got = append(got, ip.String())
+		}
+		if !slices.Equal(got, tc.want) || w.NumAddrs() != len(tc.want) {
+			t.Errorf("%v: %v (%d), want %v", tc.set, got, w.NumAddrs(), tc.want)
+		}
+		if other := NewWorkload(PodKey("ns/q"), Labels{}, addrs...); !w.SameAddrs(other) {
+			t.Errorf("%v: not the same addresses as itself", tc.set)
+		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -211,7 +212,7 @@ func TestSlimJSONWorkloadEntries(t *testing.T) {
 		t.Fatal(err)
 	}
 	w, skips := wle.(*entry.WorkloadEntry).Workload()
-	if len(skips) != 0 || len(w.Addrs) != 1 || w.Addrs[0].String() != "10.0.0.1" || !w.Labels.Selects(entry.SelectorOf(map[string]string{"app": "db"})) {
+	if len(skips) != 0 || w.NumAddrs() != 1 || slices.Collect(w.Addrs())[0].String() != "10.0.0.1" || !w.Labels.Selects(entry.SelectorOf(map[string]string{"app": "db"})) {
 		t.Errorf("workload %+v, skips %v", w, skips)
 	}
 }

@@ -141,7 +141,7 @@ func TestPodTransform(t *testing.T) {
 	// with dual-stack, on the host network too (the node's address, where
 	// it listens).
 	workload := func(addrs ...netip.Addr) *entry.Workload {
-		return &entry.Workload{Key: entry.PodKey("ns1/web-0"), Labels: entry.MakeLabels(map[string]string{"app": "web"}), Addrs: addrs}
+		return entry.NewWorkload(entry.PodKey("ns1/web-0"), entry.MakeLabels(map[string]string{"app": "web"}), addrs...)
 	}
 	fullClaim := &podClaim{keyed: keyed{"ns1/web-0"}, version: "42", claim: &podindex.Claim{Namespace: "ns1", Created: clientEpoch.Unix(),
 		IPs: []netip.Addr{v4, v6}}, workload: workload(v4)}
@@ -685,7 +685,7 @@ func addrsOf(st *sourcetest.Sink, kind entry.Kind) map[string]string {
 			continue
 		}
 		var addrs []string
-		for _, a := range w.Addrs {
+		for a := range w.Addrs() {
 			addrs = append(addrs, a.String())
 		}
 		out[key.Name] = strings.Join(addrs, ",")

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -75,7 +76,7 @@ func workload(key, addr string) *entry.Workload {
 	if addr == "" {
 		return nil
 	}
-	return &entry.Workload{Key: entry.PodKey(key), Addrs: []netip.Addr{netip.MustParseAddr(addr)}}
+	return entry.NewWorkload(entry.PodKey(key), entry.Labels{}, netip.MustParseAddr(addr))
 }
 
 // pods is a list of pods, namespace/name -> address.
@@ -150,7 +151,7 @@ func (h *fillHarness) sinkPods() map[string]string {
 	out := make(map[string]string)
 	for key, w := range h.sink.Workloads() {
 		if key.Kind == entry.KindPod {
-			out[key.Name] = w.Addrs[0].String()
+			out[key.Name] = slices.Collect(w.Addrs())[0].String()
 		}
 	}
 	return out

@@ -769,11 +769,11 @@ func TestKubeSourceSlimREST(t *testing.T) {
 			}
 			got := make(map[string]string)
 			for key, w := range st.Workloads() {
-				if key.Kind != entry.KindWorkloadEntry || len(w.Addrs) != 1 {
+				if key.Kind != entry.KindWorkloadEntry || w.NumAddrs() != 1 {
 					t.Errorf("%s: %+v", key, w)
 					continue
 				}
-				got[key.Name] = w.Addrs[0].String()
+				got[key.Name] = slices.Collect(w.Addrs())[0].String()
 			}
 			if !maps.Equal(got, c.workloads) {
 				t.Errorf("WorkloadEntries when synced: %v, want %v", got, c.workloads)

@@ -118,7 +118,7 @@ func TestKubeSourceWorkloadEntries(t *testing.T) {
 	}
 	sourcetest.Eventually(t, "the update", func() bool {
 		w := st.Workloads()[entry.WorkloadEntryKey("ns/bad")]
-		return w != nil && len(w.Addrs) == 0
+		return w != nil && w.NumAddrs() == 0
 	})
 	bad.Spec.Address = "another bad one!"
 	if _, err := wles.Update(ctx, bad, metav1.UpdateOptions{}); err != nil {

@@ -33,7 +33,7 @@ func FuzzParseManifests(f *testing.F) {
 				if ns, name, ok := strings.Cut(w.Key.Name, "/"); w.Key.Kind != entry.KindWorkloadEntry || !ok || ns == "" || name == "" {
 					t.Fatalf("workload %v: not a WorkloadEntry's namespace/name", w.Key)
 				}
-				for _, ip := range w.Addrs {
+				for ip := range w.Addrs() {
 					if !ip.IsValid() || ip.Zone() != "" || ip.Is4In6() {
 						t.Fatalf("workload %v holds address %v", w.Key, ip)
 					}
