@@ -56,9 +56,9 @@ type Entry struct {
 	// Selector is spec.workloadSelector's labels: nil when the entry has
 	// none, empty when it selects every workload of its namespace. With a
 	// selector Istio takes the entry's endpoints from the workloads it
-	// selects and ignores spec.endpoints. Interned as a workload's labels
-	// are: a map would weigh more than the rest of the entry.
-	Selector *Labels
+	// selects and ignores spec.endpoints. Held in one string: a map would
+	// weigh more than the rest of the entry.
+	Selector *Selector
 
 	// exportedTo is nil for a public entry, visible to every client
 	// namespace (exportTo empty, the mesh default, or holding "*"; every
@@ -292,7 +292,7 @@ func convert(meta *metav1.ObjectMeta, spec *slimSpec, status *slimStatus, opts O
 // NUL: Istio keeps it, but no workload's label can match it (Istio's
 // validation of WorkloadEntries and the API server's of pods refuse such
 // labels), and Labels could not tell it apart from another.
-func parseSelector(labels map[string]string) (*Labels, []Skip) {
+func parseSelector(labels map[string]string) (*Selector, []Skip) {
 	if labels == nil {
 		return nil, nil
 	}

@@ -110,6 +110,11 @@ type Labels struct{ set unique.Handle[string] }
 // valid; a WorkloadEntry's spec.labels is not checked by the API server)
 // is left out, so that it cannot pose as two labels.
 func MakeLabels(m map[string]string) Labels {
+	return Labels{unique.Make(encodeLabels(m))}
+}
+
+// encodeLabels is m in Labels' form, leaving out a label holding a NUL.
+func encodeLabels(m map[string]string) string {
 	var b strings.Builder
 	b.WriteByte(0)
 	for _, k := range slices.Sorted(maps.Keys(m)) {
@@ -122,7 +127,7 @@ func MakeLabels(m map[string]string) Labels {
 		b.WriteString(v)
 		b.WriteByte(0)
 	}
-	return Labels{unique.Make(b.String())}
+	return b.String()
 }
 
 // Has reports whether the set holds label k with value v.
@@ -145,29 +150,36 @@ func (l Labels) Has(k, v string) bool {
 
 // Pairs yields each label as "k=v", without allocating: the keys by which
 // the store indexes the workloads a selector may pick.
-func (l Labels) Pairs() iter.Seq[string] {
+func (l Labels) Pairs() iter.Seq[string] { return pairsOf(l.set.Value()) }
+
+func pairsOf(set string) iter.Seq[string] {
 	return func(yield func(string) bool) {
-		s := l.set.Value()
-		for len(s) > 1 {
-			pair, rest, _ := strings.Cut(s[1:], "\x00")
+		for s := set; len(s) > 1; {
+			pair, _, _ := strings.Cut(s[1:], "\x00")
 			if !yield(pair) {
 				return
 			}
 			s = s[1+len(pair):]
-			_ = rest
 		}
 	}
 }
 
-// SelectorOf is the selector of labels, held as Labels.
-func SelectorOf(labels map[string]string) *Labels {
-	l := MakeLabels(labels)
-	return &l
+// Selector is a workload selector's labels, in Labels' form but not
+// interned: selectors are nearly all distinct, and interning one costs
+// several times its bytes.
+type Selector struct{ labels string }
+
+// SelectorOf is the selector of labels.
+func SelectorOf(labels map[string]string) *Selector {
+	return &Selector{encodeLabels(labels)}
 }
+
+// Pairs yields each label of s as "k=v", as Labels.Pairs.
+func (s *Selector) Pairs() iter.Seq[string] { return pairsOf(s.labels) }
 
 // SelectorPair is the label of a non-empty selector that the store indexes
 // it by, "k=v" of its least key; "" for an empty selector.
-func SelectorPair(selector *Labels) string {
+func SelectorPair(selector *Selector) string {
 	for pair := range selector.Pairs() {
 		return pair // sorted by key: the first is the least
 	}
@@ -178,7 +190,7 @@ func SelectorPair(selector *Labels) string {
 // Istio's labels.Instance.SubsetOf does: an empty selector selects every
 // workload. A selector's keys hold no "=" (parseSelector), so a pair splits
 // at its first.
-func (l Labels) Selects(selector *Labels) bool {
+func (l Labels) Selects(selector *Selector) bool {
 	for pair := range selector.Pairs() {
 		k, v, _ := strings.Cut(pair, "=")
 		if !l.Has(k, v) {
