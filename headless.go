@@ -3,7 +3,6 @@ package serviceentry
 import (
 	"cmp"
 	"iter"
-	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -30,24 +29,30 @@ type selection struct {
 	// workloads are by kind, then by name: a map keyed by name alone has
 	// the smaller slot, and a selected pod's slot is paid per pod.
 	workloads [entry.KindPod + 1]map[string]*entry.Workload
-	count     int                       // of workloads, every kind
-	selectAll []*entry.Entry            // entries with an empty selector
-	filed     map[string][]*entry.Entry // by pair
-	// holding has, by pair, the workloads holding that label, in no order;
-	// a pair whose entry has just been filed is nil until built, in one
-	// pass over the namespace for all such pairs (build), so that a sync
-	// filing many entries scans the namespace once, not once per entry. A
-	// slice, not a set: a map per label costs several times its pointers,
-	// and the linear search a change makes in it costs less than the
-	// rebuild of the entries filed under it, which read every holder.
-	holding map[string][]*entry.Workload
-	pending bool // some pair of holding is nil
+	count     int            // of workloads, every kind
+	selectAll []*entry.Entry // entries with an empty selector
+	labels    map[string]*filedLabel
+	pending   bool // some label's holders are not built yet
+}
+
+// filedLabel is a label ("k=v") that selectors are filed under: the entries
+// filed there and the workloads holding it, in no order. The holders of a
+// label just filed are nil until built, in one pass over the namespace for
+// all such labels (build), so that a sync filing many entries scans the
+// namespace once, not once per entry. A slice, not a set: a map per label
+// costs several times its pointers, and the linear search a change makes in
+// it costs less than the rebuild of the entries filed under it, which read
+// every holder. One record for both: a map each cost a selecting entry two
+// slots.
+type filedLabel struct {
+	entries []*entry.Entry
+	holders []*entry.Workload
 }
 
 func (s *store) selectionOf(ns string) *selection {
 	sel := s.namespaces[ns]
 	if sel == nil {
-		sel = &selection{filed: make(map[string][]*entry.Entry), holding: make(map[string][]*entry.Workload)}
+		sel = &selection{labels: make(map[string]*filedLabel)}
 		s.namespaces[ns] = sel
 	}
 	return sel
@@ -55,7 +60,7 @@ func (s *store) selectionOf(ns string) *selection {
 
 // dropIfEmpty forgets a namespace with nothing in it.
 func (s *store) dropIfEmpty(ns string, sel *selection) {
-	if sel.count == 0 && len(sel.selectAll) == 0 && len(sel.filed) == 0 {
+	if sel.count == 0 && len(sel.selectAll) == 0 && len(sel.labels) == 0 {
 		delete(s.namespaces, ns)
 	}
 }
@@ -84,11 +89,12 @@ func (sel *selection) put(key entry.Key, old, w *entry.Workload) {
 		delete(sel.workloads[key.Kind], key.Name)
 		sel.count--
 		for pair := range old.Labels.Pairs() {
-			if i := slices.Index(sel.holding[pair], old); i >= 0 {
-				held := sel.holding[pair]
-				held[i] = held[len(held)-1]
-				held[len(held)-1] = nil
-				sel.holding[pair] = held[:len(held)-1]
+			if l := sel.labels[pair]; l != nil {
+				if i := slices.Index(l.holders, old); i >= 0 {
+					last := len(l.holders) - 1
+					l.holders[i], l.holders[last] = l.holders[last], nil
+					l.holders = l.holders[:last]
+				}
 			}
 		}
 	}
@@ -99,33 +105,34 @@ func (sel *selection) put(key entry.Key, old, w *entry.Workload) {
 		sel.workloads[key.Kind][key.Name] = w
 		sel.count++
 		for pair := range w.Labels.Pairs() {
-			if held := sel.holding[pair]; held != nil {
-				sel.holding[pair] = append(held, w)
+			if l := sel.labels[pair]; l != nil && l.holders != nil {
+				l.holders = append(l.holders, w)
 			}
 		}
 	}
 }
 
-// build fills the pairs filed since the last build, in one pass.
+// build fills the holders of the labels filed since the last build, in one
+// pass.
 func (sel *selection) build() {
 	if !sel.pending {
 		return
 	}
 	sel.pending = false
-	fresh := make(map[string][]*entry.Workload)
-	for pair, held := range sel.holding {
-		if held == nil {
-			fresh[pair] = []*entry.Workload{}
+	fresh := make(map[string]*filedLabel)
+	for pair, l := range sel.labels {
+		if l.holders == nil {
+			fresh[pair] = l
+			l.holders = []*entry.Workload{}
 		}
 	}
 	for w := range sel.all() {
 		for pair := range w.Labels.Pairs() {
-			if held, ok := fresh[pair]; ok {
-				fresh[pair] = append(held, w)
+			if l := fresh[pair]; l != nil {
+				l.holders = append(l.holders, w)
 			}
 		}
 	}
-	maps.Copy(sel.holding, fresh)
 }
 
 // SetWorkloads sets the workloads stored under the keys of changes (nil
@@ -214,7 +221,11 @@ func (s *store) touchSelecting(sel *selection, w *entry.Workload) {
 		s.touchSelected(e)
 	}
 	for pair := range w.Labels.Pairs() {
-		for _, e := range sel.filed[pair] {
+		l := sel.labels[pair]
+		if l == nil {
+			continue
+		}
+		for _, e := range l.entries {
 			if w.Labels.Selects(e.Selector) {
 				s.touchSelected(e)
 			}
@@ -233,11 +244,13 @@ func (s *store) selectFor(e *entry.Entry) {
 		sel.selectAll = append(sel.selectAll, e)
 		return
 	}
-	if _, ok := sel.holding[pair]; !ok {
-		sel.holding[pair] = nil
+	l := sel.labels[pair]
+	if l == nil {
+		l = &filedLabel{}
+		sel.labels[pair] = l
 		sel.pending = true
 	}
-	sel.filed[pair] = append(sel.filed[pair], e)
+	l.entries = append(l.entries, e)
 }
 
 func (s *store) unselect(e *entry.Entry) {
@@ -248,11 +261,10 @@ func (s *store) unselect(e *entry.Entry) {
 	isE := func(x *entry.Entry) bool { return x == e }
 	if pair := entry.SelectorPair(e.Selector); pair == "" {
 		sel.selectAll = slices.DeleteFunc(sel.selectAll, isE)
-	} else if rest := slices.DeleteFunc(sel.filed[pair], isE); len(rest) > 0 {
-		sel.filed[pair] = rest
-	} else {
-		delete(sel.filed, pair)
-		delete(sel.holding, pair)
+	} else if l := sel.labels[pair]; l != nil {
+		if l.entries = slices.DeleteFunc(l.entries, isE); len(l.entries) == 0 {
+			delete(sel.labels, pair)
+		}
 	}
 	s.dropIfEmpty(e.Namespace, sel)
 }
@@ -293,8 +305,10 @@ func (s *store) endpointAddrs(e *entry.Entry) []netip.Addr {
 		}
 		if pair := entry.SelectorPair(e.Selector); pair != "" {
 			sel.build()
-			for _, w := range sel.holding[pair] {
-				pick(w)
+			if l := sel.labels[pair]; l != nil {
+				for _, w := range l.holders {
+					pick(w)
+				}
 			}
 		} else {
 			for w := range sel.all() {
