@@ -69,12 +69,13 @@ func (sel *selection) workload(key entry.Key) *entry.Workload {
 	return sel.workloads[key.Kind][key.Name]
 }
 
-// all yields every workload of the namespace.
-func (sel *selection) all() iter.Seq[*entry.Workload] {
-	return func(yield func(*entry.Workload) bool) {
-		for _, byName := range sel.workloads {
-			for _, w := range byName {
-				if !yield(w) {
+// all yields every workload of the namespace, with the key it is stored
+// under.
+func (sel *selection) all() iter.Seq2[entry.Key, *entry.Workload] {
+	return func(yield func(entry.Key, *entry.Workload) bool) {
+		for kind, byName := range sel.workloads {
+			for name, w := range byName {
+				if !yield(entry.Key{Kind: entry.Kind(kind), Name: name}, w) {
 					return
 				}
 			}
@@ -126,7 +127,7 @@ func (sel *selection) build() {
 			l.holders = []*entry.Workload{}
 		}
 	}
-	for w := range sel.all() {
+	for _, w := range sel.all() {
 		for pair := range w.Labels.Pairs() {
 			if l := fresh[pair]; l != nil {
 				l.holders = append(l.holders, w)
@@ -160,9 +161,9 @@ func (s *store) ReplaceWorkloads(kind entry.Kind, namespaces []string, all map[e
 func (s *store) replaceWorkloadsLocked(of func(entry.Key) bool, namespaces []string, all map[entry.Key]*entry.Workload) {
 	var gone []entry.Key
 	drop := func(sel *selection) {
-		for w := range sel.all() {
-			if _, kept := all[w.Key]; !kept && of(w.Key) {
-				gone = append(gone, w.Key)
+		for key := range sel.all() {
+			if _, kept := all[key]; !kept && of(key) {
+				gone = append(gone, key)
 			}
 		}
 	}
@@ -311,7 +312,7 @@ func (s *store) endpointAddrs(e *entry.Entry) []netip.Addr {
 				}
 			}
 		} else {
-			for w := range sel.all() {
+			for _, w := range sel.all() {
 				pick(w)
 			}
 		}
