@@ -299,7 +299,9 @@ func (t *Table) PortsOf(h Hit) []entry.Port {
 }
 
 // NewAnswer returns the answer holding addrs, in their order within each
-// family.
+// family. Both families share one array: two objects per answer whatever
+// its size, which keeps the garbage collector's work per name small when
+// there are many names.
 func NewAnswer(addrs []netip.Addr) *Answer {
 	v4 := 0
 	for _, ip := range addrs {
