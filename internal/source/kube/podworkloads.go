@@ -36,8 +36,8 @@ type podWorkloads struct {
 
 	mu sync.Mutex
 	// selecting has the key (namespace/name) of each entry that selects
-	// workloads, and its namespace.
-	selecting  map[string]string
+	// workloads: a set, the namespace being the key's first part.
+	selecting  map[string]struct{}
 	namespaces map[string]*podNamespace // those with a selecting entry
 	listed     map[string]bool          // reflector scopes ("" for all) past their first list
 	queue      workqueue.TypedRateLimitingInterface[string]
@@ -71,7 +71,7 @@ type podEvent struct {
 // fills it. It is settled without waiting for the entries' first read unless
 // awaitEntries says otherwise.
 func newPodWorkloads(sink source.Sink, list func(context.Context, string) (map[entry.Key]*entry.Workload, string, error)) *podWorkloads {
-	return &podWorkloads{sink: sink, list: list, selecting: make(map[string]string),
+	return &podWorkloads{sink: sink, list: list, selecting: make(map[string]struct{}),
 		namespaces: make(map[string]*podNamespace), listed: make(map[string]bool), settled: make(chan struct{}), entriesRead: true}
 }
 
@@ -127,13 +127,14 @@ func (w *podWorkloads) entriesChanged(changes map[entry.Key]*entry.Entry) {
 	defer w.mu.Unlock()
 	var emptied []string
 	for key, e := range changes {
-		ns, had := w.selecting[key.Name]
+		_, had := w.selecting[key.Name]
 		switch has := e != nil && e.SelectsWorkloads(); {
 		case has && !had:
-			w.selecting[key.Name] = e.Namespace
+			w.selecting[key.Name] = struct{}{}
 			w.addEntryLocked(e.Namespace)
 		case had && !has:
 			delete(w.selecting, key.Name)
+			ns, _, _ := strings.Cut(key.Name, "/")
 			n := w.namespaces[ns]
 			if n.entries--; n.entries == 0 {
 				delete(w.namespaces, ns)
