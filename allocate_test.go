@@ -301,7 +301,7 @@ func TestLegacyCoalescing(t *testing.T) {
 	if got := lookupIn(st.table(), entries[0].Hosts[0].Name); got == nil || !got.A.At(0).Equal(first.A.At(0)) {
 		t.Errorf("first host moved while the recomputation was deferred: %v", got)
 	}
-	declared := &entry.Entry{Key: entry.ServiceEntryKey("ns/declared"), Namespace: "ns", Name: "declared",
+	declared := &entry.Entry{Key: entry.ServiceEntryKey("ns/declared"),
 		Hosts: []entry.Host{{Name: "declared.internal", Addrs: []netip.Addr{netip.MustParseAddr("192.0.2.7")}}}}
 	st.Upsert(declared.Key, declared)
 	if lookupIn(st.table(), "declared.internal") == nil {

@@ -31,11 +31,11 @@ func benchEntries(n int) map[entry.Key]*entry.Entry {
 		if i%2 == 0 {
 			addrs = append(addrs, netip.MustParseAddr(fmt.Sprintf("2001:2::%x:%x", i>>16, i&0xffff)))
 		}
-		e := &entry.Entry{Key: entry.ServiceEntryKey(fmt.Sprintf("ns/e%d", i)), Namespace: "ns", Name: fmt.Sprintf("e%d", i),
+		e := &entry.Entry{Key: entry.ServiceEntryKey(fmt.Sprintf("ns/e%d", i)),
 			Hosts: []entry.Host{{Name: fmt.Sprintf("svc-%d.ns-%d.internal", i, i%100), Addrs: addrs}}}
 		out[e.Key] = e
 	}
-	w := &entry.Entry{Key: entry.ServiceEntryKey("ns/wild"), Namespace: "ns", Name: "wild",
+	w := &entry.Entry{Key: entry.ServiceEntryKey("ns/wild"),
 		Hosts: []entry.Host{{Name: "*.wild.internal", Addrs: []netip.Addr{netip.MustParseAddr("203.0.113.1")}}},
 		Ports: []entry.Port{{Name: "https", Number: 443}}}
 	out[w.Key] = w

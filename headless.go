@@ -239,7 +239,7 @@ func (s *store) selectFor(e *entry.Entry) {
 	if !e.SelectsWorkloads() {
 		return
 	}
-	sel := s.selectionOf(e.Namespace)
+	sel := s.selectionOf(e.Namespace())
 	pair := entry.SelectorPair(e.Selector)
 	if pair == "" {
 		sel.selectAll = append(sel.selectAll, e)
@@ -255,7 +255,7 @@ func (s *store) selectFor(e *entry.Entry) {
 }
 
 func (s *store) unselect(e *entry.Entry) {
-	sel := s.namespaces[e.Namespace]
+	sel := s.namespaces[e.Namespace()]
 	if !e.SelectsWorkloads() || sel == nil {
 		return
 	}
@@ -267,7 +267,7 @@ func (s *store) unselect(e *entry.Entry) {
 			delete(sel.labels, pair)
 		}
 	}
-	s.dropIfEmpty(e.Namespace, sel)
+	s.dropIfEmpty(e.Namespace(), sel)
 }
 
 // touchSelected rebuilds e's hosts at the next publish.
@@ -295,7 +295,7 @@ func (s *store) endpointAddrs(e *entry.Entry) []netip.Addr {
 				addrs = append(addrs, ep.IP)
 			}
 		}
-	} else if sel := s.namespaces[e.Namespace]; sel != nil {
+	} else if sel := s.namespaces[e.Namespace()]; sel != nil {
 		var picked []*entry.Workload
 		total := 0
 		pick := func(w *entry.Workload) {

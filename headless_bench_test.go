@@ -23,7 +23,7 @@ func (s headlessScale) build() (map[entry.Key]*entry.Entry, map[entry.Key]*entry
 	for i := range s.entries {
 		ns := fmt.Sprintf("ns-%d", i%s.namespaces)
 		name := fmt.Sprintf("db-%d", i)
-		e := &entry.Entry{Key: entry.ServiceEntryKey(ns + "/" + name), Namespace: ns, Name: name, Headless: true, Ports: ports,
+		e := &entry.Entry{Key: entry.ServiceEntryKey(ns + "/" + name), Headless: true, Ports: ports,
 			Hosts:    []entry.Host{{Name: name + "." + ns + ".internal"}},
 			Selector: entry.SelectorOf(map[string]string{"app": name})}
 		entries[e.Key] = e

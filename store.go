@@ -489,12 +489,12 @@ func (s *store) contributors(host, ns string) []*entry.Entry {
 		}
 		slices.SortFunc(claimants, func(a, b *entry.Entry) int {
 			return cmp.Or(cmp.Compare(explicit(a), explicit(b)), a.Created.Compare(b.Created),
-				cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+				cmp.Compare(a.Namespace(), b.Namespace()), cmp.Compare(a.Name(), b.Name()))
 		})
 	}
 	var out []*entry.Entry
 	for _, e := range claimants {
-		if addrs, _ := s.addrsOf(e, host); e.Namespace == claimants[0].Namespace && len(addrs) > 0 {
+		if addrs, _ := s.addrsOf(e, host); e.Namespace() == claimants[0].Namespace() && len(addrs) > 0 {
 			out = append(out, e)
 		}
 	}

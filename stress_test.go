@@ -31,7 +31,7 @@ func stressEntry(k, g int) *entry.Entry {
 		netip.MustParseAddr(fmt.Sprintf("fd00::%x:%x:1", g, k)),
 		netip.MustParseAddr(fmt.Sprintf("fd00::%x:%x:2", g, k)),
 	}
-	return &entry.Entry{Key: entry.ServiceEntryKey(fmt.Sprintf("ns/e%d", k)), Namespace: "ns", Name: fmt.Sprintf("e%d", k),
+	return &entry.Entry{Key: entry.ServiceEntryKey(fmt.Sprintf("ns/e%d", k)),
 		Hosts: []entry.Host{{Name: fmt.Sprintf("a-%d.stress.internal", k), Addrs: addrs},
 			{Name: fmt.Sprintf("b-%d.stress.internal", k), Addrs: addrs}}}
 }

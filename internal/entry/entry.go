@@ -23,10 +23,8 @@ const autoAllocateLabel = "networking.istio.io/enable-autoallocate-ip"
 // Kubernetes reader and manifest files) convert to it once per change, so the
 // table builder and the query path never see Istio's types.
 type Entry struct {
-	Key       Key // the identity used by the store
-	Namespace string
-	Name      string
-	Created   time.Time
+	Key     Key // the identity used by the store: its name is namespace/name
+	Created time.Time
 	// hosts are the hosts this entry declares to the plugin's clients, each
 	// with its addresses or none: a host without addresses still claims the
 	// host for its namespace (see store.answerFor), but never reaches the table.
@@ -70,6 +68,18 @@ type Entry struct {
 	// legacy"): every eligible host, even of an entry not exported to us,
 	// because istiod allocates mesh-wide and positions depend on all of them.
 	LegacyHosts []LegacyHost
+}
+
+// Namespace and Name are the entry's, read from its key: fields of their
+// own would cost every entry two string headers.
+func (e *Entry) Namespace() string {
+	ns, _, _ := strings.Cut(e.Key.Name, "/")
+	return ns
+}
+
+func (e *Entry) Name() string {
+	_, name, _ := strings.Cut(e.Key.Name, "/")
+	return name
 }
 
 // Host is one host of an entry and its addresses in declaration order, or,
@@ -192,14 +202,7 @@ func Identity(meta *metav1.ObjectMeta) (namespace string, key Key) {
 // change.
 func convert(meta *metav1.ObjectMeta, spec *slimSpec, status *slimStatus, opts Options) (*Entry, []Skip) {
 	namespace, key := Identity(meta)
-	// The namespace and name are the key's own bytes: one string per
-	// entry instead of three.
-	e := &Entry{
-		Key:       key,
-		Namespace: key.Name[:len(namespace)],
-		Name:      key.Name[len(namespace)+1:],
-		Created:   meta.CreationTimestamp.Time,
-	}
+	e := &Entry{Key: key, Created: meta.CreationTimestamp.Time}
 	exported := opts.ExportTo == ExportAll || exportedToAll(spec.ExportTo)
 	if !exported && opts.ExportTo == ExportClient {
 		e.ExportedTo = exportedNamespaces(namespace, spec.ExportTo)

@@ -131,7 +131,7 @@ func (w *podWorkloads) entriesChanged(changes map[entry.Key]*entry.Entry) {
 		switch has := e != nil && e.SelectsWorkloads(); {
 		case has && !had:
 			w.selecting[key.Name] = struct{}{}
-			w.addEntryLocked(e.Namespace)
+			w.addEntryLocked(e.Namespace())
 		case had && !has:
 			delete(w.selecting, key.Name)
 			ns, _, _ := strings.Cut(key.Name, "/")

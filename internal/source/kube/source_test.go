@@ -490,7 +490,7 @@ func TestToCached(t *testing.T) {
 	if !ok {
 		t.Fatalf("transform returned %T", out)
 	}
-	if c.key != "ns/a" || c.entry == nil || c.entry.Key.Name != "ns/a" || c.entry.Namespace != "ns" || c.entry.Name != "a" {
+	if c.key != "ns/a" || c.entry == nil || c.entry.Key.Name != "ns/a" || c.entry.Namespace() != "ns" || c.entry.Name() != "a" {
 		t.Errorf("cached key %q, entry %+v", c.key, c.entry)
 	}
 	if key, err := cache.MetaNamespaceKeyFunc(c); err != nil || key != "ns/a" {

@@ -80,7 +80,7 @@ func TestManifestBadDocumentKeepsOthers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(entries) != 2 || entries[0].Name != "good" || entries[1].Name != "good2" {
+	if len(entries) != 2 || entries[0].Name() != "good" || entries[1].Name() != "good2" {
 		t.Fatalf("got %d entries, want good and good2", len(entries))
 	}
 }
