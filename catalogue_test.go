@@ -158,10 +158,16 @@ func TestBadInputCatalogue(t *testing.T) {
 // wildcard).
 func servedNames(st *store) map[string]*table.Answer {
 	out := make(map[string]*table.Answer)
-	for host := range st.byHost {
+	add := func(host string) {
 		if ans := lookupIn(st.table(), host); ans != nil {
 			out[host] = ans
 		}
+	}
+	for host := range st.byHost.one {
+		add(host)
+	}
+	for host := range st.byHost.many {
+		add(host)
 	}
 	return out
 }

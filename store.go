@@ -38,7 +38,7 @@ type storeClock interface {
 type store struct {
 	mu      sync.Mutex
 	entries map[entry.Key]*entry.Entry // by kind and namespace/name
-	byHost  map[string][]*entry.Entry  // host -> the entries declaring it (usually one)
+	byHost  hostIndex                  // host -> the entries declaring it
 	// envoyResolves counts, by host name, the DNS and DNS_ROUND_ROBIN
 	// entries whose Envoy cluster resolves that name (see resolvedBy).
 	envoyResolves map[string]int
@@ -82,7 +82,7 @@ type store struct {
 func newStore(legacy bool) *store {
 	s := &store{
 		entries: make(map[entry.Key]*entry.Entry),
-		byHost:  make(map[string][]*entry.Entry),
+		byHost:  hostIndex{one: make(map[string]*entry.Entry), many: make(map[string][]*entry.Entry)},
 
 		envoyResolves: make(map[string]int),
 		namespaces:    make(map[string]*selection),
@@ -214,12 +214,7 @@ func (s *store) BeginFullRead() {
 func (s *store) setLocked(key entry.Key, e *entry.Entry) {
 	if old := s.entries[key]; old != nil {
 		for _, h := range old.Hosts {
-			rest := slices.DeleteFunc(s.byHost[h.Name], func(x *entry.Entry) bool { return x == old })
-			if len(rest) == 0 {
-				delete(s.byHost, h.Name)
-			} else {
-				s.byHost[h.Name] = rest
-			}
+			s.byHost.remove(h.Name, old)
 			s.dirty[h.Name] = true
 		}
 		if s.legacy != nil {
@@ -234,7 +229,7 @@ func (s *store) setLocked(key entry.Key, e *entry.Entry) {
 	}
 	s.entries[key] = e
 	for _, h := range e.Hosts {
-		s.byHost[h.Name] = append(s.byHost[h.Name], e)
+		s.byHost.add(h.Name, e)
 		s.dirty[h.Name] = true
 	}
 	s.countResolved(e, 1)
@@ -328,7 +323,7 @@ func (s *store) overlaysLocked(changes map[string]*table.Answer, ports map[strin
 	shared := make(map[any]*table.Answer)
 	for host, public := range changes {
 		namespaces := slices.Clone(s.overlaid[host])
-		for _, e := range s.byHost[host] {
+		for _, e := range s.byHost.of(host) {
 			for _, ns := range e.ExportedTo {
 				if !slices.Contains(namespaces, ns) {
 					namespaces = append(namespaces, ns)
@@ -472,7 +467,7 @@ func (s *store) answerOf(host, ns string, shared map[any]*table.Answer) *table.A
 // the namespace; its entries that give host addresses contribute, oldest
 // first. None when that namespace gives it no address.
 func (s *store) contributors(host, ns string) []*entry.Entry {
-	claimants := s.byHost[host]
+	claimants := s.byHost.of(host)
 	if !slices.ContainsFunc(claimants, func(e *entry.Entry) bool { return !e.VisibleTo(ns) }) {
 		if len(claimants) > 1 {
 			claimants = slices.Clone(claimants)
@@ -548,4 +543,51 @@ func (s *store) portsFor(host, ns string) []entry.Port {
 		}
 	}
 	return merged
+}
+
+// hostIndex is, by host, the entries declaring it. One entry nearly always
+// does, kept alone; a host that several declare keeps them in a list. One
+// map of lists cost every host a slice header and an array of its own.
+type hostIndex struct {
+	one  map[string]*entry.Entry
+	many map[string][]*entry.Entry
+}
+
+func (x hostIndex) add(host string, e *entry.Entry) {
+	if list, ok := x.many[host]; ok {
+		x.many[host] = append(list, e)
+	} else if first, ok := x.one[host]; ok {
+		delete(x.one, host)
+		x.many[host] = []*entry.Entry{first, e}
+	} else {
+		x.one[host] = e
+	}
+}
+
+func (x hostIndex) remove(host string, e *entry.Entry) {
+	list, ok := x.many[host]
+	if !ok {
+		if x.one[host] == e {
+			delete(x.one, host)
+		}
+		return
+	}
+	switch list = slices.DeleteFunc(list, func(o *entry.Entry) bool { return o == e }); len(list) {
+	case 0:
+		delete(x.many, host)
+	case 1:
+		delete(x.many, host)
+		x.one[host] = list[0]
+	default:
+		x.many[host] = list
+	}
+}
+
+// of returns the entries declaring host, in the order they came; the list
+// is the index's, not to be written.
+func (x hostIndex) of(host string) []*entry.Entry {
+	if e, ok := x.one[host]; ok {
+		return []*entry.Entry{e}
+	}
+	return x.many[host]
 }
