@@ -214,7 +214,9 @@ func (c *cluster) startAPIServer(t testing.TB) {
 		"--service-account-key-file", f("sa.pub"), "--service-account-signing-key-file", f("sa.key"),
 		"--token-auth-file", f("tokens.csv"),
 		"--authorization-mode", c.authz,
-		"--service-cluster-ip-range", "10.0.0.0/24", "--endpoint-reconciler-type", "none")
+		"--service-cluster-ip-range", "10.0.0.0/24", "--endpoint-reconciler-type", "none",
+		// TestNodeRollout's node has a name no resolver knows (logs, exec).
+		"--kubelet-preferred-address-types", "InternalIP")
 	waitFor(t, 60*time.Second, "kube-apiserver ready", c.ready)
 }
 

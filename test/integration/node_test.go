@@ -199,7 +199,7 @@ authentication:
   webhook: {enabled: false}
 authorization: {mode: AlwaysAllow}
 resolvConf: %s
-podLogsDirectory: %s
+podLogsDir: %s
 # The kubelet refreshes a pod's ConfigMap volume when it syncs the pod: once
 # a minute by default, every 10 s here, so that a Corefile edit reaches the
 # replicas in a test's time. reload's own interval is the Corefile's.
@@ -350,20 +350,37 @@ func (n *node) writeCNI(t *testing.T) string {
 // It runs with containerd still up and the kubelet already stopped.
 func (n *node) teardown(t *testing.T) {
 	var netns []string
-	if out, err := n.ctr("containers", "list", "--quiet"); err == nil {
-		for _, id := range strings.Fields(out) {
-			if info, err := n.ctr("containers", "info", id); err == nil {
-				netns = append(netns, networkNamespace(info)...)
-			}
-			if out, err := n.ctr("tasks", "delete", "--force", id); err != nil && !strings.Contains(out, "not found") {
-				t.Logf("ctr tasks delete --force %s: %v: %s", id, err, out)
-			}
-			if out, err := n.ctr("containers", "delete", id); err != nil {
-				t.Errorf("ctr containers delete %s: %v: %s", id, err, out)
-			}
-		}
-	} else {
+	out, err := n.ctr("containers", "list", "--quiet")
+	if err != nil {
 		t.Errorf("ctr containers list: %v: %s", err, out)
+	}
+	// The pods' containers first, their sandboxes last: a sandbox's shim
+	// serves its pod's containers too, and exits with the sandbox.
+	var containers, sandboxes []string
+	for _, id := range strings.Fields(out) {
+		info, err := n.ctr("containers", "info", id)
+		if err != nil {
+			t.Errorf("ctr containers info %s: %v: %s", id, err, info)
+			continue
+		}
+		ns, sandbox := criContainer(info)
+		netns = append(netns, ns...)
+		if sandbox {
+			sandboxes = append(sandboxes, id)
+		} else {
+			containers = append(containers, id)
+		}
+	}
+	for _, id := range append(containers, sandboxes...) {
+		// "not found": no task (never started, or already deleted); "ttrpc:
+		// closed": its shim has exited already, with the pod's sandbox
+		// stopped before (killStrays below checks that no shim is left).
+		if out, err := n.ctr("tasks", "delete", "--force", id); err != nil && !strings.Contains(out, "not found") && !strings.Contains(out, "ttrpc: closed") {
+			t.Errorf("ctr tasks delete --force %s: %v: %s", id, err, out)
+		}
+		if out, err := n.ctr("containers", "delete", id); err != nil {
+			t.Errorf("ctr containers delete %s: %v: %s", id, err, out)
+		}
 	}
 	for _, ns := range slices.Compact(slices.Sorted(slices.Values(netns))) {
 		// What ip netns delete does: the bind mount that holds it, then the file.
@@ -384,42 +401,54 @@ func (n *node) teardown(t *testing.T) {
 	removeCgroups(t, "kubepods")
 }
 
-// networkNamespace is the path of the network namespace in the spec of a
-// container's `ctr containers info`, if it names one (a pod's sandbox does).
-func networkNamespace(info string) []string {
+// criContainer reads a container's `ctr containers info`: the path of the
+// network namespace its spec names, if any (a pod's sandbox does), and
+// whether it is a pod's sandbox (the CRI plugin's label).
+func criContainer(info string) (netns []string, sandbox bool) {
 	var c struct {
-		Spec struct {
+		Labels map[string]string `json:"Labels"`
+		Spec   struct {
 			Linux struct {
 				Namespaces []struct{ Type, Path string } `json:"namespaces"`
 			} `json:"linux"`
 		} `json:"Spec"`
 	}
 	if json.Unmarshal([]byte(info), &c) != nil {
-		return nil
+		return nil, false
 	}
-	var paths []string
 	for _, ns := range c.Spec.Linux.Namespaces {
 		if ns.Type == "network" && ns.Path != "" {
-			paths = append(paths, ns.Path)
+			netns = append(netns, ns.Path)
 		}
 	}
-	return paths
+	return netns, c.Labels["io.cri-containerd.kind"] == "sandbox"
 }
 
 // killStrays kills, by process ID, any process left that names the node's
-// socket or folder: a shim whose task could not be deleted.
+// socket or folder: a shim whose task could not be deleted. A shim exits
+// on its own once its pod's last container is deleted: it gets 10 s.
 func (n *node) killStrays(t *testing.T) {
-	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	for _, p := range procs {
-		cmdline, err := os.ReadFile(p)
-		if err != nil || !strings.Contains(string(cmdline), n.dir) {
-			continue
+	strays := func() map[int]string {
+		found := map[int]string{}
+		procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+		for _, p := range procs {
+			cmdline, err := os.ReadFile(p)
+			if err != nil || !strings.Contains(string(cmdline), n.dir) {
+				continue
+			}
+			pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+			if pid != os.Getpid() && pid != n.containerd {
+				found[pid] = strings.ReplaceAll(string(cmdline), "\x00", " ")
+			}
 		}
-		pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
-		if pid == os.Getpid() || pid == n.containerd {
-			continue
-		}
-		t.Errorf("process %d was left running: %q", pid, strings.ReplaceAll(string(cmdline), "\x00", " "))
+		return found
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(strays()) > 0 && time.Now().Before(deadline) {
+		time.Sleep(200 * time.Millisecond)
+	}
+	for pid, cmdline := range strays() {
+		t.Errorf("process %d was left running: %q", pid, cmdline)
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
 }

@@ -10,14 +10,17 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"text/template"
 	"time"
 
 	"github.com/miekg/dns"
+	networking "istio.io/api/networking/v1alpha3"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -32,6 +35,7 @@ type nodeImages struct {
 	archives   []string
 	stock      string // the upstream CoreDNS of go.mod, no plugin of ours: what kubeadm runs
 	ours       string // scripts/image's, named by digest, as the runbook's patch names it
+	oursTag    string // the name scripts/image wrote in its archive
 	oursDigest string
 }
 
@@ -73,7 +77,8 @@ func buildNodeImages(t *testing.T) nodeImages {
 	}
 	// scripts/image prints "ARCHIVE NAME DIGEST".
 	archive := filepath.Join(dir, "ours.tar")
-	out := strings.Fields(run("../..", nil, "scripts/image", archive, "registry.example.com/coredns-serviceentry:test"))
+	img.oursTag = "registry.example.com/coredns-serviceentry:test"
+	out := strings.Fields(run("../..", nil, "scripts/image", archive, img.oursTag))
 	if len(out) != 3 || !strings.HasPrefix(out[2], "sha256:") {
 		t.Fatalf("scripts/image printed %q, want ARCHIVE NAME DIGEST", out)
 	}
@@ -255,23 +260,341 @@ func waitRolledOut(t *testing.T, kube kubernetes.Interface, image string, timeou
 	}
 }
 
-// TestNodeRollout deploys the plugin as docs/deploying.md says, on a real
-// node (kubelet, containerd, runc, a CNI bridge; controller manager and
-// scheduler) against the real API server, starting from the CoreDNS add-on
-// exactly as the pinned kubeadm creates it.
+// dnsWatch asks every Ready CoreDNS pod (not being deleted) for the kube-dns
+// Service twice a second, in the background, and records every time no pod
+// was Ready and every wrong answer: the cluster's DNS must answer throughout.
+type dnsWatch struct {
+	mu       sync.Mutex
+	problems []string
+	asked    int
+	// killed is a pod whose container the test killed: Ready until the
+	// kubelet notices, it refuses queries meanwhile, as it would anywhere.
+	killed string
+	stop   chan struct{}
+	done   chan struct{}
+}
+
+func watchDNS(t *testing.T, kube kubernetes.Interface) *dnsWatch {
+	w := &dnsWatch{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(w.done)
+		tick := time.NewTicker(500 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-w.stop:
+				return
+			case <-tick.C:
+			}
+			list, err := kube.CoreV1().Pods("kube-system").List(context.Background(), metav1.ListOptions{LabelSelector: "k8s-app=kube-dns"})
+			if err != nil {
+				continue // the API server's trouble, not DNS's
+			}
+			ready := 0
+			w.mu.Lock()
+			killed := w.killed
+			w.mu.Unlock()
+			for _, p := range list.Items {
+				if p.DeletionTimestamp != nil || !podReady(&p) || p.Name == killed {
+					continue
+				}
+				ready++
+				got := podDNS(&p).answer(t, "kube-dns.kube-system.svc.cluster.local", dns.TypeA, "udp")
+				w.mu.Lock()
+				w.asked++
+				if got != "NOERROR "+kubeDNSIP {
+					w.problems = append(w.problems, fmt.Sprintf("%s pod %s (%s): %q", time.Now().Format(time.TimeOnly), p.Name, p.Spec.Containers[0].Image, got))
+				}
+				w.mu.Unlock()
+			}
+			if ready == 0 {
+				w.mu.Lock()
+				w.problems = append(w.problems, time.Now().Format(time.TimeOnly)+" no CoreDNS pod Ready")
+				w.mu.Unlock()
+			}
+		}
+	}()
+	t.Cleanup(w.end)
+	return w
+}
+
+func (w *dnsWatch) end() {
+	select {
+	case <-w.stop:
+	default:
+		close(w.stop)
+	}
+	<-w.done
+}
+
+// check fails the test with what went wrong since the last check.
+func (w *dnsWatch) check(t *testing.T, during string) {
+	t.Helper()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.problems) > 0 {
+		t.Errorf("during %s, the cluster's DNS did not answer:\n%s", during, strings.Join(w.problems, "\n"))
+	}
+	t.Logf("%s: %d questions to Ready pods answered", during, w.asked)
+	w.problems, w.asked = nil, 0
+}
+
+// everyPodAnswers waits until every CoreDNS pod answers name with want.
+func everyPodAnswers(t *testing.T, kube kubernetes.Interface, name, want string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		var wrong []string
+		for _, p := range dnsPods(t, kube) {
+			if got := podDNS(&p).answer(t, name, dns.TypeA, "udp"); got != want {
+				wrong = append(wrong, fmt.Sprintf("%s: %q", p.Name, got))
+			}
+		}
+		if len(wrong) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: after %s, pods answer %s, want %q", name, timeout, strings.Join(wrong, ", "), want)
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+// syncedMetric is each pod's coredns_serviceentry_synced line, read through
+// the API server's proxy as the runbook reads it ("" where there is none).
+func syncedMetric(t *testing.T, kube kubernetes.Interface) map[string]string {
+	t.Helper()
+	lines := map[string]string{}
+	for _, p := range dnsPods(t, kube) {
+		body, err := kube.CoreV1().RESTClient().Get().AbsPath("/api/v1/namespaces/kube-system/pods/" + p.Name + ":9153/proxy/metrics").DoRaw(context.Background())
+		if err != nil {
+			lines[p.Name] = "error: " + err.Error()
+			continue
+		}
+		lines[p.Name] = ""
+		for _, l := range strings.Split(string(body), "\n") {
+			if strings.HasPrefix(l, "coredns_serviceentry_synced") {
+				lines[p.Name] = l
+			}
+		}
+	}
+	return lines
+}
+
+// TestNodeRollout follows docs/deploying.md's in-cluster runbook on a real
+// node (kubelet, containerd, runc, a CNI bridge; the controller manager and
+// the scheduler) against the real API server with RBAC, from the CoreDNS
+// add-on exactly as the pinned kubeadm creates it, running the doc's marked
+// blocks with the real kubectl, and asking the pods over their bridge
+// address throughout:
+//   - kubeadm's add-on with the stock CoreDNS rolls out, Ready through the
+//     kubelet's probes, under kubeadm's securityContext and limits;
+//   - the image step with an image that cannot be pulled (the shipped patch,
+//     its digest not set) does not complete: the new pod is in ErrImagePull
+//     or ImagePullBackOff while an old replica answers; the doc's image
+//     rollback completes;
+//   - the image step with ours completes, on the stock Corefile; the stanza
+//     merged and applied reaches the running replicas (reload), which then
+//     answer a ServiceEntry's host, and the verify block sees every replica
+//     synced; a container the kubelet restarts starts with the merged
+//     Corefile;
+//   - the rollback, in the doc's order (Corefile, then image and RBAC),
+//     completes;
+//   - at no point is there no Ready replica, or a Ready one that does not
+//     answer the kube-dns Service.
 func TestNodeRollout(t *testing.T) {
+	if _, err := exec.LookPath("kubectl"); err != nil {
+		if os.Getenv("SERVICEENTRY_SKIP_KUBECTL") == "1" {
+			t.Skip("SERVICEENTRY_SKIP_KUBECTL=1")
+		}
+		t.Fatal("kubectl is not on the PATH: the runbook's blocks are kubectl commands; install it, " +
+			"or set SERVICEENTRY_SKIP_KUBECTL=1 to skip on purpose")
+	}
 	requireNode(t)
+	image, verify, rollbackImage := runbookBlock(t, "image"), runbookBlock(t, "verify"), runbookBlock(t, "rollback-image")
+	backup, apply, rollback := runbookBlock(t, "backup"), runbookBlock(t, "apply"), runbookBlock(t, "rollback")
 	images := buildNodeImages(t)
 	c := startCluster(t, "RBAC")
 	c.installCRDs(t, istioCRDs(t))
 	n := startNode(t, c, images.archives...)
+	// The runbook's patch names our image by digest alone: a pull records
+	// that name, an import only the archive's tag.
+	if out, err := n.ctr("images", "tag", images.oursTag, images.ours); err != nil {
+		t.Fatalf("naming our image by its digest: %v\n%s", err, out)
+	}
 	kube := n.kube
+	ctx := context.Background()
+	start := time.Now()
+	step := func(what string) {
+		t.Logf("%5.1fs %s", time.Since(start).Seconds(), what)
+	}
 
 	createKubeadmCoreDNS(t, kube, images.stock)
 	waitRolledOut(t, kube, images.stock, 3*time.Minute)
-	for _, p := range dnsPods(t, kube) {
-		if got := podDNS(&p).answer(t, "kube-dns.kube-system.svc.cluster.local", dns.TypeA, "udp"); got != "NOERROR "+kubeDNSIP {
-			t.Errorf("pod %s (%s): kube-dns.kube-system.svc.cluster.local: %q", p.Name, p.Status.PodIP, got)
-		}
+	const service, serviceAnswer = "kube-dns.kube-system.svc.cluster.local", "NOERROR " + kubeDNSIP
+	everyPodAnswers(t, kube, service, serviceAnswer, 10*time.Second)
+	step("kubeadm's CoreDNS, stock image: rolled out, Ready, answering")
+	const host, hostAnswer = "api.example.com", "NOERROR 198.51.100.7"
+	// Asked from the host, not from a pod, the plugin answers as to a client
+	// outside the mesh: resolution NONE gives its declared address to everyone.
+	entry := serviceEntry("default", "api", []string{host}, "198.51.100.7")
+	entry.Spec.Resolution = networking.ServiceEntry_NONE
+	if _, err := c.istio(t).NetworkingV1().ServiceEntries("default").Create(ctx, entry, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
 	}
+	watch := watchDNS(t, kube)
+
+	// The user's checkout: deploy/ as shipped, the patch's digest not set yet.
+	sh := newRunbookShell(t, c.kubeconfig(t, adminToken))
+	patchFile := filepath.Join(sh.dir, "deploy/in-cluster/coredns-deployment-patch.yaml")
+	shippedPatch := string(deployFile(t, "in-cluster/coredns-deployment-patch.yaml"))
+	writeFile(t, patchFile, shippedPatch)
+	writeFile(t, filepath.Join(sh.dir, "deploy/rbac.yaml"), string(deployFile(t, "rbac.yaml")))
+	unpullable := strings.TrimSpace(regexp.MustCompile(`(?m)^\s+image: (\S+)$`).FindStringSubmatch(shippedPatch)[1])
+
+	t.Run("failed pull", func(t *testing.T) {
+		run := sh.start(image)
+		var pulling string
+		waitFor(t, 2*time.Minute, "the new pod failing to pull "+unpullable, func() bool {
+			for _, p := range dnsPods(t, kube) {
+				for _, s := range p.Status.ContainerStatuses {
+					if w := s.State.Waiting; p.Spec.Containers[0].Image == unpullable && w != nil && (w.Reason == "ErrImagePull" || w.Reason == "ImagePullBackOff") {
+						pulling = p.Name + ": " + w.Reason
+						return true
+					}
+				}
+			}
+			return false
+		})
+		step("image step with an image that cannot be pulled: " + pulling)
+		// Stuck, not slow: the doc's rollout status is still waiting, and
+		// the replicas that answer are the old ones.
+		time.Sleep(15 * time.Second)
+		select {
+		case <-run.done:
+			t.Fatalf("the image block ended (%v) with the image not pulled:\n%s", run.err, run.out)
+		default:
+		}
+		// kubeadm's maxUnavailable 1 (of 2) lets the rollout stop one old
+		// replica: one is left, as docs/deploying.md says.
+		ready := 0
+		for _, p := range dnsPods(t, kube) {
+			if podReady(&p) && p.Spec.Containers[0].Image != images.stock {
+				t.Errorf("pod %s is Ready with image %s", p.Name, p.Spec.Containers[0].Image)
+			}
+			if podReady(&p) {
+				ready++
+			}
+		}
+		if ready != 1 {
+			t.Errorf("%d replicas Ready while the rollout is stuck, want the 1 that maxUnavailable leaves", ready)
+		}
+		run.stop()
+		watch.check(t, "the stuck rollout")
+		if got := strings.TrimSpace(sh.file("coredns-image.backup")); got != images.stock {
+			t.Errorf("coredns-image.backup holds %q, want the stock image %q", got, images.stock)
+		}
+		if out, stderr, err := sh.run(rollbackImage); err != nil {
+			t.Fatalf("rollback-image block: %v\n%s%s", err, out, stderr)
+		}
+		waitRolledOut(t, kube, images.stock, 10*time.Second)
+		everyPodAnswers(t, kube, service, serviceAnswer, 10*time.Second)
+		watch.check(t, "the image rollback")
+		step("image rolled back: every replica stock, answering")
+	})
+	if t.Failed() {
+		return
+	}
+
+	t.Run("install", func(t *testing.T) {
+		writeFile(t, patchFile, replaceOnce(t, shippedPatch, unpullable, images.ours))
+		if out, stderr, err := sh.run(image); err != nil {
+			t.Fatalf("image block: %v\n%s%s", err, out, stderr)
+		}
+		waitRolledOut(t, kube, images.ours, 10*time.Second)
+		everyPodAnswers(t, kube, service, serviceAnswer, 10*time.Second)
+		for _, p := range dnsPods(t, kube) {
+			if got := podDNS(&p).answer(t, host, dns.TypeA, "udp"); got == hostAnswer {
+				t.Errorf("pod %s answers %s before the stanza", p.Name, host)
+			}
+		}
+		watch.check(t, "the image rollout")
+		step("image step with ours: rolled out on the stock Corefile")
+
+		if _, stderr, err := sh.run(backup); err != nil {
+			if exit, ok := err.(*exec.ExitError); !ok || exit.ExitCode() != 1 { // diff's 1: the files differ
+				t.Fatalf("backup block: %v\n%s", err, stderr)
+			}
+		}
+		if _, stderr, err := sh.run(apply); err != nil {
+			t.Fatalf("apply block: %v\n%s", err, stderr)
+		}
+		applied := time.Now()
+		everyPodAnswers(t, kube, host, hostAnswer, 3*time.Minute)
+		step(fmt.Sprintf("stanza applied: every running replica answers %s after %.0fs (kubelet volume sync, then reload)", host, time.Since(applied).Seconds()))
+		out, stderr, err := sh.run(verify)
+		if err != nil {
+			t.Fatalf("verify block: %v\n%s%s", err, out, stderr)
+		}
+		for _, p := range dnsPods(t, kube) {
+			if !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(p.Name) + `: coredns_serviceentry_synced\{.*\} 1$`).MatchString(out) {
+				t.Errorf("the verify block does not show %s synced:\n%s", p.Name, out)
+			}
+		}
+		if !strings.Contains(strings.ToLower(out), "reload") {
+			t.Errorf("the verify block's logs show no reload:\n%s", out)
+		}
+		watch.check(t, "the stanza's apply")
+
+		// The kubelet restarts a killed container in its pod, which reads
+		// the merged Corefile from the start.
+		p := dnsPods(t, kube)[0]
+		watch.mu.Lock()
+		watch.killed = p.Name
+		watch.mu.Unlock()
+		id := strings.TrimPrefix(p.Status.ContainerStatuses[0].ContainerID, "containerd://")
+		if out, err := n.ctr("tasks", "kill", "--signal", "SIGKILL", id); err != nil {
+			t.Fatalf("killing %s's container: %v\n%s", p.Name, err, out)
+		}
+		waitFor(t, 2*time.Minute, p.Name+" restarted and Ready", func() bool {
+			now, err := kube.CoreV1().Pods("kube-system").Get(ctx, p.Name, metav1.GetOptions{})
+			return err == nil && now.Status.ContainerStatuses[0].RestartCount > 0 && podReady(now)
+		})
+		if got := podDNS(&p).answer(t, host, dns.TypeA, "udp"); got != hostAnswer {
+			t.Errorf("%s, restarted by the kubelet: %s answers %q", p.Name, host, got)
+		}
+		watch.mu.Lock()
+		watch.killed = ""
+		watch.mu.Unlock()
+		watch.check(t, "a container's restart")
+		step("a container restarted by the kubelet answers with the merged Corefile")
+	})
+	if t.Failed() {
+		return
+	}
+
+	t.Run("rollback", func(t *testing.T) {
+		if _, stderr, err := sh.run(rollback); err != nil {
+			t.Fatalf("rollback block: %v\n%s", err, stderr)
+		}
+		waitFor(t, 3*time.Minute, "no replica exporting coredns_serviceentry_synced", func() bool {
+			for _, l := range syncedMetric(t, kube) {
+				if l != "" {
+					return false
+				}
+			}
+			return true
+		})
+		step("Corefile rolled back: no replica runs the stanza")
+		if out, stderr, err := sh.run(rollbackImage); err != nil {
+			t.Fatalf("rollback-image block: %v\n%s%s", err, out, stderr)
+		}
+		waitRolledOut(t, kube, images.stock, 10*time.Second)
+		everyPodAnswers(t, kube, service, serviceAnswer, 10*time.Second)
+		if _, err := kube.RbacV1().ClusterRoles().Get(ctx, "coredns-serviceentry", metav1.GetOptions{}); err == nil {
+			t.Error("deploy/rbac.yaml's ClusterRole is still there after the rollback")
+		}
+		watch.check(t, "the rollback")
+		step("image and RBAC rolled back: stock CoreDNS, answering")
+	})
 }
