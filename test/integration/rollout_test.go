@@ -21,7 +21,6 @@ import (
 
 	"github.com/miekg/dns"
 	networking "istio.io/api/networking/v1alpha3"
-
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -32,11 +31,10 @@ import (
 
 // nodeImages are the OCI archives the node imports and the names they hold.
 type nodeImages struct {
-	archives   []string
-	stock      string // the upstream CoreDNS of go.mod, no plugin of ours: what kubeadm runs
-	ours       string // scripts/image's, named by digest, as the runbook's patch names it
-	oursTag    string // the name scripts/image wrote in its archive
-	oursDigest string
+	archives []string
+	stock    string // the upstream CoreDNS of go.mod, no plugin of ours: what kubeadm runs
+	ours     string // scripts/image's, named by digest, as the runbook's patch names it
+	oursTag  string // the name scripts/image wrote in its archive
 }
 
 // buildNodeImages builds the three images the node runs, without a registry:
@@ -83,7 +81,6 @@ func buildNodeImages(t *testing.T) nodeImages {
 		t.Fatalf("scripts/image printed %q, want ARCHIVE NAME DIGEST", out)
 	}
 	img.archives = append(img.archives, archive)
-	img.oursDigest = out[2]
 	img.ours = "registry.example.com/coredns-serviceentry@" + out[2]
 	return img
 }
@@ -318,6 +315,13 @@ func watchDNS(t *testing.T, kube kubernetes.Interface) *dnsWatch {
 	return w
 }
 
+// setKilled leaves pod out of the questions ("" for none).
+func (w *dnsWatch) setKilled(pod string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.killed = pod
+}
+
 func (w *dnsWatch) end() {
 	select {
 	case <-w.stop:
@@ -549,9 +553,7 @@ func TestNodeRollout(t *testing.T) {
 		// The kubelet restarts a killed container in its pod, which reads
 		// the merged Corefile from the start.
 		p := dnsPods(t, kube)[0]
-		watch.mu.Lock()
-		watch.killed = p.Name
-		watch.mu.Unlock()
+		watch.setKilled(p.Name)
 		id := strings.TrimPrefix(p.Status.ContainerStatuses[0].ContainerID, "containerd://")
 		if out, err := n.ctr("tasks", "kill", "--signal", "SIGKILL", id); err != nil {
 			t.Fatalf("killing %s's container: %v\n%s", p.Name, err, out)
@@ -563,9 +565,7 @@ func TestNodeRollout(t *testing.T) {
 		if got := podDNS(&p).answer(t, host, dns.TypeA, "udp"); got != hostAnswer {
 			t.Errorf("%s, restarted by the kubelet: %s answers %q", p.Name, host, got)
 		}
-		watch.mu.Lock()
-		watch.killed = ""
-		watch.mu.Unlock()
+		watch.setKilled("")
 		watch.check(t, "a container's restart")
 		step("a container restarted by the kubelet answers with the merged Corefile")
 	})
