@@ -364,9 +364,9 @@ func everyPodAnswers(t *testing.T, kube kubernetes.Interface, name, want string,
 	}
 }
 
-// syncedMetric is each pod's coredns_serviceentry_synced line, read through
-// the API server's proxy as the runbook reads it ("" where there is none).
-func syncedMetric(t *testing.T, kube kubernetes.Interface) map[string]string {
+// podMetric is each pod's line of the metric name, read through the API
+// server's proxy as the runbook reads it ("" where there is none).
+func podMetric(t *testing.T, kube kubernetes.Interface, name string) map[string]string {
 	t.Helper()
 	lines := map[string]string{}
 	for _, p := range dnsPods(t, kube) {
@@ -377,7 +377,7 @@ func syncedMetric(t *testing.T, kube kubernetes.Interface) map[string]string {
 		}
 		lines[p.Name] = ""
 		for _, l := range strings.Split(string(body), "\n") {
-			if strings.HasPrefix(l, "coredns_serviceentry_synced") {
+			if strings.HasPrefix(l, name+" ") || strings.HasPrefix(l, name+"{") {
 				lines[p.Name] = l
 			}
 		}
@@ -393,6 +393,9 @@ func syncedMetric(t *testing.T, kube kubernetes.Interface) map[string]string {
 // address throughout:
 //   - kubeadm's add-on with the stock CoreDNS rolls out, Ready through the
 //     kubelet's probes, under kubeadm's securityContext and limits;
+//   - the stanza applied before the image (out of the doc's order): the
+//     stock replicas' reload fails and they keep answering, a container the
+//     kubelet restarts crash-loops, and the rollback block ends it;
 //   - the image step with an image that cannot be pulled (the shipped patch,
 //     its digest not set) does not complete: the new pod is in ErrImagePull
 //     or ImagePullBackOff while an old replica answers; the doc's image
@@ -455,6 +458,60 @@ func TestNodeRollout(t *testing.T) {
 	writeFile(t, patchFile, shippedPatch)
 	writeFile(t, filepath.Join(sh.dir, "deploy/rbac.yaml"), string(deployFile(t, "rbac.yaml")))
 	unpullable := strings.TrimSpace(regexp.MustCompile(`(?m)^\s+image: (\S+)$`).FindStringSubmatch(shippedPatch)[1])
+
+	// Why the image goes first: the stanza in the Corefile of stock CoreDNS
+	// replicas. reload refuses it and they keep serving the old Corefile,
+	// but one the kubelet restarts crash-loops until the Corefile is rolled
+	// back.
+	t.Run("stanza before image", func(t *testing.T) {
+		if _, stderr, err := sh.run(backup); err != nil {
+			if exit, ok := err.(*exec.ExitError); !ok || exit.ExitCode() != 1 { // diff's 1: the files differ
+				t.Fatalf("backup block: %v\n%s", err, stderr)
+			}
+		}
+		if _, stderr, err := sh.run(apply); err != nil {
+			t.Fatalf("apply block: %v\n%s", err, stderr)
+		}
+		waitFor(t, 3*time.Minute, "every stock replica's reload failing", func() bool {
+			for _, l := range podMetric(t, kube, "coredns_reload_failed_total") {
+				if !strings.HasSuffix(l, " 1") {
+					return false
+				}
+			}
+			return true
+		})
+		watch.check(t, "a reload of the stanza by stock replicas")
+		step("stanza applied before the image: stock replicas' reload fails, they keep answering")
+
+		p := dnsPods(t, kube)[0]
+		watch.setKilled(p.Name)
+		id := strings.TrimPrefix(p.Status.ContainerStatuses[0].ContainerID, "containerd://")
+		if out, err := n.ctr("tasks", "kill", "--signal", "SIGKILL", id); err != nil {
+			t.Fatalf("killing %s's container: %v\n%s", p.Name, err, out)
+		}
+		var state string
+		waitFor(t, 2*time.Minute, p.Name+" crash-looping", func() bool {
+			now, err := kube.CoreV1().Pods("kube-system").Get(ctx, p.Name, metav1.GetOptions{})
+			if err != nil {
+				return false
+			}
+			s := now.Status.ContainerStatuses[0]
+			state = fmt.Sprintf("restarts %d, ready %v", s.RestartCount, s.Ready)
+			return s.RestartCount >= 2 && !s.Ready
+		})
+		step("a stock container restarted by the kubelet on the stanza crash-loops: " + state)
+		if _, stderr, err := sh.run(rollback); err != nil {
+			t.Fatalf("rollback block: %v\n%s", err, stderr)
+		}
+		waitRolledOut(t, kube, images.stock, 3*time.Minute)
+		everyPodAnswers(t, kube, service, serviceAnswer, 10*time.Second)
+		watch.setKilled("")
+		watch.check(t, "the crash loop and the Corefile's rollback")
+		step("Corefile rolled back: the crash-looping replica is Ready again")
+	})
+	if t.Failed() {
+		return
+	}
 
 	t.Run("failed pull", func(t *testing.T) {
 		run := sh.start(image)
@@ -578,7 +635,7 @@ func TestNodeRollout(t *testing.T) {
 			t.Fatalf("rollback block: %v\n%s", err, stderr)
 		}
 		waitFor(t, 3*time.Minute, "no replica exporting coredns_serviceentry_synced", func() bool {
-			for _, l := range syncedMetric(t, kube) {
+			for _, l := range podMetric(t, kube, "coredns_serviceentry_synced") {
 				if l != "" {
 					return false
 				}
