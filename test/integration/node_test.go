@@ -185,7 +185,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 	writeFile(t, resolvConf, "nameserver 203.0.113.53\n")
 	writeFile(t, kubeletConf, fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
-# Kubernetes 1.35 refuses cgroup v1 unless told; this machine has it.
+# The kubelet 1.35 refuses cgroup v1 unless told so; the CI machines have v1.
 failCgroupV1: false
 cgroupDriver: cgroupfs
 failSwapOn: false
