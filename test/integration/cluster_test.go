@@ -173,7 +173,9 @@ func (c *cluster) writeCredentials(t testing.TB) {
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "kube-apiserver"},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, DNSNames: []string{"localhost"},
+		// 10.0.0.1 is the kubernetes Service's address, where TestNodeRollout's
+		// pods reach the server.
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1), net.ParseIP(kubernetesServiceIP)}, DNSNames: []string{"localhost"},
 		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
 	if err != nil {
@@ -212,7 +214,9 @@ func (c *cluster) startAPIServer(t testing.TB) {
 		"--service-account-key-file", f("sa.pub"), "--service-account-signing-key-file", f("sa.key"),
 		"--token-auth-file", f("tokens.csv"),
 		"--authorization-mode", c.authz,
-		"--service-cluster-ip-range", "10.0.0.0/24", "--endpoint-reconciler-type", "none")
+		"--service-cluster-ip-range", "10.0.0.0/24", "--endpoint-reconciler-type", "none",
+		// TestNodeRollout's node has a name no resolver knows (logs, exec).
+		"--kubelet-preferred-address-types", "InternalIP")
 	waitFor(t, 60*time.Second, "kube-apiserver ready", c.ready)
 }
 

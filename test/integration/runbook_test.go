@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -16,15 +17,16 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-// runbookBlock is the shell block of docs/deploying.md marked
-// "TestDeployRunbook runs this block: name", as a user would paste it.
+// runbookBlock is the shell block of docs/deploying.md marked "<!-- TESTS
+// run(s) this block: name -->" (TESTS names the tests that run it), as a user
+// would paste it.
 func runbookBlock(t *testing.T, name string) string {
 	t.Helper()
 	doc, err := os.ReadFile("../../docs/deploying.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	marker := "<!-- TestDeployRunbook runs this block: " + name + " -->\n~~~ sh\n"
+	marker := " this block: " + name + " -->\n~~~ sh\n"
 	_, rest, ok := strings.Cut(string(doc), marker)
 	if !ok {
 		t.Fatalf("docs/deploying.md has no block marked %q", name)
@@ -65,6 +67,38 @@ func (s *runbookShell) run(block string) (stdout, stderr string, err error) {
 	cmd.Dir, cmd.Env, cmd.Stdout, cmd.Stderr = s.dir, s.env, &out, &errOut
 	err = cmd.Run()
 	return out.String(), errOut.String(), err
+}
+
+// start runs a block as run does, in the background, in a process group of
+// its own: stop interrupts it as Ctrl-C would (the group: kubectl too),
+// done tells when it exited, and output is what it printed so far.
+func (s *runbookShell) start(block string) *runningBlock {
+	r := &runningBlock{out: &lockedWriter{w: &bytes.Buffer{}}, done: make(chan struct{})}
+	r.cmd = exec.Command("bash", "-o", "pipefail", "-c", block)
+	r.cmd.Dir, r.cmd.Env, r.cmd.Stdout, r.cmd.Stderr = s.dir, s.env, r.out, r.out
+	r.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := r.cmd.Start(); err != nil {
+		s.t.Fatal(err)
+	}
+	go func() { r.err = r.cmd.Wait(); close(r.done) }()
+	s.t.Cleanup(r.stop)
+	return r
+}
+
+type runningBlock struct {
+	cmd  *exec.Cmd
+	out  *lockedWriter
+	done chan struct{}
+	err  error // once done is closed
+}
+
+func (r *runningBlock) stop() {
+	select {
+	case <-r.done:
+	default:
+		_ = syscall.Kill(-r.cmd.Process.Pid, syscall.SIGINT)
+		<-r.done
+	}
 }
 
 func (s *runbookShell) file(name string) string {

@@ -1,10 +1,15 @@
 //go:build tools
 
-// Package servers only records, for go.mod, the two server commands that
-// test/servers/build.sh builds.
+// Package servers only records, for go.mod, the server commands that
+// test/servers/build.sh builds: the API server and etcd every integration test
+// runs against, and the kubelet, controller manager and scheduler of the
+// single-node cluster that TestNodeRollout runs pods on.
 package servers
 
 import (
 	_ "go.etcd.io/etcd/server/v3"
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubelet"
 )

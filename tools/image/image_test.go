@@ -286,3 +286,31 @@ func TestMultiArchImage(t *testing.T) {
 		t.Errorf("two builds of the same tree differ: %s, %s", digests[0], digests[1])
 	}
 }
+
+// TestOtherEntrypoint: -entrypoint and -title package another binary the
+// same way (the integration tests' pause image): the file and the
+// entrypoint are its, and no /coredns is left in the image.
+func TestOtherEntrypoint(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "pause")
+	if err := os.WriteFile(bin, []byte("not really a binary"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	img, err := build(spec{binary: bin, name: "pause", title: "pause", arch: "amd64"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(cfg.Config.Entrypoint, []string{"/pause"}) || cfg.Config.Labels["org.opencontainers.image.title"] != "pause" {
+		t.Errorf("entrypoint %q, title %q", cfg.Config.Entrypoint, cfg.Config.Labels["org.opencontainers.image.title"])
+	}
+	files := layerFiles(t, img)
+	if f := files["pause"]; f == nil || string(f.data) != "not really a binary" || f.header.Mode&0o111 == 0 {
+		t.Errorf("/pause is missing or not the binary: %v", f)
+	}
+	if _, ok := files["coredns"]; ok {
+		t.Error("/coredns is in an image whose entrypoint is /pause")
+	}
+}

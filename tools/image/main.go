@@ -6,6 +6,9 @@
 // binary for each of several architectures, it writes one image of each
 // under an image index, as a multi-arch image is pushed.
 //
+// -entrypoint and -title package another static binary the same way (the
+// integration tests' pause image: test/integration/testdata/pause).
+//
 // Load the archive with `docker load`, `podman load`, `ctr -n k8s.io images
 // import` or `kind load image-archive`, or push it with
 // `skopeo copy oci-archive:FILE docker://REGISTRY/NAME:TAG`.
@@ -50,6 +53,8 @@ var capNetBindService = []byte{
 // spec is what goes into the image.
 type spec struct {
 	binary   string    // a static (CGO_ENABLED=0) coredns binary
+	name     string    // the binary's file name in the image's root, its entrypoint
+	title    string    // the org.opencontainers.image.title label
 	caBundle string    // a CA bundle to ship as /etc/ssl/certs/ca-certificates.crt; "" for none
 	arch     string    // GOARCH the binary was built for
 	created  time.Time // every timestamp in the image, for reproducible digests
@@ -75,15 +80,21 @@ func main() {
 	flag.Var(&specs, "binary", "ARCH=PATH: a static coredns binary built for GOARCH ARCH (required; repeat it for a multi-arch image)")
 	caBundle := flag.String("ca-certificates", "/etc/ssl/certs/ca-certificates.crt", "CA bundle to include; empty for none")
 	out := flag.String("o", "coredns-serviceentry.oci.tar", "OCI archive to write")
+	entrypoint := flag.String("entrypoint", "/coredns", "where the binary goes in the image, a file of its root: the entrypoint")
+	title := flag.String("title", "coredns-serviceentry", "the image's org.opencontainers.image.title label")
 	ref := flag.String("tag", "coredns-serviceentry:dev", "image name recorded in the archive")
 	flag.Parse()
 	if len(specs) == 0 {
 		log.Fatal("-binary is required")
 	}
+	name, ok := strings.CutPrefix(*entrypoint, "/")
+	if !ok || name == "" || strings.Contains(name, "/") {
+		log.Fatalf("-entrypoint %q: want a file of the image's root, /NAME", *entrypoint)
+	}
 	created := sourceDate()
 	images := make([]v1.Image, len(specs))
 	for i, s := range specs {
-		s.caBundle, s.created = *caBundle, created
+		s.caBundle, s.created, s.name, s.title = *caBundle, created, name, *title
 		img, err := build(s)
 		if err != nil {
 			log.Fatalf("%s: %v", s.arch, err)
@@ -156,13 +167,13 @@ func build(s spec) (v1.Image, error) {
 		OS:           "linux",
 		Created:      v1.Time{Time: s.created},
 		Config: v1.Config{
-			Entrypoint:   []string{"/coredns"},
+			Entrypoint:   []string{"/" + s.name},
 			User:         user,
 			WorkingDir:   "/",
 			ExposedPorts: map[string]struct{}{"53/tcp": {}, "53/udp": {}, "9153/tcp": {}},
 			Env:          []string{"PATH=/"},
 			Labels: map[string]string{
-				"org.opencontainers.image.title":  "coredns-serviceentry",
+				"org.opencontainers.image.title":  s.title,
 				"org.opencontainers.image.source": "https://github.com/coredns-serviceentry/serviceentry",
 			},
 		},
@@ -172,7 +183,7 @@ func build(s spec) (v1.Image, error) {
 	}
 	return mutate.Append(img, mutate.Addendum{
 		Layer:   layer,
-		History: v1.History{Created: v1.Time{Time: s.created}, CreatedBy: "tools/image", Comment: "coredns with the serviceentry plugin"},
+		History: v1.History{Created: v1.Time{Time: s.created}, CreatedBy: "tools/image", Comment: s.title},
 	})
 }
 
@@ -218,7 +229,7 @@ func rootLayer(s spec) (v1.Layer, error) {
 		},
 		func() error { return dir("tmp", 0o1777) },
 		func() error {
-			return file(&tar.Header{Name: "coredns", Mode: 0o755,
+			return file(&tar.Header{Name: s.name, Mode: 0o755,
 				PAXRecords: map[string]string{"SCHILY.xattr.security.capability": string(capNetBindService)}}, binary)
 		},
 	}
