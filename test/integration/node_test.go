@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 )
@@ -524,4 +525,17 @@ func removeCgroups(t *testing.T, name string) {
 func dirExists(p string) bool {
 	fi, err := os.Stat(p)
 	return err == nil && fi.IsDir()
+}
+
+// killContainer kills pod p's container through containerd, as a crash
+// would, for the kubelet to restart it in the same pod.
+func (n *node) killContainer(t *testing.T, p corev1.Pod) {
+	t.Helper()
+	if len(p.Status.ContainerStatuses) == 0 {
+		t.Fatalf("%s has no container to kill yet", p.Name)
+	}
+	id := strings.TrimPrefix(p.Status.ContainerStatuses[0].ContainerID, "containerd://")
+	if out, err := n.ctr("tasks", "kill", "--signal", "SIGKILL", id); err != nil {
+		t.Fatalf("killing %s's container: %v\n%s", p.Name, err, out)
+	}
 }

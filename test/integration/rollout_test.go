@@ -485,14 +485,14 @@ func TestNodeRollout(t *testing.T) {
 
 		p := dnsPods(t, kube)[0]
 		watch.setKilled(p.Name)
-		id := strings.TrimPrefix(p.Status.ContainerStatuses[0].ContainerID, "containerd://")
-		if out, err := n.ctr("tasks", "kill", "--signal", "SIGKILL", id); err != nil {
-			t.Fatalf("killing %s's container: %v\n%s", p.Name, err, out)
-		}
+		n.killContainer(t, p)
 		var state string
 		waitFor(t, 2*time.Minute, p.Name+" crash-looping", func() bool {
 			now, err := kube.CoreV1().Pods("kube-system").Get(ctx, p.Name, metav1.GetOptions{})
 			if err != nil {
+				return false
+			}
+			if len(now.Status.ContainerStatuses) == 0 {
 				return false
 			}
 			s := now.Status.ContainerStatuses[0]
@@ -611,13 +611,10 @@ func TestNodeRollout(t *testing.T) {
 		// the merged Corefile from the start.
 		p := dnsPods(t, kube)[0]
 		watch.setKilled(p.Name)
-		id := strings.TrimPrefix(p.Status.ContainerStatuses[0].ContainerID, "containerd://")
-		if out, err := n.ctr("tasks", "kill", "--signal", "SIGKILL", id); err != nil {
-			t.Fatalf("killing %s's container: %v\n%s", p.Name, err, out)
-		}
+		n.killContainer(t, p)
 		waitFor(t, 2*time.Minute, p.Name+" restarted and Ready", func() bool {
 			now, err := kube.CoreV1().Pods("kube-system").Get(ctx, p.Name, metav1.GetOptions{})
-			return err == nil && now.Status.ContainerStatuses[0].RestartCount > 0 && podReady(now)
+			return err == nil && len(now.Status.ContainerStatuses) > 0 && now.Status.ContainerStatuses[0].RestartCount > 0 && podReady(now)
 		})
 		if got := podDNS(&p).answer(t, host, dns.TypeA, "udp"); got != hostAnswer {
 			t.Errorf("%s, restarted by the kubelet: %s answers %q", p.Name, host, got)
