@@ -131,10 +131,13 @@ func BenchmarkHeadlessScale(b *testing.B) {
 	bare, hollow, headless := runs["bare"], runs["hollow"], runs["headless"]
 
 	// The change latency, on a headless server that stays.
-	s := startCoreDNS(b, headlessScaleZone, reading("headless")...)
+	pprofAddr := fmt.Sprintf("127.0.0.1:%d", freePort(b))
+	s := startCoreDNSWith(b, []string{"pprof " + pprofAddr}, headlessScaleZone, reading("headless")...)
 	waitFor(b, 10*time.Minute, "CoreDNS (headless) ready", s.isReady)
 	const rate, length = 20, 20 * time.Second
+	profiled := profileDuring(b, pprofAddr, length, "flips")
 	times := flipReadiness(b, kube, s, entries, rate, length)
+	profiled()
 	p50, p99 := times.percentile(50), times.percentile(99)
 
 	perEntry := func(get func(startFigures) float64) float64 { return (get(hollow) - get(bare)) / float64(entries) }

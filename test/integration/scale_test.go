@@ -374,6 +374,22 @@ func saveProfile(b *testing.B, pprofAddr, query, file string) {
 	b.Logf("profile saved: %s", path)
 }
 
+// profileDuring takes a CPU profile and an execution trace of CoreDNS over
+// the next length of time, when SERVICEENTRY_PROFILES is set, saved as
+// cpu-<name>.pb.gz and trace-<name>.out; the returned function waits for
+// both. The trace shows what a latency's tail waited on (collections,
+// scheduling, the watch's delivery), which a CPU profile cannot.
+func profileDuring(b *testing.B, pprofAddr string, length time.Duration, name string) (wait func()) {
+	if os.Getenv("SERVICEENTRY_PROFILES") == "" {
+		return func() {}
+	}
+	seconds := int(length.Round(time.Second) / time.Second)
+	var wg sync.WaitGroup
+	wg.Go(func() { saveProfile(b, pprofAddr, fmt.Sprintf("profile?seconds=%d", seconds), "cpu-"+name+".pb.gz") })
+	wg.Go(func() { saveProfile(b, pprofAddr, fmt.Sprintf("trace?seconds=%d", seconds), "trace-"+name+".out") })
+	return wg.Wait
+}
+
 func httpGet(b testing.TB, url string) []byte {
 	resp, err := http.Get(url)
 	if err != nil {
