@@ -293,7 +293,11 @@ func (c *Index) Replace(namespace string, claims map[string]*Claim) {
 // setLocked replaces the claim of the pod k and appends the IPs whose winner
 // may have changed to touched.
 func (c *Index) setLocked(k podKey, claim *Claim, touched []netip.Addr) []netip.Addr {
-	if old, ok := c.pods[k]; ok {
+	old, had := c.pods[k]
+	if had && c.sameClaim(old, k, claim) {
+		return touched
+	}
+	if had {
 		delete(c.pods, k)
 		c.release(old.client)
 		if old.hasV4 {
@@ -327,6 +331,17 @@ func (c *Index) setLocked(k podKey, claim *Claim, touched []netip.Addr) []netip.
 		touched = append(touched, netip.AddrFrom16(v6))
 	}
 	return touched
+}
+
+// sameClaim says whether claim keeps what the index holds of pod k, p: most
+// pod events are the kubelet's status updates, which change none of it, and
+// they then copy no shard.
+func (c *Index) sameClaim(p pod, k podKey, claim *Claim) bool {
+	if claim == nil || claim.Created != p.created || claim.Namespace != p.client.Namespace || claim.Marks != p.client.Marks {
+		return false
+	}
+	v4, v6, hasV4, hasV6 := addresses(claim)
+	return hasV4 == p.hasV4 && v4 == p.v4 && hasV6 == p.hasV6 && (!hasV6 || v6 == c.ipv6[k])
 }
 
 // hold returns the shared copy of client for one more pod.

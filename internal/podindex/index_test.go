@@ -90,6 +90,53 @@ func TestClientIndexCopiesOnlyTouchedShards(t *testing.T) {
 	}
 }
 
+// TestClientIndexUnchangedClaimPublishesNothing: most pod events are the
+// kubelet's status updates (readiness, restarts), which change nothing the
+// index keeps; they must not copy a shard. A change of what it keeps does.
+func TestClientIndexUnchangedClaimPublishesNothing(t *testing.T) {
+	ip4, ip6 := netip.MustParseAddr("10.0.0.7"), netip.MustParseAddr("fd00::7")
+	claim := func(change func(*Claim)) *Claim {
+		c := &Claim{Namespace: "ns7", Created: epoch, IPs: []netip.Addr{ip4, ip6}}
+		if change != nil {
+			change(c)
+		}
+		return c
+	}
+	for _, tc := range []struct {
+		name      string
+		next      *Claim
+		republish bool
+	}{
+		{"same claim", claim(nil), false},
+		{"same addresses in the other order", claim(func(c *Claim) { c.IPs = []netip.Addr{ip6, ip4} }), false},
+		{"namespace", claim(func(c *Claim) { c.Namespace = "other" }), true},
+		{"marks", claim(func(c *Claim) { c.Marks = 1 }), true},
+		{"creation time", claim(func(c *Claim) { c.Created++ }), true},
+		{"IPv4 address", claim(func(c *Claim) { c.IPs[0] = netip.MustParseAddr("10.0.0.8") }), true},
+		{"IPv6 address gone", claim(func(c *Claim) { c.IPs = c.IPs[:1] }), true},
+		{"deleted", nil, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			idx := New()
+			idx.Set("ns7/pod7", claim(nil))
+			idx.MarkSynced()
+			before4, before6 := idx.shards[shardOf(ip4)].Load(), idx.shards[shardOf(ip6)].Load()
+			idx.Set("ns7/pod7", tc.next)
+			republished := idx.shards[shardOf(ip4)].Load() != before4 || idx.shards[shardOf(ip6)].Load() != before6
+			if republished != tc.republish {
+				t.Errorf("shards replaced: %v, want %v", republished, tc.republish)
+			}
+			want := Client{}
+			if tc.next != nil && slices.Contains(tc.next.IPs, ip4) {
+				want = Client{Namespace: tc.next.Namespace, Marks: tc.next.Marks}
+			}
+			if got := idx.Lookup(ip4); got != want {
+				t.Errorf("%v -> %+v, want %+v", ip4, got, want)
+			}
+		})
+	}
+}
+
 // TestClientIndexTies: pods created in the same second claim one IP; the
 // same pod wins whatever the order of their events, and a newer pod beats
 // them all.
@@ -278,18 +325,29 @@ func BenchmarkLookup(b *testing.B) {
 	}
 }
 
-// BenchmarkSet is one pod event in an index of 10,000 pods: a pod moves
-// between two addresses, so each event republishes the shards of both.
+// BenchmarkSet is one pod event in an index of 10,000 pods: a pod moving
+// between two addresses, so that each event republishes the shards of both,
+// and a status update (the kubelet's readiness), which changes nothing the
+// index keeps.
 func BenchmarkSet(b *testing.B) {
-	idx, _ := filledIndex(10000)
-	moves := [2]*Claim{
-		{Namespace: "churn", IPs: []netip.Addr{netip.MustParseAddr("10.200.0.1")}},
-		{Namespace: "churn", IPs: []netip.Addr{netip.MustParseAddr("10.200.0.2")}},
+	churn := func(ip string) *Claim {
+		return &Claim{Namespace: "churn", Created: epoch, IPs: []netip.Addr{netip.MustParseAddr(ip)}}
 	}
-	b.ReportAllocs()
-	i := 0
-	for b.Loop() {
-		idx.Set("churn/p", moves[i%2])
-		i++
+	for _, bc := range []struct {
+		name   string
+		claims [2]*Claim
+	}{
+		{"address moves", [2]*Claim{churn("10.200.0.1"), churn("10.200.0.2")}},
+		{"status update", [2]*Claim{churn("10.200.0.1"), churn("10.200.0.1")}},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			idx, _ := filledIndex(10000)
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				idx.Set("churn/p", bc.claims[i%2])
+				i++
+			}
+		})
 	}
 }
