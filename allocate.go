@@ -26,7 +26,7 @@ type legacyAddrs struct {
 // Ties (the same namespace/host in two entries created in the same second) are
 // broken by entry name; they hash alike, so their order changes no address.
 func compareLegacy(a, b *entry.LegacyHost) int {
-	return cmp.Or(a.Created.Compare(b.Created), cmp.Compare(a.Host, b.Host),
+	return cmp.Or(cmp.Compare(a.Created, b.Created), cmp.Compare(a.Host, b.Host),
 		cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Entry, b.Entry))
 }
 
@@ -180,13 +180,13 @@ func newLegacyAllocator() *legacyAllocator {
 // nothing the allocator reads (its labels, its status) nets to no change and
 // costs no recomputation.
 func (l *legacyAllocator) add(e *entry.Entry) {
-	for _, h := range e.LegacyHosts {
+	for _, h := range e.LegacyHosts() {
 		l.pending[h]++
 	}
 }
 
 func (l *legacyAllocator) remove(e *entry.Entry) {
-	for _, h := range e.LegacyHosts {
+	for _, h := range e.LegacyHosts() {
 		l.pending[h]--
 	}
 }

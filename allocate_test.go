@@ -414,7 +414,7 @@ func TestLegacyUpdateWithoutChange(t *testing.T) {
 	l.reallocate()
 
 	relabelled := parse(strings.Replace(docs[0], "metadata: {", "metadata: {labels: {rev: b}, ", 1))
-	if relabelled == first || &relabelled.LegacyHosts[0] == &first.LegacyHosts[0] {
+	if relabelled == first || &relabelled.LegacyHosts()[0] == &first.LegacyHosts()[0] {
 		t.Fatal("the test needs a new entry object")
 	}
 	l.remove(first)

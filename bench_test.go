@@ -185,7 +185,7 @@ func processCPU(b *testing.B) time.Duration {
 func exportToBench() (map[entry.Key]*entry.Entry, map[string]string) {
 	entries := benchEntries(10_000)
 	for i := 0; i < 10_000; i += 10 {
-		entries[entry.ServiceEntryKey(fmt.Sprintf("ns/e%d", i))].ExportedTo = []string{fmt.Sprintf("team-%d", i/10)}
+		entries[entry.ServiceEntryKey(fmt.Sprintf("ns/e%d", i))].Extras = &entry.Extras{ExportedTo: []string{fmt.Sprintf("team-%d", i/10)}}
 	}
 	pods := make(map[string]string, 10_000)
 	for i := range 10_000 {
@@ -211,7 +211,7 @@ func BenchmarkExportTo(b *testing.B) {
 	public := newStore(false)
 	publicEntries := make(map[entry.Key]*entry.Entry, len(entries))
 	for key, e := range entries {
-		if e.ExportedTo == nil {
+		if e.ExportedTo() == nil {
 			publicEntries[key] = e
 		}
 	}
@@ -256,7 +256,7 @@ func BenchmarkExportToMemory(b *testing.B) {
 	entries, pods := exportToBench()
 	publicEntries := make(map[entry.Key]*entry.Entry, len(entries))
 	for key, e := range entries {
-		if e.ExportedTo == nil {
+		if e.ExportedTo() == nil {
 			publicEntries[key] = e
 		}
 	}

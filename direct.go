@@ -64,7 +64,8 @@ func (s *store) directOf(contributors []*entry.Entry, shared map[any]*table.Answ
 	default:
 		return nil, false
 	}
-	if len(oldest.Endpoints) == 0 && oldest.Selector == nil {
+	endpoints := oldest.Endpoints()
+	if len(endpoints) == 0 && oldest.Selector == nil {
 		return nil, resolution != networking.ServiceEntry_STATIC
 	}
 	type directKey struct{ e *entry.Entry }
@@ -80,10 +81,10 @@ func (s *store) directOf(contributors []*entry.Entry, shared map[any]*table.Answ
 		}
 	case oldest.Selector != nil:
 		ans = s.directAddrs(contributors, resolution)
-	case oldest.Endpoints[0].Host != "" && resolution != networking.ServiceEntry_STATIC:
-		ans = &table.Answer{Target: oldest.Endpoints[0].Host}
+	case endpoints[0].Host != "" && resolution != networking.ServiceEntry_STATIC:
+		ans = &table.Answer{Target: endpoints[0].Host}
 	case resolution == networking.ServiceEntry_DNS_ROUND_ROBIN:
-		ans = table.NewAnswer([]netip.Addr{oldest.Endpoints[0].IP})
+		ans = table.NewAnswer([]netip.Addr{endpoints[0].IP})
 	default:
 		ans = s.directAddrs(contributors, resolution)
 	}
@@ -111,7 +112,7 @@ func (s *store) directAddrs(contributors []*entry.Entry, resolution networking.S
 				add(ip)
 			}
 		default:
-			for _, ep := range e.Endpoints {
+			for _, ep := range e.Endpoints() {
 				add(ep.IP)
 			}
 		}
@@ -133,7 +134,7 @@ func resolvedBy(e *entry.Entry) []string {
 		return nil
 	}
 	var names []string
-	for _, ep := range e.Endpoints {
+	for _, ep := range e.Endpoints() {
 		if ep.Host != "" {
 			names = append(names, ep.Host)
 		}

@@ -290,7 +290,7 @@ func (s *store) endpointAddrs(e *entry.Entry) []netip.Addr {
 	}
 	var addrs []netip.Addr
 	if e.Selector == nil {
-		for _, ep := range e.Endpoints {
+		for _, ep := range e.Endpoints() {
 			if ep.IP.IsValid() {
 				addrs = append(addrs, ep.IP)
 			}

@@ -324,7 +324,7 @@ func (s *store) overlaysLocked(changes map[string]*table.Answer, ports map[strin
 	for host, public := range changes {
 		namespaces := slices.Clone(s.overlaid[host])
 		for _, e := range s.byHost.of(host) {
-			for _, ns := range e.ExportedTo {
+			for _, ns := range e.ExportedTo() {
 				if !slices.Contains(namespaces, ns) {
 					namespaces = append(namespaces, ns)
 				}
@@ -477,13 +477,13 @@ func (s *store) contributors(host, ns string) []*entry.Entry {
 	}
 	if len(claimants) > 1 {
 		explicit := func(e *entry.Entry) int {
-			if e.ExportedTo == nil {
+			if e.ExportedTo() == nil {
 				return 1
 			}
 			return 0
 		}
 		slices.SortFunc(claimants, func(a, b *entry.Entry) int {
-			return cmp.Or(cmp.Compare(explicit(a), explicit(b)), a.Created.Compare(b.Created),
+			return cmp.Or(cmp.Compare(explicit(a), explicit(b)), cmp.Compare(a.Created, b.Created),
 				cmp.Compare(a.Namespace(), b.Namespace()), cmp.Compare(a.Name(), b.Name()))
 		})
 	}

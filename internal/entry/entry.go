@@ -6,7 +6,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"time"
 
 	networking "istio.io/api/networking/v1alpha3"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -23,8 +22,10 @@ const autoAllocateLabel = "networking.istio.io/enable-autoallocate-ip"
 // Kubernetes reader and manifest files) convert to it once per change, so the
 // table builder and the query path never see Istio's types.
 type Entry struct {
-	Key     Key // the identity used by the store: its name is namespace/name
-	Created time.Time
+	Key Key // the identity used by the store: its name is namespace/name
+	// Created is metadata.creationTimestamp in Unix seconds, the API
+	// server's granularity: the oldest entry wins a host, as in Istio.
+	Created int64
 	// hosts are the hosts this entry declares to the plugin's clients, each
 	// with its addresses or none: a host without addresses still claims the
 	// host for its namespace (see store.answerFor), but never reaches the table.
@@ -48,9 +49,6 @@ type Entry struct {
 	// spec.addresses, at least one valid port. The store finds them: the
 	// workloads the selector picks, else spec.endpoints.
 	Headless bool
-	// Endpoints are the addresses of spec.endpoints that DNS can give, in
-	// order: read for entries without a workload selector.
-	Endpoints []Endpoint
 	// Selector is spec.workloadSelector's labels: nil when the entry has
 	// none, empty when it selects every workload of its namespace. With a
 	// selector Istio takes the entry's endpoints from the workloads it
@@ -58,16 +56,57 @@ type Entry struct {
 	// weigh more than the rest of the entry.
 	Selector *Selector
 
-	// exportedTo is nil for a public entry, visible to every client
+	// Extras holds what most entries leave empty; nil when all of it is.
+	Extras *Extras
+}
+
+// Extras are the parts of an entry that most entries lack, behind one
+// pointer: three slice headers in every entry would make up a third of it.
+type Extras struct {
+	// Endpoints are the addresses of spec.endpoints that DNS can give, in
+	// order: read for entries without a workload selector.
+	Endpoints []Endpoint
+
+	// ExportedTo is nil for a public entry, visible to every client
 	// namespace (exportTo empty, the mesh default, or holding "*"; every
 	// entry with "exportto all"). With "exportto client" an entry that is
 	// not public lists the namespaces it is visible to ("." is its own).
 	ExportedTo []string
 
-	// legacyHosts are the hosts the v1 allocator counts ("autoallocate
+	// LegacyHosts are the hosts the v1 allocator counts ("autoallocate
 	// legacy"): every eligible host, even of an entry not exported to us,
 	// because istiod allocates mesh-wide and positions depend on all of them.
 	LegacyHosts []LegacyHost
+}
+
+// Endpoints, ExportedTo and LegacyHosts read the entry's Extras.
+func (e *Entry) Endpoints() []Endpoint {
+	if e.Extras == nil {
+		return nil
+	}
+	return e.Extras.Endpoints
+}
+
+func (e *Entry) ExportedTo() []string {
+	if e.Extras == nil {
+		return nil
+	}
+	return e.Extras.ExportedTo
+}
+
+func (e *Entry) LegacyHosts() []LegacyHost {
+	if e.Extras == nil {
+		return nil
+	}
+	return e.Extras.LegacyHosts
+}
+
+// extras returns e's Extras, made if it had none, for convert to fill.
+func (e *Entry) extras() *Extras {
+	if e.Extras == nil {
+		e.Extras = new(Extras)
+	}
+	return e.Extras
 }
 
 // Namespace and Name are the entry's, read from its key: fields of their
@@ -202,11 +241,11 @@ func Identity(meta *metav1.ObjectMeta) (namespace string, key Key) {
 // change.
 func convert(meta *metav1.ObjectMeta, spec *slimSpec, status *slimStatus, opts Options) (*Entry, []Skip) {
 	namespace, key := Identity(meta)
-	e := &Entry{Key: key, Created: meta.CreationTimestamp.Time}
+	e := &Entry{Key: key, Created: meta.CreationTimestamp.Unix()}
 	exported := opts.ExportTo == ExportAll || exportedToAll(spec.ExportTo)
 	if !exported && opts.ExportTo == ExportClient {
-		e.ExportedTo = exportedNamespaces(namespace, spec.ExportTo)
-		exported = len(e.ExportedTo) > 0
+		e.extras().ExportedTo = exportedNamespaces(namespace, spec.ExportTo)
+		exported = len(e.ExportedTo()) > 0
 	}
 	var skips []Skip
 
@@ -248,15 +287,16 @@ func convert(meta *metav1.ObjectMeta, spec *slimSpec, status *slimStatus, opts O
 		case fromStatus != nil && (!wildcard || resolution == networking.ServiceEntry_DYNAMIC_DNS):
 			h.Addrs, e.Auto = fromStatus[raw], true
 		case legacy && !wildcard:
-			e.LegacyHosts = append(e.LegacyHosts, LegacyHost{
+			x := e.extras()
+			x.LegacyHosts = append(x.LegacyHosts, LegacyHost{
 				Namespace: namespace,
 				Host:      raw,
-				Created:   e.Created.Truncate(time.Second),
+				Created:   e.Created,
 				Entry:     meta.Name,
 				Name:      name,
 				V6:        opts.DualStack,
 			})
-			legacyOf[len(e.Hosts)] = len(e.LegacyHosts) - 1
+			legacyOf[len(e.Hosts)] = len(x.LegacyHosts) - 1
 		}
 		if exported && claims {
 			e.Hosts = append(e.Hosts, h)
@@ -264,12 +304,12 @@ func convert(meta *metav1.ObjectMeta, spec *slimSpec, status *slimStatus, opts O
 			delete(legacyOf, len(e.Hosts))
 		}
 	}
-	// A legacy host's slot is the one in e.legacyHosts, pointed at once the
-	// slice has stopped growing: one copy of it, not two.
+	// A legacy host's slot is the one in e.Extras.LegacyHosts, pointed at
+	// once the slice has stopped growing: one copy of it, not two.
 	for i, j := range legacyOf {
-		e.Hosts[i].Legacy = &e.LegacyHosts[j]
+		e.Hosts[i].Legacy = &e.Extras.LegacyHosts[j]
 	}
-	if len(e.Hosts) == 0 && len(e.LegacyHosts) == 0 {
+	if len(e.Hosts) == 0 && len(e.LegacyHosts()) == 0 {
 		return nil, skips
 	}
 	var portSkips, endpointSkips []Skip
@@ -281,7 +321,10 @@ func convert(meta *metav1.ObjectMeta, spec *slimSpec, status *slimStatus, opts O
 	switch resolution {
 	case networking.ServiceEntry_STATIC, networking.ServiceEntry_DNS, networking.ServiceEntry_DNS_ROUND_ROBIN, networking.ServiceEntry_NONE:
 		if spec.Selector == nil {
-			e.Endpoints, endpointSkips = parseEndpoints(spec.Endpoints)
+			var endpoints []Endpoint
+			if endpoints, endpointSkips = parseEndpoints(spec.Endpoints); len(endpoints) > 0 {
+				e.extras().Endpoints = endpoints
+			}
 		}
 	}
 	return e, slices.Concat(skips, portSkips, endpointSkips, selectorSkips)
@@ -376,7 +419,8 @@ func (e *Entry) SelectsWorkloads() bool {
 // VisibleTo reports whether clients of namespace ns ("" for a client of no
 // known namespace) see e.
 func (e *Entry) VisibleTo(ns string) bool {
-	return e.ExportedTo == nil || (ns != "" && slices.Contains(e.ExportedTo, ns))
+	exportedTo := e.ExportedTo()
+	return exportedTo == nil || (ns != "" && slices.Contains(exportedTo, ns))
 }
 
 // statusQualifies applies istiod's rules for when status.addresses, written by

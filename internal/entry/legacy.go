@@ -1,7 +1,5 @@
 package entry
 
-import "time"
-
 // LegacyHost is one host of one ServiceEntry as the v1 allocator sees it. host
 // is exactly as written in the ServiceEntry (Istio hashes it as is); the same
 // namespace/host in two entries takes two slots and shares one address, so the
@@ -9,7 +7,7 @@ import "time"
 type LegacyHost struct {
 	Namespace string
 	Host      string
-	Created   time.Time // truncated to seconds, as the API server stores it
+	Created   int64 // the entry's, in Unix seconds
 	Entry     string
 	Name      string
 	V6        bool // serve the IPv6 address too ("autoallocate legacy dualstack")

@@ -554,7 +554,7 @@ func TestLegacySameAcrossSources(t *testing.T) {
 		meta, _ := sourcetest.LegacyFixture(i)
 		key := entry.ServiceEntryKey(meta.Namespace + "/" + meta.Name)
 		a, b := fromFiles[key], fromKube[key]
-		if a == nil || b == nil || len(a.LegacyHosts) != 1 || !reflect.DeepEqual(a, b) {
+		if a == nil || b == nil || len(a.LegacyHosts()) != 1 || !reflect.DeepEqual(a, b) {
 			t.Fatalf("%s: manifests %+v, kubernetes %+v", key, a, b)
 		}
 	}
