@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds kube-apiserver and etcd, and the kubelet, kube-controller-manager and
-# kube-scheduler of TestNodeRollout's one-node cluster, from the versions pinned
+# kube-scheduler of TestNodeRollout's one-node cluster with the kubeadm it runs
+# the CoreDNS add-on phase of, from the versions pinned
 # in this module and prints the folder that holds them. The binaries are cached by version (and by
 # go.sum, so a change of any pin rebuilds), so only the first run on a machine
 # pays the cold build (about 20-30 minutes on 2 cores).
@@ -13,7 +14,7 @@ etcd=$(go list -m -f '{{.Version}}' go.etcd.io/etcd/server/v3)
 sum=$(sha256sum go.sum | cut -c1-12)
 out="${SERVICEENTRY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/serviceentry}/servers/k8s-$k8s-etcd-$etcd-$sum"
 
-commands="kube-apiserver kube-controller-manager kube-scheduler kubelet"
+commands="kube-apiserver kube-controller-manager kube-scheduler kubelet kubeadm"
 complete=yes
 for c in $commands etcd; do
   [ -x "$out/$c" ] || complete=no

@@ -3,15 +3,11 @@ package servers
 import (
 	"bytes"
 	"encoding/json"
-	"go/ast"
-	"go/parser"
-	"go/token"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"reflect"
 	"regexp"
-	"strconv"
 	"strings"
 	"testing"
 	"text/template"
@@ -19,19 +15,19 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/strategicpatch"
+	dnsaddon "k8s.io/kubernetes/cmd/kubeadm/app/phases/addons/dns"
+	kubeadmimage "k8s.io/kubernetes/cmd/kubeadm/app/util/image"
+	"k8s.io/kubernetes/cmd/kubeadm/app/util/patches"
 	"sigs.k8s.io/yaml"
 )
 
 // kubeadmCorefile is the Corefile the pinned kubeadm writes for a cluster
 // whose domain is domain: its template, the constant CoreDNSConfigMap
-// of cmd/kubeadm/app/phases/addons/dns, read from the source of the pinned
-// module (importing the package would add kubeadm's own dependencies to this
-// module, whose go.sum keys the cached server build), filled as kubeadm
-// fills it, with text/template (kubeadmutil.ParseTemplate).
+// of cmd/kubeadm/app/phases/addons/dns, filled as kubeadm fills it, with
+// text/template (kubeadmutil.ParseTemplate).
 func kubeadmCorefile(t *testing.T, domain string) string {
 	t.Helper()
-	text := kubeadmConstant(t, "cmd/kubeadm/app/phases/addons/dns/manifests.go", "CoreDNSConfigMap")
-	tmpl, err := template.New("coredns").Parse(text)
+	tmpl, err := template.New("coredns").Parse(dnsaddon.CoreDNSConfigMap)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,34 +36,6 @@ func kubeadmCorefile(t *testing.T, domain string) string {
 		t.Fatal(err)
 	}
 	return corefileOf(t, out.Bytes())
-}
-
-// kubeadmConstant is the value of the string constant name in file (a path
-// in the pinned k8s.io/kubernetes module), read from its source.
-func kubeadmConstant(t *testing.T, file, name string) string {
-	t.Helper()
-	dir, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "k8s.io/kubernetes").Output()
-	if err != nil {
-		t.Fatalf("finding the kubernetes module: %v", err)
-	}
-	path := filepath.Join(strings.TrimSpace(string(dir)), file)
-	f, err := parser.ParseFile(token.NewFileSet(), path, nil, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var text string
-	ast.Inspect(f, func(n ast.Node) bool {
-		if spec, ok := n.(*ast.ValueSpec); ok && len(spec.Names) == 1 && spec.Names[0].Name == name && len(spec.Values) == 1 {
-			if lit, ok := spec.Values[0].(*ast.BasicLit); ok {
-				text, _ = strconv.Unquote(lit.Value)
-			}
-		}
-		return text == ""
-	})
-	if text == "" {
-		t.Fatalf("%s: no string constant %s; kubeadm moved it", path, name)
-	}
-	return text
 }
 
 func corefileOf(t *testing.T, manifest []byte) string {
@@ -193,37 +161,6 @@ func TestMergeKubeadmCorefile(t *testing.T) {
 	}
 }
 
-// kubeadmTagMatcher is the regular expression kubeadm reads an image's tag
-// with (util/image's tagMatcher): the tag of the running CoreDNS image is
-// the version kubeadm's Corefile migration starts from.
-func kubeadmTagMatcher(t *testing.T) *regexp.Regexp {
-	t.Helper()
-	dir, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "k8s.io/kubernetes").Output()
-	if err != nil {
-		t.Fatalf("finding the kubernetes module: %v", err)
-	}
-	path := filepath.Join(strings.TrimSpace(string(dir)), "cmd/kubeadm/app/util/image/image.go")
-	f, err := parser.ParseFile(token.NewFileSet(), path, nil, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var expr string
-	ast.Inspect(f, func(n ast.Node) bool {
-		if spec, ok := n.(*ast.ValueSpec); ok && len(spec.Names) == 1 && spec.Names[0].Name == "tagMatcher" && len(spec.Values) == 1 {
-			if call, ok := spec.Values[0].(*ast.CallExpr); ok && len(call.Args) == 1 {
-				if lit, ok := call.Args[0].(*ast.BasicLit); ok {
-					expr, _ = strconv.Unquote(lit.Value)
-				}
-			}
-		}
-		return expr == ""
-	})
-	if expr == "" {
-		t.Fatalf("%s: no tagMatcher; kubeadm reads image tags another way now", path)
-	}
-	return regexp.MustCompile(expr)
-}
-
 // TestKubeadmPatch: deploy/in-cluster/kubeadm-patches holds a patch that
 // kubeadm's --patches takes for its CoreDNS Deployment, and applied as
 // kubeadm applies it (a strategic merge patch over the Deployment the pinned
@@ -236,7 +173,7 @@ func kubeadmTagMatcher(t *testing.T) *regexp.Regexp {
 // fills it.
 func kubeadmDeployment(t *testing.T) []byte {
 	t.Helper()
-	tmpl, err := template.New("deployment").Parse(kubeadmConstant(t, "cmd/kubeadm/app/phases/addons/dns/manifests.go", "CoreDNSDeployment"))
+	tmpl, err := template.New("deployment").Parse(dnsaddon.CoreDNSDeployment)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -298,7 +235,7 @@ func TestKubeadmPatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	target := kubeadmConstant(t, "cmd/kubeadm/app/util/patches/patches.go", "CoreDNSDeployment")
+	target := patches.CoreDNSDeployment
 	if len(files) != 1 || files[0].Name() != target+"+strategic.yaml" {
 		t.Fatalf("%s: want one file, %s+strategic.yaml (kubeadm's target and patch type), got %v", dir, target, files)
 	}
@@ -337,17 +274,10 @@ func TestKubeadmPatch(t *testing.T) {
 	}
 
 	// kubeadm's tag reader finds a tag in kubeadm's own image, and none in ours.
-	tags := kubeadmTagMatcher(t)
-	tagOf := func(image string) string {
-		if m := tags.FindStringSubmatch(image); len(m) >= 2 {
-			return m[1]
-		}
-		return ""
-	}
-	if got := tagOf(before.Spec.Template.Spec.Containers[0].Image); got != "v1.13.1" {
+	if got := kubeadmimage.TagFromImage(before.Spec.Template.Spec.Containers[0].Image); got != "v1.13.1" {
 		t.Fatalf("kubeadm's tag reader gives %q for its own image: this test reads it wrong", got)
 	}
-	if got := tagOf(image); got != "" {
+	if got := kubeadmimage.TagFromImage(image); got != "" {
 		t.Errorf("kubeadm reads the version %q from the patch's image %q: name it by digest only", got, image)
 	}
 
