@@ -385,6 +385,50 @@ func podMetric(t *testing.T, kube kubernetes.Interface, name string) map[string]
 	return lines
 }
 
+// kubeadmAddonPhase runs the pinned kubeadm's CoreDNS add-on phase against
+// the cluster of kubeconfig, for a node whose containerd listens on sock,
+// with dnsImage as kubeadm's own CoreDNS image (an image repository and tag
+// in its ClusterConfiguration) and the patches of patchesDir ("" for none),
+// and returns what kubeadm printed.
+func kubeadmAddonPhase(t *testing.T, kubeconfig, sock, dnsImage, patchesDir string) (string, error) {
+	t.Helper()
+	repo, tag, ok := strings.Cut(dnsImage, ":")
+	if !ok || !strings.HasSuffix(repo, "/coredns") {
+		t.Fatalf("%s: not <repository>/coredns:<tag>, as kubeadm names its CoreDNS image", dnsImage)
+	}
+	patches := ""
+	if patchesDir != "" {
+		patches = "patches:\n  directory: " + patchesDir + "\n"
+	}
+	config := fmt.Sprintf(`apiVersion: kubeadm.k8s.io/v1beta4
+kind: InitConfiguration
+nodeRegistration:
+  name: %s
+  criSocket: unix://%s
+%s---
+apiVersion: kubeadm.k8s.io/v1beta4
+kind: ClusterConfiguration
+networking:
+  serviceSubnet: 10.0.0.0/24
+  dnsDomain: cluster.local
+dns:
+  imageRepository: %s
+  imageTag: %s
+`, nodeName, sock, patches, strings.TrimSuffix(repo, "/coredns"), tag)
+	kubeadm := filepath.Join(serversDir(t), "kubeadm")
+	version, err := exec.Command(kubeadm, "version", "-o", "short").Output()
+	if err != nil {
+		t.Fatalf("kubeadm version: %v", err)
+	}
+	// Without a version kubeadm would ask dl.k8s.io for the latest one.
+	config += "kubernetesVersion: " + string(version)
+	path := filepath.Join(t.TempDir(), "kubeadm.yaml")
+	writeFile(t, path, config)
+	out, err := exec.Command(kubeadm, "init", "phase", "addon", "coredns",
+		"--config", path, "--kubeconfig", kubeconfig).CombinedOutput()
+	return string(out), err
+}
+
 // TestNodeRollout follows docs/deploying.md's in-cluster runbook on a real
 // node (kubelet, containerd, runc, a CNI bridge; the controller manager and
 // the scheduler) against the real API server with RBAC, from the CoreDNS
@@ -405,6 +449,10 @@ func podMetric(t *testing.T, kube kubernetes.Interface, name string) map[string]
 //     answer a ServiceEntry's host, and the verify block sees every replica
 //     synced; a container the kubelet restarts starts with the merged
 //     Corefile;
+//   - kubeadm's CoreDNS add-on phase (what kubeadm upgrade runs) with the
+//     shipped patches keeps our image and the Corefile; without them its
+//     image crash-loops on the Corefile while an old replica answers, and
+//     the doc's image step brings ours back;
 //   - the rollback, in the doc's order (Corefile, then image and RBAC),
 //     completes;
 //   - at no point is there no Ready replica, or a Ready one that does not
@@ -622,6 +670,80 @@ func TestNodeRollout(t *testing.T) {
 		watch.setKilled("")
 		watch.check(t, "a container's restart")
 		step("a container restarted by the kubelet answers with the merged Corefile")
+	})
+	if t.Failed() {
+		return
+	}
+
+	// kubeadm upgrade's CoreDNS add-on phase writes kubeadm's Deployment
+	// again. Run here as "kubeadm init phase addon coredns", the same
+	// EnsureDNSAddon (cmd/kubeadm/app/cmd/phases/{init,upgrade}/addons.go)
+	// from the pinned kubeadm, with its configuration given where upgrade
+	// reads it from the cluster's kubeadm-config: "kubeadm upgrade apply"
+	// itself needs a control plane of static pods this node does not have.
+	t.Run("kubeadm upgrade's add-on phase", func(t *testing.T) {
+		patches := filepath.Join(sh.dir, "deploy/in-cluster/kubeadm-patches")
+		writeFile(t, filepath.Join(patches, "corednsdeployment+strategic.yaml"),
+			replaceOnce(t, string(deployFile(t, "in-cluster/kubeadm-patches/corednsdeployment+strategic.yaml")), unpullable, images.ours))
+		corefile := func() string {
+			cm, err := kube.CoreV1().ConfigMaps("kube-system").Get(ctx, "coredns", metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return cm.Data["Corefile"]
+		}
+		merged := corefile()
+		addonPhase := func(patchesDir string) {
+			t.Helper()
+			out, err := kubeadmAddonPhase(t, c.kubeconfig(t, adminToken), n.sock, images.stock, patchesDir)
+			if err != nil {
+				t.Fatalf("kubeadm init phase addon coredns: %v\n%s", err, out)
+			}
+			if applied := strings.Contains(out, `to target "corednsdeployment"`); applied != (patchesDir != "") {
+				t.Fatalf("kubeadm, patches %q: applied a patch to its Deployment %v:\n%s", patchesDir, applied, out)
+			}
+			if got := corefile(); got != merged {
+				t.Fatalf("kubeadm changed the Corefile:\n%s\nwas:\n%s", got, merged)
+			}
+		}
+
+		// With the doc's patches: our image, by digest, stays.
+		addonPhase(patches)
+		waitRolledOut(t, kube, images.ours, 3*time.Minute)
+		everyPodAnswers(t, kube, host, hostAnswer, 10*time.Second)
+		everyPodAnswers(t, kube, service, serviceAnswer, 10*time.Second)
+		watch.check(t, "kubeadm's add-on phase with the patches")
+		step("kubeadm's add-on phase with --patches: our image stays, the Corefile is kept, every replica answers " + host)
+
+		// Without them: kubeadm's image on a Corefile naming the plugin.
+		addonPhase("")
+		var state string
+		waitFor(t, 2*time.Minute, "a stock replica crash-looping on the merged Corefile", func() bool {
+			for _, p := range dnsPods(t, kube) {
+				if p.Spec.Containers[0].Image != images.stock || len(p.Status.ContainerStatuses) == 0 {
+					continue
+				}
+				if s := p.Status.ContainerStatuses[0]; s.RestartCount >= 1 && !s.Ready {
+					state = fmt.Sprintf("%s: restarts %d", p.Name, s.RestartCount)
+					return true
+				}
+			}
+			return false
+		})
+		for _, p := range dnsPods(t, kube) {
+			if podReady(&p) && p.Spec.Containers[0].Image != images.ours {
+				t.Errorf("pod %s is Ready with image %s", p.Name, p.Spec.Containers[0].Image)
+			}
+		}
+		watch.check(t, "kubeadm's add-on phase without the patches")
+		step("kubeadm's add-on phase without --patches: its stock image crash-loops on the Corefile (" + state + "), an old replica answers")
+		if out, stderr, err := sh.run(image); err != nil {
+			t.Fatalf("image block: %v\n%s%s", err, out, stderr)
+		}
+		waitRolledOut(t, kube, images.ours, 3*time.Minute)
+		everyPodAnswers(t, kube, host, hostAnswer, 10*time.Second)
+		watch.check(t, "the image step after kubeadm's")
+		step("the runbook's image step again: every replica ours, answering " + host)
 	})
 	if t.Failed() {
 		return
