@@ -7,9 +7,10 @@ import (
 	"strings"
 )
 
-// reverseChanges gathers, per address, the hosts (fully qualified) that start
-// or stop answering with it in one table change, so that each address's PTR
-// set is rebuilt once however many of its hosts change.
+// reverseChanges gathers, per address, the hosts (as the table keys them,
+// with no trailing dot) that start or stop answering with it in one table
+// change, so that each address's PTR set is rebuilt once however many of
+// its hosts change.
 type reverseChanges map[netip.Addr]*reverseChange
 
 type reverseChange struct{ add, del []string }
@@ -20,22 +21,15 @@ func (rc reverseChanges) add(host string, old, new *Answer) {
 	if old == new {
 		return
 	}
-	var target string // allocated once, only if some address changes
-	fqdn := func() string {
-		if target == "" {
-			target = host + "."
-		}
-		return target
-	}
 	was, is := AddressesOf(old), AddressesOf(new)
 	for _, ip := range was {
 		if !slices.Contains(is, ip) {
-			rc.at(ip).del = append(rc.at(ip).del, fqdn())
+			rc.at(ip).del = append(rc.at(ip).del, host)
 		}
 	}
 	for _, ip := range is {
 		if !slices.Contains(was, ip) {
-			rc.at(ip).add = append(rc.at(ip).add, fqdn())
+			rc.at(ip).add = append(rc.at(ip).add, host)
 		}
 	}
 }
@@ -49,12 +43,15 @@ func (rc reverseChanges) at(addr netip.Addr) *reverseChange {
 	return c
 }
 
-// reverseIndex maps each address to the hosts answering with it, fully
-// qualified, sorted and joined by a space (a host name holds none). Every
-// endpoint address of a headless entry is in it, so an address costs one
-// map slot and nothing else: an address of one host (nearly all of them)
-// holds the host's own name, a string shared by all its addresses, and
-// IPv4 addresses, keyed apart by their four bytes, take the smallest slot.
+// reverseIndex maps each address to the hosts answering with it, as the
+// table keys them (no trailing dot), sorted and joined by a space (a host
+// name holds none). Every endpoint address of a headless entry is in it, so
+// an address costs one map slot and nothing else: an address of one host
+// (nearly all of them) holds the host's own name, the very string the table
+// keys the host by, and IPv4 addresses, keyed apart by their four bytes,
+// take the smallest slot. The trailing dot a PTR answer needs is added when
+// one is asked for: PTR queries are few, and a copy of every host's name
+// would be kept for them.
 type reverseIndex struct {
 	v4 sharded[[4]byte, string]
 	v6 sharded[[16]byte, string]
@@ -106,12 +103,21 @@ func (t *Table) addrHash(addr netip.Addr) uint64 {
 	return maphash.Comparable(t.seed, addr)
 }
 
-// PTR returns the hosts answering with addr, sorted, or nil.
+// PTR returns the hosts answering with addr, fully qualified and sorted, or
+// nil.
 func (t *Table) PTR(addr netip.Addr) []string {
-	if hosts := t.reverse.at(t.addrHash(addr), addr); hosts != "" {
-		return strings.Split(hosts, " ")
+	hosts := t.reverse.at(t.addrHash(addr), addr)
+	if hosts == "" {
+		return nil
 	}
-	return nil
+	var out []string
+	for host := range strings.FieldsSeq(hosts) {
+		out = append(out, host+".")
+	}
+	// Sorted again: a dot sorts after a hyphen, so "a.b." follows "a.b-c."
+	// where "a.b" came first.
+	slices.Sort(out)
+	return out
 }
 
 // AddressesOf lists the addresses of ans, both families: the IPv4 ones in

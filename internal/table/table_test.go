@@ -9,7 +9,9 @@ import (
 	"net/netip"
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
+	"unsafe"
 
 	"github.com/coredns-serviceentry/serviceentry/internal/entry"
 )
@@ -97,6 +99,27 @@ func TestReverseFollowsChanges(t *testing.T) {
 	}
 	if got := reverseOf(tbl.With(gone, nil)); len(got) != 0 {
 		t.Fatalf("reverse entries left with no hosts: %v", got)
+	}
+}
+
+// TestPTRNames: PTR gives the hosts of an address fully qualified and in
+// the order of their qualified names ("a.b-c." before "a.b."), and an
+// address of one host holds that host's name itself, not a copy of it.
+func TestPTRNames(t *testing.T) {
+	ip := netip.MustParseAddr("192.0.2.1")
+	ans := NewAnswer([]netip.Addr{ip})
+	tbl := NewTable(maphash.MakeSeed()).With(map[string]*Answer{"a.b": ans, "a.b-c": ans, "z.example": ans}, nil)
+	if got, want := tbl.PTR(ip), []string{"a.b-c.", "a.b.", "z.example."}; !slices.Equal(got, want) {
+		t.Errorf("PTR %v, want %v", got, want)
+	}
+	host := strings.Clone("svc.example")
+	other := netip.MustParseAddr("192.0.2.2")
+	tbl = tbl.With(map[string]*Answer{host: NewAnswer([]netip.Addr{other})}, nil)
+	if got := tbl.PTR(other); !slices.Equal(got, []string{"svc.example."}) {
+		t.Errorf("PTR %v, want [svc.example.]", got)
+	}
+	if held := tbl.reverse.at(tbl.addrHash(other), other); unsafe.StringData(held) != unsafe.StringData(host) {
+		t.Error("the PTR set of an address of one host is a copy of the host's name")
 	}
 }
 
