@@ -302,7 +302,7 @@ func TestLegacyCoalescing(t *testing.T) {
 		t.Errorf("first host moved while the recomputation was deferred: %v", got)
 	}
 	declared := &entry.Entry{Key: entry.ServiceEntryKey("ns/declared"),
-		Hosts: []entry.Host{{Name: "declared.internal", Addrs: []netip.Addr{netip.MustParseAddr("192.0.2.7")}}}}
+		Hosts: []entry.Host{entry.NewHost("declared.internal", netip.MustParseAddr("192.0.2.7"))}}
 	st.Upsert(declared.Key, declared)
 	if lookupIn(st.table(), "declared.internal") == nil {
 		t.Error("a declared address waited for the legacy recomputation")
@@ -422,7 +422,7 @@ func TestLegacyUpdateWithoutChange(t *testing.T) {
 	if l.changed() {
 		t.Error("an update that changes no legacy host counts as a change")
 	}
-	if got := l.addresses(relabelled.Hosts[0].Legacy); len(got) == 0 {
+	if got := l.addresses(relabelled.LegacyHost(relabelled.Hosts[0].Name)); len(got) == 0 {
 		t.Error("the updated entry's host has no address")
 	}
 

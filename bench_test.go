@@ -32,11 +32,11 @@ func benchEntries(n int) map[entry.Key]*entry.Entry {
 			addrs = append(addrs, netip.MustParseAddr(fmt.Sprintf("2001:2::%x:%x", i>>16, i&0xffff)))
 		}
 		e := &entry.Entry{Key: entry.ServiceEntryKey(fmt.Sprintf("ns/e%d", i)),
-			Hosts: []entry.Host{{Name: fmt.Sprintf("svc-%d.ns-%d.internal", i, i%100), Addrs: addrs}}}
+			Hosts: []entry.Host{entry.NewHost(fmt.Sprintf("svc-%d.ns-%d.internal", i, i%100), addrs...)}}
 		out[e.Key] = e
 	}
 	w := &entry.Entry{Key: entry.ServiceEntryKey("ns/wild"),
-		Hosts: []entry.Host{{Name: "*.wild.internal", Addrs: []netip.Addr{netip.MustParseAddr("203.0.113.1")}}},
+		Hosts: []entry.Host{entry.NewHost("*.wild.internal", netip.MustParseAddr("203.0.113.1"))},
 		Ports: []entry.Port{{Name: "https", Number: 443}}}
 	out[w.Key] = w
 	return out
@@ -114,7 +114,7 @@ func BenchmarkTableUpdate(b *testing.B) {
 // then e again.
 func alternateUpdates(b *testing.B, st *store, e *entry.Entry) {
 	changed := *e
-	changed.Hosts = []entry.Host{{Name: e.Hosts[0].Name, Addrs: []netip.Addr{netip.MustParseAddr("192.0.2.1")}}}
+	changed.Hosts = []entry.Host{entry.NewHost(e.Hosts[0].Name, netip.MustParseAddr("192.0.2.1"))}
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
 		if i%2 == 0 {

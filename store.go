@@ -387,11 +387,18 @@ func sameAnswer(a, b *table.Answer) bool {
 		a.Target == b.Target && a.Reach == b.Reach && a.Resolved == b.Resolved && sameAnswer(a.Else, b.Else)
 }
 
-// addrsKey identifies an address slice by its backing array: all hosts of an
-// entry share the slice of its spec.addresses.
+// addrsKey identifies an address slice by its backing array: the legacy
+// allocator's of a host, an entry's endpoint addresses, shared by its hosts.
 type addrsKey struct {
 	first *netip.Addr
 	n     int
+}
+
+// hostAddrsKey identifies the addresses an entry gives a host of its own:
+// all hosts of an entry share those of its spec.addresses.
+type hostAddrsKey struct {
+	e     *entry.Entry
+	addrs string // Host.AddrsKey
 }
 
 // answerFor merges what the entries say about one host. As in Istio, the
@@ -427,8 +434,7 @@ func (s *store) answerOf(host, ns string, shared map[any]*table.Answer) *table.A
 		return nil
 	case 1:
 		e := contributors[0]
-		addrs, reach := s.addrsOf(e, host)
-		key := addrsKey{&addrs[0], len(addrs)}
+		addrs, reach, key := s.addrsOf(e, host)
 		if ans := shared[key]; ans != nil {
 			return ans
 		}
@@ -443,7 +449,7 @@ func (s *store) answerOf(host, ns string, shared map[any]*table.Answer) *table.A
 	var merged []netip.Addr
 	most := minReach
 	for _, e := range contributors {
-		addrs, reach := s.addrsOf(e, host)
+		addrs, reach, _ := s.addrsOf(e, host)
 		most = max(most, reach)
 		for _, ip := range addrs {
 			if !slices.Contains(merged, ip) {
@@ -489,7 +495,7 @@ func (s *store) contributors(host, ns string) []*entry.Entry {
 	}
 	var out []*entry.Entry
 	for _, e := range claimants {
-		if addrs, _ := s.addrsOf(e, host); e.Namespace() == claimants[0].Namespace() && len(addrs) > 0 {
+		if e.Namespace() == claimants[0].Namespace() && s.givesAddrs(e, host) {
 			out = append(out, e)
 		}
 	}
@@ -497,24 +503,53 @@ func (s *store) contributors(host, ns string) []*entry.Entry {
 }
 
 // addrsOf returns the addresses entry e gives host (its own, or those the
-// legacy allocator computed for it) and the least class of client that
-// routes them.
-func (s *store) addrsOf(e *entry.Entry, host string) ([]netip.Addr, reach.Class) {
+// legacy allocator computed for it), the least class of client that routes
+// them, and what tells them apart in one publish: the hosts of e with the
+// same key share one answer.
+func (s *store) addrsOf(e *entry.Entry, host string) ([]netip.Addr, reach.Class, any) {
 	for _, h := range e.Hosts {
 		if h.Name != host {
 			continue
 		}
-		if h.Legacy != nil {
-			return s.legacy.addresses(h.Legacy), reach.Mesh
+		if legacy := e.LegacyHost(host); legacy != nil {
+			addrs := s.legacy.addresses(legacy)
+			return addrs, reach.Mesh, sliceKey(addrs)
 		}
 		if e.Headless {
 			// Endpoint addresses are where a client connects, with or
 			// without a proxy.
-			return s.endpointAddrs(e), reach.Outside
+			addrs := s.endpointAddrs(e)
+			return addrs, reach.Outside, sliceKey(addrs)
 		}
-		return h.Addrs, reachOf(e)
+		return h.Addrs(), reachOf(e), hostAddrsKey{e, h.AddrsKey()}
 	}
-	return nil, minReach
+	return nil, minReach, nil
+}
+
+// givesAddrs reports whether addrsOf(e, host) has an address, without
+// unpacking a host's own.
+func (s *store) givesAddrs(e *entry.Entry, host string) bool {
+	for _, h := range e.Hosts {
+		if h.Name != host {
+			continue
+		}
+		if legacy := e.LegacyHost(host); legacy != nil {
+			return len(s.legacy.addresses(legacy)) > 0
+		}
+		if e.Headless {
+			return len(s.endpointAddrs(e)) > 0
+		}
+		return h.HasAddrs()
+	}
+	return false
+}
+
+// sliceKey is the addrsKey of addrs, nil for none.
+func sliceKey(addrs []netip.Addr) any {
+	if len(addrs) == 0 {
+		return nil
+	}
+	return addrsKey{&addrs[0], len(addrs)}
 }
 
 // Skipped logs and counts what the conversion of an object left out; object

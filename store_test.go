@@ -16,9 +16,9 @@ func TestStoreKeysCarryTheirKind(t *testing.T) {
 	se := entry.ServiceEntryKey("ns/a")
 	other := entry.Key{Kind: entry.KindServiceEntry + 1, Name: "ns/a"}
 	st.Upsert(se, &entry.Entry{Key: se,
-		Hosts: []entry.Host{{Name: "a.internal", Addrs: []netip.Addr{netip.MustParseAddr("192.0.2.1")}}}})
+		Hosts: []entry.Host{entry.NewHost("a.internal", netip.MustParseAddr("192.0.2.1"))}})
 	st.Upsert(other, &entry.Entry{Key: other,
-		Hosts: []entry.Host{{Name: "b.internal", Addrs: []netip.Addr{netip.MustParseAddr("192.0.2.2")}}}})
+		Hosts: []entry.Host{entry.NewHost("b.internal", netip.MustParseAddr("192.0.2.2"))}})
 	if got := lookupA(st, "a.internal"); got != "192.0.2.1" {
 		t.Fatalf("a.internal: %q after an object of another kind and the same name came", got)
 	}

@@ -32,8 +32,8 @@ func stressEntry(k, g int) *entry.Entry {
 		netip.MustParseAddr(fmt.Sprintf("fd00::%x:%x:2", g, k)),
 	}
 	return &entry.Entry{Key: entry.ServiceEntryKey(fmt.Sprintf("ns/e%d", k)),
-		Hosts: []entry.Host{{Name: fmt.Sprintf("a-%d.stress.internal", k), Addrs: addrs},
-			{Name: fmt.Sprintf("b-%d.stress.internal", k), Addrs: addrs}}}
+		Hosts: []entry.Host{entry.NewHost(fmt.Sprintf("a-%d.stress.internal", k), addrs...),
+			entry.NewHost(fmt.Sprintf("b-%d.stress.internal", k), addrs...)}}
 }
 
 // generationOf checks that an answer is whole (its IPv4 and IPv6 of one

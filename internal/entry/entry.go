@@ -101,6 +101,17 @@ func (e *Entry) LegacyHosts() []LegacyHost {
 	return e.Extras.LegacyHosts
 }
 
+// LegacyHost returns the slot of the legacy allocator that gives host name
+// of e its addresses, or nil when e's hosts have their own.
+func (e *Entry) LegacyHost(name string) *LegacyHost {
+	for i, h := range e.LegacyHosts() {
+		if h.Name == name {
+			return &e.Extras.LegacyHosts[i]
+		}
+	}
+	return nil
+}
+
 // extras returns e's Extras, made if it had none, for convert to fill.
 func (e *Entry) extras() *Extras {
 	if e.Extras == nil {
@@ -121,13 +132,51 @@ func (e *Entry) Name() string {
 	return name
 }
 
-// Host is one host of an entry and its addresses in declaration order, or,
-// when legacy is set, the allocator slot its addresses come from.
+// Host is one host of an entry and its addresses in declaration order. A
+// host of the legacy allocator has none of its own: its slot is the entry's
+// LegacyHost of the same name.
 type Host struct {
-	Name   string // lower case, no trailing dot; wildcards as "*.example.com"
-	Addrs  []netip.Addr
-	Legacy *LegacyHost
+	Name string // lower case, no trailing dot; wildcards as "*.example.com"
+	// addrs are the addresses packed, each as its length (4 or 16) then
+	// its bytes: every entry keeps its hosts' addresses, and a slice of
+	// netip.Addr costs its header and 24 bytes an address where an IPv4
+	// address packed takes 5. The length keeps an IPv4 address and its
+	// IPv4-mapped IPv6 form apart, as spec.addresses does.
+	addrs string
 }
+
+// NewHost returns host name with addrs, in order.
+func NewHost(name string, addrs ...netip.Addr) Host {
+	return Host{Name: name, addrs: packAddrs(addrs)}
+}
+
+func packAddrs(addrs []netip.Addr) string {
+	var b []byte
+	for _, ip := range addrs {
+		b = append(b, byte(ip.BitLen()/8))
+		b = append(b, ip.AsSlice()...)
+	}
+	return string(b)
+}
+
+// Addrs returns the host's addresses, in order, in a new slice.
+func (h Host) Addrs() []netip.Addr {
+	var out []netip.Addr
+	for s := h.addrs; len(s) > 0; {
+		n := int(s[0])
+		ip, _ := netip.AddrFromSlice([]byte(s[1 : 1+n]))
+		out = append(out, ip)
+		s = s[1+n:]
+	}
+	return out
+}
+
+// HasAddrs reports whether the host has an address of its own.
+func (h Host) HasAddrs() bool { return h.addrs != "" }
+
+// AddrsKey is a string equal for two hosts with the same addresses in the
+// same order, for a map key; it means nothing else.
+func (h Host) AddrsKey() string { return h.addrs }
 
 // Endpoint is one address of spec.endpoints: an IP, or a host name that
 // Envoy resolves (DNS and DNS_ROUND_ROBIN entries).
@@ -267,8 +316,9 @@ func convert(meta *metav1.ObjectMeta, spec *slimSpec, status *slimStatus, opts O
 	legacy := opts.AutoAllocate == AutoAllocateLegacy &&
 		len(spec.Addresses) == 0 && resolution != networking.ServiceEntry_NONE
 
+	// One string for the declared addresses, which every host shares.
+	packedDeclared := packAddrs(declared)
 	seen := make(map[string]bool, len(spec.Hosts))
-	legacyOf := make(map[int]int) // index in e.hosts -> index in e.legacyHosts
 	for _, raw := range spec.Hosts {
 		name, reason := normalizeHost(raw)
 		if reason != "" {
@@ -283,9 +333,9 @@ func convert(meta *metav1.ObjectMeta, spec *slimSpec, status *slimStatus, opts O
 		h := Host{Name: name}
 		switch {
 		case len(declared) > 0:
-			h.Addrs = declared
+			h.addrs = packedDeclared
 		case fromStatus != nil && (!wildcard || resolution == networking.ServiceEntry_DYNAMIC_DNS):
-			h.Addrs, e.Auto = fromStatus[raw], true
+			h.addrs, e.Auto = packAddrs(fromStatus[raw]), true
 		case legacy && !wildcard:
 			x := e.extras()
 			x.LegacyHosts = append(x.LegacyHosts, LegacyHost{
@@ -296,18 +346,10 @@ func convert(meta *metav1.ObjectMeta, spec *slimSpec, status *slimStatus, opts O
 				Name:      name,
 				V6:        opts.DualStack,
 			})
-			legacyOf[len(e.Hosts)] = len(x.LegacyHosts) - 1
 		}
 		if exported && claims {
 			e.Hosts = append(e.Hosts, h)
-		} else {
-			delete(legacyOf, len(e.Hosts))
 		}
-	}
-	// A legacy host's slot is the one in e.Extras.LegacyHosts, pointed at
-	// once the slice has stopped growing: one copy of it, not two.
-	for i, j := range legacyOf {
-		e.Hosts[i].Legacy = &e.Extras.LegacyHosts[j]
 	}
 	if len(e.Hosts) == 0 && len(e.LegacyHosts()) == 0 {
 		return nil, skips

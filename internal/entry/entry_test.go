@@ -1,6 +1,8 @@
 package entry
 
 import (
+	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -96,7 +98,7 @@ spec:
 	if err != nil || e == nil {
 		t.Fatalf("%v, entry %v", err, e)
 	}
-	if len(e.Hosts) != 1 || e.Hosts[0].Name != "good.internal" || len(e.Hosts[0].Addrs) != 1 {
+	if len(e.Hosts) != 1 || e.Hosts[0].Name != "good.internal" || len(e.Hosts[0].Addrs()) != 1 {
 		t.Fatalf("got %+v, want good.internal with one address", e.Hosts)
 	}
 }
@@ -142,5 +144,33 @@ func TestWorkloadSelector(t *testing.T) {
 				t.Errorf("selector %v, %d endpoints, skips %v; want %v, %d, %q", e.Selector, len(e.Endpoints()), reasons, c.want, c.endpoints, c.reasons)
 			}
 		})
+	}
+}
+
+// TestHostAddrs: a host's packed addresses come back as set, in order, an
+// IPv4 address and its IPv4-mapped form apart; hosts with the same addresses
+// have the same AddrsKey.
+func TestHostAddrs(t *testing.T) {
+	v4 := netip.MustParseAddr("192.0.2.1")
+	for _, addrs := range [][]netip.Addr{
+		nil,
+		{v4},
+		{netip.MustParseAddr("2001:db8::1")},
+		{v4, netip.AddrFrom16(v4.As16())},
+		{netip.MustParseAddr("2001:db8::2"), v4, netip.MustParseAddr("198.51.100.7")},
+	} {
+		h := NewHost("a.internal", addrs...)
+		if got := h.Addrs(); !slices.Equal(got, addrs) {
+			t.Errorf("%v: Addrs %v", addrs, got)
+		}
+		if h.HasAddrs() != (len(addrs) > 0) {
+			t.Errorf("%v: HasAddrs %v", addrs, h.HasAddrs())
+		}
+		if other := NewHost("b.internal", addrs...); other.AddrsKey() != h.AddrsKey() {
+			t.Errorf("%v: two hosts with these addresses have different keys", addrs)
+		}
+	}
+	if NewHost("a", v4).AddrsKey() == NewHost("a", netip.AddrFrom16(v4.As16())).AddrsKey() {
+		t.Error("an IPv4 address and its IPv4-mapped form have one key")
 	}
 }

@@ -121,7 +121,7 @@ func TestUnknownResolutionSkipsObject(t *testing.T) {
 		t.Errorf("the unknown resolution converts: %+v, %v", e, err)
 	}
 	e, _, err := items[1].Entry(entry.Options{})
-	if err != nil || e == nil || e.Key.Name != "ns/ok" || len(e.Hosts) != 1 || len(e.Hosts[0].Addrs) != 1 || e.Hosts[0].Addrs[0].String() != "192.0.2.2" {
+	if err != nil || e == nil || e.Key.Name != "ns/ok" || len(e.Hosts) != 1 || len(e.Hosts[0].Addrs()) != 1 || e.Hosts[0].Addrs()[0].String() != "192.0.2.2" {
 		t.Errorf("the valid object: %+v, %v", e, err)
 	}
 }

@@ -240,7 +240,7 @@ func (s *Sink) FirstA(host string) string {
 			if h.Name != host {
 				continue
 			}
-			for _, a := range h.Addrs {
+			for _, a := range h.Addrs() {
 				if a.Is4() {
 					return a.String()
 				}
@@ -258,7 +258,7 @@ func (s *Sink) Hosts() int {
 	names := make(map[string]bool)
 	for _, e := range s.published {
 		for _, h := range e.Hosts {
-			if len(h.Addrs) > 0 {
+			if h.HasAddrs() {
 				names[h.Name] = true
 			}
 		}

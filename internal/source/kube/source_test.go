@@ -496,7 +496,7 @@ func TestToCached(t *testing.T) {
 	if key, err := cache.MetaNamespaceKeyFunc(c); err != nil || key != "ns/a" {
 		t.Errorf("cache key: %q, %v", key, err)
 	}
-	if c.entry == nil || len(c.entry.Hosts) != 1 || c.entry.Hosts[0].Addrs[0].String() != "192.0.2.1" {
+	if c.entry == nil || len(c.entry.Hosts) != 1 || c.entry.Hosts[0].Addrs()[0].String() != "192.0.2.1" {
 		t.Errorf("cached entry: %+v", c.entry)
 	}
 	if len(c.skips) != 1 || c.skips[0].Reason != entry.ReasonInvalidHost {

@@ -301,7 +301,7 @@ func TestManifestSlowWriterInPlace(t *testing.T) {
 			for i := range n {
 				if e := entries[entry.ServiceEntryKey(fmt.Sprintf("ns/e%d", i))]; e != nil {
 					present = append(present, i)
-					gens[int(e.Hosts[0].Addrs[0].As4()[1])] = true
+					gens[int(e.Hosts[0].Addrs()[0].As4()[1])] = true
 				}
 			}
 			if len(present) < n {
