@@ -476,11 +476,18 @@ func (m *Source) readFile(path string) ([]*entry.Entry, []*entry.Workload, fileS
 	}
 	defer f.Close()
 	// Read one byte past the limit rather than trusting a size taken
-	// before the read: the file may grow in between.
-	data, err := io.ReadAll(io.LimitReader(f, MaxFileBytes+1))
-	if err != nil {
+	// before the read: the file may grow in between. The size only sizes
+	// the buffer, as os.ReadFile does: growing it from nothing, as
+	// io.ReadAll does, copied and cleared a large file many times over.
+	var size int64
+	if fi, err := f.Stat(); err == nil {
+		size = min(fi.Size(), MaxFileBytes)
+	}
+	buf := bytes.NewBuffer(make([]byte, 0, size+bytes.MinRead))
+	if _, err := buf.ReadFrom(io.LimitReader(f, MaxFileBytes+1)); err != nil {
 		return nil, nil, fileStamp{}, err
 	}
+	data := buf.Bytes()
 	var read fileStamp
 	if fi, err := f.Stat(); err == nil {
 		read = stampOf(fi)
