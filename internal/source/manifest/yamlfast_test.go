@@ -168,8 +168,29 @@ func TestYAMLFastMatchesSigsYAML(t *testing.T) {
 	}
 }
 
+// yamlTokens are the pieces of block-style YAML and of what borders it:
+// fuzzed bytes read as a string of these (see fromTokens) are mostly
+// documents the direct path takes or nearly does, where raw bytes mostly
+// are not.
+var yamlTokens = []string{
+	"\n", "\n  ", "\n    ", " ", "  ", "- ", "-", ": ", ":", "a", "b", "kind", "Kind", "a.b/c-d",
+	"'", "''", "\"", "#", " #", "yes", "On", "y", "NULL", "~", "0", "7", "10", "010", "1.5", "1e3",
+	"10.0.0.1", "1..2", "2001:db8::1", "10.0.0.0/8", "2024-01-02", "/", "_", ".", "<&>", ",", "[]",
+	"{}", "*", "&", "!", "|", ">", "?", "%", "@", "---", "...", "\t", "\r", "\\", "\xc3\xa9",
+}
+
+// fromTokens reads data as a string of yamlTokens, a byte a token.
+func fromTokens(data []byte) []byte {
+	var doc []byte
+	for _, b := range data {
+		doc = append(doc, yamlTokens[int(b)%len(yamlTokens)]...)
+	}
+	return doc
+}
+
 // FuzzYAMLFastMatchesSigsYAML: on any document, the conversion gives
-// sigs.k8s.io/yaml's JSON byte for byte, or its error.
+// sigs.k8s.io/yaml's JSON byte for byte, or its error; the input is tried
+// as it is and read as yamlTokens.
 func FuzzYAMLFastMatchesSigsYAML(f *testing.F) {
 	for _, data := range sourcetest.ManifestFiles(f) {
 		for _, doc := range documentsOfStream(f, data) {
@@ -181,7 +202,9 @@ func FuzzYAMLFastMatchesSigsYAML(f *testing.F) {
 	}
 	f.Add([]byte(benchManifestYAML(1)))
 	var c yamlConverter
+	f.Add([]byte{11, 7, 9, 0, 10, 8, 0, 5, 9, 0, 5, 10, 7, 26, 1, 9, 7, 30}) // read as tokens, a block mapping and sequence
 	f.Fuzz(func(t *testing.T, doc []byte) {
 		sameAsSigsYAML(t, &c, doc)
+		sameAsSigsYAML(t, &c, fromTokens(doc))
 	})
 }
