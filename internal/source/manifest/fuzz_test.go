@@ -21,6 +21,10 @@ func FuzzParseManifests(f *testing.F) {
 	f.Add([]byte(`{"apiVersion":"networking.istio.io/v1","kind":"ServiceEntry","metadata":{"name":"j"},"spec":{"hosts":["J.internal"],"addresses":["192.0.2.1"]}}`))
 	f.Add([]byte("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: x}\nspec: {hosts: ['*'], addresses: ['fe80::1%eth0']}\n"))
 	f.Add([]byte("---\n---\n"))
+	f.Add([]byte(benchManifestYAML(1)))
+	for _, doc := range yamlCaseDocuments(false) {
+		f.Add([]byte(doc))
+	}
 	f.Add([]byte(`{"apiVersion":"networking.istio.io/v1","kind":"WorkloadEntry","metadata":{"name":"w","annotations":{"proxy.istio.io/health-checks-enabled":"true"}},"spec":{"address":"10.0.0.1","labels":{"app":"db"}},"status":{"conditions":[{"type":"Healthy","status":"True"}]}}`))
 	f.Add([]byte("apiVersion: networking.istio.io/v1beta1\nkind: WorkloadEntry\nmetadata: {name: w, namespace: ns}\nspec: {address: 'fe80::1%eth0', labels: {'a\\0b': c}}\n"))
 	const before = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: fuzz-before, namespace: fuzz}\nspec: {hosts: [before.fuzz], addresses: [192.0.2.1]}\n---\n"

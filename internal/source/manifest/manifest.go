@@ -476,11 +476,18 @@ func (m *Source) readFile(path string) ([]*entry.Entry, []*entry.Workload, fileS
 	}
 	defer f.Close()
 	// Read one byte past the limit rather than trusting a size taken
-	// before the read: the file may grow in between.
-	data, err := io.ReadAll(io.LimitReader(f, MaxFileBytes+1))
-	if err != nil {
+	// before the read: the file may grow in between. The size only sizes
+	// the buffer, as os.ReadFile does: growing it from nothing, as
+	// io.ReadAll does, copied and cleared a large file many times over.
+	var size int64
+	if fi, err := f.Stat(); err == nil {
+		size = min(fi.Size(), MaxFileBytes)
+	}
+	buf := bytes.NewBuffer(make([]byte, 0, size+bytes.MinRead))
+	if _, err := buf.ReadFrom(io.LimitReader(f, MaxFileBytes+1)); err != nil {
 		return nil, nil, fileStamp{}, err
 	}
+	data := buf.Bytes()
 	var read fileStamp
 	if fi, err := f.Stat(); err == nil {
 		read = stampOf(fi)
@@ -623,10 +630,11 @@ func documentsOf(data []byte) (next func() ([]byte, error), isJSON bool) {
 // convert converts the batch's documents, up to the first that is not valid
 // YAML: that one stops the stream, so the documents after it do not count.
 func (b *manifestBatch) convert(opts entry.Options) {
+	var yc yamlConverter
 	for i, doc := range b.docs {
 		if !b.json {
 			var err error
-			if doc, err = yamlToJSON(doc); err != nil {
+			if doc, err = yc.toJSON(doc); err != nil {
 				b.err, b.errDoc = err, b.first+i
 				break
 			}
@@ -636,11 +644,15 @@ func (b *manifestBatch) convert(opts entry.Options) {
 	b.docs = nil
 }
 
-// yamlToJSON converts one YAML document as YAMLOrJSONDecoder does, with
-// sigs.k8s.io/yaml's rules, and fails with the same message. It calls
-// YAMLToJSON rather than Unmarshal into a json.RawMessage, as the decoder
-// does, which gives the same bytes after decoding them once more.
-func yamlToJSON(doc []byte) ([]byte, error) {
+// toJSON converts one YAML document as YAMLOrJSONDecoder does, with
+// sigs.k8s.io/yaml's rules, and fails with the same message: directly when
+// the document is in the subset fastJSON takes, else through YAMLToJSON
+// (rather than Unmarshal into a json.RawMessage, as the decoder does, which
+// gives the same bytes after decoding them once more).
+func (c *yamlConverter) toJSON(doc []byte) ([]byte, error) {
+	if raw, ok := c.fastJSON(doc); ok {
+		return raw, nil
+	}
 	raw, err := yaml.YAMLToJSON(doc)
 	if err != nil {
 		return nil, fmt.Errorf("error converting YAML to JSON: %w", err)

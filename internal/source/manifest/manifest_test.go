@@ -757,6 +757,28 @@ func orderedDocuments(n int, asJSON bool) []string {
 	return docs
 }
 
+// blockDocuments are n ServiceEntries in block style, which the direct
+// YAML path converts, each name defined twice.
+func blockDocuments(n int) []string {
+	docs := make([]string, n)
+	for i := range docs {
+		docs[i] = benchManifestYAML(i % (n / 2))
+	}
+	return docs
+}
+
+// yamlCaseDocuments are yamlCases' documents the direct path takes (valid
+// YAML all), or all of them.
+func yamlCaseDocuments(takenOnly bool) []string {
+	var docs []string
+	for _, tc := range yamlCases {
+		if tc.taken || !takenOnly {
+			docs = append(docs, tc.doc)
+		}
+	}
+	return docs
+}
+
 func yamlStream(docs []string) string { return "---\n" + strings.Join(docs, "---\n") }
 
 func jsonStream(docs []string) string { return strings.Join(docs, "") }
@@ -794,9 +816,14 @@ func TestManifestParallelMatchesSequential(t *testing.T) {
 			`{"kind":"ServiceEntry","Kind":"ConfigMap","apiVersion":"networking.istio.io/v1","metadata":{"name":"fold"}}` + "\n",
 			`{"Kind":"ConfigMap","kind":"ServiceEntry","apiVersion":"networking.istio.io/v1","metadata":{"name":"fold2"},"spec":{"hosts":["f.internal"]}}` + "\n",
 		}),
-		"one document":  yamlDocs[0],
-		"only comments": "# a\n---\n# b\n",
-		"empty":         "",
+		"YAML, block style":            yamlStream(blockDocuments(300)),
+		"YAML, the direct path's edge": yamlStream(yamlCaseDocuments(true)),
+		"one document":                 yamlDocs[0],
+		"only comments":                "# a\n---\n# b\n",
+		"empty":                        "",
+	}
+	for i, doc := range yamlCaseDocuments(false) {
+		streams[fmt.Sprintf("direct path's case %d", i)] = doc
 	}
 	for name, s := range streams {
 		t.Run(name, func(t *testing.T) {
@@ -876,6 +903,10 @@ func FuzzManifestsMatchSequential(f *testing.F) {
 	f.Add([]byte(yamlStream(orderedDocuments(40, false))))
 	f.Add([]byte(jsonStream(orderedDocuments(40, true))))
 	f.Add([]byte("{\"kind\": \"List\"}\n---\nkind: List\napiVersion: v1\nitems: [null, {}]\n--- # comment\non: yes\n"))
+	f.Add([]byte(yamlStream(blockDocuments(10))))
+	for _, doc := range yamlCaseDocuments(false) {
+		f.Add([]byte(doc))
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		sameAsSequential(t, data, entry.Options{})
 	})
