@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -22,7 +23,8 @@ import (
 //
 // A namespace's pods reach the sink from a complete list of them: the pod
 // reflector's first list or a relist, or, for a namespace that gains its
-// first selecting entry after that, a list of that namespace made for it (a
+// first selecting entry after that, that list held until the entries' first
+// read is in (see held), and past it a list of that namespace made for it (a
 // fill). Until its list is in, the namespace's pod events wait; after it, an
 // event is applied only when it is newer than the list. Lists and events
 // carry resource versions, which the API server makes comparable (KEP-5504,
@@ -47,6 +49,23 @@ type podWorkloads struct {
 	// answered without its pods, and the pod source is not synced.
 	settled     chan struct{}
 	entriesRead bool
+
+	// held are the reflectors' lists taken before the entries' first read
+	// is in, by scope, kept up to date by the events since: until that
+	// read is in, a namespace gaining its first selecting entry is filled
+	// from them. At start both reads run at once; when the pods' comes
+	// first, each namespace the entries select in would otherwise be
+	// listed again, one at a time (about as long again as the whole first
+	// read with a thousand such namespaces). Dropped when the entries'
+	// first read is in.
+	held map[string]*heldList
+}
+
+// heldList is one reflector's list of pods at version, by namespace, with
+// the events since applied.
+type heldList struct {
+	version string
+	pods    map[string]map[entry.Key]*entry.Workload
 }
 
 // podNamespace is one namespace whose pods are workloads.
@@ -89,7 +108,16 @@ func (w *podWorkloads) readEntries() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.entriesRead = true
+	w.held = nil
 	w.settleLocked()
+}
+
+// heldFor returns the held list that holds the pods of ns, or nil.
+func (w *podWorkloads) heldFor(ns string) *heldList {
+	if l := w.held[ns]; l != nil {
+		return l
+	}
+	return w.held[""]
 }
 
 // settleLocked closes settled once the entries are read and no namespace
@@ -126,12 +154,13 @@ func (w *podWorkloads) entriesChanged(changes map[entry.Key]*entry.Entry) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	var emptied []string
+	filled := make(map[string]map[entry.Key]*entry.Workload) // from held lists
 	for key, e := range changes {
 		_, had := w.selecting[key.Name]
 		switch has := e != nil && e.SelectsWorkloads(); {
 		case has && !had:
 			w.selecting[key.Name] = struct{}{}
-			w.addEntryLocked(e.Namespace())
+			w.addEntryLocked(e.Namespace(), filled)
 		case had && !has:
 			delete(w.selecting, key.Name)
 			ns, _, _ := strings.Cut(key.Name, "/")
@@ -145,17 +174,33 @@ func (w *podWorkloads) entriesChanged(changes map[entry.Key]*entry.Entry) {
 		}
 	}
 	w.settleLocked()
+	if len(filled) > 0 {
+		all := make(map[entry.Key]*entry.Workload)
+		for _, pods := range filled {
+			maps.Copy(all, pods)
+		}
+		w.sink.ReplaceWorkloads(entry.KindPod, slices.Collect(maps.Keys(filled)), all)
+	}
 	if len(emptied) > 0 {
 		w.sink.ReplaceWorkloads(entry.KindPod, emptied, nil)
 	}
 }
 
-func (w *podWorkloads) addEntryLocked(ns string) {
+// addEntryLocked counts one more selecting entry in ns. A namespace that
+// gains its first is filled from a held list, its pods added to filled, or
+// else by its reflector's first list or a list of its own.
+func (w *podWorkloads) addEntryLocked(ns string, filled map[string]map[entry.Key]*entry.Workload) {
 	if n := w.namespaces[ns]; n != nil {
 		n.entries++
 		return
 	}
-	w.namespaces[ns] = &podNamespace{entries: 1, filling: true, pending: make(map[string]podEvent)}
+	n := &podNamespace{entries: 1, filling: true, pending: make(map[string]podEvent)}
+	w.namespaces[ns] = n
+	if l := w.heldFor(ns); l != nil {
+		n.version = l.version
+		filled[ns] = n.fill(maps.Clone(l.pods[ns]), l.version)
+		return
+	}
 	// Before its reflector's first list, that list fills it.
 	if w.queue != nil && (w.listed[""] || w.listed[ns]) {
 		w.queue.Add(ns)
@@ -167,6 +212,9 @@ func (w *podWorkloads) changed(key string, workload *entry.Workload, version str
 	ns, _, _ := strings.Cut(key, "/")
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if l := w.heldFor(ns); l != nil {
+		l.apply(ns, key, workload)
+	}
 	n := w.namespaces[ns]
 	switch {
 	case n == nil:
@@ -177,13 +225,40 @@ func (w *podWorkloads) changed(key string, workload *entry.Workload, version str
 	}
 }
 
+// apply is a pod event that came after l's list: the pod's workload, nil
+// when it is gone.
+func (l *heldList) apply(ns, key string, workload *entry.Workload) {
+	pods := l.pods[ns]
+	if workload == nil {
+		delete(pods, entry.PodKey(key))
+		return
+	}
+	if pods == nil {
+		pods = make(map[entry.Key]*entry.Workload)
+		l.pods[ns] = pods
+	}
+	pods[entry.PodKey(key)] = workload
+}
+
 // replaced takes a reflector's list of scope ("" for every namespace) at
 // version: it fills the namespaces waiting for it, and replaces the pods of
-// the others unless a fill has read them more recently.
+// the others unless a fill has read them more recently. Before the entries'
+// first read is in, it holds the list too.
 func (w *podWorkloads) replaced(scope string, claims []*podClaim, version string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.listed[scope] = true
+	if !w.entriesRead {
+		l := &heldList{version: version, pods: make(map[string]map[entry.Key]*entry.Workload)}
+		for _, p := range claims {
+			ns, _, _ := strings.Cut(p.key, "/")
+			l.apply(ns, p.key, p.workload)
+		}
+		if w.held == nil {
+			w.held = make(map[string]*heldList)
+		}
+		w.held[scope] = l
+	}
 	byNamespace := make(map[string]map[entry.Key]*entry.Workload)
 	for _, p := range claims {
 		ns, _, _ := strings.Cut(p.key, "/")
@@ -245,6 +320,7 @@ func (w *podWorkloads) start() {
 	w.queue = workqueue.NewTypedRateLimitingQueueWithConfig(backoff, workqueue.TypedRateLimitingQueueConfig[string]{})
 	// The reflectors about to start list every namespace again.
 	clear(w.listed)
+	w.held = nil
 }
 
 // run lists the namespaces to fill, one at a time, until ctx ends.

@@ -269,38 +269,63 @@ func TestPodWorkloadsFill(t *testing.T) {
 
 // TestPodWorkloadsSettled: the pod source is synced only once the entries'
 // first read is in and every namespace they select in has its pods, so that
-// ready never comes before a selecting entry can answer with them.
+// ready never comes before a selecting entry can answer with them. Whichever
+// of the two first reads comes first, no namespace is listed on its own: the
+// pods' list, when first, is held (with the events after it) until the
+// entries' read is in.
 func TestPodWorkloadsSettled(t *testing.T) {
-	h := newFillHarness(t)
-	h.w.awaitEntries()
-	settled := func() bool {
-		select {
-		case <-h.w.settled:
-			return true
-		default:
-			return false
-		}
+	readEntries := func(h *fillHarness) { h.w.readEntries() }
+	type step struct {
+		what    string
+		do      func(*fillHarness)
+		settled bool
+		pods    map[string]string // what the sink holds after it
 	}
-	steps := []struct {
-		what string
-		do   func(*fillHarness)
-		want bool
+	for _, tc := range []struct {
+		name  string
+		steps []step
 	}{
-		{"the pods' first list, before the entries", relist("", none(), "5"), false},
-		{"an entry selects in ns1", selectIn("ns1", "db"), false},
-		{"an entry selects in ns2", selectIn("ns2", "db"), false},
-		{"the entries' first read is in", func(h *fillHarness) { h.w.readEntries() }, false},
-		{"ns1 is listed", listedAs("ns1", map[string]string{"ns1/a": "10.0.0.1"}, "6", nil), false},
-		{"ns2 is listed", listing("ns2"), false},
-		{"ns2's entry goes while it is listed", unselectIn("ns2", "db"), true},
+		{"the pods' first list first", []step{
+			{"the pods' first list", relist("", map[string]string{"ns1/a": "10.0.0.1", "ns2/x": "10.0.2.1", "ns3/y": "10.0.3.1"}, "5"), false, none()},
+			{"a pod added since", event("ns1/b", "10.0.0.2", "6"), false, none()},
+			{"a pod deleted since", event("ns2/x", "", "7"), false, none()},
+			{"an entry selects in ns1", selectIn("ns1", "db"), false, map[string]string{"ns1/a": "10.0.0.1", "ns1/b": "10.0.0.2"}},
+			{"an entry selects in ns2", selectIn("ns2", "db"), false, map[string]string{"ns1/a": "10.0.0.1", "ns1/b": "10.0.0.2"}},
+			{"the entries' first read is in", readEntries, true, map[string]string{"ns1/a": "10.0.0.1", "ns1/b": "10.0.0.2"}},
+			{"an event in a selected namespace", event("ns2/z", "10.0.2.3", "8"), true,
+				map[string]string{"ns1/a": "10.0.0.1", "ns1/b": "10.0.0.2", "ns2/z": "10.0.2.3"}},
+		}},
+		{"the entries' first read first", []step{
+			{"an entry selects in ns1", selectIn("ns1", "db"), false, none()},
+			{"the entries' first read is in", readEntries, false, none()},
+			{"the pods' first list", relist("", map[string]string{"ns1/a": "10.0.0.1", "ns2/x": "10.0.2.1"}, "5"), true, map[string]string{"ns1/a": "10.0.0.1"}},
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newFillHarness(t)
+			h.w.awaitEntries()
+			for _, s := range tc.steps {
+				s.do(h)
+				select {
+				case <-h.w.settled:
+					if !s.settled {
+						t.Fatalf("%s: settled too early", s.what)
+					}
+				default:
+					if s.settled {
+						t.Fatalf("%s: not settled", s.what)
+					}
+				}
+				if got := h.sinkPods(); !maps.Equal(got, s.pods) {
+					t.Fatalf("%s: the sink holds %v, want %v", s.what, got, s.pods)
+				}
+			}
+			select {
+			case c := <-h.calls:
+				t.Errorf("namespace %q listed on its own", c.ns)
+				c.reply <- listReply{err: errors.New("not wanted")}
+			default:
+			}
+		})
 	}
-	for _, s := range steps {
-		s.do(h)
-		if s.want {
-			sourcetest.Eventually(t, s.what+": settled", settled)
-		} else if settled() {
-			t.Fatalf("%s: settled too early", s.what)
-		}
-	}
-	answered(nil, "7", nil)(h)
 }
