@@ -174,15 +174,19 @@ func (w *podWorkloads) entriesChanged(changes map[entry.Key]*entry.Entry) {
 		}
 	}
 	w.settleLocked()
+	// A namespace may have lost its last selecting entry and gained
+	// another in one batch, in either order: what is emptied goes first,
+	// and a fill counts only for a namespace still selected.
+	if len(emptied) > 0 {
+		w.sink.ReplaceWorkloads(entry.KindPod, emptied, nil)
+	}
+	maps.DeleteFunc(filled, func(ns string, _ map[entry.Key]*entry.Workload) bool { return w.namespaces[ns] == nil })
 	if len(filled) > 0 {
 		all := make(map[entry.Key]*entry.Workload)
 		for _, pods := range filled {
 			maps.Copy(all, pods)
 		}
 		w.sink.ReplaceWorkloads(entry.KindPod, slices.Collect(maps.Keys(filled)), all)
-	}
-	if len(emptied) > 0 {
-		w.sink.ReplaceWorkloads(entry.KindPod, emptied, nil)
 	}
 }
 

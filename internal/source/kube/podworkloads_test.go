@@ -295,37 +295,51 @@ func TestPodWorkloadsSettled(t *testing.T) {
 			{"an event in a selected namespace", event("ns2/z", "10.0.2.3", "8"), true,
 				map[string]string{"ns1/a": "10.0.0.1", "ns1/b": "10.0.0.2", "ns2/z": "10.0.2.3"}},
 		}},
+		{"one batch: the namespace's last selecting entry goes, another comes", []step{
+			{"an entry selects in ns1", selectIn("ns1", "db"), false, none()},
+			{"the pods' first list", relist("", map[string]string{"ns1/a": "10.0.0.1"}, "5"), false, map[string]string{"ns1/a": "10.0.0.1"}},
+			{"db goes and cache comes, in one batch", func(h *fillHarness) {
+				h.w.entriesChanged(map[entry.Key]*entry.Entry{
+					entry.ServiceEntryKey("ns1/db"):    nil,
+					entry.ServiceEntryKey("ns1/cache"): selecting("ns1", "cache")[entry.ServiceEntryKey("ns1/cache")],
+				})
+			}, false, map[string]string{"ns1/a": "10.0.0.1"}},
+			{"the entries' first read is in", readEntries, true, map[string]string{"ns1/a": "10.0.0.1"}},
+		}},
 		{"the entries' first read first", []step{
 			{"an entry selects in ns1", selectIn("ns1", "db"), false, none()},
 			{"the entries' first read is in", readEntries, false, none()},
 			{"the pods' first list", relist("", map[string]string{"ns1/a": "10.0.0.1", "ns2/x": "10.0.2.1"}, "5"), true, map[string]string{"ns1/a": "10.0.0.1"}},
 		}},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			h := newFillHarness(t)
-			h.w.awaitEntries()
-			for _, s := range tc.steps {
-				s.do(h)
+		// Repeated: a batch's changes come in map order.
+		for range 20 {
+			t.Run(tc.name, func(t *testing.T) {
+				h := newFillHarness(t)
+				h.w.awaitEntries()
+				for _, s := range tc.steps {
+					s.do(h)
+					select {
+					case <-h.w.settled:
+						if !s.settled {
+							t.Fatalf("%s: settled too early", s.what)
+						}
+					default:
+						if s.settled {
+							t.Fatalf("%s: not settled", s.what)
+						}
+					}
+					if got := h.sinkPods(); !maps.Equal(got, s.pods) {
+						t.Fatalf("%s: the sink holds %v, want %v", s.what, got, s.pods)
+					}
+				}
 				select {
-				case <-h.w.settled:
-					if !s.settled {
-						t.Fatalf("%s: settled too early", s.what)
-					}
+				case c := <-h.calls:
+					t.Errorf("namespace %q listed on its own", c.ns)
+					c.reply <- listReply{err: errors.New("not wanted")}
 				default:
-					if s.settled {
-						t.Fatalf("%s: not settled", s.what)
-					}
 				}
-				if got := h.sinkPods(); !maps.Equal(got, s.pods) {
-					t.Fatalf("%s: the sink holds %v, want %v", s.what, got, s.pods)
-				}
-			}
-			select {
-			case c := <-h.calls:
-				t.Errorf("namespace %q listed on its own", c.ns)
-				c.reply <- listReply{err: errors.New("not wanted")}
-			default:
-			}
-		})
+			})
+		}
 	}
 }
