@@ -136,13 +136,8 @@ func (e *Entry) Name() string {
 // host of the legacy allocator has none of its own: its slot is the entry's
 // LegacyHost of the same name.
 type Host struct {
-	Name string // lower case, no trailing dot; wildcards as "*.example.com"
-	// addrs are the addresses packed, each as its length (4 or 16) then
-	// its bytes: every entry keeps its hosts' addresses, and a slice of
-	// netip.Addr costs its header and 24 bytes an address where an IPv4
-	// address packed takes 5. The length keeps an IPv4 address and its
-	// IPv4-mapped IPv6 form apart, as spec.addresses does.
-	addrs string
+	Name  string      // lower case, no trailing dot; wildcards as "*.example.com"
+	addrs packedAddrs // the host's own, in declaration order
 }
 
 // NewHost returns host name with addrs, in order.
@@ -150,33 +145,15 @@ func NewHost(name string, addrs ...netip.Addr) Host {
 	return Host{Name: name, addrs: packAddrs(addrs)}
 }
 
-func packAddrs(addrs []netip.Addr) string {
-	var b []byte
-	for _, ip := range addrs {
-		b = append(b, byte(ip.BitLen()/8))
-		b = append(b, ip.AsSlice()...)
-	}
-	return string(b)
-}
-
 // Addrs returns the host's addresses, in order, in a new slice.
-func (h Host) Addrs() []netip.Addr {
-	var out []netip.Addr
-	for s := h.addrs; len(s) > 0; {
-		n := int(s[0])
-		ip, _ := netip.AddrFromSlice([]byte(s[1 : 1+n]))
-		out = append(out, ip)
-		s = s[1+n:]
-	}
-	return out
-}
+func (h Host) Addrs() []netip.Addr { return slices.Collect(h.addrs.all()) }
 
 // HasAddrs reports whether the host has an address of its own.
 func (h Host) HasAddrs() bool { return h.addrs != "" }
 
 // AddrsKey is a string equal for two hosts with the same addresses in the
 // same order, for a map key; it means nothing else.
-func (h Host) AddrsKey() string { return h.addrs }
+func (h Host) AddrsKey() string { return string(h.addrs) }
 
 // Endpoint is one address of spec.endpoints: an IP, or a host name that
 // Envoy resolves (DNS and DNS_ROUND_ROBIN entries).

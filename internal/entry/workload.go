@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"iter"
 	"maps"
-	"net"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -28,11 +27,8 @@ type Workload struct {
 	Labels Labels
 	// addrs are the addresses a headless entry that selects the workload
 	// answers with (Addrs), packed: every selected pod is one, and a slice
-	// of netip.Addr costs 48 bytes for one IPv4 address. One IPv4 address
-	// (nearly every workload) is its 4 bytes; any other list is 16 bytes an
-	// address, an IPv4 one in its IPv4-mapped form, which no workload
-	// address has (SetAddrs unmaps them), so the form tells the family.
-	addrs string
+	// of netip.Addr costs 48 bytes for one IPv4 address.
+	addrs packedAddrs
 }
 
 // NewWorkload returns the workload of key with labels and addrs.
@@ -50,44 +46,17 @@ func (w *Workload) SetAddrs(addrs []netip.Addr) {
 			unique = append(unique, ip)
 		}
 	}
-	if len(unique) == 1 && unique[0].Is4() {
-		b := unique[0].As4()
-		w.addrs = string(b[:])
-		return
-	}
-	packed := make([]byte, 0, 16*len(unique))
-	for _, ip := range unique {
-		b := ip.As16()
-		packed = append(packed, b[:]...)
-	}
-	w.addrs = string(packed)
+	w.addrs = packAddrs(unique)
 }
 
 // Addrs yields the addresses a headless entry that selects the workload
 // answers with: none unless it is healthy and every address it has is an
 // IP, as Istio's name table takes an endpoint (BuildNameTable,
 // pkg/dns/server/name_table.go).
-func (w *Workload) Addrs() iter.Seq[netip.Addr] {
-	return func(yield func(netip.Addr) bool) {
-		if len(w.addrs) == net.IPv4len {
-			yield(netip.AddrFrom4([4]byte([]byte(w.addrs))))
-			return
-		}
-		for s := w.addrs; len(s) >= net.IPv6len; s = s[net.IPv6len:] {
-			if !yield(netip.AddrFrom16([16]byte([]byte(s[:net.IPv6len]))).Unmap()) {
-				return
-			}
-		}
-	}
-}
+func (w *Workload) Addrs() iter.Seq[netip.Addr] { return w.addrs.all() }
 
 // NumAddrs is the number of addresses Addrs yields.
-func (w *Workload) NumAddrs() int {
-	if len(w.addrs) == net.IPv4len {
-		return 1
-	}
-	return len(w.addrs) / net.IPv6len
-}
+func (w *Workload) NumAddrs() int { return w.addrs.len() }
 
 // SameAddrs reports whether w and o have the same addresses in the same
 // order.
