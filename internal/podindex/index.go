@@ -1,10 +1,10 @@
 package podindex
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"maps"
+	"math"
 	"net/netip"
 	"slices"
 	"strings"
@@ -32,23 +32,30 @@ const clientShards = 1 << clientShardBits
 //
 // The index holds every pod of the cluster, so what it keeps per pod is small
 // and of fixed size: a pod is known by a hash of its key, not the key's
-// string; its namespace and marks are one Client shared by all the pods of
-// a namespace with the same marks; addresses are kept as 4 or 16
-// bytes, IPv4 and IPv6 apart, rather than as netip.Addr with its zone.
+// string, and that hash is kept once, in slots; everything else refers to
+// the pod by its 4-byte slot number. Its namespace and marks are one Client
+// shared by all the pods of a namespace with the same marks, referred to by
+// number; addresses are kept as 4 or 16 bytes, IPv4 and IPv6 apart, rather
+// than as netip.Addr with its zone.
 type Index struct {
 	shards [clientShards]atomic.Pointer[shard]
 	ready  atomic.Bool
 	synced chan struct{} // closed with ready
 
-	mu   sync.Mutex
-	pods map[podKey]pod // what each pod claims now
+	mu    sync.Mutex
+	slots map[podKey]slot // the slot of each pod that claims an address
+	pods  []pod           // what each pod claims now, by slot
+	free  []slot          // slots of pods gone, to reuse
 	// ipv6 holds the IPv6 address of each pod that has one: apart, so that
 	// the pods of an IPv4 cluster carry no room for one.
-	ipv6    map[podKey][16]byte
+	ipv6    map[slot][16]byte
 	v4      claimants[uint32]
 	v6      claimants[[16]byte]
-	clients map[Client]*shared // the Client of every pod, once
+	clients clientTable // the Client of every pod, once
 }
+
+// slot is a pod's place in Index.pods.
+type slot uint32
 
 // shard is what readers see of the addresses shardOf gives it: each one's
 // winner.
@@ -93,20 +100,65 @@ type shared struct {
 	pods int
 }
 
-// pod is what the index keeps of a pod that claims an address; its IPv6
-// address is in Index.ipv6.
+// clientTable numbers the distinct Clients of the pods, so that a pod refers
+// to its own in 4 bytes; a number is reused once its last pod is gone.
+type clientTable struct {
+	numbers map[Client]uint32
+	byNum   []*shared // nil where free
+	free    []uint32
+}
+
+// hold returns the number of client for one more pod.
+func (t *clientTable) hold(client Client) uint32 {
+	n, ok := t.numbers[client]
+	if !ok {
+		// A copy of the namespace, so that the index holds no part of a
+		// decoded pod.
+		client.Namespace = strings.Clone(client.Namespace)
+		s := &shared{Client: client}
+		if last := len(t.free) - 1; last >= 0 {
+			n, t.free = t.free[last], t.free[:last]
+			t.byNum[n] = s
+		} else {
+			n = uint32(len(t.byNum))
+			t.byNum = append(t.byNum, s)
+		}
+		t.numbers[client] = n
+	}
+	t.byNum[n].pods++
+	return n
+}
+
+// release lets go of client n for one pod, and forgets it with its last.
+func (t *clientTable) release(n uint32) {
+	s := t.byNum[n]
+	if s.pods--; s.pods == 0 {
+		delete(t.numbers, s.Client)
+		t.byNum[n] = nil
+		t.free = append(t.free, n)
+	}
+}
+
+// pod is what the index keeps of a pod that claims an address, 16 bytes: it
+// claims an IPv6 address when it has one in Index.ipv6.
 type pod struct {
-	created      int64
-	client       *shared
-	v4           uint32
-	hasV4, hasV6 bool
+	// created is the pod's creation time in Unix seconds (up to 2106; an
+	// earlier time than 1970 counts as 1970).
+	created uint32
+	// tie is the start of the pod's key hash, which decides between pods
+	// created in the same second.
+	tie    uint32
+	v4     uint32 // 0: no IPv4 address
+	client uint32 // in Index.clients
 }
 
 // addresses returns the addresses of claim that the index keeps: the first
-// of each family, and false when there is none.
+// of each family, and false when there is none. An unspecified address (0.0.0.0
+// or ::) is no pod's, and is left out.
 func addresses(claim *Claim) (v4 uint32, v6 [16]byte, hasV4, hasV6 bool) {
 	for _, ip := range claim.IPs {
 		switch {
+		case ip.IsUnspecified():
 		case ip.Is4() && !hasV4:
 			v4, hasV4 = v4Of(ip), true
 		case ip.Is6() && !hasV6:
@@ -127,16 +179,26 @@ func addr4(v4 uint32) netip.Addr {
 	return netip.AddrFrom4(a)
 }
 
-// wins reports whether pod p, of key k, wins an IP over pod q, of key l: the
-// newest pod is the one the IP was given to last. Creation times have a
+// createdOf is a creation time in Unix seconds as pod.created keeps it.
+func createdOf(unix int64) uint32 {
+	return uint32(min(max(unix, 0), math.MaxUint32))
+}
+
+// wins reports whether pod p, in slot i, wins an IP over pod q, in slot j:
+// the newest pod is the one the IP was given to last. Creation times have a
 // granularity of a second, so on a tie the greater key hash wins: an
 // arbitrary order, but one that is independent of event order and the same in
-// every server.
-func wins(p pod, k podKey, q pod, l podKey) bool {
+// every server. Only when the 4 bytes of hash kept tie too (one pair of
+// same-second claimants in 2^32) do the slots decide: arbitrarily, and
+// perhaps not alike in every server.
+func wins(p pod, i slot, q pod, j slot) bool {
 	if p.created != q.created {
 		return p.created > q.created
 	}
-	return bytes.Compare(k[:], l[:]) > 0
+	if p.tie != q.tie {
+		return p.tie > q.tie
+	}
+	return i > j
 }
 
 // claimants tracks the pods claiming each address of one family. An address
@@ -144,65 +206,65 @@ func wins(p pod, k podKey, q pod, l podKey) bool {
 // whose old pod's deletion has not arrived yet has more, kept in many. No
 // address is in both.
 type claimants[A comparable] struct {
-	one  map[A]podKey
-	many map[A][]podKey
+	one  map[A]slot
+	many map[A][]slot
 }
 
 func newClaimants[A comparable]() claimants[A] {
-	return claimants[A]{one: make(map[A]podKey), many: make(map[A][]podKey)}
+	return claimants[A]{one: make(map[A]slot), many: make(map[A][]slot)}
 }
 
-func (c *claimants[A]) add(a A, k podKey) {
-	if ks, ok := c.many[a]; ok {
-		c.many[a] = append(ks, k)
+func (c *claimants[A]) add(a A, s slot) {
+	if ss, ok := c.many[a]; ok {
+		c.many[a] = append(ss, s)
 	} else if other, ok := c.one[a]; ok {
 		delete(c.one, a)
-		c.many[a] = []podKey{other, k}
+		c.many[a] = []slot{other, s}
 	} else {
-		c.one[a] = k
+		c.one[a] = s
 	}
 }
 
-// remove takes back k's claim to a, which k made.
-func (c *claimants[A]) remove(a A, k podKey) {
-	ks, ok := c.many[a]
+// remove takes back the claim to a of the pod in slot s, which it made.
+func (c *claimants[A]) remove(a A, s slot) {
+	ss, ok := c.many[a]
 	if !ok {
-		delete(c.one, a) // k was its one claimant
+		delete(c.one, a) // s was its one claimant
 		return
 	}
-	ks = slices.DeleteFunc(ks, func(o podKey) bool { return o == k })
-	if len(ks) == 1 {
+	ss = slices.DeleteFunc(ss, func(o slot) bool { return o == s })
+	if len(ss) == 1 {
 		delete(c.many, a)
-		c.one[a] = ks[0]
+		c.one[a] = ss[0]
 	} else {
-		c.many[a] = ks
+		c.many[a] = ss
 	}
 }
 
 // republish sets a's winner among c's claimants in m, a copy of a shard's map
 // of a's family, or takes a out of m when no pod claims it.
-func republish[A comparable](m map[A]*Client, a A, c *claimants[A], pods map[podKey]pod) {
-	if k, ok := c.one[a]; ok {
-		m[a] = &pods[k].client.Client
+func republish[A comparable](m map[A]*Client, a A, c *claimants[A], pods []pod, clients *clientTable) {
+	if s, ok := c.one[a]; ok {
+		m[a] = &clients.byNum[pods[s].client].Client
 		return
 	}
-	ks := c.many[a]
-	if len(ks) == 0 {
+	ss := c.many[a]
+	if len(ss) == 0 {
 		delete(m, a)
 		return
 	}
-	best, bp := ks[0], pods[ks[0]]
-	for _, k := range ks[1:] {
-		if p := pods[k]; wins(p, k, bp, best) {
-			best, bp = k, p
+	best := ss[0]
+	for _, s := range ss[1:] {
+		if wins(pods[s], s, pods[best], best) {
+			best = s
 		}
 	}
-	m[a] = &bp.client.Client
+	m[a] = &clients.byNum[pods[best].client].Client
 }
 
 func New() *Index {
-	c := &Index{pods: make(map[podKey]pod), ipv6: make(map[podKey][16]byte), v4: newClaimants[uint32](), v6: newClaimants[[16]byte](),
-		clients: make(map[Client]*shared), synced: make(chan struct{})}
+	c := &Index{slots: make(map[podKey]slot), ipv6: make(map[slot][16]byte), v4: newClaimants[uint32](), v6: newClaimants[[16]byte](),
+		clients: clientTable{numbers: make(map[Client]uint32)}, synced: make(chan struct{})}
 	empty := &shard{v4: map[uint32]*Client{}, v6: map[[16]byte]*Client{}}
 	for i := range c.shards {
 		c.shards[i].Store(empty)
@@ -279,8 +341,8 @@ func (c *Index) Replace(namespace string, claims map[string]*Claim) {
 		fresh[keyOf(key)] = claim
 	}
 	var touched []netip.Addr
-	for k, p := range c.pods {
-		if _, kept := fresh[k]; !kept && (namespace == "" || p.client.Namespace == namespace) {
+	for k, s := range c.slots {
+		if _, kept := fresh[k]; !kept && (namespace == "" || c.clients.byNum[c.pods[s].client].Namespace == namespace) {
 			touched = c.setLocked(k, nil, touched)
 		}
 	}
@@ -293,21 +355,23 @@ func (c *Index) Replace(namespace string, claims map[string]*Claim) {
 // setLocked replaces the claim of the pod k and appends the IPs whose winner
 // may have changed to touched.
 func (c *Index) setLocked(k podKey, claim *Claim, touched []netip.Addr) []netip.Addr {
-	old, had := c.pods[k]
-	if had && c.sameClaim(old, k, claim) {
+	s, had := c.slots[k]
+	if had && c.sameClaim(s, claim) {
 		return touched
 	}
 	if had {
-		delete(c.pods, k)
-		c.release(old.client)
-		if old.hasV4 {
-			c.v4.remove(old.v4, k)
+		old := c.pods[s]
+		delete(c.slots, k)
+		c.pods[s] = pod{}
+		c.free = append(c.free, s)
+		c.clients.release(old.client)
+		if old.v4 != 0 {
+			c.v4.remove(old.v4, s)
 			touched = append(touched, addr4(old.v4))
 		}
-		if old.hasV6 {
-			v6 := c.ipv6[k]
-			delete(c.ipv6, k)
-			c.v6.remove(v6, k)
+		if v6, ok := c.ipv6[s]; ok {
+			delete(c.ipv6, s)
+			c.v6.remove(v6, s)
 			touched = append(touched, netip.AddrFrom16(v6))
 		}
 	}
@@ -318,51 +382,40 @@ func (c *Index) setLocked(k podKey, claim *Claim, touched []netip.Addr) []netip.
 	if !hasV4 && !hasV6 {
 		return touched
 	}
-	p := pod{created: claim.Created, client: c.hold(Client{Namespace: claim.Namespace, Marks: claim.Marks}),
-		v4: v4, hasV4: hasV4, hasV6: hasV6}
-	c.pods[k] = p
-	if p.hasV4 {
-		c.v4.add(p.v4, k)
-		touched = append(touched, addr4(p.v4))
+	p := pod{created: createdOf(claim.Created), tie: binary.BigEndian.Uint32(k[:4]), v4: v4,
+		client: c.clients.hold(Client{Namespace: claim.Namespace, Marks: claim.Marks})}
+	if last := len(c.free) - 1; last >= 0 {
+		s, c.free = c.free[last], c.free[:last]
+		c.pods[s] = p
+	} else {
+		s = slot(len(c.pods))
+		c.pods = append(c.pods, p)
 	}
-	if p.hasV6 {
-		c.ipv6[k] = v6
-		c.v6.add(v6, k)
+	c.slots[k] = s
+	if hasV4 {
+		c.v4.add(v4, s)
+		touched = append(touched, addr4(v4))
+	}
+	if hasV6 {
+		c.ipv6[s] = v6
+		c.v6.add(v6, s)
 		touched = append(touched, netip.AddrFrom16(v6))
 	}
 	return touched
 }
 
-// sameClaim says whether claim keeps what the index holds of pod k, p: most
-// pod events are the kubelet's status updates, which change none of it, and
-// they then copy no shard.
-func (c *Index) sameClaim(p pod, k podKey, claim *Claim) bool {
-	if claim == nil || claim.Created != p.created || claim.Namespace != p.client.Namespace || claim.Marks != p.client.Marks {
+// sameClaim says whether claim keeps what the index holds of the pod in slot
+// s: most pod events are the kubelet's status updates, which change none of
+// it, and they then copy no shard.
+func (c *Index) sameClaim(s slot, claim *Claim) bool {
+	p := c.pods[s]
+	client := c.clients.byNum[p.client]
+	if claim == nil || createdOf(claim.Created) != p.created || claim.Namespace != client.Namespace || claim.Marks != client.Marks {
 		return false
 	}
 	v4, v6, hasV4, hasV6 := addresses(claim)
-	return hasV4 == p.hasV4 && v4 == p.v4 && hasV6 == p.hasV6 && (!hasV6 || v6 == c.ipv6[k])
-}
-
-// hold returns the shared copy of client for one more pod.
-func (c *Index) hold(client Client) *shared {
-	s := c.clients[client]
-	if s == nil {
-		// A copy of the namespace, so that the index holds no part of a
-		// decoded pod.
-		client.Namespace = strings.Clone(client.Namespace)
-		s = &shared{Client: client}
-		c.clients[client] = s
-	}
-	s.pods++
-	return s
-}
-
-// release lets go of s for one pod, and forgets it with its last.
-func (c *Index) release(s *shared) {
-	if s.pods--; s.pods == 0 {
-		delete(c.clients, s.Client)
-	}
+	old6, hadV6 := c.ipv6[s]
+	return hasV4 == (p.v4 != 0) && v4 == p.v4 && hasV6 == hadV6 && v6 == old6
 }
 
 // publish copies the shards holding ips, only the map of each touched family,
@@ -383,12 +436,12 @@ func (c *Index) publish(ips []netip.Addr) {
 			if !copied4[s] {
 				sh.v4, copied4[s] = maps.Clone(sh.v4), true
 			}
-			republish(sh.v4, v4Of(ip), &c.v4, c.pods)
+			republish(sh.v4, v4Of(ip), &c.v4, c.pods, &c.clients)
 		} else {
 			if !copied6[s] {
 				sh.v6, copied6[s] = maps.Clone(sh.v6), true
 			}
-			republish(sh.v6, ip.As16(), &c.v6, c.pods)
+			republish(sh.v6, ip.As16(), &c.v6, c.pods, &c.clients)
 		}
 	}
 	for s, sh := range next {
@@ -403,8 +456,8 @@ func (c *Index) Classes() map[reach.Class]int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	out := make(map[reach.Class]int, 3)
-	for _, p := range c.pods {
-		out[p.client.Marks.Class()]++
+	for _, s := range c.slots {
+		out[c.clients.byNum[c.pods[s].client].Marks.Class()]++
 	}
 	return out
 }

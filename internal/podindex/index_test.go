@@ -3,6 +3,7 @@ package podindex
 import (
 	"fmt"
 	"net/netip"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -349,5 +350,60 @@ func BenchmarkSet(b *testing.B) {
 				i++
 			}
 		})
+	}
+}
+
+// BenchmarkIndexMemory reports the live heap of an index of 150,000 IPv4
+// pods over 1,000 namespaces, the scale of issue "answers that reach", read
+// by one Replace as a first list is: "B/pod" is the index alone, the pods'
+// claims let go. Run with -benchtime 1x.
+func BenchmarkIndexMemory(b *testing.B) {
+	const pods, namespaces = 150000, 1000
+	var total float64
+	n := 0
+	for b.Loop() {
+		base := liveHeap()
+		claims := make(map[string]*Claim, pods)
+		for i := range pods {
+			ns := fmt.Sprintf("team-%d", i%namespaces)
+			claims[fmt.Sprintf("%s/web-%d", ns, i)] = &Claim{Namespace: ns, Created: epoch + int64(i),
+				IPs: []netip.Addr{netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})}}
+		}
+		idx := New()
+		idx.Replace("", claims)
+		claims = nil
+		total += float64(liveHeap()) - float64(base)
+		runtime.KeepAlive(idx)
+		n++
+	}
+	b.ReportMetric(total/float64(n)/pods, "B/pod")
+}
+
+func liveHeap() uint64 {
+	var m runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc
+}
+
+// TestClientIndexSlots: a pod gone leaves its slot to the next one, so that
+// churn does not grow the index, and the pods still in it keep their IPs; an
+// unspecified address is no pod's.
+func TestClientIndexSlots(t *testing.T) {
+	idx := New()
+	idx.MarkSynced()
+	ip := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{10, 0, 0, byte(i)}) }
+	for i := 1; i <= 3; i++ {
+		idx.Set(fmt.Sprintf("ns%d/p", i), &Claim{Namespace: fmt.Sprintf("ns%d", i), IPs: []netip.Addr{ip(i)}})
+	}
+	idx.Set("ns2/p", nil)
+	idx.Set("ns4/p", &Claim{Namespace: "ns4", IPs: []netip.Addr{netip.IPv4Unspecified(), ip(4)}})
+	if len(idx.pods) != 3 {
+		t.Errorf("%d slots for 3 pods, one of them gone and one new", len(idx.pods))
+	}
+	for addr, want := range map[netip.Addr]string{ip(1): "ns1", ip(2): "", ip(3): "ns3", ip(4): "ns4", netip.IPv4Unspecified(): ""} {
+		if got := idx.Lookup(addr).Namespace; got != want {
+			t.Errorf("%v -> %q, want %q", addr, got, want)
+		}
 	}
 }
