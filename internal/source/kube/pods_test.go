@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"reflect"
 	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -595,6 +596,16 @@ func liveHeap() uint64 {
 	runtime.GC()
 	runtime.ReadMemStats(&m)
 	return m.HeapAlloc
+}
+
+// heapInUse is the heap's spans in use after a collection: the live heap and
+// the free room in spans that still hold something live (fragmentation),
+// which the resident size pays for too.
+func heapInUse() uint64 {
+	var m runtime.MemStats
+	debug.FreeOSMemory()
+	runtime.ReadMemStats(&m)
+	return m.HeapInuse
 }
 
 func benchPodIP(i int) netip.Addr {
