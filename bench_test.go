@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -140,6 +141,30 @@ func BenchmarkInitialSync(b *testing.B) {
 	}
 }
 
+// BenchmarkStoreMemory reports what the store and its table keep per entry
+// at 100,000 entries shaped as scripts/bench-scale's (one host, an IPv4
+// address and an IPv6 one on every other entry, a port 443 named "https" of
+// its own, as each decoded entry has it): the live heap after a collection,
+// and the heap in use, which adds the free room of the spans that hold it.
+// The entries are counted: the store keeps them.
+func BenchmarkStoreMemory(b *testing.B) {
+	const n = 100_000
+	for b.Loop() {
+		base, baseInUse := liveHeap(), heapInUse()
+		entries := benchEntries(n)
+		for _, e := range entries {
+			e.Ports = []entry.Port{{Name: strings.Clone("https"), Number: 443}}
+		}
+		st := newStore(false)
+		st.ReplaceAll(entries, nil)
+		st.MarkSynced()
+		entries = nil
+		b.ReportMetric(float64(liveHeap()-base)/n, "B/entry")
+		b.ReportMetric(float64(heapInUse()-baseInUse)/n, "inuse-B/entry")
+		runtime.KeepAlive(st)
+	}
+}
+
 // BenchmarkLegacyChurn: adding and removing eligible hosts as fast as they
 // come, with n in the store. Each change moves other hosts' addresses, so the
 // full recomputation is coalesced; cpu-ns/op is the process CPU time per
@@ -260,23 +285,17 @@ func BenchmarkExportToMemory(b *testing.B) {
 			publicEntries[key] = e
 		}
 	}
-	heap := func() uint64 {
-		var m runtime.MemStats
-		runtime.GC()
-		runtime.ReadMemStats(&m)
-		return m.HeapAlloc
-	}
-	base := heap()
+	base := liveHeap()
 	public := newStore(false)
 	public.ReplaceAll(publicEntries, nil)
 	public.MarkSynced()
-	withPublic := heap()
+	withPublic := liveHeap()
 	st := newStore(false)
 	st.ReplaceAll(entries, nil)
 	st.MarkSynced()
-	withClient := heap()
+	withClient := liveHeap()
 	st.clients = clientsOf(b, pods)
-	withIndex := heap()
+	withIndex := liveHeap()
 	if len(st.table().Overlays) != 1000 {
 		b.Fatalf("%d overlays, want 1000", len(st.table().Overlays))
 	}

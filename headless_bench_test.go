@@ -94,21 +94,15 @@ func BenchmarkHeadlessMemory(b *testing.B) {
 	scale := headlessScale{entries: 10_000, pods: 100_000, namespaces: 1_000}
 	first := true
 	for b.Loop() {
-		heap := func() uint64 {
-			runtime.GC()
-			var m runtime.MemStats
-			runtime.ReadMemStats(&m)
-			return m.HeapAlloc
-		}
-		before := heap()
+		before := liveHeap()
 		st := newStore(false)
 		entries, _ := headlessScale{entries: scale.entries, namespaces: scale.namespaces}.build()
 		st.ReplaceAll(entries, nil)
 		st.MarkSynced()
 		entries = nil // the store keeps what it needs
-		withEntries := heap()
+		withEntries := liveHeap()
 		st.ReplaceWorkloads(entry.KindPod, []string{""}, scale.workloads(0))
-		withPods := heap()
+		withPods := liveHeap()
 		if got := lookupIn(st.table(), "db-7.ns-7.internal").For(reach.Outside, false).A.Len(); got != scale.pods/scale.entries {
 			b.Fatalf("db-7 answers %d addresses, want %d", got, scale.pods/scale.entries)
 		}
