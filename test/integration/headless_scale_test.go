@@ -134,9 +134,13 @@ func BenchmarkHeadlessScale(b *testing.B) {
 	pprofAddr := fmt.Sprintf("127.0.0.1:%d", freePort(b))
 	s := startCoreDNSWith(b, []string{"pprof " + pprofAddr}, headlessScaleZone, reading("headless")...)
 	waitFor(b, 10*time.Minute, "CoreDNS (headless) ready", s.isReady)
-	const rate, length = 20, 20 * time.Second
+	// First the CPU of the flips alone (no DNS polling), then the latency.
+	const rate, cpuPhase, length = 20, 20 * time.Second, 20 * time.Second
+	cpu0 := processCPU(b, s.process)
+	flipReadiness(b, kube, s, entries, rate, cpuPhase, 0, false)
+	cpuPerEvent := (processCPU(b, s.process) - cpu0) / (rate * cpuPhase / time.Second)
 	profiled := profileDuring(b, pprofAddr, length, "flips")
-	times := flipReadiness(b, kube, s, entries, rate, length)
+	times := flipReadiness(b, kube, s, entries, rate, length, rate*int(cpuPhase/time.Second), true)
 	profiled()
 	p50, p99 := times.percentile(50), times.percentile(99)
 
@@ -153,13 +157,13 @@ func BenchmarkHeadlessScale(b *testing.B) {
 		"settled RSS %s: %.0f B per entry, %.0f B per selected pod (%.0f B per pod with the entries' share); "+
 		"heap in use %s: %.0f B per entry, %.0f B per selected pod (%.0f B with the entries' share); "+
 		"peak RSS %s: %.0f B per entry, %.0f B per selected pod; "+
-		"%d readiness flips at %d/s: status patch -> answer %v",
+		"%d readiness flips at %d/s: status patch -> answer %v; CoreDNS CPU %v per flip (%d flips, not polled)",
 		n, entries, reps, headless.ready.Round(time.Millisecond), headless.ready.Seconds()/floor.Seconds(), floor.Round(time.Millisecond),
 		bare.ready.Round(time.Millisecond), hollow.ready.Round(time.Millisecond),
 		mib(rss), perEntry(rss), perPod(rss), together(rss),
 		mib(heap), perEntry(heap), perPod(heap), together(heap),
 		mib(peak), perEntry(peak), perPod(peak),
-		len(times.latencies), rate, times)
+		len(times.latencies), rate, times, cpuPerEvent.Round(time.Microsecond), rate*int(cpuPhase/time.Second))
 	b.ReportMetric(headless.ready.Seconds(), "ready-s")
 	b.ReportMetric(headless.ready.Seconds()/floor.Seconds(), "ready/bare-list")
 	b.ReportMetric(perEntry(rss), "rss-B/entry")
@@ -168,6 +172,7 @@ func BenchmarkHeadlessScale(b *testing.B) {
 	b.ReportMetric(perPod(heap), "heap-B/pod")
 	b.ReportMetric(float64(p50.Microseconds())/1000, "p50-ms")
 	b.ReportMetric(float64(p99.Microseconds())/1000, "p99-ms")
+	b.ReportMetric(float64(cpuPerEvent.Microseconds()), "cpu-us/event")
 }
 
 // createHeadlessEntries creates n headless entries labelled benchLabel=set,
@@ -185,11 +190,16 @@ func createHeadlessEntries(b testing.TB, client versioned.Interface, n int, pref
 // flipReadiness flips the Ready condition of the first pod of distinct
 // entries, spread over the set, at rate per second for the given time, as
 // the kubelet writes it (a strategic merge patch of the status subresource),
-// and times each until its entry's answer follows (measureChanges). With
-// fewer entries than changes, an entry's pod turns unready on its first
-// change, ready again on its second, and so on: entries/rate seconds apart.
-func flipReadiness(b *testing.B, kube kubernetes.Interface, s *coredns, entries, rate int, length time.Duration) changeTimes {
-	return measureChanges(b, rate, length, func(u int) change {
+// and, with poll, times each until its entry's answer follows
+// (measureChanges); without, it waits for the last one only. Change u of a
+// call is change first+u of the series, so that two calls flip different
+// entries. With fewer entries than changes, an entry's pod turns unready on
+// its first change, ready again on its second, and so on: entries/rate
+// seconds apart.
+func flipReadiness(b *testing.B, kube kubernetes.Interface, s *coredns, entries, rate int, length time.Duration, first int, poll bool) changeTimes {
+	var last func() bool
+	times := measureChanges(b, rate, length, func(u int) change {
+		u += first
 		e := u * 7919 % entries // 7919 is prime: distinct entries until every one has had its turn
 		i := e * headlessPodsPerEntry
 		ns, name := fmt.Sprintf("db-%d", i/headlessPodsPerNamespace), fmt.Sprintf("pod-%d", i)
@@ -198,11 +208,18 @@ func flipReadiness(b *testing.B, kube kubernetes.Interface, s *coredns, entries,
 			ready, want = "True", headlessAnswer(e)
 		}
 		patch := fmt.Sprintf(`{"status":{"conditions":[{"type":"Ready","status":%q}]}}`, ready)
-		return change{what: fmt.Sprintf("pod %s/%s Ready %s", ns, name, ready),
+		c := change{what: fmt.Sprintf("pod %s/%s Ready %s", ns, name, ready),
 			apply: func(ctx context.Context) error {
 				_, err := kube.CoreV1().Pods(ns).Patch(ctx, name, types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{}, "status")
 				return err
-			},
-			answered: func() bool { return s.answer(b, headlessHost(e), dns.TypeA, "udp") == want }}
+			}}
+		answered := func() bool { return s.answer(b, headlessHost(e), dns.TypeA, "udp") == want }
+		if poll {
+			c.answered = answered
+		}
+		last = answered
+		return c
 	})
+	waitFor(b, 10*time.Second, "the last flip answered", last)
+	return times
 }
