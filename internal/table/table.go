@@ -15,10 +15,11 @@ import (
 )
 
 // A sharded map is split in two levels so that one change copies little: the
-// table header (copied on every change) holds groupCount pointers per
-// structure, and a change copies one group of groupSize pointers and one
-// shard map, which holds a groupCount*groupSize-th of the names. More groups
-// make the header copy the cost. More shards in all make lookups in a large
+// table header (copied on every change) holds one pointer per structure, to
+// its groupCount group pointers, and a change copies, in each structure it
+// writes, those pointers, one group of groupSize pointers and one shard map,
+// which holds a groupCount*groupSize-th of the names. More groups make the
+// copy of the group pointers the cost. More shards in all make lookups in a large
 // table slower (more map headers, colder in cache) and a table of a few
 // thousand names bigger (each small map has a fixed size): the count is the
 // most that keeps lookups as fast as with one level. BENCHMARKS.md has the
@@ -32,11 +33,14 @@ const (
 
 // sharded is a map split by the key's hash, the caller's (the table already
 // hashes every name it looks up once): the top bits pick the group, the next
-// ones the shard. A nil group or shard reads as empty. Groups and shards are
-// shared between tables and never written once published: a writer owns them
-// first, once per table built.
+// ones the shard. A nil group array, group or shard reads as empty. The group
+// array, groups and shards are shared between tables and never written once
+// published: a writer owns them first, once per table built. The group array
+// is behind a pointer so that a change copies only the arrays of the
+// structures it writes: most changes write the names and the reverse index,
+// not the ancestors' counts, the wildcards or the ports.
 type sharded[K comparable, V any] struct {
-	groups [groupCount]*shardGroup[K, V]
+	groups *[groupCount]*shardGroup[K, V]
 }
 
 type shardGroup[K comparable, V any] struct {
@@ -48,7 +52,10 @@ func shardIn(h uint64) uint64 { return h >> (64 - groupBits - shardBits) & (grou
 
 // get returns the value of k, whose hash is h.
 func (s *sharded[K, V]) get(h uint64, k K) (V, bool) {
-	g := s.groups[groupOf(h)]
+	var g *shardGroup[K, V]
+	if s.groups != nil {
+		g = s.groups[groupOf(h)]
+	}
 	if g == nil {
 		var zero V
 		return zero, false
@@ -66,6 +73,14 @@ func (s *sharded[K, V]) at(h uint64, k K) V {
 // writable returns the shard of hash h, owned (see own) by the table s
 // belongs to, made if it was nil.
 func (s *sharded[K, V]) writable(h uint64, copied map[any]bool) map[K]V {
+	if !copied[s] {
+		groups := new([groupCount]*shardGroup[K, V])
+		if s.groups != nil {
+			*groups = *s.groups
+		}
+		s.groups = groups
+		copied[s] = true
+	}
 	slot := &s.groups[groupOf(h)]
 	if !copied[slot] {
 		g := new(shardGroup[K, V])
@@ -171,10 +186,8 @@ type Table struct {
 	reverse reverseIndex
 
 	// tails and shortWild tell a name no view serves in one probe
-	// (tails.go). tails is behind a pointer, copied only by a change that
-	// adds or removes a host: the header above is copied on every change,
-	// and most changes are of addresses.
-	tails     *sharded[string, int32]
+	// (tails.go).
+	tails     sharded[string, int32]
 	shortWild int32
 
 	// overlays are, by client namespace, what that namespace sees

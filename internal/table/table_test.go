@@ -20,6 +20,9 @@ import (
 // that list a table.
 func (s *sharded[K, V]) all() iter.Seq2[K, V] {
 	return func(yield func(K, V) bool) {
+		if s.groups == nil {
+			return
+		}
 		for _, g := range s.groups {
 			if g == nil {
 				continue
@@ -183,6 +186,15 @@ func TestAddressChangeSharesPorts(t *testing.T) {
 		map[string][]entry.Port{"a.internal": slices.Clone(ports)})
 	if reflect.ValueOf(portsShard(after)).UnsafePointer() != reflect.ValueOf(portsShard(before)).UnsafePointer() {
 		t.Error("an address change copied the ports shard")
+	}
+	// Nor the group arrays of what it does not write: the ports, the
+	// ancestors' counts, the wildcards and the tails.
+	if after.ports.groups != before.ports.groups || after.below.groups != before.below.groups ||
+		after.wild.groups != before.wild.groups || after.tails.groups != before.tails.groups {
+		t.Error("an address change copied the group array of a structure it does not write")
+	}
+	if after.exact.groups == before.exact.groups || after.reverse.v4.groups == before.reverse.v4.groups {
+		t.Error("an address change wrote a group array the table before it still reads")
 	}
 
 	renumbered := []entry.Port{{Name: "http", Number: 8080}}

@@ -38,14 +38,6 @@ func (t *Table) countTail(owner string, delta int32, copied map[any]bool) {
 	if wild && !long {
 		t.shortWild += delta
 	}
-	if !copied[&t.tails] {
-		fresh := new(sharded[string, int32])
-		if t.tails != nil {
-			*fresh = *t.tails
-		}
-		t.tails = fresh
-		copied[&t.tails] = true
-	}
 	h := t.hash(tail)
 	if n := t.tails.at(h, tail) + delta; n > 0 {
 		t.tails.set(h, tail, n, copied)
@@ -62,9 +54,6 @@ func (t *Table) countTail(owner string, delta int32, copied map[any]bool) {
 func (t *Table) MayServe(name string) bool {
 	if name == "" || name[0] == '_' {
 		return true
-	}
-	if t.tails == nil { // no host yet
-		return false
 	}
 	// A name of one label is its own tail: only an exact host can equal it.
 	tail, _ := tailOf(name)

@@ -37,9 +37,7 @@ func TestTailsFollowChanges(t *testing.T) {
 
 func tailCounts(t *Table) map[string]int32 {
 	out := make(map[string]int32)
-	if t.tails != nil {
-		maps.Insert(out, t.tails.all())
-	}
+	maps.Insert(out, t.tails.all())
 	return out
 }
 
