@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/coredns-serviceentry/serviceentry/internal/entry"
+	"github.com/coredns-serviceentry/serviceentry/internal/sourcetest"
 	"github.com/coredns/coredns/core/dnsserver"
 	"github.com/coredns/coredns/plugin"
 	"github.com/coredns/coredns/plugin/pkg/dnstest"
@@ -150,7 +151,7 @@ func BenchmarkInitialSync(b *testing.B) {
 func BenchmarkStoreMemory(b *testing.B) {
 	const n = 100_000
 	for b.Loop() {
-		base, baseInUse := liveHeap(), heapInUse()
+		base, baseInUse := sourcetest.LiveHeap(), sourcetest.HeapInUse()
 		entries := benchEntries(n)
 		for _, e := range entries {
 			e.Ports = []entry.Port{{Name: strings.Clone("https"), Number: 443}}
@@ -159,8 +160,8 @@ func BenchmarkStoreMemory(b *testing.B) {
 		st.ReplaceAll(entries, nil)
 		st.MarkSynced()
 		entries = nil
-		b.ReportMetric(float64(liveHeap()-base)/n, "B/entry")
-		b.ReportMetric(float64(heapInUse()-baseInUse)/n, "inuse-B/entry")
+		b.ReportMetric(float64(sourcetest.LiveHeap()-base)/n, "B/entry")
+		b.ReportMetric(float64(sourcetest.HeapInUse()-baseInUse)/n, "inuse-B/entry")
 		runtime.KeepAlive(st)
 	}
 }
@@ -285,17 +286,17 @@ func BenchmarkExportToMemory(b *testing.B) {
 			publicEntries[key] = e
 		}
 	}
-	base := liveHeap()
+	base := sourcetest.LiveHeap()
 	public := newStore(false)
 	public.ReplaceAll(publicEntries, nil)
 	public.MarkSynced()
-	withPublic := liveHeap()
+	withPublic := sourcetest.LiveHeap()
 	st := newStore(false)
 	st.ReplaceAll(entries, nil)
 	st.MarkSynced()
-	withClient := liveHeap()
+	withClient := sourcetest.LiveHeap()
 	st.clients = clientsOf(b, pods)
-	withIndex := liveHeap()
+	withIndex := sourcetest.LiveHeap()
 	if len(st.table().Overlays) != 1000 {
 		b.Fatalf("%d overlays, want 1000", len(st.table().Overlays))
 	}

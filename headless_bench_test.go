@@ -8,6 +8,7 @@ import (
 
 	"github.com/coredns-serviceentry/serviceentry/internal/entry"
 	"github.com/coredns-serviceentry/serviceentry/internal/reach"
+	"github.com/coredns-serviceentry/serviceentry/internal/sourcetest"
 )
 
 // headlessScale is issue 25's scale: 10,000 headless entries selecting
@@ -94,15 +95,15 @@ func BenchmarkHeadlessMemory(b *testing.B) {
 	scale := headlessScale{entries: 10_000, pods: 100_000, namespaces: 1_000}
 	first := true
 	for b.Loop() {
-		before := liveHeap()
+		before := sourcetest.LiveHeap()
 		st := newStore(false)
 		entries, _ := headlessScale{entries: scale.entries, namespaces: scale.namespaces}.build()
 		st.ReplaceAll(entries, nil)
 		st.MarkSynced()
 		entries = nil // the store keeps what it needs
-		withEntries := liveHeap()
+		withEntries := sourcetest.LiveHeap()
 		st.ReplaceWorkloads(entry.KindPod, []string{""}, scale.workloads(0))
-		withPods := liveHeap()
+		withPods := sourcetest.LiveHeap()
 		if got := lookupIn(st.table(), "db-7.ns-7.internal").For(reach.Outside, false).A.Len(); got != scale.pods/scale.entries {
 			b.Fatalf("db-7 answers %d addresses, want %d", got, scale.pods/scale.entries)
 		}

@@ -5,8 +5,6 @@ import (
 	"maps"
 	"math/rand/v2"
 	"net/netip"
-	"runtime"
-	"runtime/debug"
 	"slices"
 	"sort"
 	"strings"
@@ -233,22 +231,4 @@ func clientsOf(t testing.TB, byIP map[string]string) *podindex.Index {
 // lookupIn is the public view's lookup, for tests that read a table.
 func lookupIn(t *table.Table, name string) *table.Answer {
 	return t.ViewFor("").Lookup(name)
-}
-
-// liveHeap is the heap's live bytes after a collection.
-func liveHeap() uint64 {
-	var m runtime.MemStats
-	runtime.GC()
-	runtime.ReadMemStats(&m)
-	return m.HeapAlloc
-}
-
-// heapInUse is the heap's spans in use after a collection: the live heap and
-// the free room in spans that still hold something live (fragmentation),
-// which the resident size pays for too.
-func heapInUse() uint64 {
-	var m runtime.MemStats
-	debug.FreeOSMemory()
-	runtime.ReadMemStats(&m)
-	return m.HeapInuse
 }

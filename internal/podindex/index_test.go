@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/coredns-serviceentry/serviceentry/internal/sourcetest"
 )
 
 // epoch is the creation time of the test pods, in Unix seconds.
@@ -362,7 +364,7 @@ func BenchmarkIndexMemory(b *testing.B) {
 	var total float64
 	n := 0
 	for b.Loop() {
-		base := liveHeap()
+		base := sourcetest.LiveHeap()
 		claims := make(map[string]*Claim, pods)
 		for i := range pods {
 			ns := fmt.Sprintf("team-%d", i%namespaces)
@@ -372,18 +374,11 @@ func BenchmarkIndexMemory(b *testing.B) {
 		idx := New()
 		idx.Replace("", claims)
 		claims = nil
-		total += float64(liveHeap()) - float64(base)
+		total += float64(sourcetest.LiveHeap()) - float64(base)
 		runtime.KeepAlive(idx)
 		n++
 	}
 	b.ReportMetric(total/float64(n)/pods, "B/pod")
-}
-
-func liveHeap() uint64 {
-	var m runtime.MemStats
-	runtime.GC()
-	runtime.ReadMemStats(&m)
-	return m.HeapAlloc
 }
 
 // TestClientIndexSlots: a pod gone leaves its slot to the next one, so that

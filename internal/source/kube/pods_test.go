@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"reflect"
 	"runtime"
-	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -574,7 +573,7 @@ func podCacheMemory(b *testing.B, pods, namespaces int) (total, reader float64) 
 	})
 	idx := podindex.New()
 	p := newPodSource(client, nil, false, idx, sourcetest.NewSink())
-	base := liveHeap()
+	base := sourcetest.LiveHeap()
 	p.start()
 	for deadline := time.Now().Add(time.Minute); !idx.Synced(); time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
@@ -584,28 +583,11 @@ func podCacheMemory(b *testing.B, pods, namespaces int) (total, reader float64) 
 	if got := idx.Lookup(benchPodIP(pods - 1)).Namespace; got != benchPodNamespace(pods-1, namespaces) {
 		b.Fatalf("last pod's namespace %q", got)
 	}
-	synced := liveHeap()
+	synced := sourcetest.LiveHeap()
 	p.stop() // and p is not used after it, so its reflectors are garbage
-	withoutReader := liveHeap()
+	withoutReader := sourcetest.LiveHeap()
 	runtime.KeepAlive(idx)
 	return float64(synced) - float64(base), float64(synced) - float64(withoutReader)
-}
-
-func liveHeap() uint64 {
-	var m runtime.MemStats
-	runtime.GC()
-	runtime.ReadMemStats(&m)
-	return m.HeapAlloc
-}
-
-// heapInUse is the heap's spans in use after a collection: the live heap and
-// the free room in spans that still hold something live (fragmentation),
-// which the resident size pays for too.
-func heapInUse() uint64 {
-	var m runtime.MemStats
-	debug.FreeOSMemory()
-	runtime.ReadMemStats(&m)
-	return m.HeapInuse
 }
 
 func benchPodIP(i int) netip.Addr {

@@ -895,7 +895,7 @@ func BenchmarkSourceMemory(b *testing.B) {
 	defer server.CloseClientConnections()
 	kubeconfig := sourcetest.Kubeconfig(b, server.URL)
 	for b.Loop() {
-		base, baseInUse := liveHeap(), heapInUse()
+		base, baseInUse := sourcetest.LiveHeap(), sourcetest.HeapInUse()
 		st := sourcetest.NewSink()
 		src, err := New(Config{Kubeconfig: kubeconfig}, st, nil)
 		if err != nil {
@@ -910,8 +910,8 @@ func BenchmarkSourceMemory(b *testing.B) {
 		if got := st.Hosts(); got != n {
 			b.Fatalf("%d hosts, want %d", got, n)
 		}
-		b.ReportMetric(float64(liveHeap()-base)/n, "B/entry")
-		b.ReportMetric(float64(heapInUse()-baseInUse)/n, "inuse-B/entry")
+		b.ReportMetric(float64(sourcetest.LiveHeap()-base)/n, "B/entry")
+		b.ReportMetric(float64(sourcetest.HeapInUse()-baseInUse)/n, "inuse-B/entry")
 		src.Stop()
 	}
 }

@@ -1,0 +1,25 @@
+package sourcetest
+
+import (
+	"runtime"
+	"runtime/debug"
+)
+
+// LiveHeap is the heap's live bytes after a collection, for the memory
+// benchmarks.
+func LiveHeap() uint64 {
+	var m runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc
+}
+
+// HeapInUse is the heap's spans in use after a collection: the live heap and
+// the free room in spans that still hold something live (fragmentation),
+// which the resident size pays for too.
+func HeapInUse() uint64 {
+	var m runtime.MemStats
+	debug.FreeOSMemory()
+	runtime.ReadMemStats(&m)
+	return m.HeapInuse
+}
