@@ -115,18 +115,24 @@ func (t *clientTable) hold(client Client) uint32 {
 		// A copy of the namespace, so that the index holds no part of a
 		// decoded pod.
 		client.Namespace = strings.Clone(client.Namespace)
-		s := &shared{Client: client}
-		if last := len(t.free) - 1; last >= 0 {
-			n, t.free = t.free[last], t.free[:last]
-			t.byNum[n] = s
-		} else {
-			n = uint32(len(t.byNum))
-			t.byNum = append(t.byNum, s)
-		}
+		n = place(&t.byNum, &t.free, &shared{Client: client})
 		t.numbers[client] = n
 	}
 	t.byNum[n].pods++
 	return n
+}
+
+// place puts v in items at a number from free, the last one freed, or at
+// the end when none is, and returns its number.
+func place[T any, N ~uint32](items *[]T, free *[]N, v T) N {
+	if last := len(*free) - 1; last >= 0 {
+		n := (*free)[last]
+		*free = (*free)[:last]
+		(*items)[n] = v
+		return n
+	}
+	*items = append(*items, v)
+	return N(len(*items) - 1)
 }
 
 // release lets go of client n for one pod, and forgets it with its last.
@@ -384,13 +390,7 @@ func (c *Index) setLocked(k podKey, claim *Claim, touched []netip.Addr) []netip.
 	}
 	p := pod{created: createdOf(claim.Created), tie: binary.BigEndian.Uint32(k[:4]), v4: v4,
 		client: c.clients.hold(Client{Namespace: claim.Namespace, Marks: claim.Marks})}
-	if last := len(c.free) - 1; last >= 0 {
-		s, c.free = c.free[last], c.free[:last]
-		c.pods[s] = p
-	} else {
-		s = slot(len(c.pods))
-		c.pods = append(c.pods, p)
-	}
+	s = place(&c.pods, &c.free, p)
 	c.slots[k] = s
 	if hasV4 {
 		c.v4.add(v4, s)
