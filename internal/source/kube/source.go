@@ -314,6 +314,7 @@ func slimLister(cfg *rest.Config, workloads bool) func(namespace, version string
 		c.ContentType = runtime.ContentTypeJSON
 		c.AcceptContentTypes = runtime.ContentTypeJSON
 		c.NegotiatedSerializer = slimNegotiator{NegotiatedSerializer: slimCodecs.WithoutConversion(), workloads: workloads}
+		negotiator := runtime.NewClientNegotiator(c.NegotiatedSerializer, *c.GroupVersion)
 		rc, err := rest.RESTClientFor(c)
 		if err != nil {
 			return listWatchFuncs{}, fmt.Errorf("creating the %s client for %s: %w", kind, version, err)
@@ -335,7 +336,7 @@ func slimLister(cfg *rest.Config, workloads bool) func(namespace, version string
 			},
 			watch: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 				o.Watch = true
-				return request(&o).Watch(ctx)
+				return watchStream(ctx, request(&o), negotiator, workloads)
 			},
 		}, nil
 	}
