@@ -77,6 +77,13 @@ func startCoreDNSWith(t testing.TB, serverLines []string, zone string, pluginLin
 // environment.
 func startCoreDNSEnv(t testing.TB, env, serverLines []string, zone string, pluginLines ...string) *coredns {
 	t.Helper()
+	return startCoreDNSBinary(t, corednsBinary(t), env, serverLines, zone, pluginLines...)
+}
+
+// startCoreDNSBinary is startCoreDNSEnv with another CoreDNS binary: one
+// built from another commit, that a benchmark compares with this tree's.
+func startCoreDNSBinary(t testing.TB, binary string, env, serverLines []string, zone string, pluginLines ...string) *coredns {
+	t.Helper()
 	// The queries come from 127.0.0.1 (or another loopback address), which no
 	// pod with Istio's marks holds: unless the test says how to class clients,
 	// every client gets mesh answers, so that the tests of the sources see
@@ -87,7 +94,7 @@ func startCoreDNSEnv(t testing.TB, env, serverLines []string, zone string, plugi
 	dnsPort, readyPort := freePort(t), freePort(t)
 	corefile := fmt.Sprintf(".:%d {\n    bind 127.0.0.1\n    serviceentry %s {\n        %s\n    }\n    ready 127.0.0.1:%d\n    %s\n}\n",
 		dnsPort, zone, strings.Join(pluginLines, "\n        "), readyPort, strings.Join(serverLines, "\n    "))
-	return runCorefileEnv(t, env, corefile, dnsPort, readyPort)
+	return runCorefileBinary(t, binary, env, corefile, dnsPort, readyPort)
 }
 
 // runCorefile runs the binary with a whole Corefile that serves DNS on
@@ -100,12 +107,18 @@ func runCorefile(t testing.TB, corefile string, dnsPort, readyPort int) *coredns
 // runCorefileEnv is runCorefile with variables added to CoreDNS's environment.
 func runCorefileEnv(t testing.TB, env []string, corefile string, dnsPort, readyPort int) *coredns {
 	t.Helper()
+	return runCorefileBinary(t, corednsBinary(t), env, corefile, dnsPort, readyPort)
+}
+
+// runCorefileBinary is runCorefileEnv with the given CoreDNS binary.
+func runCorefileBinary(t testing.TB, binary string, env []string, corefile string, dnsPort, readyPort int) *coredns {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "Corefile")
 	if err := os.WriteFile(path, []byte(corefile), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	c := &coredns{
-		process:   startProcessEnv(t, env, corednsBinary(t), "-conf", path),
+		process:   startProcessEnv(t, env, binary, "-conf", path),
 		corefile:  path,
 		dnsAddr:   fmt.Sprintf("127.0.0.1:%d", dnsPort),
 		readyAddr: fmt.Sprintf("127.0.0.1:%d", readyPort),

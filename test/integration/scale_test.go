@@ -60,6 +60,9 @@ func BenchmarkScale(b *testing.B) {
 	b.Logf("created %d ServiceEntries in %v (%.0f/s)", n, created.Round(time.Millisecond), float64(n)/created.Seconds())
 
 	floor := listFloor(b, client.NetworkingV1().RESTClient(), "scale", "serviceentries")
+	if baseline := os.Getenv("SERVICEENTRY_BASELINE"); baseline != "" {
+		compareReady(b, baseline, kubeconfig, floor, n)
+	}
 
 	// The same binary reads the entries with a LIST (WatchList off),
 	// then with WatchList (client-go's default, streamed initial events);
@@ -133,6 +136,35 @@ func BenchmarkScale(b *testing.B) {
 	b.ReportMetric(float64(p50.Microseconds())/1000, "p50-ms")
 	b.ReportMetric(float64(p99.Microseconds())/1000, "p99-ms")
 	b.ReportMetric(float64(cpuPerUpdate.Microseconds()), "cpu-us/update")
+}
+
+// compareReady starts the CoreDNS binary baseline (built from another
+// commit) and this tree's in turn, three times each, and reports the median
+// start -> ready (WatchList) of each: one start varies more on a shared
+// machine than most changes move it, and alternating spreads the machine's
+// drift over both.
+func compareReady(b *testing.B, baseline, kubeconfig string, floor time.Duration, n int) {
+	binaries := []struct{ name, path string }{{"baseline", baseline}, {"this tree", corednsBinary(b)}}
+	times := make([][]time.Duration, len(binaries))
+	for range 3 {
+		for i, bin := range binaries {
+			began := time.Now()
+			c := startCoreDNSBinary(b, bin.path, nil, nil, "scale.internal", "kubeconfig "+kubeconfig, "namespaces scale", "startup_timeout 1s")
+			waitFor(b, 10*time.Minute, "CoreDNS ready", c.isReady)
+			times[i] = append(times[i], time.Since(began))
+			c.waitAnswer(b, 5*time.Second, scaleHost(n-1), dns.TypeA, "NOERROR "+scaleAddr(n-1, 0))
+			c.stop()
+		}
+	}
+	medians := make([]time.Duration, len(binaries))
+	for i, bin := range binaries {
+		slices.Sort(times[i])
+		medians[i] = times[i][len(times[i])/2]
+		b.Logf("%s: WatchList start -> ready %v, median %v (%.2f× a bare LIST of %v)",
+			bin.name, times[i], medians[i].Round(time.Millisecond), medians[i].Seconds()/floor.Seconds(), floor.Round(time.Millisecond))
+	}
+	b.ReportMetric(medians[0].Seconds()/floor.Seconds(), "baseline-ready/bare-list")
+	b.ReportMetric(medians[1].Seconds()/floor.Seconds(), "median-ready/bare-list")
 }
 
 func scaleHost(i int) string { return fmt.Sprintf("svc-%d.ns-%d.scale.internal", i, i%100) }
