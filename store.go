@@ -155,6 +155,7 @@ func (s *store) Upsert(key entry.Key, e *entry.Entry) {
 func (s *store) UpsertAll(changes map[entry.Key]*entry.Entry) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.reserveLocked(len(changes))
 	for key, e := range changes {
 		s.setLocked(key, e)
 	}
@@ -168,6 +169,7 @@ func (s *store) ReplaceAll(entries map[entry.Key]*entry.Entry, workloads map[ent
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.replaceWorkloadsLocked(func(entry.Key) bool { return true }, []string{""}, workloads)
+	s.reserveLocked(len(entries))
 	for key := range s.entries {
 		if _, ok := entries[key]; !ok {
 			s.setLocked(key, nil)
@@ -209,6 +211,22 @@ func (s *store) BeginFullRead() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.synced = false
+}
+
+// reserveLocked makes room for n entries in the maps a store fills with
+// entries, each map only while it is empty: the first read brings every
+// entry at once, and a map grown one entry at a time moves each of them
+// several times (BENCHMARKS.md has the build time it saves).
+func (s *store) reserveLocked(n int) {
+	if len(s.entries) == 0 {
+		s.entries = make(map[entry.Key]*entry.Entry, n)
+	}
+	if len(s.byHost.one) == 0 {
+		s.byHost.one = make(map[string]*entry.Entry, n)
+	}
+	if len(s.dirty) == 0 {
+		s.dirty = make(map[string]bool, n)
+	}
 }
 
 func (s *store) setLocked(key entry.Key, e *entry.Entry) {
@@ -276,7 +294,7 @@ func (s *store) publishLocked() {
 	}
 	changes := make(map[string]*table.Answer, len(s.dirty))
 	ports := make(map[string][]entry.Port, len(s.dirty))
-	shared := make(map[any]*table.Answer)
+	shared := make(map[any]*table.Answer, len(s.dirty))
 	for host := range s.dirty {
 		changes[host] = s.answerFor(host, "", shared)
 		ports[host] = s.portsFor(host, "")

@@ -229,7 +229,7 @@ type Hit struct {
 func (t *Table) With(changes map[string]*Answer, ports map[string][]entry.Port) *Table {
 	next := *t
 	copied := make(map[any]bool)
-	rev := make(reverseChanges)
+	rev := make(reverseChanges, len(changes))
 	for host, ans := range changes {
 		shards, key := &next.exact, host
 		suffix, wild := strings.CutPrefix(host, "*.")
