@@ -136,7 +136,7 @@ func BenchmarkHeadlessScale(b *testing.B) {
 	waitFor(b, 10*time.Minute, "CoreDNS (headless) ready", s.isReady)
 	// First the CPU of the flips alone (no DNS polling), then the latency.
 	const rate, cpuPhase, length = 20, 20 * time.Second, 20 * time.Second
-	cpuPerFlip, idleCPU := cpuPerEvent(b, s.process, rate*int(cpuPhase/time.Second), cpuPhase, func() {
+	cost := cpuPerEvent(b, s.process, rate*int(cpuPhase/time.Second), cpuPhase, func() {
 		flipReadiness(b, kube, s, entries, rate, cpuPhase, 0, false)
 	})
 	profiled := profileDuring(b, pprofAddr, length, "flips")
@@ -157,13 +157,13 @@ func BenchmarkHeadlessScale(b *testing.B) {
 		"settled RSS %s: %.0f B per entry, %.0f B per selected pod (%.0f B per pod with the entries' share); "+
 		"heap in use %s: %.0f B per entry, %.0f B per selected pod (%.0f B with the entries' share); "+
 		"peak RSS %s: %.0f B per entry, %.0f B per selected pod; "+
-		"%d readiness flips at %d/s: status patch -> answer %v; CoreDNS CPU %v per flip above %v per second idle (%d flips, not polled)",
+		"%d readiness flips at %d/s: status patch -> answer %v; CoreDNS CPU %v per flip above %v per second idle, %.1f page faults (%d flips, not polled)",
 		n, entries, reps, headless.ready.Round(time.Millisecond), headless.ready.Seconds()/floor.Seconds(), floor.Round(time.Millisecond),
 		bare.ready.Round(time.Millisecond), hollow.ready.Round(time.Millisecond),
 		mib(rss), perEntry(rss), perPod(rss), together(rss),
 		mib(heap), perEntry(heap), perPod(heap), together(heap),
 		mib(peak), perEntry(peak), perPod(peak),
-		len(times.latencies), rate, times, cpuPerFlip.Round(time.Microsecond), idleCPU.Round(time.Millisecond), rate*int(cpuPhase/time.Second))
+		len(times.latencies), rate, times, cost.cpu.Round(time.Microsecond), cost.idlePerSecond.Round(time.Millisecond), cost.faults, rate*int(cpuPhase/time.Second))
 	b.ReportMetric(headless.ready.Seconds(), "ready-s")
 	b.ReportMetric(headless.ready.Seconds()/floor.Seconds(), "ready/bare-list")
 	b.ReportMetric(perEntry(rss), "rss-B/entry")
@@ -172,7 +172,8 @@ func BenchmarkHeadlessScale(b *testing.B) {
 	b.ReportMetric(perPod(heap), "heap-B/pod")
 	b.ReportMetric(float64(p50.Microseconds())/1000, "p50-ms")
 	b.ReportMetric(float64(p99.Microseconds())/1000, "p99-ms")
-	b.ReportMetric(float64(cpuPerFlip.Microseconds()), "cpu-us/event")
+	b.ReportMetric(float64(cost.cpu.Microseconds()), "cpu-us/event")
+	b.ReportMetric(cost.faults, "faults/event")
 }
 
 // createHeadlessEntries creates n headless entries labelled benchLabel=set,

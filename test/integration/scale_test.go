@@ -113,7 +113,7 @@ func BenchmarkScale(b *testing.B) {
 	// First the CPU cost of updates alone (no DNS polling), profiled, then
 	// the latency.
 	const rate, cpuPhase = 100, 10 * time.Second
-	cpuPerUpdate, idleCPU := cpuPerEvent(b, dnsServer.process, rate*int(cpuPhase/time.Second), cpuPhase, func() {
+	cost := cpuPerEvent(b, dnsServer.process, rate*int(cpuPhase/time.Second), cpuPhase, func() {
 		cpuProfile := make(chan struct{})
 		go func() {
 			defer close(cpuProfile)
@@ -124,12 +124,20 @@ func BenchmarkScale(b *testing.B) {
 	})
 	times := scaleUpdates(b, client, dnsServer, n, 1, rate, 20*time.Second, true)
 	p50, p99 := times.percentile(50), times.percentile(99)
+	// The same updates' cost again, 3,000 updates after the first read: the
+	// first ones after it also touch the memory the plugin returned to the
+	// OS then, once.
+	later := cpuPerEvent(b, dnsServer.process, rate*int(cpuPhase/time.Second), cpuPhase, func() {
+		scaleUpdates(b, client, dnsServer, n, 2, rate, cpuPhase, false)
+	})
 
 	perEntry := float64(rss-baseRSS) / 1024 / float64(n)
 	b.Logf("%d entries: start -> ready %v; RSS %.1f MiB (empty namespace %.1f MiB, %.2f KiB per entry), heap in use %.1f MiB; "+
-		"%d updates at 100/s: apply -> answer %v; CoreDNS CPU %v per update above %v per second idle",
+		"%d updates at 100/s: apply -> answer %v; CoreDNS CPU %v per update above %v per second idle, %.1f page faults; "+
+		"3,000 updates later %v, %.1f page faults",
 		n, ready.Round(time.Millisecond), float64(rss)/(1<<20), float64(baseRSS)/(1<<20), perEntry, float64(heapInuse)/(1<<20),
-		len(times.latencies), times, cpuPerUpdate.Round(time.Microsecond), idleCPU.Round(time.Millisecond))
+		len(times.latencies), times, cost.cpu.Round(time.Microsecond), cost.idlePerSecond.Round(time.Millisecond), cost.faults,
+		later.cpu.Round(time.Microsecond), later.faults)
 	b.ReportMetric(ready.Seconds(), "ready-s")
 	b.ReportMetric(ready.Seconds()/floor.Seconds(), "ready/bare-list")
 	b.ReportMetric(float64(peak)/float64(rss), "peak/settled-rss")
@@ -140,7 +148,9 @@ func BenchmarkScale(b *testing.B) {
 	b.ReportMetric(float64(heapInuse)/(1<<20), "heap-MiB")
 	b.ReportMetric(float64(p50.Microseconds())/1000, "p50-ms")
 	b.ReportMetric(float64(p99.Microseconds())/1000, "p99-ms")
-	b.ReportMetric(float64(cpuPerUpdate.Microseconds()), "cpu-us/update")
+	b.ReportMetric(float64(cost.cpu.Microseconds()), "cpu-us/update")
+	b.ReportMetric(cost.faults, "faults/update")
+	b.ReportMetric(float64(later.cpu.Microseconds()), "later-cpu-us/update")
 }
 
 // compareReady starts the CoreDNS binary baseline (built from another
@@ -408,33 +418,56 @@ func watchListFloor(b *testing.B, client rest.Interface, namespace, resource str
 	return times[1]
 }
 
-// cpuPerEvent runs changes, which make events events in the process, and
-// returns the process's CPU per event above what it uses idle (watch
-// bookmarks, the Go runtime's own work), and that idle use per second,
-// measured over a quiet window as long as quiet just before.
-func cpuPerEvent(b *testing.B, p *process, events int, quiet time.Duration, changes func()) (perEvent, idlePerSecond time.Duration) {
-	c0 := processCPU(b, p)
-	time.Sleep(quiet)
-	idlePerSecond = time.Duration(float64(processCPU(b, p)-c0) / quiet.Seconds())
-	c1, began := processCPU(b, p), time.Now()
-	changes()
-	busy := processCPU(b, p) - c1
-	idle := time.Duration(float64(idlePerSecond) * time.Since(began).Seconds())
-	return (busy - idle) / time.Duration(events), idlePerSecond
+// eventCost is what changes cost the process per event, above its idle use
+// (watch bookmarks, the Go runtime's own work): CPU, and minor page faults,
+// first touches of memory the runtime has just mapped or taken back from
+// the OS, which the CPU figure includes.
+type eventCost struct {
+	cpu, idlePerSecond time.Duration
+	faults             float64
 }
 
-// processCPU is the user+system CPU time the process has used so far.
-func processCPU(b *testing.B, p *process) time.Duration {
+// cpuPerEvent runs changes, which make events events in the process, and
+// returns their cost per event above the process's idle use, measured over
+// a quiet window as long as quiet just before.
+func cpuPerEvent(b *testing.B, p *process, events int, quiet time.Duration, changes func()) eventCost {
+	c0, f0 := processStat(b, p)
+	time.Sleep(quiet)
+	c1, f1 := processStat(b, p)
+	idlePerSecond := time.Duration(float64(c1-c0) / quiet.Seconds())
+	idleFaults := float64(f1-f0) / quiet.Seconds()
+	began := time.Now()
+	changes()
+	c2, f2 := processStat(b, p)
+	took := time.Since(began).Seconds()
+	return eventCost{
+		cpu:           (c2 - c1 - time.Duration(float64(idlePerSecond)*took)) / time.Duration(events),
+		idlePerSecond: idlePerSecond,
+		faults:        (float64(f2-f1) - idleFaults*took) / float64(events),
+	}
+}
+
+// processStat is the user+system CPU time the process has used so far, and
+// the minor page faults it has taken.
+func processStat(b *testing.B, p *process) (time.Duration, int64) {
 	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
 	if err != nil {
 		b.Fatal(err)
 	}
-	// Fields after the command name (which may hold spaces) start at ')'.
+	// Fields after the command name (which may hold spaces) start at ')';
+	// proc(5) numbers them from 1 with the pid, so field n is at n-3.
 	fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+2:]))
-	utime, _ := strconv.ParseInt(fields[11], 10, 64)
-	stime, _ := strconv.ParseInt(fields[12], 10, 64)
+	minflt, _ := strconv.ParseInt(fields[10-3], 10, 64)
+	utime, _ := strconv.ParseInt(fields[14-3], 10, 64)
+	stime, _ := strconv.ParseInt(fields[15-3], 10, 64)
 	const clockTicks = 100 // USER_HZ on Linux
-	return time.Duration(utime+stime) * time.Second / clockTicks
+	return time.Duration(utime+stime) * time.Second / clockTicks, minflt
+}
+
+// processCPU is the user+system CPU time the process has used so far.
+func processCPU(b *testing.B, p *process) time.Duration {
+	cpu, _ := processStat(b, p)
+	return cpu
 }
 
 // heapStat reads one runtime.MemStats figure from CoreDNS's pprof endpoint,
