@@ -315,11 +315,20 @@ func slimLister(cfg *rest.Config, workloads bool) func(namespace, version string
 		c.AcceptContentTypes = runtime.ContentTypeJSON
 		c.NegotiatedSerializer = slimNegotiator{NegotiatedSerializer: slimCodecs.WithoutConversion(), workloads: workloads}
 		negotiator := runtime.NewClientNegotiator(c.NegotiatedSerializer, *c.GroupVersion)
-		rc, err := rest.RESTClientFor(c)
+		lists, err := rest.RESTClientFor(c)
 		if err != nil {
 			return listWatchFuncs{}, fmt.Errorf("creating the %s client for %s: %w", kind, version, err)
 		}
-		request := func(o *metav1.ListOptions) *rest.Request {
+		// Watches are opened with Stream (see watchStream), which the
+		// client's rate limiter throttles; client-go's Watch is never
+		// throttled, and neither are they, through a client without one.
+		unthrottled := rest.CopyConfig(c)
+		unthrottled.QPS, unthrottled.RateLimiter = -1, nil
+		watches, err := rest.RESTClientFor(unthrottled)
+		if err != nil {
+			return listWatchFuncs{}, fmt.Errorf("creating the %s watch client for %s: %w", kind, version, err)
+		}
+		request := func(rc *rest.RESTClient, o *metav1.ListOptions) *rest.Request {
 			var timeout time.Duration
 			if o.TimeoutSeconds != nil {
 				timeout = time.Duration(*o.TimeoutSeconds) * time.Second
@@ -329,14 +338,14 @@ func slimLister(cfg *rest.Config, workloads bool) func(namespace, version string
 		return listWatchFuncs{
 			list: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 				out := newList()
-				if err := request(&o).Do(ctx).Into(out); err != nil {
+				if err := request(lists, &o).Do(ctx).Into(out); err != nil {
 					return nil, err
 				}
 				return out, nil
 			},
 			watch: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 				o.Watch = true
-				return watchStream(ctx, request(&o), negotiator, workloads)
+				return watchStream(ctx, request(watches, &o), negotiator, workloads)
 			},
 		}, nil
 	}

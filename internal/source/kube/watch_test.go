@@ -2,16 +2,21 @@ package kube
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/coredns-serviceentry/serviceentry/internal/entry"
 	"github.com/coredns-serviceentry/serviceentry/internal/sourcetest"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/runtime/serializer/streaming"
@@ -189,4 +194,37 @@ func FuzzEventDecoderMatchesClientGo(f *testing.F) {
 			t.Fatalf("ours:\n%s\nclient-go's:\n%s", describe(ours), describe(clientGo))
 		}
 	})
+}
+
+// TestWatchesNotThrottled: the source's watches do not wait for the client's
+// rate limiter, as client-go's Watch never does; its lists still do.
+func TestWatchesNotThrottled(t *testing.T) {
+	server := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+	}))
+	defer server.Close()
+	cfg, err := RESTConfig(sourcetest.Kubeconfig(t, server.URL), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.QPS, cfg.Burst = 0.001, 1 // one request, then one every 1,000 s
+	lw, err := slimLister(cfg, false)("", "v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for i := range 3 {
+		w, err := lw.watch(ctx, metav1.ListOptions{})
+		if err != nil {
+			t.Fatalf("watch %d: %v", i, err)
+		}
+		w.Stop()
+	}
+	for range 2 {
+		_, err = lw.list(ctx, metav1.ListOptions{})
+	}
+	if err == nil || !strings.Contains(err.Error(), "rate limiter") {
+		t.Fatalf("the second list did not wait for the rate limiter (%v): the test's premise is gone", err)
+	}
 }
