@@ -38,8 +38,9 @@ type eventDecoder struct {
 	body      io.Closer
 	frame     []byte
 	workloads bool
-	// envelope and object are client-go's decoders for the source's
+	// framer, envelope and object are client-go's for the source's
 	// client, as its watch would use them.
+	framer           runtime.Framer
 	envelope, object runtime.Decoder
 }
 
@@ -67,11 +68,12 @@ func watchStream(ctx context.Context, request *rest.Request, neg runtime.ClientN
 
 // newEventDecoder reads body's events for the client neg negotiates.
 func newEventDecoder(body io.ReadCloser, neg runtime.ClientNegotiator, workloads bool) (*eventDecoder, error) {
-	object, envelope, _, err := neg.StreamDecoder(runtime.ContentTypeJSON, nil)
+	object, envelope, framer, err := neg.StreamDecoder(runtime.ContentTypeJSON, nil)
 	if err != nil {
 		return nil, fmt.Errorf("the JSON stream decoder: %w", err)
 	}
-	return &eventDecoder{lines: bufio.NewReaderSize(body, 16<<10), body: body, workloads: workloads, envelope: envelope, object: object}, nil
+	return &eventDecoder{lines: bufio.NewReaderSize(body, 16<<10), body: body, workloads: workloads,
+		framer: framer, envelope: envelope, object: object}, nil
 }
 
 // Decode returns the next event, io.EOF at the end of the stream, and
@@ -121,7 +123,8 @@ func (d *eventDecoder) decode(frame []byte) (watch.EventType, runtime.Object, er
 	if obj != nil || err != nil {
 		return typ, obj, err
 	}
-	return restclientwatch.NewDecoder(streaming.NewDecoder(io.NopCloser(bytes.NewReader(frame)), d.envelope), d.object).Decode()
+	frames := d.framer.NewFrameReader(io.NopCloser(bytes.NewReader(frame)))
+	return restclientwatch.NewDecoder(streaming.NewDecoder(frames, d.envelope), d.object).Decode()
 }
 
 // slimEvent is a watch event decoded with its object.

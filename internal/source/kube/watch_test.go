@@ -31,15 +31,16 @@ func watchNegotiator(workloads bool) runtime.ClientNegotiator {
 		schema.GroupVersion{Group: entry.Group, Version: "v1"})
 }
 
-// decodedEvent is one result of a watch decoder; err keeps only what the
-// stream watcher tells apart: the end, an end inside an event, any other.
+// decodedEvent is one result of a watch decoder.
 type decodedEvent struct {
 	typ watch.EventType
 	obj runtime.Object
 	err string
 }
 
-func errClass(err error) string {
+// errText is err as the stream watcher reports it: io.EOF and
+// io.ErrUnexpectedEOF apart, any other by its text.
+func errText(err error) string {
 	switch {
 	case err == nil:
 		return ""
@@ -48,7 +49,7 @@ func errClass(err error) string {
 	case errors.Is(err, io.ErrUnexpectedEOF):
 		return "unexpected EOF"
 	}
-	return "error"
+	return err.Error()
 }
 
 // decodeStream decodes stream with the source's decoder (ours) and with
@@ -69,7 +70,7 @@ func decodeStream(t testing.TB, stream string, workloads bool) (ours, clientGo [
 		var out []decodedEvent
 		for {
 			typ, obj, err := d.Decode()
-			out = append(out, decodedEvent{typ, obj, errClass(err)})
+			out = append(out, decodedEvent{typ, obj, errText(err)})
 			if err != nil {
 				return out
 			}
@@ -102,6 +103,8 @@ func TestEventDecoderMatchesClientGo(t *testing.T) {
 			watchEvent("DELETED", watchedObject(1)) + "\n" + watchEvent("BOOKMARK", bookmark) + "\n", events: 4},
 		{name: "blank lines and no final newline", stream: "\n" + watchEvent("ADDED", watchedObject(1)) + "\n\n  \n" + watchEvent("ADDED", watchedObject(2)), events: 2},
 		{name: "indented", stream: indented + indented, events: 2},
+		{name: "ERROR with a Status larger than client-go's first buffer", stream: watchEvent("ERROR",
+			strings.Replace(status, "too old", strings.Repeat("very ", 300)+"old", 1)) + "\n", events: 1},
 		{name: "ERROR with a Status", stream: watchEvent("ADDED", watchedObject(1)) + "\n" + watchEvent("ERROR", status) + "\n", events: 2},
 		{name: "cut inside an event", stream: watchEvent("ADDED", watchedObject(1)) + "\n" + watchEvent("ADDED", watchedObject(2))[:200], events: 1},
 		{name: "another kind", stream: watchEvent("ADDED", strings.Replace(watchedObject(1), `"kind":"ServiceEntry"`, `"kind":"Pod"`, 1)) + "\n"},
