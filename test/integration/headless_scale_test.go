@@ -149,6 +149,28 @@ func BenchmarkHeadlessScale(b *testing.B) {
 		flipReadiness(b, kube, s, entries, rate, cpuPhase, 2*rate*int(cpuPhase/time.Second), false)
 	})
 
+	// Fills: a server that reads the hollow set has no entry selecting in
+	// the pods' namespaces; each entry created for it there is the first
+	// of its namespace, whose pods it then lists on their own. First their
+	// CPU (not polled), then their latency, in other namespaces. The rate
+	// stays under the pod client's 5 requests a second (client-go's
+	// default): faster fills wait for its rate limiter, one list each.
+	const fillRate, fillPhase = 4, 10 * time.Second
+	fills := fillRate * int(fillPhase/time.Second)
+	if 2*fills > n/headlessPodsPerNamespace {
+		b.Fatalf("%d pods: too few namespaces for %d fills", n, 2*fills)
+	}
+	hollowServer := startCoreDNSWith(b, nil, headlessScaleZone, reading("hollow")...)
+	waitFor(b, 10*time.Minute, "CoreDNS (hollow) ready", hollowServer.isReady)
+	fillCost := cpuPerEvent(b, hollowServer.process, fills, fillPhase, func() {
+		fillNamespaces(b, client, s, hollowServer, fillRate, fillPhase, 0, false)
+	})
+	fillTimes := fillNamespaces(b, client, s, hollowServer, fillRate, fillPhase, fills, true)
+	b.Logf("%d fills at %d/s (a namespace's first selecting entry, its %d pods listed): create -> answer %v; CoreDNS CPU %v per fill above %v per second idle (%d fills, not polled)",
+		len(fillTimes.latencies), fillRate, headlessPodsPerNamespace, fillTimes, fillCost.cpu.Round(time.Microsecond), fillCost.idlePerSecond.Round(time.Millisecond), fills)
+	b.ReportMetric(float64(fillTimes.percentile(99).Microseconds())/1000, "fill-p99-ms")
+	b.ReportMetric(float64(fillCost.cpu.Microseconds()), "fill-cpu-us")
+
 	perEntry := func(get func(startFigures) float64) float64 { return (get(hollow) - get(bare)) / float64(entries) }
 	perPod := func(get func(startFigures) float64) float64 { return (get(headless) - get(hollow)) / float64(n) }
 	together := func(get func(startFigures) float64) float64 { return (get(headless) - get(bare)) / float64(n) }
@@ -193,6 +215,36 @@ func createHeadlessEntries(b testing.TB, client versioned.Interface, n int, pref
 		se.Labels = map[string]string{benchLabel: set}
 		return se
 	})
+}
+
+// fillNamespaces creates, at rate per second for length, entries of the
+// hollow set in the pods' namespaces, from namespace first on, one per
+// namespace: each selects the pods of that namespace's first headless entry
+// and, for hollow (which reads that set), is the first entry selecting
+// there. With poll, each is timed until hollow answers its host as headless
+// answers that entry's; without, only the last one is waited for.
+func fillNamespaces(b *testing.B, client versioned.Interface, headless, hollow *coredns, rate int, length time.Duration, first int, poll bool) changeTimes {
+	var last func() bool
+	times := measureChanges(b, rate, length, func(u int) change {
+		namespace := first + u
+		e := namespace * headlessPodsPerNamespace / headlessPodsPerEntry
+		ns, host := fmt.Sprintf("db-%d", namespace), fmt.Sprintf("fill-%d.%s", e, headlessScaleZone)
+		want := headless.answer(b, headlessHost(e), dns.TypeA, "udp")
+		se := headlessEntry(ns, fmt.Sprintf("fill-%d", e), host, map[string]string{"app": fmt.Sprintf("db-%d", e)})
+		se.Labels = map[string]string{benchLabel: "hollow"}
+		c := change{what: "create " + ns + "/" + se.Name, apply: func(ctx context.Context) error {
+			_, err := client.NetworkingV1().ServiceEntries(ns).Create(ctx, se, metav1.CreateOptions{})
+			return err
+		}}
+		answered := func() bool { return hollow.answer(b, host, dns.TypeA, "udp") == want }
+		if poll {
+			c.answered = answered
+		}
+		last = answered
+		return c
+	})
+	waitFor(b, 10*time.Second, "the last fill answered", last)
+	return times
 }
 
 // flipReadiness flips the Ready condition of the first pod of distinct
