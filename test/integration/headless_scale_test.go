@@ -226,27 +226,20 @@ func createHeadlessEntries(b testing.TB, client versioned.Interface, n int, pref
 // there. With poll, each is timed until hollow answers its host as headless
 // answers that entry's; without, only the last one is waited for.
 func fillNamespaces(b *testing.B, client versioned.Interface, headless, hollow *coredns, rate int, length time.Duration, first int, poll bool) changeTimes {
-	var last func() bool
-	times := measureChanges(b, rate, length, func(u int) change {
+	return measureChanges(b, rate, length, poll, func(u int) change {
 		namespace := first + u
 		e := namespace * headlessPodsPerNamespace / headlessPodsPerEntry
 		ns, host := fmt.Sprintf("db-%d", namespace), fmt.Sprintf("fill-%d.%s", e, headlessScaleZone)
 		want := headless.answer(b, headlessHost(e), dns.TypeA, "udp")
 		se := headlessEntry(ns, fmt.Sprintf("fill-%d", e), host, map[string]string{"app": fmt.Sprintf("db-%d", e)})
 		se.Labels = map[string]string{benchLabel: "hollow"}
-		c := change{what: "create " + ns + "/" + se.Name, apply: func(ctx context.Context) error {
-			_, err := client.NetworkingV1().ServiceEntries(ns).Create(ctx, se, metav1.CreateOptions{})
-			return err
-		}}
-		answered := func() bool { return hollow.answer(b, host, dns.TypeA, "udp") == want }
-		if poll {
-			c.answered = answered
-		}
-		last = answered
-		return c
+		return change{what: "create " + ns + "/" + se.Name,
+			apply: func(ctx context.Context) error {
+				_, err := client.NetworkingV1().ServiceEntries(ns).Create(ctx, se, metav1.CreateOptions{})
+				return err
+			},
+			answered: func() bool { return hollow.answer(b, host, dns.TypeA, "udp") == want }}
 	})
-	waitFor(b, 10*time.Second, "the last fill answered", last)
-	return times
 }
 
 // flipReadiness flips the Ready condition of the first pod of distinct
@@ -259,8 +252,7 @@ func fillNamespaces(b *testing.B, client versioned.Interface, headless, hollow *
 // its first change, ready again on its second, and so on: entries/rate
 // seconds apart.
 func flipReadiness(b *testing.B, kube kubernetes.Interface, s *coredns, entries, rate int, length time.Duration, first int, poll bool) changeTimes {
-	var last func() bool
-	times := measureChanges(b, rate, length, func(u int) change {
+	return measureChanges(b, rate, length, poll, func(u int) change {
 		u += first
 		e := u * 7919 % entries // 7919 is prime: distinct entries until every one has had its turn
 		i := e * headlessPodsPerEntry
@@ -270,18 +262,11 @@ func flipReadiness(b *testing.B, kube kubernetes.Interface, s *coredns, entries,
 			ready, want = "True", headlessAnswer(e)
 		}
 		patch := fmt.Sprintf(`{"status":{"conditions":[{"type":"Ready","status":%q}]}}`, ready)
-		c := change{what: fmt.Sprintf("pod %s/%s Ready %s", ns, name, ready),
+		return change{what: fmt.Sprintf("pod %s/%s Ready %s", ns, name, ready),
 			apply: func(ctx context.Context) error {
 				_, err := kube.CoreV1().Pods(ns).Patch(ctx, name, types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{}, "status")
 				return err
-			}}
-		answered := func() bool { return s.answer(b, headlessHost(e), dns.TypeA, "udp") == want }
-		if poll {
-			c.answered = answered
-		}
-		last = answered
-		return c
+			},
+			answered: func() bool { return s.answer(b, headlessHost(e), dns.TypeA, "udp") == want }}
 	})
-	waitFor(b, 10*time.Second, "the last flip answered", last)
-	return times
 }

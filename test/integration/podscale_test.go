@@ -294,7 +294,7 @@ func flipperIP(f int) string { return fmt.Sprintf("127.0.1.%d", f+1) }
 // the answer from the pod's address follows the new class (measureChanges).
 func flipPods(b *testing.B, kube kubernetes.Interface, s *coredns, rate int, length time.Duration) changeTimes {
 	pods := kube.CoreV1().Pods("flip")
-	return measureChanges(b, rate, length, func(u int) change {
+	return measureChanges(b, rate, length, true, func(u int) change {
 		f := u % podScaleFlippers
 		patch, want := `{"metadata":{"annotations":{"ambient.istio.io/redirection":"enabled"}}}`, podScaleMesh
 		if u/podScaleFlippers%2 == 1 {
