@@ -17,8 +17,10 @@ import (
 // host the table serves (exact, through a wildcard, or a service name of
 // one) and that lies in the plugin's zones wins. Nothing is stored per host
 // and namespace: the suffix is matched, stripped, and the host looked up.
-// asked is the question's name: the alias and the host keep its case.
-func (se *ServiceEntry) expansion(tbl table.View, qname, asked string) (reply, bool) {
+// asked is the question's name: the alias and the host keep its case. The
+// reply is written to x, which the caller holds: a reply returned would be
+// one more copy on the stack of every query (see resolve).
+func (se *ServiceEntry) expansion(tbl table.View, qname, asked string, x *reply) bool {
 	for _, d := range se.SearchDomains {
 		for _, end := range searchForms(qname, d) {
 			if end == 0 {
@@ -30,11 +32,12 @@ func (se *ServiceEntry) expansion(tbl table.View, qname, asked string) (reply, b
 				continue // never answered, so never the target of an alias
 			}
 			if h, ok := tbl.Find(host[:end-1], true); ok {
-				return reply{Hit: h, owner: asked[:end], name: host, zone: zone, alias: asked}, true
+				x.Hit, x.owner, x.name, x.zone, x.alias = h, asked[:end], host, zone, asked
+				return true
 			}
 		}
 	}
-	return reply{}, false
+	return false
 }
 
 // searchForms returns where the host ends in each form qname may be an

@@ -142,51 +142,81 @@ func (se *ServiceEntry) passes(r *dns.Msg) (qname, zone string, on bool) {
 	return qname, zone, false
 }
 
-// serve answers r, whose lower-case name is qname in zone, or hands it on. It writes
-// the reply, or hands the query on, from its own frame: resolve, whose frame
-// is large, has returned by then.
+// serve answers r, whose lower-case name is qname in zone, or hands it on. It
+// builds and writes the reply, or hands the query on, from its own frame:
+// resolve, whose frame is large, has returned by then, so that the records'
+// allocations and the write do not grow the goroutine's stack.
 func (se *ServiceEntry) serve(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, qname, zone string) (int, error) {
-	out := se.resolve(w, r, qname, zone)
+	var out outcome
+	se.resolve(w, r, qname, zone, &out)
 	switch {
-	case out.msg != nil:
-		if out.chase != "" {
-			se.chase(ctx, w, r, out.msg, out.chase)
-		}
-		if c := se.counted(ctx); out.answered {
-			c.answer(out.class, resultOf(out.msg))
-		} else {
-			c.byResult[resultOf(out.msg)].Inc()
-		}
-		w.WriteMsg(out.msg)
-		return out.msg.Rcode, nil
 	case out.next:
 		se.counted(ctx).byResult[resultPassedOn].Inc()
 		return plugin.NextOrFailure(se.Name(), se.Next, ctx, w, r)
 	case out.afterKubernetes:
-		return se.afterKubernetes(ctx, w, r, out.tbl, out.x, out.class)
+		return se.afterKubernetes(ctx, w, r, &out)
+	case out.build == buildNothing:
+		return dns.RcodeServerFailure, plugin.Error(se.Name(), errNotSynced)
 	}
-	return dns.RcodeServerFailure, plugin.Error(se.Name(), errNotSynced)
+	m, chase := se.build(r, &out)
+	if chase != "" {
+		se.chase(ctx, w, r, m, chase)
+	}
+	if c := se.counted(ctx); out.build == buildAnswer {
+		c.answer(out.class, resultOf(m))
+	} else {
+		c.byResult[resultOf(m)].Inc()
+	}
+	w.WriteMsg(m)
+	return m.Rcode, nil
 }
 
-// outcome is what resolve decided for a query: a reply to write (and the
-// target of its last CNAME to chase, if any), the next plugin, the next
-// plugin first (a served name in the cluster domain, or a search-path
-// expansion: see afterKubernetes), or, when none is set, SERVFAIL before the
-// first full read.
+// outcome is what resolve decided for a query: a reply for serve to build
+// (for a served name, the records of x for a client of class), the next
+// plugin, the next plugin first (a served name in the cluster domain, or a
+// search-path expansion: see afterKubernetes), or, when none is set, SERVFAIL
+// before the first full read.
 type outcome struct {
-	msg             *dns.Msg
-	chase           string
-	answered        bool        // msg answers a served name, for a client of class
-	class           reach.Class // of the client, for a served name
+	build           replyKind
+	rcode           int      // of a negative reply
+	hosts           []string // of a PTR reply
+	class           reach.Class
 	next            bool
 	afterKubernetes bool
 	tbl             table.View
-	x               reply
+	x               reply // x.zone and x.name are the apex's, a negative's and a PTR's too
+}
+
+// replyKind is the reply an outcome stands for.
+type replyKind uint8
+
+const (
+	buildNothing replyKind = iota
+	buildApex
+	buildPTR
+	buildNegative
+	buildAnswer
+)
+
+// build makes the reply out stands for, and returns the target of its last
+// CNAME when the rest of the chain gives that target's records.
+func (se *ServiceEntry) build(r *dns.Msg, out *outcome) (*dns.Msg, string) {
+	switch out.build {
+	case buildApex:
+		return se.apex(r, out.tbl, out.x.zone, r.Question[0].Qtype), ""
+	case buildPTR:
+		return se.ptr(r, out.tbl, out.x.zone, out.x.name, out.hosts), ""
+	case buildNegative:
+		return se.negative(r, out.tbl, out.x.zone, out.x.name, out.rcode), ""
+	}
+	return se.answer(r, out.tbl, &out.x)
 }
 
 // resolve decides how to answer r, whose lower-case name is qname in zone,
-// once passes has not handed it on.
-func (se *ServiceEntry) resolve(w dns.ResponseWriter, r *dns.Msg, qname, zone string) outcome {
+// once passes has not handed it on, and writes it to out. out is serve's and
+// filled in place: resolve's frame is on the stack of every query, and an
+// outcome returned would be copied in it (see ServeDNS).
+func (se *ServiceEntry) resolve(w dns.ResponseWriter, r *dns.Msg, qname, zone string, out *outcome) {
 	var t *table.Table
 	st := se.store.Load()
 	if st != nil {
@@ -197,61 +227,66 @@ func (se *ServiceEntry) resolve(w dns.ResponseWriter, r *dns.Msg, qname, zone st
 		// fallthrough covers goes on exactly as an unknown name would (a
 		// ServiceEntry host may get the next plugin's answer until then).
 		// Where we are the only authority, we cannot say anything true.
-		return outcome{next: se.Fall.Through(qname)}
+		out.next = se.Fall.Through(qname)
+		return
 	}
 
 	// Where fallthrough covers a name it may exist elsewhere: only the names
 	// we serve are ours, the apex and empty non-terminals are not.
 	authoritative := !se.Fall.Through(qname)
 	tbl, who := se.viewOf(st, t, w)
+	out.tbl = tbl
+	x := &out.x
+	x.name, x.zone = qname, zone
 	qtype := r.Question[0].Qtype
 	if qname == zone && authoritative && (qtype == dns.TypeSOA || qtype == dns.TypeNS) {
-		return outcome{msg: se.apex(r, tbl, zone, qtype)}
+		out.build = buildApex
+		return
 	}
 
 	name := trimDot(qname)
 	if addr, ok := reverseAddr(name); ok {
-		if hosts := se.ptrHosts(tbl, &who, addr); len(hosts) > 0 {
-			return outcome{msg: se.ptr(r, tbl, zone, qname, hosts)}
+		if out.hosts = se.ptrHosts(tbl, &who, addr); len(out.hosts) > 0 {
+			out.build = buildPTR
+			return
 		}
 	}
 	// An exact host beats an expansion, which beats a wildcard (as in
 	// Istio): a wildcard inside the cluster domain must not swallow the
 	// search path of every other host.
-	h, found := tbl.Find(name, false)
-	if !found && se.SearchDomains != nil {
-		if x, ok := se.expansion(tbl, qname, r.Question[0].Name); ok {
-			class, ok := x.reaches(&who)
-			if !ok {
-				return outcome{next: true}
-			}
-			return outcome{afterKubernetes: true, tbl: tbl, x: x, class: class}
-		}
+	var found, ok bool
+	x.Hit, found = tbl.Find(name, false)
+	if !found && se.SearchDomains != nil && se.expansion(tbl, qname, r.Question[0].Name, x) {
+		out.class, ok = x.reaches(&who)
+		out.afterKubernetes, out.next = ok, !ok
+		return
 	}
 	if !found {
-		h, found = tbl.Find(name, true)
+		x.Hit, found = tbl.Find(name, true)
 	}
 	if !found {
 		if !authoritative {
-			return outcome{next: true}
+			out.next = true
+			return
 		}
 		// The apex and a name with served names below it exist: NODATA,
 		// never NXDOMAIN, which would deny everything below (RFC 8020).
+		out.build, out.rcode = buildNegative, dns.RcodeNameError
 		if qname == zone || tbl.HasBelow(name) {
-			return outcome{msg: se.negative(r, tbl, zone, qname, dns.RcodeSuccess)}
+			out.rcode = dns.RcodeSuccess
 		}
-		return outcome{msg: se.negative(r, tbl, zone, qname, dns.RcodeNameError)}
+		return
 	}
-	x := reply{Hit: h, owner: r.Question[0].Name, name: qname, zone: zone}
-	class, ok := x.reaches(&who)
-	if !ok {
-		return outcome{next: true}
+	x.owner = r.Question[0].Name
+	if out.class, ok = x.reaches(&who); !ok {
+		out.next = true
+		return
 	}
 	if se.inClusterDomain(qname) {
-		return outcome{afterKubernetes: true, tbl: tbl, x: x, class: class}
+		out.afterKubernetes = true
+		return
 	}
-	m, chase := se.answer(r, tbl, x)
-	return outcome{msg: m, chase: chase, answered: true, class: class}
+	out.build = buildAnswer
 }
 
 // reaches replaces x's answer by the one for the client, and reports the
@@ -277,7 +312,7 @@ type reply struct {
 // answer is the reply with the records of x for the question, or NODATA, and
 // the target of its last CNAME when the target's records are the rest of the
 // chain's to give.
-func (se *ServiceEntry) answer(r *dns.Msg, tbl table.View, x reply) (m *dns.Msg, chase string) {
+func (se *ServiceEntry) answer(r *dns.Msg, tbl table.View, x *reply) (m *dns.Msg, chase string) {
 	qtype := r.Question[0].Qtype
 	var rrs, extra []dns.RR
 	switch {
@@ -331,8 +366,9 @@ func (se *ServiceEntry) inClusterDomain(qname string) bool {
 // search-path expansion, only if the rest of the chain (the kubernetes plugin)
 // says the name does not exist: a namespace that can write ServiceEntries
 // must not take over a real Service's name, nor a pod's under a headless
-// Service. Any other reply of the chain is written as it is.
-func (se *ServiceEntry) afterKubernetes(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, tbl table.View, x reply, class reach.Class) (int, error) {
+// Service. Any other reply of the chain is written as it is. out is what
+// resolve decided: the records of out.x for a client of out.class.
+func (se *ServiceEntry) afterKubernetes(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, out *outcome) (int, error) {
 	nw := nonwriter.New(w)
 	rcode, err := plugin.NextOrFailure(se.Name(), se.Next, ctx, nw, r)
 	if nw.Msg == nil {
@@ -343,15 +379,15 @@ func (se *ServiceEntry) afterKubernetes(ctx context.Context, w dns.ResponseWrite
 		return rcode, err
 	}
 	if nw.Msg.Rcode == dns.RcodeNameError {
-		m, chase := se.answer(r, tbl, x)
+		m, chase := se.answer(r, out.tbl, &out.x)
 		if chase != "" {
 			se.chase(ctx, w, r, m, chase)
 		}
 		res := resultOf(m)
-		if x.alias != "" {
+		if out.x.alias != "" {
 			res = resultSearchpath
 		}
-		se.counted(ctx).answer(class, res)
+		se.counted(ctx).answer(out.class, res)
 		w.WriteMsg(m)
 		return m.Rcode, nil
 	}
