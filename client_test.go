@@ -3,8 +3,6 @@ package serviceentry
 import (
 	"context"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -17,8 +15,6 @@ import (
 	"github.com/coredns/coredns/plugin/test"
 	"github.com/miekg/dns"
 	dto "github.com/prometheus/client_model/go"
-	corev1 "k8s.io/api/core/v1"
-	"sigs.k8s.io/yaml"
 )
 
 // reachEntries has an entry of each form the answers of a client outside the
@@ -110,17 +106,7 @@ func reachClients(t *testing.T) *podindex.Index {
 	for ip, file := range map[string]string{ambientClient: "ambient-enabled.yaml", captureClient: "sidecar-dns-capture.yaml",
 		sidecarClient: "sidecar-no-dns.yaml", plainClient: "plain.yaml", pendingClient: "ambient-pending.yaml",
 		initingClient: "sidecar-initializing.yaml"} {
-		raw, err := os.ReadFile(filepath.Join(fixturesOfReach, file))
-		if err != nil {
-			t.Fatal(err)
-		}
-		var pod corev1.Pod
-		if err := yaml.Unmarshal(raw, &pod); err != nil {
-			t.Fatalf("%s: %v", file, err)
-		}
-		marks, _ := reach.MarksOf(&pod)
-		idx.Set(pod.Namespace+"/"+pod.Name, &podindex.Claim{Namespace: pod.Namespace, Marks: marks,
-			IPs: []netip.Addr{netip.MustParseAddr(ip)}})
+		idx.Set(file, podClaim(t, file, ip))
 	}
 	idx.MarkSynced()
 	return idx

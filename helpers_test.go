@@ -5,6 +5,8 @@ import (
 	"maps"
 	"math/rand/v2"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/coredns-serviceentry/serviceentry/internal/entry"
 	"github.com/coredns-serviceentry/serviceentry/internal/podindex"
+	"github.com/coredns-serviceentry/serviceentry/internal/reach"
 	"github.com/coredns-serviceentry/serviceentry/internal/source"
 	"github.com/coredns-serviceentry/serviceentry/internal/source/manifest"
 	"github.com/coredns-serviceentry/serviceentry/internal/sourcetest"
@@ -19,6 +22,8 @@ import (
 	"github.com/coredns/coredns/plugin/pkg/dnstest"
 	"github.com/coredns/coredns/plugin/test"
 	"github.com/miekg/dns"
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/yaml"
 )
 
 // The helpers the tests of the sources share live in internal/sourcetest.
@@ -231,4 +236,20 @@ func clientsOf(t testing.TB, byIP map[string]string) *podindex.Index {
 // lookupIn is the public view's lookup, for tests that read a table.
 func lookupIn(t *table.Table, name string) *table.Answer {
 	return t.ViewFor("").Lookup(name)
+}
+
+// podClaim is the claim of the pod of fixture file (internal/reach/testdata,
+// shaped as Istio's injector and istio-cni leave pods) at address ip.
+func podClaim(t testing.TB, file, ip string) *podindex.Claim {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(fixturesOfReach, file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pod corev1.Pod
+	if err := yaml.Unmarshal(raw, &pod); err != nil {
+		t.Fatalf("%s: %v", file, err)
+	}
+	marks, _ := reach.MarksOf(&pod)
+	return &podindex.Claim{Namespace: pod.Namespace, Marks: marks, IPs: []netip.Addr{netip.MustParseAddr(ip)}}
 }

@@ -1,6 +1,7 @@
 package serviceentry
 
 import (
+	"bytes"
 	"math"
 	"net"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coredns-serviceentry/serviceentry/internal/podindex"
 	"github.com/coredns/caddy"
 	"github.com/coredns/coredns/core/dnsserver"
 	"github.com/coredns/coredns/plugin"
@@ -43,6 +45,16 @@ func TestStackLikeHosts(t *testing.T) {
 	st := newStore(false)
 	st.ReplaceAll(benchEntries(1_000), nil)
 	st.MarkSynced()
+	// As deploy/in-cluster serves: pods read (the client, at the address
+	// heldConn reads from, is an ambient pod), "exportto client" with an
+	// overlay for the client's namespace.
+	inCluster := newStore(false)
+	entries, _ := exportToBench()
+	inCluster.ReplaceAll(entries, nil)
+	inCluster.MarkSynced()
+	inCluster.clients = podindex.New()
+	inCluster.clients.Set("ambient", podClaim(t, "ambient-enabled.yaml", heldPeer.IP.String()))
+	inCluster.clients.MarkSynced()
 	withPlugin := func(through bool) []plugin.Plugin {
 		return []plugin.Plugin{func(next plugin.Handler) plugin.Handler {
 			se := &ServiceEntry{Zones: []string{"."}, TTL: 30, SearchDomains: []string{"cluster.local."}, Next: next}
@@ -52,32 +64,50 @@ func TestStackLikeHosts(t *testing.T) {
 			return se.attach(st)
 		}}
 	}
+	byPod := []plugin.Plugin{func(next plugin.Handler) plugin.Handler {
+		return (&ServiceEntry{Zones: []string{"."}, TTL: 30, Fall: fall.Root, SearchDomains: []string{"cluster.local."},
+			clients: clientsByPod, Next: next}).attach(inCluster)
+	}}
 	hosts := hostsChain(t, "hosts /dev/null internal. {\n240.240.0.42 svc-42.ns-42.internal\nno_reverse\n}")
 	nxdomain := []plugin.Plugin{func(plugin.Handler) plugin.Handler { return plugin.HandlerFunc(nxdomainChain) }}
 	whoamiOnly := []plugin.Plugin{func(plugin.Handler) plugin.Handler { return whoami.Whoami{} }}
 	q := func(name string, qtype uint16) *dns.Msg { return new(dns.Msg).SetQuestion(name, qtype) }
 
-	hostsHit := stackAfter(t, hosts, q("svc-42.ns-42.internal.", dns.TypeA))
+	hostsHit, reply := stackAfter(t, hosts, q("svc-42.ns-42.internal.", dns.TypeA))
+	if len(reply.Answer) != 1 {
+		t.Fatalf("hosts answered %v", reply)
+	}
 	for _, c := range []struct {
-		name  string
-		chain []plugin.Plugin
-		query *dns.Msg
+		name    string
+		chain   []plugin.Plugin
+		query   *dns.Msg
+		rcode   int
+		answers int
 	}{
-		{"hit-A", withPlugin(false), q("svc-42.ns-42.internal.", dns.TypeA)},
-		{"hit-AAAA", withPlugin(false), q("svc-42.ns-42.internal.", dns.TypeAAAA)},
-		{"nodata", withPlugin(false), q("svc-43.ns-43.internal.", dns.TypeAAAA)},
-		{"nxdomain", withPlugin(false), q("absent.ns-42.internal.", dns.TypeA)},
-		{"ptr", withPlugin(false), q("42.0.240.240.in-addr.arpa.", dns.TypePTR)},
-		{"fallthrough-hit-A", withPlugin(true), q("svc-42.ns-42.internal.", dns.TypeA)},
-		{"expansion-A", append(withPlugin(true), nxdomain...), q("svc-42.ns-42.internal.team.svc.cluster.local.", dns.TypeA)},
+		{"hit-A", withPlugin(false), q("svc-42.ns-42.internal.", dns.TypeA), dns.RcodeSuccess, 1},
+		{"hit-AAAA", withPlugin(false), q("svc-42.ns-42.internal.", dns.TypeAAAA), dns.RcodeSuccess, 1},
+		{"nodata", withPlugin(false), q("svc-43.ns-43.internal.", dns.TypeAAAA), dns.RcodeSuccess, 0},
+		{"nxdomain", withPlugin(false), q("absent.ns-42.internal.", dns.TypeA), dns.RcodeNameError, 0},
+		{"ptr", withPlugin(false), q("42.0.240.240.in-addr.arpa.", dns.TypePTR), dns.RcodeSuccess, 1},
+		{"fallthrough-hit-A", withPlugin(true), q("svc-42.ns-42.internal.", dns.TypeA), dns.RcodeSuccess, 1},
+		{"expansion-A", append(withPlugin(true), nxdomain...), q("svc-42.ns-42.internal.team.svc.cluster.local.", dns.TypeA), dns.RcodeSuccess, 2},
+		{"by-pod-hit-A", byPod, q("svc-42.ns-42.internal.", dns.TypeA), dns.RcodeSuccess, 1},
+		{"by-pod-expansion-A", append(byPod, nxdomain...), q("svc-42.ns-42.internal.team.svc.cluster.local.", dns.TypeA), dns.RcodeSuccess, 2},
 	} {
-		if got := stackAfter(t, c.chain, c.query); got > hostsHit {
+		got, reply := stackAfter(t, c.chain, c.query)
+		if reply.Rcode != c.rcode || len(reply.Answer) != c.answers {
+			t.Errorf("%s: got %s with %d answers, want %s with %d", c.name, dns.RcodeToString[reply.Rcode], len(reply.Answer), dns.RcodeToString[c.rcode], c.answers)
+		}
+		if got > hostsHit {
 			t.Errorf("%s: a goroutine ends on a stack of %d bytes, hosts' hit on %d", c.name, got, hostsHit)
 		}
 	}
 	notOurs := passThroughQueries[0]
-	if got, want := stackAfter(t, append(withPlugin(true), whoamiOnly...), notOurs), stackAfter(t, whoamiOnly, notOurs); got > want {
-		t.Errorf("a name not ours: a goroutine ends on a stack of %d bytes, with whoami alone on %d", got, want)
+	alone, _ := stackAfter(t, whoamiOnly, notOurs)
+	for name, chain := range map[string][]plugin.Plugin{"fallthrough": withPlugin(true), "by-pod": byPod} {
+		if got, _ := stackAfter(t, append(chain, whoamiOnly...), notOurs); got > alone {
+			t.Errorf("%s: a name not ours: a goroutine ends on a stack of %d bytes, with whoami alone on %d", name, got, alone)
+		}
 	}
 }
 
@@ -111,10 +141,10 @@ func hostsChain(t testing.TB, block string) []plugin.Plugin {
 // connection whose writes are held until all n replies are written: the
 // growth of the process's stack memory divided by n, to the nearest power of
 // two (stack sizes are powers of two; the stacks the first ones outgrew and
-// the next ones reuse make the rest). The goroutines run the
+// the next ones reuse make the rest), and the last reply. The goroutines run the
 // server's own path (read, unpack, ServeDNS, pack, write); the connection is
 // not a UDP socket only so that they can be held at the write.
-func stackAfter(t testing.TB, chain []plugin.Plugin, query *dns.Msg) int {
+func stackAfter(t testing.TB, chain []plugin.Plugin, query *dns.Msg) (int, *dns.Msg) {
 	t.Helper()
 	s, err := dnsserver.NewServer("dns://127.0.0.1:0", []*dnsserver.Config{{Zone: ".", Plugin: chain}})
 	if err != nil {
@@ -139,8 +169,12 @@ func stackAfter(t testing.TB, chain []plugin.Plugin, query *dns.Msg) int {
 		t.Error(err)
 	}
 	<-served
+	reply := new(dns.Msg)
+	if err := reply.Unpack(conn.reply); err != nil {
+		t.Fatalf("%s: %v", query.Question[0].Name, err)
+	}
 	per := float64(after.StackInuse-before.StackInuse) / n
-	return 1 << int(math.Round(math.Log2(per)))
+	return 1 << int(math.Round(math.Log2(per))), reply
 }
 
 // heldConn is a packet connection that reads packet unread times, then
@@ -152,6 +186,7 @@ type heldConn struct {
 
 	mu        sync.Mutex
 	unread    int
+	reply     []byte // the last one written
 	closed    chan struct{}
 	closeOnce sync.Once
 }
@@ -171,6 +206,9 @@ func (c *heldConn) ReadFrom(b []byte) (int, net.Addr, error) {
 }
 
 func (c *heldConn) WriteTo(b []byte, _ net.Addr) (int, error) {
+	c.mu.Lock()
+	c.reply = bytes.Clone(b)
+	c.mu.Unlock()
 	c.written.Done()
 	<-c.release
 	return len(b), nil
