@@ -291,14 +291,15 @@ func (t *Table) countAncestors(host string, delta int32, copied map[any]bool) {
 }
 
 // own replaces *m, once per table built, with a copy the new table may write:
-// the previous table keeps sharing the original with readers.
+// the previous table keeps sharing the original with readers. maps.Clone
+// copies the map's groups as they are, where a new map filled from the old
+// one would hash every key again; the copy keeps the original's room, which
+// a shard that shrank gives back only once emptied (del drops it then).
 func own[M ~map[K]V, K comparable, V any](m *M, copied map[any]bool) {
 	if copied[m] {
 		return
 	}
-	fresh := make(M, len(*m)+1)
-	maps.Copy(fresh, *m)
-	*m = fresh
+	*m = maps.Clone(*m)
 	copied[m] = true
 }
 
