@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"testing"
@@ -157,12 +158,21 @@ func stackAfter(t testing.TB, chain []plugin.Plugin, query *dns.Msg) (int, *dns.
 	const n = 512
 	conn := &heldConn{packet: packed, unread: n, release: make(chan struct{}), closed: make(chan struct{})}
 	conn.written.Add(n)
+	allWritten := make(chan struct{})
+	go func() { conn.written.Wait(); close(allWritten) }()
+	// No collection while they run: it would shrink the held goroutines'
+	// stacks.
+	defer debug.SetGCPercent(debug.SetGCPercent(-1))
 	var before, after runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
 	served := make(chan error, 1)
 	go func() { served <- s.ServePacket(conn) }()
-	conn.written.Wait()
+	select {
+	case <-allWritten:
+	case <-time.After(time.Minute):
+		t.Fatalf("%s: not every query was answered", query.Question[0].Name)
+	}
 	runtime.ReadMemStats(&after)
 	close(conn.release)
 	if err := s.Stop(); err != nil {
@@ -173,7 +183,10 @@ func stackAfter(t testing.TB, chain []plugin.Plugin, query *dns.Msg) (int, *dns.
 	if err := reply.Unpack(conn.reply); err != nil {
 		t.Fatalf("%s: %v", query.Question[0].Name, err)
 	}
-	per := float64(after.StackInuse-before.StackInuse) / n
+	per := (float64(after.StackInuse) - float64(before.StackInuse)) / n
+	if per <= 0 {
+		t.Fatalf("%s: the process's stack memory did not grow (%d -> %d bytes)", query.Question[0].Name, before.StackInuse, after.StackInuse)
+	}
 	return 1 << int(math.Round(math.Log2(per))), reply
 }
 
