@@ -28,9 +28,9 @@ import (
 // stack starts small, and a chain that needs more than the server's own
 // unpacking and sending did makes the runtime copy the stack into a larger
 // one on every query (BENCHMARKS.md section 18 has what it cost). The
-// plugin's answers, positive and
-// negative, must end on a stack no larger than the hosts plugin's answer
-// does; names that are not ours, no larger than whoami's alone.
+// plugin's answers, positive and negative, must end on a stack no larger than
+// the hosts plugin's answer does; names that are not ours, no larger than
+// whoami's alone.
 func TestStackLikeHosts(t *testing.T) {
 	// The runtime starts goroutines on the average stack it has seen; the
 	// sizes are compared from the smallest start, which only a new process
