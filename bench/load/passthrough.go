@@ -4,12 +4,12 @@ import (
 	"bytes"
 	"fmt"
 	"log"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
 	"time"
 
+	"github.com/coredns-serviceentry/serviceentry/bench/passthrough"
 	"github.com/miekg/dns"
 )
 
@@ -35,35 +35,6 @@ func passThroughCorefile(f files, variant string, port int) string {
 		se = fmt.Sprintf("    serviceentry {\n        manifests %s\n        fallthrough\n        searchpath\n    }\n", f.manifests)
 	}
 	return fmt.Sprintf(".:%d {\n    bind 127.0.0.1\n%s    whoami\n}\n", port, se)
-}
-
-// passThroughQueries writes the query file: what pods of 20 namespaces with
-// ndots:5 and the search list <ns>.svc.cluster.local svc.cluster.local
-// cluster.local ask, A and AAAA, none of it a ServiceEntry host: a Service of
-// their namespace by its short name (found at the first expansion), one of
-// another namespace by <svc>.<ns> (at the second), and an external name
-// (every expansion, then the name itself).
-func passThroughQueries(path string, seed uint64) error {
-	r := rand.New(rand.NewPCG(seed, 2))
-	var b bytes.Buffer
-	for b.Len() < 4<<20 {
-		ns := fmt.Sprintf("team-%d", r.IntN(20))
-		var names []string
-		switch p := r.IntN(3); p {
-		case 0:
-			names = []string{fmt.Sprintf("svc-%d.%s.svc.cluster.local", r.IntN(500), ns)}
-		case 1:
-			other := fmt.Sprintf("svc-%d.team-%d", r.IntN(500), r.IntN(20))
-			names = []string{other + "." + ns + ".svc.cluster.local", other + ".svc.cluster.local"}
-		default:
-			ext := fmt.Sprintf("api-%d.vendor-%d.com", r.IntN(200), r.IntN(50))
-			names = []string{ext + "." + ns + ".svc.cluster.local", ext + ".svc.cluster.local", ext + ".cluster.local", ext}
-		}
-		for _, name := range names {
-			fmt.Fprintf(&b, "%s A\n%s AAAA\n", name, name)
-		}
-	}
-	return os.WriteFile(path, b.Bytes(), 0o644)
 }
 
 // checkPassThrough makes sure, before measuring, that the server hands a
@@ -106,7 +77,9 @@ func passThrough(o options) {
 			log.Fatal(err)
 		}
 		f.queries = filepath.Join(o.work, fmt.Sprintf("passthrough-%d", n))
-		if err := passThroughQueries(f.queries, uint64(n)); err != nil {
+		// Nothing after whoami answers, so the numbers of Services and of
+		// vendors only shape the names.
+		if err := os.WriteFile(f.queries, passthrough.Queries(uint64(n), 500, 50), 0o644); err != nil {
 			log.Fatal(err)
 		}
 		results := map[string][]result{}
