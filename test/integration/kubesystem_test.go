@@ -40,7 +40,8 @@ func runInCluster(t testing.TB, corefile, seKubeconfig, k8sKubeconfig, upstreamA
 }
 
 // runInClusterAsShipped is runInCluster without clients mesh: each client is
-// answered by its pod, as the shipped stanza does.
+// answered by its pod, as the shipped stanza does. With seKubeconfig empty the
+// Corefile has no serviceentry stanza: kubeadm's own.
 func runInClusterAsShipped(t testing.TB, corefile, seKubeconfig, k8sKubeconfig, upstreamAddr string) *inCluster {
 	t.Helper()
 	dnsPort, readyPort, healthPort, metricsPort := freePort(t), freePort(t), freePort(t), freePort(t)
@@ -48,7 +49,9 @@ func runInClusterAsShipped(t testing.TB, corefile, seKubeconfig, k8sKubeconfig, 
 	corefile = replaceOnce(t, corefile, "health {", fmt.Sprintf("health 127.0.0.1:%d {", healthPort))
 	corefile = replaceOnce(t, corefile, "    ready\n", fmt.Sprintf("    ready 127.0.0.1:%d\n", readyPort))
 	corefile = replaceOnce(t, corefile, "prometheus :9153", fmt.Sprintf("prometheus 127.0.0.1:%d", metricsPort))
-	corefile = replaceOnce(t, corefile, "serviceentry {", "serviceentry {\n       kubeconfig "+seKubeconfig)
+	if seKubeconfig != "" {
+		corefile = replaceOnce(t, corefile, "serviceentry {", "serviceentry {\n       kubeconfig "+seKubeconfig)
+	}
 	corefile = replaceOnce(t, corefile, "kubernetes cluster.local in-addr.arpa ip6.arpa {",
 		"kubernetes cluster.local in-addr.arpa ip6.arpa {\n       kubeconfig "+k8sKubeconfig)
 	corefile = replaceOnce(t, corefile, "forward . /etc/resolv.conf", "forward . "+upstreamAddr)
