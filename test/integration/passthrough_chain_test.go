@@ -111,12 +111,14 @@ func BenchmarkPassThroughChain(b *testing.B) {
 	// One core for CoreDNS and the other for dnsperf, as BenchmarkExportToLoad.
 	b.Setenv("GOMAXPROCS", "1")
 	kubeconfig := c.kubeconfig(b, adminToken)
-	servers := map[string]*inCluster{}
+	servers, pprofAddr := map[string]*inCluster{}, map[string]string{}
 	for _, v := range chainVariants {
 		corefile, seKubeconfig := replaceOnce(b, inClusterCorefile(b), shippedStanza, ""), ""
 		if v.stanza != "" {
 			corefile, seKubeconfig = replaceOnce(b, inClusterCorefile(b), shippedStanza, "    serviceentry {\n       "+v.stanza+"\n    }\n"), kubeconfig
 		}
+		pprofAddr[v.name] = fmt.Sprintf("127.0.0.1:%d", freePort(b))
+		corefile = replaceOnce(b, corefile, "    errors\n", "    errors\n    pprof "+pprofAddr[v.name]+"\n")
 		servers[v.name] = runInClusterAsShipped(b, corefile, seKubeconfig, kubeconfig, up)
 	}
 	// Each chain answers a Service, an external name and, with the plugin,
@@ -181,6 +183,15 @@ func BenchmarkPassThroughChain(b *testing.B) {
 			_, l99 := queryLatencies(b, out)
 			p99[v.name] = append(p99[v.name], l99)
 			b.Logf("rep %d %-15s at %d QPS: p99 %.3f ms", rep+1, v.name, reachLoadRate, l99)
+		}
+	}
+	// With SERVICEENTRY_PROFILES set, one more run of each variant, not
+	// counted, with a CPU profile and an execution trace of its server.
+	if os.Getenv("SERVICEENTRY_PROFILES") != "" {
+		for _, v := range chainVariants {
+			wait := profileDuring(b, pprofAddr[v.name], 8*time.Second, "chain-"+v.name)
+			dnsperfAnswered(b, servers[v.name].coredns, chainClient, queries, answered, "-l", "10", "-c", "4")
+			wait()
 		}
 	}
 	median := func(v []float64) float64 {
