@@ -165,8 +165,12 @@ func runCorpus(t *testing.T, c *corpus, configs []config.Config, mode string, au
 	t.Logf("fidelity: seed %d, autoallocate %s: %d questions (%d answered by Istio, %d with an auto-allocated IPv4 address, %d IPv6): %d same, %d by design (%s), %d different",
 		c.seed, mode, len(c.questions), answered, autoAnswered, autoAnswered6, same, len(c.questions)-same-len(different), strings.Join(parts, "; "), len(different))
 	// A broken harness (no services, no auto-allocation) would agree with
-	// anything: make sure Istio had something to say.
-	if answered < len(c.questions)/10 {
+	// anything: make sure Istio had something to say. How much depends on
+	// the draw (with auto-allocation off, a corpus of mostly DNS entries
+	// without addresses leaves Istio little: 9 % of seed 978843668's
+	// questions), so a tenth is asked of the fixed seed, whose corpus is
+	// always the same, and some answer of every other.
+	if answered == 0 || c.seed == fixedSeed && answered < len(c.questions)/10 {
 		t.Errorf("Istio answered only %d of %d questions: is the oracle set up right?", answered, len(c.questions))
 	}
 	if autoAllocate && autoAnswered == 0 {
