@@ -187,7 +187,7 @@ func TestLegacyEventOrderIndependent(t *testing.T) {
 		if ansA == nil || ansB == nil {
 			t.Fatalf("%s: not answered (%v, %v)", name, ansA, ansB)
 		}
-		if !ansA.A.At(0).Equal(ansB.A.At(0)) || !ansA.AAAA.At(0).Equal(ansB.AAAA.At(0)) {
+		if !ansA.A().At(0).Equal(ansB.A().At(0)) || !ansA.AAAA().At(0).Equal(ansB.AAAA().At(0)) {
 			t.Fatalf("%s: replicas disagree: %v vs %v", name, table.AddressesOf(ansA), table.AddressesOf(ansB))
 		}
 	}
@@ -201,7 +201,7 @@ func TestLegacyEventOrderIndependent(t *testing.T) {
 	fresh.MarkSynced()
 	for _, e := range entries {
 		name := e.Hosts[0].Name
-		if !lookupIn(fresh.table(), name).A.At(0).Equal(lookupIn(a.table(), name).A.At(0)) {
+		if !lookupIn(fresh.table(), name).A().At(0).Equal(lookupIn(a.table(), name).A().At(0)) {
 			t.Fatalf("%s: incremental and fresh allocations differ", name)
 		}
 	}
@@ -298,7 +298,7 @@ func TestLegacyCoalescing(t *testing.T) {
 	if got := lookupIn(st.table(), entries[1].Hosts[0].Name); got != nil {
 		t.Errorf("deferred host answered before the recomputation: %v", table.AddressesOf(got))
 	}
-	if got := lookupIn(st.table(), entries[0].Hosts[0].Name); got == nil || !got.A.At(0).Equal(first.A.At(0)) {
+	if got := lookupIn(st.table(), entries[0].Hosts[0].Name); got == nil || !got.A().At(0).Equal(first.A().At(0)) {
 		t.Errorf("first host moved while the recomputation was deferred: %v", got)
 	}
 	declared := &entry.Entry{Key: entry.ServiceEntryKey("ns/declared"),
@@ -315,7 +315,7 @@ func TestLegacyCoalescing(t *testing.T) {
 	want := freshLegacyTable(t, entries[0], entries[1], declared)
 	for _, e := range []*entry.Entry{entries[0], entries[1]} {
 		name := e.Hosts[0].Name
-		if got, exp := lookupIn(st.table(), name), lookupIn(want, name); got == nil || !got.A.At(0).Equal(exp.A.At(0)) {
+		if got, exp := lookupIn(st.table(), name), lookupIn(want, name); got == nil || !got.A().At(0).Equal(exp.A().At(0)) {
 			t.Errorf("%s after the recomputation: %v, a fresh build gives %v", name, got, exp)
 		}
 	}

@@ -131,7 +131,7 @@ func TestBadInputCatalogue(t *testing.T) {
 			}
 			for name, want := range c.serve {
 				ans := lookupIn(got, name)
-				if ans == nil || ans.A.Len()+ans.AAAA.Len() != want {
+				if ans == nil || ans.A().Len()+ans.AAAA().Len() != want {
 					t.Errorf("%s: got %v, want %d records", name, ans, want)
 				}
 			}

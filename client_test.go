@@ -34,6 +34,7 @@ spec:
   hosts: [static.internal]
   resolution: STATIC
   endpoints: [{address: 192.0.2.10}, {address: "2001:db8::10"}, {address: "unix:///var/run/x.sock"}]
+  ports: [{number: 443, name: https, protocol: TLS}]
 status: {addresses: [{host: static.internal, value: 240.240.0.2}]}
 ---
 apiVersion: networking.istio.io/v1
@@ -157,6 +158,9 @@ func TestAnswersThatReach(t *testing.T) {
 		// a sidecar pod's address, and connects to uncaptured.
 		{"db.internal.", dns.TypeA, map[string]string{
 			ambientClient: "NOERROR 10.60.0.1", plainClient: "NOERROR 198.51.100.80", captureClient: passed, sidecarClient: passed}},
+		// A host's SRV ports are the same for every client it answers.
+		{"_https._tcp.static.internal.", dns.TypeSRV, map[string]string{
+			ambientClient: "NOERROR 0 100 443 static.internal.", plainClient: "NOERROR 0 100 443 static.internal."}},
 		{"_https._tcp.auto.internal.", dns.TypeSRV, map[string]string{
 			ambientClient: "NOERROR 0 100 443 auto.internal.", plainClient: passed}},
 		{"1.0.240.240.in-addr.arpa.", dns.TypePTR, map[string]string{

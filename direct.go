@@ -77,14 +77,14 @@ func (s *store) directOf(contributors []*entry.Entry, shared map[any]*table.Answ
 	switch {
 	case oldest.Selector != nil && resolution == networking.ServiceEntry_DNS_ROUND_ROBIN:
 		if addrs := s.endpointAddrs(oldest); len(addrs) > 0 {
-			ans = table.NewAnswer(addrs[:1])
+			ans = table.NewAnswer(addrs[:1], nil)
 		}
 	case oldest.Selector != nil:
 		ans = s.directAddrs(contributors, resolution)
 	case endpoints[0].Host != "" && resolution != networking.ServiceEntry_STATIC:
 		ans = &table.Answer{Target: endpoints[0].Host}
 	case resolution == networking.ServiceEntry_DNS_ROUND_ROBIN:
-		ans = table.NewAnswer([]netip.Addr{endpoints[0].IP})
+		ans = table.NewAnswer([]netip.Addr{endpoints[0].IP}, nil)
 	default:
 		ans = s.directAddrs(contributors, resolution)
 	}
@@ -120,7 +120,7 @@ func (s *store) directAddrs(contributors []*entry.Entry, resolution networking.S
 	if len(ips) == 0 {
 		return nil
 	}
-	return table.NewAnswer(ips)
+	return table.NewAnswer(ips, nil)
 }
 
 // resolvedBy lists the names Envoy resolves itself for entry e, through

@@ -104,7 +104,7 @@ func BenchmarkHeadlessMemory(b *testing.B) {
 		withEntries := sourcetest.LiveHeap()
 		st.ReplaceWorkloads(entry.KindPod, []string{""}, scale.workloads(0))
 		withPods := sourcetest.LiveHeap()
-		if got := lookupIn(st.table(), "db-7.ns-7.internal").For(reach.Outside, false).A.Len(); got != scale.pods/scale.entries {
+		if got := lookupIn(st.table(), "db-7.ns-7.internal").For(reach.Outside, false).A().Len(); got != scale.pods/scale.entries {
 			b.Fatalf("db-7 answers %d addresses, want %d", got, scale.pods/scale.entries)
 		}
 		if first {

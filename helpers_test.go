@@ -44,10 +44,10 @@ func lookupA(st *store, name string) string {
 		return ""
 	}
 	ans := lookupIn(tbl, name)
-	if ans == nil || len(ans.A) == 0 {
+	if ans == nil || len(ans.A()) == 0 {
 		return ""
 	}
-	return ans.A.At(0).String()
+	return ans.A().At(0).String()
 }
 
 // answerAddrs lists an answer's addresses, both families, sorted, separated

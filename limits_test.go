@@ -106,7 +106,7 @@ func TestAnswerSharing(t *testing.T) {
 	st := storeFrom(t, entry.Options{}, badEntry("wide", "  hosts: ["+strings.Join(hosts, ", ")+"]\n  addresses: ["+strings.Join(addrs, ", ")+"]\n")+
 		"---\n"+badEntry("shadow", "  hosts: [h1.wide.internal]\n  addresses: [192.0.2.1]\n"))
 	first := lookupIn(st.table(), "h0.wide.internal")
-	if first == nil || first.A.Len() != 256 {
+	if first == nil || first.A().Len() != 256 {
 		t.Fatalf("h0: %v", first)
 	}
 	for _, h := range hosts[2:] {
@@ -115,7 +115,7 @@ func TestAnswerSharing(t *testing.T) {
 		}
 	}
 	// A name two entries declare gets its own merged answer.
-	if got := lookupIn(st.table(), "h1.wide.internal"); got == first || got.A.Len() != 257 {
-		t.Errorf("h1 (declared twice, same namespace): %d addresses, shared %v", got.A.Len(), got == first)
+	if got := lookupIn(st.table(), "h1.wide.internal"); got == first || got.A().Len() != 257 {
+		t.Errorf("h1 (declared twice, same namespace): %d addresses, shared %v", got.A().Len(), got == first)
 	}
 }

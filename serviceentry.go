@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/coredns-serviceentry/serviceentry/internal/entry"
 	"github.com/coredns-serviceentry/serviceentry/internal/reach"
 	"github.com/coredns-serviceentry/serviceentry/internal/table"
 	"github.com/coredns/coredns/plugin"
@@ -295,6 +296,7 @@ func (se *ServiceEntry) resolve(w dns.ResponseWriter, r *dns.Msg, qname, zone st
 // were not there.
 func (x *reply) reaches(who *asker) (reach.Class, bool) {
 	class, sidecar := who.class()
+	x.ports = x.Answer.Ports
 	x.Answer = x.Answer.For(class, sidecar)
 	return class, x.Answer != nil
 }
@@ -307,6 +309,9 @@ type reply struct {
 	name  string // owner in lower case
 	zone  string // the zone of owner
 	alias string // the name asked when it is an expansion of owner, else ""
+	// ports are the host's SRV ports, which its answer for every class of
+	// client shares: held by the answer found, not by those For picks.
+	ports []entry.Port
 }
 
 // answer is the reply with the records of x for the question, or NODATA, and
@@ -317,7 +322,7 @@ func (se *ServiceEntry) answer(r *dns.Msg, tbl table.View, x *reply) (m *dns.Msg
 	var rrs, extra []dns.RR
 	switch {
 	case qtype == dns.TypeSRV:
-		rrs, extra = se.srvRecords(tbl, x.Hit, x.owner)
+		rrs, extra = se.srvRecords(x)
 	case x.Service:
 		// A service name holds SRV records only.
 	case x.Answer.Target != "":
@@ -328,9 +333,9 @@ func (se *ServiceEntry) answer(r *dns.Msg, tbl table.View, x *reply) (m *dns.Msg
 			chase = dns.Fqdn(x.Answer.Target)
 		}
 	case qtype == dns.TypeA:
-		rrs = addressRecords(x.owner, dns.TypeA, se.TTL, x.Answer.A)
+		rrs = addressRecords(x.owner, dns.TypeA, se.TTL, x.Answer.A())
 	case qtype == dns.TypeAAAA:
-		rrs = addressRecords(x.owner, dns.TypeAAAA, se.TTL, x.Answer.AAAA)
+		rrs = addressRecords(x.owner, dns.TypeAAAA, se.TTL, x.Answer.AAAA())
 	}
 	if x.alias == "" && len(rrs) == 0 {
 		return se.negative(r, tbl, x.zone, x.name, dns.RcodeSuccess), ""
@@ -412,7 +417,7 @@ func (se *ServiceEntry) apex(r *dns.Msg, tbl table.View, zone string, qtype uint
 		ns := dnsutil.Join("ns.dns", zone)
 		m.Answer = []dns.RR{&dns.NS{Hdr: dns.RR_Header{Name: zone, Rrtype: dns.TypeNS, Class: dns.ClassINET, Ttl: se.TTL}, Ns: ns}}
 		if glue := tbl.Lookup(trimDot(ns)); glue != nil {
-			m.Extra = append(addressRecords(ns, dns.TypeA, se.TTL, glue.A), addressRecords(ns, dns.TypeAAAA, se.TTL, glue.AAAA)...)
+			m.Extra = append(addressRecords(ns, dns.TypeA, se.TTL, glue.A()), addressRecords(ns, dns.TypeAAAA, se.TTL, glue.AAAA())...)
 		}
 	}
 	return m

@@ -1,16 +1,16 @@
 package serviceentry
 
 import (
-	"github.com/coredns-serviceentry/serviceentry/internal/table"
 	"github.com/miekg/dns"
 )
 
-// srvRecords answers SRV at a name h serves, owner as asked: the ports of a
+// srvRecords answers SRV at the name x serves, as asked: the ports of a
 // service name that match it (names compare in lower case), or every port of
 // the host itself, each with priority 0 and weight 100. The target is the
 // host, or, for a wildcard, the name asked without the service labels; its
-// addresses go in the additional section.
-func (se *ServiceEntry) srvRecords(tbl table.View, h table.Hit, owner string) ([]dns.RR, []dns.RR) {
+// addresses for the client go in the additional section.
+func (se *ServiceEntry) srvRecords(x *reply) ([]dns.RR, []dns.RR) {
+	h, owner := x.Hit, x.owner
 	if h.Service && h.Port == "" {
 		return nil, nil // _<proto>.<host> holds no record of its own
 	}
@@ -19,7 +19,7 @@ func (se *ServiceEntry) srvRecords(tbl table.View, h table.Hit, owner string) ([
 		target = h.Key + "."
 	}
 	var rrs []dns.RR
-	for _, p := range tbl.PortsOf(h) {
+	for _, p := range x.ports {
 		if h.Service && (p.Name != h.Port || p.Proto() != h.Proto) {
 			continue
 		}
@@ -29,5 +29,5 @@ func (se *ServiceEntry) srvRecords(tbl table.View, h table.Hit, owner string) ([
 	if len(rrs) == 0 {
 		return nil, nil
 	}
-	return rrs, append(addressRecords(target, dns.TypeA, se.TTL, h.Answer.A), addressRecords(target, dns.TypeAAAA, se.TTL, h.Answer.AAAA)...)
+	return rrs, append(addressRecords(target, dns.TypeA, se.TTL, h.Answer.A()), addressRecords(target, dns.TypeAAAA, se.TTL, h.Answer.AAAA())...)
 }

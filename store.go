@@ -293,14 +293,12 @@ func (s *store) publishLocked() {
 		}
 	}
 	changes := make(map[string]*table.Answer, len(s.dirty))
-	ports := make(map[string][]entry.Port, len(s.dirty))
 	shared := make(map[any]*table.Answer, len(s.dirty))
 	for host := range s.dirty {
 		changes[host] = s.answerFor(host, "", shared)
-		ports[host] = s.portsFor(host, "")
 	}
-	s.building = s.building.With(changes, ports)
-	s.building.SetOverlays(s.overlaysLocked(changes, ports))
+	s.building = s.building.With(changes)
+	s.building.SetOverlays(s.overlaysLocked(changes))
 	s.endpoints = nil
 	// A fresh map, not clear: a cleared map keeps the capacity of the
 	// initial sync and ranging over it would cost O(all hosts) per change.
@@ -330,14 +328,16 @@ func (s *store) deferReallocLocked(wait time.Duration) {
 }
 
 // overlaysLocked returns the overlays of s.building after the public answers
-// of the dirty hosts changed to changes and ports, and the namespaces whose
+// of the dirty hosts changed to changes, and the namespaces whose
 // overlay it replaced. A dirty host is looked at
 // again for every namespace an entry declaring it is exported to, and every
 // namespace whose overlay held it: it stays in (or enters) the overlay of
-// those where its answer or ports differ from the public ones. Only the
+// those where its answer differs from the public one. Only the
 // overlays of namespaces with such a host are rebuilt; the others are shared.
-func (s *store) overlaysLocked(changes map[string]*table.Answer, ports map[string][]entry.Port) (map[string]*table.Overlay, []string) {
-	touched := make(map[string]map[string]*table.OverlayHost) // namespace -> host -> its answer there, nil: as public
+func (s *store) overlaysLocked(changes map[string]*table.Answer) (map[string]*table.Overlay, []string) {
+	// namespace -> the hosts of its overlay as they become: a host's answer
+	// there, nil when it is hidden there, absent when it is as public.
+	rebuilt := make(map[string]map[string]*table.Answer)
 	shared := make(map[any]*table.Answer)
 	for host, public := range changes {
 		namespaces := slices.Clone(s.overlaid[host])
@@ -350,15 +350,17 @@ func (s *store) overlaysLocked(changes map[string]*table.Answer, ports map[strin
 		}
 		var kept []string
 		for _, ns := range namespaces {
-			if touched[ns] == nil {
-				touched[ns] = make(map[string]*table.OverlayHost)
+			hosts, ok := rebuilt[ns]
+			if !ok {
+				hosts = s.building.Overlays[ns].Hosts()
+				rebuilt[ns] = hosts
 			}
-			ans, p := s.answerFor(host, ns, shared), s.portsFor(host, ns)
-			if sameAnswer(ans, public) && slices.Equal(p, ports[host]) {
-				touched[ns][host] = nil
+			ans := s.answerFor(host, ns, shared)
+			if sameAnswer(ans, public) {
+				delete(hosts, host)
 				continue
 			}
-			touched[ns][host] = &table.OverlayHost{Answer: ans, Ports: p}
+			hosts[host] = ans
 			kept = append(kept, ns)
 		}
 		if len(kept) > 0 {
@@ -370,38 +372,30 @@ func (s *store) overlaysLocked(changes map[string]*table.Answer, ports map[strin
 			delete(s.overlaid, host)
 		}
 	}
-	if len(touched) == 0 {
+	if len(rebuilt) == 0 {
 		return s.building.Overlays, nil
 	}
 	out := maps.Clone(s.building.Overlays)
 	if out == nil {
-		out = make(map[string]*table.Overlay, len(touched))
+		out = make(map[string]*table.Overlay, len(rebuilt))
 	}
-	for ns, hosts := range touched {
-		all := out[ns].Hosts()
-		for host, oh := range hosts {
-			if oh == nil {
-				delete(all, host)
-			} else {
-				all[host] = *oh
-			}
-		}
-		if len(all) == 0 {
+	for ns, hosts := range rebuilt {
+		if len(hosts) == 0 {
 			delete(out, ns)
 		} else {
-			out[ns] = table.NewOverlay(all, s.building)
+			out[ns] = table.NewOverlay(hosts, s.building)
 		}
 	}
-	return out, slices.Collect(maps.Keys(touched))
+	return out, slices.Collect(maps.Keys(rebuilt))
 }
 
 // sameAnswer reports whether a and b answer alike: the same addresses in the
-// same order, for the same clients.
+// same order and the same ports, for the same clients.
 func sameAnswer(a, b *table.Answer) bool {
 	if a == nil || b == nil {
 		return a == b
 	}
-	return bytes.Equal(a.A, b.A) && bytes.Equal(a.AAAA, b.AAAA) &&
+	return bytes.Equal(a.A(), b.A()) && bytes.Equal(a.AAAA(), b.AAAA()) && slices.Equal(a.Ports, b.Ports) &&
 		a.Target == b.Target && a.Reach == b.Reach && a.Resolved == b.Resolved && sameAnswer(a.Else, b.Else)
 }
 
@@ -423,14 +417,15 @@ type hostAddrsKey struct {
 // namespace that wins a host declared by several entries is that of the oldest
 // entry declaring it (creationTimestamp, then namespace, then name), whether
 // that entry has addresses or not, and the addresses of all that namespace's
-// entries for the host are merged, oldest first, without duplicates. When the
+// entries for the host are merged, oldest first, without duplicates, and so
+// are their ports, the host's SRV records. When the
 // winning namespace gives the host no address it is not in the table (a
 // covering wildcard answers, else the name is not ours): a newer entry in
 // another namespace never takes a host over. Map order never decides.
 //
 // A host with one contributing entry gets the answer of that entry's address
-// slice, shared through shared with every other host built from the same
-// slice in this publish: an entry with 256 hosts and 256 addresses costs one
+// slice and ports, shared through shared with every other host built from
+// them in this publish: an entry with 256 hosts and 256 addresses costs one
 // answer, not 256 (memory follows what the entries say, not its product).
 func (s *store) answerFor(host, ns string, shared map[any]*table.Answer) *table.Answer {
 	ans := s.answerOf(host, ns, shared)
@@ -453,10 +448,10 @@ func (s *store) answerOf(host, ns string, shared map[any]*table.Answer) *table.A
 	case 1:
 		e := contributors[0]
 		addrs, reach, key := s.addrsOf(e, host)
-		if ans := shared[key]; ans != nil {
+		if ans := shared[key]; ans != nil && slices.Equal(ans.Ports, e.Ports) {
 			return ans
 		}
-		ans := table.NewAnswer(addrs)
+		ans := table.NewAnswer(addrs, e.Ports)
 		ans.Reach = reach
 		if reach > minReach {
 			ans.Else, ans.Resolved = s.directOf(contributors, shared)
@@ -475,7 +470,7 @@ func (s *store) answerOf(host, ns string, shared map[any]*table.Answer) *table.A
 			}
 		}
 	}
-	ans := table.NewAnswer(merged)
+	ans := table.NewAnswer(merged, mergedPorts(contributors))
 	ans.Reach = most
 	if most > minReach {
 		ans.Else, ans.Resolved = s.directOf(contributors, shared)
@@ -578,17 +573,12 @@ func (s *store) Skipped(object string, skips []entry.Skip) { s.skipped.report(ob
 // logged it.
 func (s *store) Rejected(reason string) { s.skipped.add(reason) }
 
-// portsFor gathers the ports of host for the clients of namespace ns from the
-// entries whose addresses it answers with (store.contributors: the winning
-// namespace's), merged, oldest first. A host of one entry shares that entry's
-// slice.
-func (s *store) portsFor(host, ns string) []entry.Port {
-	from := s.contributors(host, ns)
-	if len(from) == 1 {
-		return from[0].Ports
-	}
+// mergedPorts are the ports of the entries a host answers with the
+// addresses of (store.contributors), oldest first, without duplicates: the
+// host's SRV ports.
+func mergedPorts(contributors []*entry.Entry) []entry.Port {
 	var merged []entry.Port
-	for _, e := range from {
+	for _, e := range contributors {
 		for _, p := range e.Ports {
 			if !slices.Contains(merged, p) {
 				merged = append(merged, p)

@@ -39,16 +39,16 @@ func stressEntry(k, g int) *entry.Entry {
 // generationOf checks that an answer is whole (its IPv4 and IPv6 of one
 // generation of entry k) and returns that generation.
 func generationOf(ans *table.Answer, k int) (int, error) {
-	if ans.A.Len() != 1 || ans.AAAA.Len() != 2 {
-		return 0, fmt.Errorf("answer of entry %d has %d A and %d AAAA records", k, ans.A.Len(), ans.AAAA.Len())
+	if ans.A().Len() != 1 || ans.AAAA().Len() != 2 {
+		return 0, fmt.Errorf("answer of entry %d has %d A and %d AAAA records", k, ans.A().Len(), ans.AAAA().Len())
 	}
-	v4 := ans.A.At(0)
+	v4 := ans.A().At(0)
 	g := int(v4[1])
 	if int(v4[2])<<8|int(v4[3]) != k {
 		return 0, fmt.Errorf("entry %d answers %v", k, v4)
 	}
-	for i := range ans.AAAA.Len() {
-		if want := net.ParseIP(fmt.Sprintf("fd00::%x:%x:%d", g, k, i+1)); !ans.AAAA.At(i).Equal(want) {
+	for i := range ans.AAAA().Len() {
+		if want := net.ParseIP(fmt.Sprintf("fd00::%x:%x:%d", g, k, i+1)); !ans.AAAA().At(i).Equal(want) {
 			return 0, fmt.Errorf("entry %d: half-applied answer: %v", k, table.AddressesOf(ans))
 		}
 	}
@@ -163,7 +163,7 @@ func TestStressLegacy(t *testing.T) {
 				for _, e := range entries {
 					name := e.Hosts[0].Name
 					if ans := lookupIn(tbl, name); ans != nil {
-						ip := ans.A.At(0).String()
+						ip := ans.A().At(0).String()
 						if other, dup := owner[ip]; dup {
 							readerErr.Store(fmt.Errorf("%s and %s share %s in one table", other, name, ip))
 							return

@@ -126,12 +126,13 @@ func AddressesOf(ans *Answer) []netip.Addr {
 	if ans == nil {
 		return nil
 	}
-	out := make([]netip.Addr, 0, ans.A.Len()+ans.AAAA.Len())
-	for i := range ans.A.Len() {
-		out = append(out, netip.AddrFrom4([4]byte(ans.A.At(i))))
+	v4, v6 := ans.A(), ans.AAAA()
+	out := make([]netip.Addr, 0, v4.Len()+v6.Len())
+	for i := range v4.Len() {
+		out = append(out, netip.AddrFrom4([4]byte(v4.At(i))))
 	}
-	for i := range ans.AAAA.Len() {
-		out = append(out, netip.AddrFrom16([16]byte(ans.AAAA.At(i))))
+	for i := range v6.Len() {
+		out = append(out, netip.AddrFrom16([16]byte(v6.At(i))))
 	}
 	return out
 }

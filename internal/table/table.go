@@ -5,7 +5,6 @@ import (
 	"maps"
 	"net"
 	"net/netip"
-	"slices"
 	"strings"
 	"time"
 
@@ -38,7 +37,7 @@ const (
 // published: a writer owns them first, once per table built. The group array
 // is behind a pointer so that a change copies only the arrays of the
 // structures it writes: most changes write the names and the reverse index,
-// not the ancestors' counts, the wildcards or the ports.
+// not the ancestors' counts or the wildcards.
 type sharded[K comparable, V any] struct {
 	groups *[groupCount]*shardGroup[K, V]
 }
@@ -120,20 +119,23 @@ func (s *sharded[K, V]) del(h uint64, k K, copied map[any]bool) {
 // addresses, and, through Else, for those that cannot. It is never modified
 // after the table that holds it is published.
 type Answer struct {
-	A    IPv4s
-	AAAA IPv6s
+	// addrs are the IPv4 addresses, then the IPv6 ones, packed end to end
+	// in one array (see A and AAAA).
+	addrs []byte
 	// Target, when set, is the host the name is an alias of (a CNAME): what
 	// Envoy connects to for it. The answer then has no address of its own.
 	Target string
 	// Else answers the clients of a class below Reach; nil when nothing
 	// of ours reaches them: the name is then passed on.
 	Else *Answer
+	// Ports are the SRV ports of the host the answer is found under, for
+	// every class of client (Else answers hold none): held with the
+	// answer, as a map of ports by host beside the names would cost each
+	// host a map slot of its own.
+	Ports []entry.Port
 	// Reach is the least class of client that routes the addresses:
 	// auto-allocated ones need a mesh client, declared ones a sidecar,
 	// real destinations (endpoints, a NONE entry's addresses) none.
-	// It sits beside Resolved so that the two share one word: the table
-	// holds an answer per name, and a word more puts it in a larger size
-	// class.
 	Reach reach.Class
 	// Resolved says Envoy itself resolves the name (the host of a DNS entry
 	// without endpoints, or the host-name endpoint of a DNS entry): a
@@ -141,7 +143,16 @@ type Answer struct {
 	// answer, so for a pod with a sidecar the name is passed on whatever
 	// its class.
 	Resolved bool
+	// v4 is how many bytes of addrs are IPv4 addresses. It shares a word
+	// with Reach and Resolved: the table holds an answer per name, and a
+	// word more puts it in a larger size class.
+	v4 uint32
 }
+
+// A and AAAA are the answer's addresses of each family, in order. They
+// share the table's bytes, which must not be written.
+func (a *Answer) A() IPv4s    { return IPv4s(a.addrs[:a.v4:a.v4]) }
+func (a *Answer) AAAA() IPv6s { return IPv6s(a.addrs[a.v4:]) }
 
 // For returns the answer for a client of class c, with or without a sidecar,
 // or nil when the plugin has nothing that client can use and the name goes
@@ -176,10 +187,6 @@ type Table struct {
 	// rather than a set keep a change O(hosts changed): removing a name
 	// decrements its ancestors and drops those that reach zero.
 	below sharded[string, int32]
-
-	// ports holds the SRV ports of the hosts that have some, by host as
-	// declared ("*.a.com" for a wildcard).
-	ports sharded[string, []entry.Port]
 
 	// reverse maps every address an exact host answers with to those hosts:
 	// the PTR answer, built with the table (reverse.go).
@@ -223,10 +230,10 @@ type Hit struct {
 }
 
 // With returns a copy of t with the given names set (a nil answer deletes the
-// name) and their ports (nil: none). Only the groups and shards that the
+// name). Only the groups and shards that the
 // changes touch are copied; the reverse entries of the addresses they touch
 // are rebuilt.
-func (t *Table) With(changes map[string]*Answer, ports map[string][]entry.Port) *Table {
+func (t *Table) With(changes map[string]*Answer) *Table {
 	next := *t
 	copied := make(map[any]bool)
 	rev := make(reverseChanges, len(changes))
@@ -257,19 +264,6 @@ func (t *Table) With(changes map[string]*Answer, ports map[string][]entry.Port) 
 				next.countAncestors(host, 1, copied)
 				next.countTail(host, 1, copied)
 			}
-		}
-	}
-	for host, p := range ports {
-		h := next.hash(host)
-		// An address change leaves the ports as they were: the shard is
-		// then shared, not copied.
-		if old, had := next.ports.get(h, host); had == (len(p) > 0) && slices.Equal(old, p) {
-			continue
-		}
-		if len(p) == 0 {
-			next.ports.del(h, host, copied)
-		} else {
-			next.ports.set(h, host, p, copied)
 		}
 	}
 	next.applyReverse(rev, copied)
@@ -303,20 +297,11 @@ func own[M ~map[K]V, K comparable, V any](m *M, copied map[any]bool) {
 	copied[m] = true
 }
 
-// PortsOf returns the ports of the host h was found under.
-func (t *Table) PortsOf(h Hit) []entry.Port {
-	key := h.Key
-	if h.Wild {
-		key = "*." + key
-	}
-	return t.ports.at(t.hash(key), key)
-}
-
 // NewAnswer returns the answer holding addrs, in their order within each
-// family. Both families share one array: two objects per answer whatever
-// its size, which keeps the garbage collector's work per name small when
-// there are many names.
-func NewAnswer(addrs []netip.Addr) *Answer {
+// family, and ports. Both families share one array: two objects per answer
+// whatever its size, which keeps the garbage collector's work per name small
+// when there are many names.
+func NewAnswer(addrs []netip.Addr, ports []entry.Port) *Answer {
 	v4 := 0
 	for _, ip := range addrs {
 		if ip.Is4() {
@@ -334,7 +319,7 @@ func NewAnswer(addrs []netip.Addr) *Answer {
 			packed = append(packed, b[:]...)
 		}
 	}
-	return &Answer{A: packed[: v4*net.IPv4len : v4*net.IPv4len], AAAA: packed[v4*net.IPv4len:]}
+	return &Answer{addrs: packed, v4: uint32(v4 * net.IPv4len), Ports: ports}
 }
 
 // IPv4s and IPv6s are addresses of one family packed end to end: an answer

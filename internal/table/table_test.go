@@ -7,13 +7,10 @@ import (
 	"maps"
 	"math/rand/v2"
 	"net/netip"
-	"reflect"
 	"slices"
 	"strings"
 	"testing"
 	"unsafe"
-
-	"github.com/coredns-serviceentry/serviceentry/internal/entry"
 )
 
 // all yields every key and value of a sharded map, in no order, for tests
@@ -58,15 +55,15 @@ func churnAgainstFresh(t *testing.T, choices []hostChange, seed uint64, ops int,
 		c := choices[r.IntN(len(choices))]
 		var ans *Answer
 		if present[c.host] == nil || r.IntN(2) == 0 {
-			ans = NewAnswer(c.addrs)
+			ans = NewAnswer(c.addrs, nil)
 		}
-		tbl = tbl.With(map[string]*Answer{c.host: ans}, nil)
+		tbl = tbl.With(map[string]*Answer{c.host: ans})
 		if ans == nil {
 			delete(present, c.host)
 		} else {
 			present[c.host] = ans
 		}
-		fresh := NewTable(maphash.MakeSeed()).With(maps.Clone(present), nil)
+		fresh := NewTable(maphash.MakeSeed()).With(maps.Clone(present))
 		check(op, tbl, fresh)
 	}
 	left := make(map[string]bool)
@@ -100,7 +97,7 @@ func TestReverseFollowsChanges(t *testing.T) {
 	for host := range left {
 		gone[host] = nil
 	}
-	if got := reverseOf(tbl.With(gone, nil)); len(got) != 0 {
+	if got := reverseOf(tbl.With(gone)); len(got) != 0 {
 		t.Fatalf("reverse entries left with no hosts: %v", got)
 	}
 }
@@ -110,14 +107,14 @@ func TestReverseFollowsChanges(t *testing.T) {
 // address of one host holds that host's name itself, not a copy of it.
 func TestPTRNames(t *testing.T) {
 	ip := netip.MustParseAddr("192.0.2.1")
-	ans := NewAnswer([]netip.Addr{ip})
-	tbl := NewTable(maphash.MakeSeed()).With(map[string]*Answer{"a.b": ans, "a.b-c": ans, "z.example": ans}, nil)
+	ans := NewAnswer([]netip.Addr{ip}, nil)
+	tbl := NewTable(maphash.MakeSeed()).With(map[string]*Answer{"a.b": ans, "a.b-c": ans, "z.example": ans})
 	if got, want := tbl.PTR(ip), []string{"a.b-c.", "a.b.", "z.example."}; !slices.Equal(got, want) {
 		t.Errorf("PTR %v, want %v", got, want)
 	}
 	host := strings.Clone("svc.example")
 	other := netip.MustParseAddr("192.0.2.2")
-	tbl = tbl.With(map[string]*Answer{host: NewAnswer([]netip.Addr{other})}, nil)
+	tbl = tbl.With(map[string]*Answer{host: NewAnswer([]netip.Addr{other}, nil)})
 	if got := tbl.PTR(other); !slices.Equal(got, []string{"svc.example."}) {
 		t.Errorf("PTR %v, want [svc.example.]", got)
 	}
@@ -159,7 +156,7 @@ func TestEmptyNonTerminalsFollowChanges(t *testing.T) {
 	for host := range left {
 		gone[host] = nil
 	}
-	if got := belowCounts(tbl.With(gone, nil)); len(got) != 0 {
+	if got := belowCounts(tbl.With(gone)); len(got) != 0 {
 		t.Fatalf("counts left with no names: %v", got)
 	}
 }
@@ -170,35 +167,18 @@ func belowCounts(t *Table) map[string]int32 {
 	return out
 }
 
-// TestAddressChangeSharesPorts: a change of a host's addresses that leaves its
-// ports as they were (an update brings a new, equal slice) copies no ports
-// shard; a change of the ports does.
-func TestAddressChangeSharesPorts(t *testing.T) {
-	ports := []entry.Port{{Name: "http", Number: 80}}
+// TestAddressChangeCopiesWhatItWrites: a change of a host's addresses copies
+// the group arrays of the names and the reverse index, which it writes, and
+// no other: the ancestors' counts, the wildcards and the tails are shared.
+func TestAddressChangeCopiesWhatItWrites(t *testing.T) {
 	before := NewTable(maphash.MakeSeed()).With(
-		map[string]*Answer{"a.internal": NewAnswer([]netip.Addr{netip.MustParseAddr("192.0.2.1")})},
-		map[string][]entry.Port{"a.internal": ports})
-	h := before.hash("a.internal")
-	portsShard := func(t *Table) map[string][]entry.Port { return t.ports.groups[groupOf(h)].shards[shardIn(h)] }
-
+		map[string]*Answer{"a.internal": NewAnswer([]netip.Addr{netip.MustParseAddr("192.0.2.1")}, nil)})
 	after := before.With(
-		map[string]*Answer{"a.internal": NewAnswer([]netip.Addr{netip.MustParseAddr("192.0.2.2")})},
-		map[string][]entry.Port{"a.internal": slices.Clone(ports)})
-	if reflect.ValueOf(portsShard(after)).UnsafePointer() != reflect.ValueOf(portsShard(before)).UnsafePointer() {
-		t.Error("an address change copied the ports shard")
-	}
-	// Nor the group arrays of what it does not write: the ports, the
-	// ancestors' counts, the wildcards and the tails.
-	if after.ports.groups != before.ports.groups || after.below.groups != before.below.groups ||
-		after.wild.groups != before.wild.groups || after.tails.groups != before.tails.groups {
+		map[string]*Answer{"a.internal": NewAnswer([]netip.Addr{netip.MustParseAddr("192.0.2.2")}, nil)})
+	if after.below.groups != before.below.groups || after.wild.groups != before.wild.groups || after.tails.groups != before.tails.groups {
 		t.Error("an address change copied the group array of a structure it does not write")
 	}
 	if after.exact.groups == before.exact.groups || after.reverse.v4.groups == before.reverse.v4.groups {
 		t.Error("an address change wrote a group array the table before it still reads")
-	}
-
-	renumbered := []entry.Port{{Name: "http", Number: 8080}}
-	if got := after.With(nil, map[string][]entry.Port{"a.internal": renumbered}).ports.at(h, "a.internal"); !slices.Equal(got, renumbered) {
-		t.Errorf("ports after a change of them: %v", got)
 	}
 }

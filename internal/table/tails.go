@@ -87,13 +87,13 @@ func (o *Overlay) countTails(t *Table, delta int32, copied map[any]bool) {
 	if o == nil {
 		return
 	}
-	for host, oh := range o.exact {
-		if oh.Answer != nil {
+	for host, ans := range o.exact {
+		if ans != nil {
 			t.countTail(host, delta, copied)
 		}
 	}
-	for suffix, oh := range o.wild {
-		if oh.Answer != nil {
+	for suffix, ans := range o.wild {
+		if ans != nil {
 			t.countTail("*."+suffix, delta, copied)
 		}
 	}

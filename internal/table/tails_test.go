@@ -30,7 +30,7 @@ func TestTailsFollowChanges(t *testing.T) {
 	for host := range left {
 		gone[host] = nil
 	}
-	if empty := tbl.With(gone, nil); len(tailCounts(empty)) != 0 || empty.shortWild != 0 {
+	if empty := tbl.With(gone); len(tailCounts(empty)) != 0 || empty.shortWild != 0 {
 		t.Fatalf("tails left with no hosts: %v, %d one-label wildcards", tailCounts(empty), empty.shortWild)
 	}
 }
@@ -45,7 +45,7 @@ func tailCounts(t *Table) map[string]int32 {
 // through the public table or an overlay, and it is false for the names of
 // a cluster that nothing of the table is near.
 func TestMayServe(t *testing.T) {
-	ans := func(ip string) *Answer { return NewAnswer([]netip.Addr{netip.MustParseAddr(ip)}) }
+	ans := func(ip string) *Answer { return NewAnswer([]netip.Addr{netip.MustParseAddr(ip)}, nil) }
 	tbl := NewTable(maphash.MakeSeed()).With(map[string]*Answer{
 		"api.example.com":    ans("192.0.2.1"),
 		"*.wild.example.org": ans("192.0.2.2"),
@@ -53,12 +53,12 @@ func TestMayServe(t *testing.T) {
 		"short.io":           ans("192.0.2.4"),
 		"localhost":          ans("192.0.2.5"),
 		"hidden.example.net": ans("192.0.2.6"), // public, hidden from team-b
-	}, nil)
-	private := NewOverlay(map[string]OverlayHost{
-		"private.team.example": {Answer: ans("192.0.2.7")},
-		"*.private.corp":       {Answer: ans("192.0.2.8")},
+	})
+	private := NewOverlay(map[string]*Answer{
+		"private.team.example": ans("192.0.2.7"),
+		"*.private.corp":       ans("192.0.2.8"),
 	}, tbl)
-	hiding := NewOverlay(map[string]OverlayHost{"hidden.example.net": {}}, tbl)
+	hiding := NewOverlay(map[string]*Answer{"hidden.example.net": nil}, tbl)
 	tbl.Overlays = map[string]*Overlay{}
 	tbl.SetOverlays(map[string]*Overlay{"team-a": private, "team-b": hiding}, []string{"team-a", "team-b"})
 
@@ -118,7 +118,7 @@ func TestMayServe(t *testing.T) {
 	}
 
 	// A one-label wildcard makes its top-level label a tail of its own.
-	withCom := tbl.With(map[string]*Answer{"*.com": ans("192.0.2.9")}, nil)
+	withCom := tbl.With(map[string]*Answer{"*.com": ans("192.0.2.9")})
 	if !withCom.MayServe("api.github.com") {
 		t.Error("MayServe(api.github.com) = false with *.com served")
 	}

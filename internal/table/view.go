@@ -5,7 +5,6 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/coredns-serviceentry/serviceentry/internal/entry"
 	"github.com/miekg/dns"
 )
 
@@ -15,21 +14,16 @@ import (
 // once published, like the table that holds it.
 type Overlay struct {
 	// exact and wild (keyed by the wildcard's suffix, as in table) hold the
-	// namespace's own answer and ports for a host; a nil answer means the
+	// namespace's own answer for a host; a nil answer means the
 	// host is not served to this namespace although it is public (a private
 	// claimant won it and gives it no address).
-	exact map[string]OverlayHost
-	wild  map[string]OverlayHost
+	exact map[string]*Answer
+	wild  map[string]*Answer
 	// below is added to the table's counts of served names under a name.
 	below map[string]int32
 	// reverse lists, by address, the exact hosts of the overlay answering
 	// with it, fully qualified, sorted.
 	reverse map[netip.Addr][]string
-}
-
-type OverlayHost struct {
-	Answer *Answer
-	Ports  []entry.Port
 }
 
 // View is the table as one client sees it: the public table, through the
@@ -84,9 +78,9 @@ func (v View) Find(name string, wild bool) (Hit, bool) {
 // most specific wildcard. The overlay's word on an exact name or a wildcard
 // suffix replaces the table's.
 func (v View) host(name string, wild bool) (Hit, bool) {
-	if oh, ok := v.o.exactHost(name); ok {
-		if oh.Answer != nil {
-			return Hit{Answer: oh.Answer, Key: name}, true
+	if ans, ok := v.o.exactHost(name); ok {
+		if ans != nil {
+			return Hit{Answer: ans, Key: name}, true
 		}
 	} else if ans := v.exact.at(v.hash(name), name); ans != nil {
 		return Hit{Answer: ans, Key: name}, true
@@ -96,9 +90,9 @@ func (v View) host(name string, wild bool) (Hit, bool) {
 	}
 	for off, end := dns.NextLabel(name, 0); !end; off, end = dns.NextLabel(name, off) {
 		suffix := name[off:]
-		if oh, ok := v.o.wildHost(suffix); ok {
-			if oh.Answer != nil {
-				return Hit{Answer: oh.Answer, Key: suffix, Wild: true}, true
+		if ans, ok := v.o.wildHost(suffix); ok {
+			if ans != nil {
+				return Hit{Answer: ans, Key: suffix, Wild: true}, true
 			}
 			continue
 		}
@@ -132,33 +126,22 @@ func (v View) ClosestServed(name string) string {
 	return ""
 }
 
-func (v View) PortsOf(h Hit) []entry.Port {
-	oh, ok := v.o.exactHost(h.Key)
-	if h.Wild {
-		oh, ok = v.o.wildHost(h.Key)
-	}
-	if ok {
-		return oh.Ports
-	}
-	return v.Table.PortsOf(h)
-}
-
 // exactHost and wildHost (by the wildcard's suffix) return the overlay's word
 // on a name, if it has one; a nil overlay (the public view) has none.
-func (o *Overlay) exactHost(name string) (OverlayHost, bool) {
+func (o *Overlay) exactHost(name string) (*Answer, bool) {
 	if o == nil {
-		return OverlayHost{}, false
+		return nil, false
 	}
-	oh, ok := o.exact[name]
-	return oh, ok
+	ans, ok := o.exact[name]
+	return ans, ok
 }
 
-func (o *Overlay) wildHost(suffix string) (OverlayHost, bool) {
+func (o *Overlay) wildHost(suffix string) (*Answer, bool) {
 	if o == nil {
-		return OverlayHost{}, false
+		return nil, false
 	}
-	oh, ok := o.wild[suffix]
-	return oh, ok
+	ans, ok := o.wild[suffix]
+	return ans, ok
 }
 
 // PTR returns the hosts answering with addr for this view, sorted: the
@@ -185,16 +168,16 @@ func (v View) PTR(addr netip.Addr) []string {
 
 // Hosts returns a fresh map of the overlay's hosts by owner name ("*.a.com"
 // for a wildcard); empty for a nil overlay.
-func (o *Overlay) Hosts() map[string]OverlayHost {
-	out := make(map[string]OverlayHost)
+func (o *Overlay) Hosts() map[string]*Answer {
+	out := make(map[string]*Answer)
 	if o == nil {
 		return out
 	}
-	for name, oh := range o.exact {
-		out[name] = oh
+	for name, ans := range o.exact {
+		out[name] = ans
 	}
-	for suffix, oh := range o.wild {
-		out["*."+suffix] = oh
+	for suffix, ans := range o.wild {
+		out["*."+suffix] = ans
 	}
 	return out
 }
@@ -202,28 +185,28 @@ func (o *Overlay) Hosts() map[string]OverlayHost {
 // NewOverlay builds the overlay of namespace-specific hosts (owner names,
 // "*.a.com" for a wildcard) against the public table t. The counts and the
 // reverse index are derived from the hosts, which are few.
-func NewOverlay(hosts map[string]OverlayHost, t *Table) *Overlay {
+func NewOverlay(hosts map[string]*Answer, t *Table) *Overlay {
 	// Most overlays hold a host or two: maps are made only when used (a nil
 	// map reads as empty), which keeps a thousand of them small.
 	o := &Overlay{}
-	for host, oh := range hosts {
+	for host, ans := range hosts {
 		suffix, wild := strings.CutPrefix(host, "*.")
 		var public bool
 		if wild {
-			setIn(&o.wild, suffix, oh)
+			setIn(&o.wild, suffix, ans)
 			public = t.wild.at(t.hash(suffix), suffix) != nil
 		} else {
-			setIn(&o.exact, host, oh)
+			setIn(&o.exact, host, ans)
 			public = t.exact.at(t.hash(host), host) != nil
-			for _, addr := range AddressesOf(oh.Answer) {
+			for _, addr := range AddressesOf(ans) {
 				setIn(&o.reverse, addr, append(o.reverse[addr], host+"."))
 			}
 		}
 		var delta int32
 		switch {
-		case oh.Answer != nil && !public:
+		case ans != nil && !public:
 			delta = 1
-		case oh.Answer == nil && public:
+		case ans == nil && public:
 			delta = -1
 		}
 		if delta != 0 {
