@@ -65,7 +65,7 @@ func (s *store) directOf(contributors []*entry.Entry, shared map[any]*table.Answ
 		return nil, false
 	}
 	endpoints := oldest.Endpoints()
-	if len(endpoints) == 0 && oldest.Selector == nil {
+	if len(endpoints) == 0 && oldest.Selector() == nil {
 		return nil, resolution != networking.ServiceEntry_STATIC
 	}
 	type directKey struct{ e *entry.Entry }
@@ -75,11 +75,11 @@ func (s *store) directOf(contributors []*entry.Entry, shared map[any]*table.Answ
 		}
 	}
 	switch {
-	case oldest.Selector != nil && resolution == networking.ServiceEntry_DNS_ROUND_ROBIN:
+	case oldest.Selector() != nil && resolution == networking.ServiceEntry_DNS_ROUND_ROBIN:
 		if addrs := s.endpointAddrs(oldest); len(addrs) > 0 {
 			ans = table.NewAnswer(addrs[:1], nil)
 		}
-	case oldest.Selector != nil:
+	case oldest.Selector() != nil:
 		ans = s.directAddrs(contributors, resolution)
 	case endpoints[0].Host != "" && resolution != networking.ServiceEntry_STATIC:
 		ans = &table.Answer{Target: endpoints[0].Host}
@@ -107,7 +107,7 @@ func (s *store) directAddrs(contributors []*entry.Entry, resolution networking.S
 	for _, e := range contributors {
 		switch {
 		case e.Resolution != resolution:
-		case e.Selector != nil:
+		case e.Selector() != nil:
 			for _, ip := range s.endpointAddrs(e) {
 				add(ip)
 			}

@@ -227,7 +227,7 @@ func (s *store) touchSelecting(sel *selection, w *entry.Workload) {
 			continue
 		}
 		for _, e := range l.entries {
-			if w.Labels.Selects(e.Selector) {
+			if w.Labels.Selects(e.Selector()) {
 				s.touchSelected(e)
 			}
 		}
@@ -240,7 +240,7 @@ func (s *store) selectFor(e *entry.Entry) {
 		return
 	}
 	sel := s.selectionOf(e.Namespace())
-	pair := entry.SelectorPair(e.Selector)
+	pair := entry.SelectorPair(e.Selector())
 	if pair == "" {
 		sel.selectAll = append(sel.selectAll, e)
 		return
@@ -260,7 +260,7 @@ func (s *store) unselect(e *entry.Entry) {
 		return
 	}
 	isE := func(x *entry.Entry) bool { return x == e }
-	if pair := entry.SelectorPair(e.Selector); pair == "" {
+	if pair := entry.SelectorPair(e.Selector()); pair == "" {
 		sel.selectAll = slices.DeleteFunc(sel.selectAll, isE)
 	} else if l := sel.labels[pair]; l != nil {
 		if l.entries = slices.DeleteFunc(l.entries, isE); len(l.entries) == 0 {
@@ -289,7 +289,7 @@ func (s *store) endpointAddrs(e *entry.Entry) []netip.Addr {
 		return addrs
 	}
 	var addrs []netip.Addr
-	if e.Selector == nil {
+	if e.Selector() == nil {
 		for _, ep := range e.Endpoints() {
 			if ep.IP.IsValid() {
 				addrs = append(addrs, ep.IP)
@@ -299,12 +299,12 @@ func (s *store) endpointAddrs(e *entry.Entry) []netip.Addr {
 		var picked []*entry.Workload
 		total := 0
 		pick := func(w *entry.Workload) {
-			if w.Labels.Selects(e.Selector) {
+			if w.Labels.Selects(e.Selector()) {
 				picked = append(picked, w)
 				total += w.NumAddrs()
 			}
 		}
-		if pair := entry.SelectorPair(e.Selector); pair != "" {
+		if pair := entry.SelectorPair(e.Selector()); pair != "" {
 			sel.build()
 			if l := sel.labels[pair]; l != nil {
 				for _, w := range l.holders {

@@ -25,8 +25,8 @@ func (s headlessScale) build() (map[entry.Key]*entry.Entry, map[entry.Key]*entry
 		ns := fmt.Sprintf("ns-%d", i%s.namespaces)
 		name := fmt.Sprintf("db-%d", i)
 		e := &entry.Entry{Key: entry.ServiceEntryKey(ns + "/" + name), Headless: true, Ports: ports,
-			Hosts:    []entry.Host{{Name: name + "." + ns + ".internal"}},
-			Selector: entry.SelectorOf(map[string]string{"app": name})}
+			Hosts:  []entry.Host{{Name: name + "." + ns + ".internal"}},
+			Extras: &entry.Extras{Selector: entry.SelectorOf(map[string]string{"app": name})}}
 		entries[e.Key] = e
 	}
 	return entries, s.workloads(0)

@@ -249,7 +249,7 @@ func TestHeadlessIndexAgainstScan(t *testing.T) {
 				if r.IntN(10) == 0 {
 					selector = map[string]string{}
 				}
-				e = &entry.Entry{Key: key, Headless: true, Selector: entry.SelectorOf(selector),
+				e = &entry.Entry{Key: key, Headless: true, Extras: &entry.Extras{Selector: entry.SelectorOf(selector)},
 					Ports: []entry.Port{{Name: "tcp", Number: 80}}, Hosts: []entry.Host{{Name: name + "." + ns + ".internal"}}}
 				entries[key] = e
 			} else {
@@ -273,7 +273,7 @@ func TestHeadlessIndexAgainstScan(t *testing.T) {
 		for _, e := range entries {
 			var want []string
 			for _, w := range workloads {
-				if w.Namespace() != e.Namespace() || !w.Labels.Selects(e.Selector) {
+				if w.Namespace() != e.Namespace() || !w.Labels.Selects(e.Selector()) {
 					continue
 				}
 				for ip := range w.Addrs() {

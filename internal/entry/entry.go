@@ -49,19 +49,13 @@ type Entry struct {
 	// spec.addresses, at least one valid port. The store finds them: the
 	// workloads the selector picks, else spec.endpoints.
 	Headless bool
-	// Selector is spec.workloadSelector's labels: nil when the entry has
-	// none, empty when it selects every workload of its namespace. With a
-	// selector Istio takes the entry's endpoints from the workloads it
-	// selects and ignores spec.endpoints. Held in one string: a map would
-	// weigh more than the rest of the entry.
-	Selector *Selector
-
 	// Extras holds what most entries leave empty; nil when all of it is.
 	Extras *Extras
 }
 
 // Extras are the parts of an entry that most entries lack, behind one
-// pointer: three slice headers in every entry would make up a third of it.
+// pointer: three slice headers and a selector in every entry would make up
+// a third of it.
 type Extras struct {
 	// Endpoints are the addresses of spec.endpoints that DNS can give, in
 	// order: read for entries without a workload selector.
@@ -73,13 +67,20 @@ type Extras struct {
 	// not public lists the namespaces it is visible to ("." is its own).
 	ExportedTo []string
 
+	// Selector is spec.workloadSelector's labels: nil when the entry has
+	// none, empty when it selects every workload of its namespace. With a
+	// selector Istio takes the entry's endpoints from the workloads it
+	// selects and ignores spec.endpoints. Held in one string: a map would
+	// weigh more than the rest of the entry.
+	Selector *Selector
+
 	// LegacyHosts are the hosts the v1 allocator counts ("autoallocate
 	// legacy"): every eligible host, even of an entry not exported to us,
 	// because istiod allocates mesh-wide and positions depend on all of them.
 	LegacyHosts []LegacyHost
 }
 
-// Endpoints, ExportedTo and LegacyHosts read the entry's Extras.
+// Endpoints, ExportedTo, Selector and LegacyHosts read the entry's Extras.
 func (e *Entry) Endpoints() []Endpoint {
 	if e.Extras == nil {
 		return nil
@@ -92,6 +93,13 @@ func (e *Entry) ExportedTo() []string {
 		return nil
 	}
 	return e.Extras.ExportedTo
+}
+
+func (e *Entry) Selector() *Selector {
+	if e.Extras == nil {
+		return nil
+	}
+	return e.Extras.Selector
 }
 
 func (e *Entry) LegacyHosts() []LegacyHost {
@@ -334,8 +342,10 @@ func convert(meta *metav1.ObjectMeta, spec *slimSpec, status *slimStatus, opts O
 	var portSkips, endpointSkips []Skip
 	e.Ports, portSkips = parsePorts(spec.Ports)
 	e.Resolution = resolution
-	var selectorSkips []Skip
-	e.Selector, selectorSkips = parseSelector(spec.Selector)
+	selector, selectorSkips := parseSelector(spec.Selector)
+	if selector != nil {
+		e.extras().Selector = selector
+	}
 	e.Headless = resolution == networking.ServiceEntry_NONE && len(spec.Addresses) == 0 && len(e.Ports) > 0
 	switch resolution {
 	case networking.ServiceEntry_STATIC, networking.ServiceEntry_DNS, networking.ServiceEntry_DNS_ROUND_ROBIN, networking.ServiceEntry_NONE:
@@ -425,7 +435,7 @@ func exportedNamespaces(own string, exportTo []string) []string {
 // endpoints for it are those workloads). A source must deliver the
 // workloads of that namespace, pods included, and need deliver no others.
 func (e *Entry) SelectsWorkloads() bool {
-	if e.Selector == nil {
+	if e.Selector() == nil {
 		return false
 	}
 	switch e.Resolution {

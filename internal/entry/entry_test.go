@@ -139,9 +139,9 @@ func TestWorkloadSelector(t *testing.T) {
 			for _, s := range skips {
 				reasons = append(reasons, s.Reason)
 			}
-			if (e.Selector == nil) != (c.want == nil) || e.Selector != nil && *e.Selector != *SelectorOf(c.want) || len(e.Endpoints()) != c.endpoints ||
+			if (e.Selector() == nil) != (c.want == nil) || e.Selector() != nil && *e.Selector() != *SelectorOf(c.want) || len(e.Endpoints()) != c.endpoints ||
 				strings.Join(reasons, ",") != c.reasons {
-				t.Errorf("selector %v, %d endpoints, skips %v; want %v, %d, %q", e.Selector, len(e.Endpoints()), reasons, c.want, c.endpoints, c.reasons)
+				t.Errorf("selector %v, %d endpoints, skips %v; want %v, %d, %q", e.Selector(), len(e.Endpoints()), reasons, c.want, c.endpoints, c.reasons)
 			}
 		})
 	}

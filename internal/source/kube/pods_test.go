@@ -688,7 +688,7 @@ func addrsOf(st *sourcetest.Sink, kind entry.Kind) map[string]string {
 
 // selecting is a headless entry of ns selecting every workload there.
 func selecting(ns, name string) map[entry.Key]*entry.Entry {
-	e := &entry.Entry{Key: entry.ServiceEntryKey(ns + "/" + name), Headless: true, Selector: entry.SelectorOf(nil)}
+	e := &entry.Entry{Key: entry.ServiceEntryKey(ns + "/" + name), Headless: true, Extras: &entry.Extras{Selector: entry.SelectorOf(nil)}}
 	return map[entry.Key]*entry.Entry{e.Key: e}
 }
 
