@@ -296,7 +296,7 @@ func (se *ServiceEntry) resolve(w dns.ResponseWriter, r *dns.Msg, qname, zone st
 // were not there.
 func (x *reply) reaches(who *asker) (reach.Class, bool) {
 	class, sidecar := who.class()
-	x.ports = x.Answer.Ports
+	x.ports = x.Answer.Ports()
 	x.Answer = x.Answer.For(class, sidecar)
 	return class, x.Answer != nil
 }

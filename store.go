@@ -395,7 +395,7 @@ func sameAnswer(a, b *table.Answer) bool {
 	if a == nil || b == nil {
 		return a == b
 	}
-	return bytes.Equal(a.A(), b.A()) && bytes.Equal(a.AAAA(), b.AAAA()) && slices.Equal(a.Ports, b.Ports) &&
+	return bytes.Equal(a.A(), b.A()) && bytes.Equal(a.AAAA(), b.AAAA()) && slices.Equal(a.Ports(), b.Ports()) &&
 		a.Target == b.Target && a.Reach == b.Reach && a.Resolved == b.Resolved && sameAnswer(a.Else, b.Else)
 }
 
@@ -448,10 +448,10 @@ func (s *store) answerOf(host, ns string, shared map[any]*table.Answer) *table.A
 	case 1:
 		e := contributors[0]
 		addrs, reach, key := s.addrsOf(e, host)
-		if ans := shared[key]; ans != nil && slices.Equal(ans.Ports, e.Ports) {
+		if ans := shared[key]; ans != nil && slices.Equal(ans.Ports(), e.Ports) {
 			return ans
 		}
-		ans := table.NewAnswer(addrs, e.Ports)
+		ans := table.NewAnswer(addrs, &e.Ports)
 		ans.Reach = reach
 		if reach > minReach {
 			ans.Else, ans.Resolved = s.directOf(contributors, shared)
@@ -470,7 +470,8 @@ func (s *store) answerOf(host, ns string, shared map[any]*table.Answer) *table.A
 			}
 		}
 	}
-	ans := table.NewAnswer(merged, mergedPorts(contributors))
+	ports := mergedPorts(contributors)
+	ans := table.NewAnswer(merged, &ports)
 	ans.Reach = most
 	if most > minReach {
 		ans.Else, ans.Resolved = s.directOf(contributors, shared)

@@ -128,11 +128,13 @@ type Answer struct {
 	// Else answers the clients of a class below Reach; nil when nothing
 	// of ours reaches them: the name is then passed on.
 	Else *Answer
-	// Ports are the SRV ports of the host the answer is found under, for
+	// ports are the SRV ports of the host the answer is found under, for
 	// every class of client (Else answers hold none): held with the
 	// answer, as a map of ports by host beside the names would cost each
-	// host a map slot of its own.
-	Ports []entry.Port
+	// host a map slot of its own, and through a pointer, to an entry's
+	// own slice (immutable, like the entry), as a slice header would put
+	// the answer in a larger size class.
+	ports *[]entry.Port
 	// Reach is the least class of client that routes the addresses:
 	// auto-allocated ones need a mesh client, declared ones a sidecar,
 	// real destinations (endpoints, a NONE entry's addresses) none.
@@ -147,6 +149,14 @@ type Answer struct {
 	// with Reach and Resolved: the table holds an answer per name, and a
 	// word more puts it in a larger size class.
 	v4 uint32
+}
+
+// Ports returns the answer's SRV ports; shared, not to be written.
+func (a *Answer) Ports() []entry.Port {
+	if a.ports == nil {
+		return nil
+	}
+	return *a.ports
 }
 
 // A and AAAA are the answer's addresses of each family, in order. They
@@ -298,10 +308,11 @@ func own[M ~map[K]V, K comparable, V any](m *M, copied map[any]bool) {
 }
 
 // NewAnswer returns the answer holding addrs, in their order within each
-// family, and ports. Both families share one array: two objects per answer
-// whatever its size, which keeps the garbage collector's work per name small
-// when there are many names.
-func NewAnswer(addrs []netip.Addr, ports []entry.Port) *Answer {
+// family, and the ports *ports holds (nil: none), which must not change.
+// Both families share one array: two objects per answer whatever its size,
+// which keeps the garbage collector's work per name small when there are
+// many names.
+func NewAnswer(addrs []netip.Addr, ports *[]entry.Port) *Answer {
 	v4 := 0
 	for _, ip := range addrs {
 		if ip.Is4() {
@@ -319,7 +330,7 @@ func NewAnswer(addrs []netip.Addr, ports []entry.Port) *Answer {
 			packed = append(packed, b[:]...)
 		}
 	}
-	return &Answer{addrs: packed, v4: uint32(v4 * net.IPv4len), Ports: ports}
+	return &Answer{addrs: packed, v4: uint32(v4 * net.IPv4len), ports: ports}
 }
 
 // IPv4s and IPv6s are addresses of one family packed end to end: an answer
