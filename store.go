@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"runtime/debug"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,7 +39,10 @@ type storeClock interface {
 type store struct {
 	mu      sync.Mutex
 	entries map[entry.Key]*entry.Entry // by kind and namespace/name
-	byHost  hostIndex                  // host -> the entries declaring it
+	// held counts the entries of each namespace: a relist of a namespace
+	// that holds none (every namespace's first) looks at no entry.
+	held   map[string]int
+	byHost hostIndex // host -> the entries declaring it
 	// envoyResolves counts, by host name, the DNS and DNS_ROUND_ROBIN
 	// entries whose Envoy cluster resolves that name (see resolvedBy).
 	envoyResolves map[string]int
@@ -82,6 +86,7 @@ type store struct {
 func newStore(legacy bool) *store {
 	s := &store{
 		entries: make(map[entry.Key]*entry.Entry),
+		held:    make(map[string]int),
 		byHost:  hostIndex{one: make(map[string]*entry.Entry), many: make(map[string][]*entry.Entry)},
 
 		envoyResolves: make(map[string]int),
@@ -151,15 +156,38 @@ func (s *store) Upsert(key entry.Key, e *entry.Entry) {
 	s.publishLocked()
 }
 
-// UpsertAll applies upsert to every key of changes, publishing once.
-func (s *store) UpsertAll(changes map[entry.Key]*entry.Entry) {
+// ReplaceEntries makes the store hold exactly the entries of all among
+// those of namespaces ("" among them: every namespace), publishes once, and
+// returns the keys it removed: a source's relist.
+func (s *store) ReplaceEntries(namespaces []string, all map[entry.Key]*entry.Entry) []entry.Key {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.reserveLocked(len(changes))
-	for key, e := range changes {
-		s.setLocked(key, e)
+	s.reserveLocked(len(all))
+	var gone []entry.Key
+	if slices.Contains(namespaces, "") || slices.ContainsFunc(namespaces, func(ns string) bool { return s.held[ns] > 0 }) {
+		for key := range s.entries {
+			if _, kept := all[key]; !kept && inNamespaces(key, namespaces) {
+				gone = append(gone, key)
+			}
+		}
+	}
+	for _, key := range gone {
+		s.setLocked(key, nil)
+	}
+	for key, e := range all {
+		if s.entries[key] != e {
+			s.setLocked(key, e)
+		}
 	}
 	s.publishLocked()
+	return gone
+}
+
+// inNamespaces reports whether key names an object of one of namespaces
+// ("" among them: every namespace).
+func inNamespaces(key entry.Key, namespaces []string) bool {
+	ns, _, _ := strings.Cut(key.Name, "/")
+	return slices.Contains(namespaces, ns) || slices.Contains(namespaces, "")
 }
 
 // ReplaceAll makes the store hold exactly the given entries and workloads
@@ -230,7 +258,8 @@ func (s *store) reserveLocked(n int) {
 }
 
 func (s *store) setLocked(key entry.Key, e *entry.Entry) {
-	if old := s.entries[key]; old != nil {
+	old := s.entries[key]
+	if old != nil {
 		for _, h := range old.Hosts {
 			s.byHost.remove(h.Name, old)
 			s.dirty[h.Name] = true
@@ -240,6 +269,14 @@ func (s *store) setLocked(key entry.Key, e *entry.Entry) {
 		}
 		s.countResolved(old, -1)
 		s.unselect(old)
+	}
+	if (old == nil) != (e == nil) {
+		ns, _, _ := strings.Cut(key.Name, "/")
+		if e != nil {
+			s.held[ns]++
+		} else if s.held[ns]--; s.held[ns] == 0 {
+			delete(s.held, ns)
+		}
 	}
 	if e == nil {
 		delete(s.entries, key)

@@ -9,8 +9,11 @@ import "github.com/coredns-serviceentry/serviceentry/internal/entry"
 type Sink interface {
 	// Upsert sets the entry stored under key; nil removes it.
 	Upsert(key entry.Key, e *entry.Entry)
-	// UpsertAll applies Upsert to every key of changes as one change.
-	UpsertAll(changes map[entry.Key]*entry.Entry)
+	// ReplaceEntries makes the sink hold exactly the entries of all (none
+	// nil) among those of namespaces ("" among them: every namespace), as
+	// one change, and returns the keys it removed: a relist. It keeps no
+	// reference to all.
+	ReplaceEntries(namespaces []string, all map[entry.Key]*entry.Entry) []entry.Key
 	// ReplaceAll makes the sink hold exactly the entries all and the
 	// workloads, as one change.
 	ReplaceAll(all map[entry.Key]*entry.Entry, workloads map[entry.Key]*entry.Workload)

@@ -31,7 +31,7 @@ var log = clog.NewWithPlugin("serviceentry")
 // does, and keeps the log of the keys it was given. It is safe for
 // concurrent use.
 type Sink struct {
-	// Delay slows every entry Upsert and UpsertAll apply, as a slow store
+	// Delay slows every entry Upsert and ReplaceEntries apply, as a slow store
 	// would. Set it before the source starts.
 	Delay time.Duration
 
@@ -71,14 +71,27 @@ func (s *Sink) Upsert(key entry.Key, e *entry.Entry) {
 	s.setLocked(key, e)
 }
 
-// UpsertAll applies Upsert to every key of changes.
-func (s *Sink) UpsertAll(changes map[entry.Key]*entry.Entry) {
-	time.Sleep(time.Duration(len(changes)) * s.Delay)
+// ReplaceEntries makes the sink hold exactly all among the entries of
+// namespaces ("" among them: every namespace), and returns the keys it
+// removed.
+func (s *Sink) ReplaceEntries(namespaces []string, all map[entry.Key]*entry.Entry) []entry.Key {
+	time.Sleep(time.Duration(len(all)) * s.Delay)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for key, e := range changes {
+	var gone []entry.Key
+	for key := range s.entries {
+		ns, _, _ := strings.Cut(key.Name, "/")
+		if _, kept := all[key]; !kept && (slices.Contains(namespaces, "") || slices.Contains(namespaces, ns)) {
+			gone = append(gone, key)
+		}
+	}
+	for _, key := range gone {
+		s.setLocked(key, nil)
+	}
+	for key, e := range all {
 		s.setLocked(key, e)
 	}
+	return gone
 }
 
 // ReplaceAll makes the sink hold exactly all and the workloads.
@@ -292,8 +305,7 @@ func (s *Sink) Skips(object string) ([]entry.Skip, bool) {
 }
 
 // Keys returns every key the sink was given, in order, a key once per
-// Upsert, per change of an UpsertAll and per key a ReplaceAll holds or
-// removes.
+// Upsert and per key a ReplaceEntries or ReplaceAll holds or removes.
 func (s *Sink) Keys() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -109,7 +109,7 @@ func TestReaderStoreUnknownResolution(t *testing.T) {
 	for i := range items {
 		objects[i] = &items[i]
 	}
-	if err := newReaderStore(&Source{sink: st}).Replace(objects, "3"); err != nil {
+	if err := newReaderStore(&Source{sink: st}, "").Replace(objects, "3"); err != nil {
 		t.Fatal(err)
 	}
 	st.MarkSynced()

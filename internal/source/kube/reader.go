@@ -73,51 +73,21 @@ func (k *Source) toCached(obj any) (any, error) {
 
 // readerStore is the store of one namespace's reflector. It takes what the
 // reflector reads straight to the source's store, without the queue, cache
-// and handler goroutines of an informer between them, and keeps of each
-// object only what its next version is compared with: its key, in the set a
-// relist is compared with, and its skips. The reflector calls it from one
-// goroutine.
+// and handler goroutines of an informer between them, and keeps of the
+// objects only what their next versions are compared with: the skips of
+// those whose conversion left something out, which most have not. A relist
+// is a replace of the namespace in the source's store, which knows what it
+// holds: a set of every key here would cost each entry a map slot. The
+// reflector calls it from one goroutine.
 type readerStore struct {
-	k      *Source
-	held   heldKeys
-	synced chan struct{} // closed by the first Replace: the namespace is read whole
+	k         *Source
+	namespace string // metav1.NamespaceAll: every namespace
+	skips     map[string][]entry.Skip
+	synced    chan struct{} // closed by the first Replace: the namespace is read whole
 }
 
-func newReaderStore(k *Source) *readerStore {
-	return &readerStore{k: k, held: newHeldKeys(0), synced: make(chan struct{})}
-}
-
-// heldKeys is the keys a reader store holds and, apart, the skips of those
-// whose conversion left something out: most objects have none, and one map
-// of every key to its skips cost each object a 40-byte slot, where a set
-// costs 16.
-type heldKeys struct {
-	keys  map[string]struct{}
-	skips map[string][]entry.Skip
-}
-
-func newHeldKeys(n int) heldKeys {
-	return heldKeys{keys: make(map[string]struct{}, n), skips: make(map[string][]entry.Skip)}
-}
-
-// put holds key with its skips.
-func (h heldKeys) put(key string, skips []entry.Skip) {
-	h.keys[key] = struct{}{}
-	if len(skips) > 0 {
-		h.skips[key] = skips
-	} else {
-		delete(h.skips, key)
-	}
-}
-
-func (h heldKeys) del(key string) {
-	delete(h.keys, key)
-	delete(h.skips, key)
-}
-
-func (h heldKeys) has(key string) bool {
-	_, ok := h.keys[key]
-	return ok
+func newReaderStore(k *Source, namespace string) *readerStore {
+	return &readerStore{k: k, namespace: namespace, skips: make(map[string][]entry.Skip), synced: make(chan struct{})}
 }
 
 // Transformer converts WatchList's initial events as they arrive (the
@@ -132,7 +102,7 @@ func (r *readerStore) Update(obj any) error {
 	if err != nil {
 		return err
 	}
-	r.note(r.held, c)
+	r.note(r.skips, c)
 	key := entry.ServiceEntryKey(c.key)
 	r.k.sink.Upsert(key, c.entry)
 	r.k.entriesChanged(map[entry.Key]*entry.Entry{key: c.entry})
@@ -144,7 +114,7 @@ func (r *readerStore) Delete(obj any) error {
 	if err != nil {
 		return err
 	}
-	r.held.del(c.key)
+	delete(r.skips, c.key)
 	key := entry.ServiceEntryKey(c.key)
 	r.k.sink.Upsert(key, nil)
 	r.k.entriesChanged(map[entry.Key]*entry.Entry{key: nil})
@@ -154,23 +124,24 @@ func (r *readerStore) Delete(obj any) error {
 // Replace is a full read of the namespace, the first one or a relist:
 // applied as one change, what it no longer holds removed.
 func (r *readerStore) Replace(list []any, _ string) error {
-	read := newHeldKeys(len(list))
-	changes := make(map[entry.Key]*entry.Entry, len(list))
+	skips := make(map[string][]entry.Skip)
+	all := make(map[entry.Key]*entry.Entry, len(list))
 	for _, obj := range list {
 		c, err := r.cached(obj)
 		if err != nil {
 			return err
 		}
-		r.note(read, c)
-		changes[entry.ServiceEntryKey(c.key)] = c.entry
-	}
-	for key := range r.held.keys {
-		if !read.has(key) {
-			changes[entry.ServiceEntryKey(key)] = nil
+		r.note(skips, c)
+		if c.entry != nil {
+			all[entry.ServiceEntryKey(c.key)] = c.entry
 		}
 	}
-	r.held = read
-	r.k.sink.UpsertAll(changes)
+	gone := r.k.sink.ReplaceEntries([]string{r.namespace}, all)
+	r.skips = skips
+	changes := all
+	for _, key := range gone {
+		changes[key] = nil
+	}
 	r.k.entriesChanged(changes)
 	select {
 	case <-r.synced:
@@ -194,12 +165,16 @@ func (r *readerStore) cached(obj any) (*cachedEntry, error) {
 	return c, nil
 }
 
-// note holds c in into, logging and counting its skips when they are new
-// for its key: problems are reported when they first appear, not again on
-// every update or relist.
-func (r *readerStore) note(into heldKeys, c *cachedEntry) {
-	if !r.held.has(c.key) || !slices.Equal(r.held.skips[c.key], c.skips) {
+// note records c's skips in into, logging and counting them when they are
+// new for its key: problems are reported when they first appear, not again
+// on every update or relist.
+func (r *readerStore) note(into map[string][]entry.Skip, c *cachedEntry) {
+	if !slices.Equal(r.skips[c.key], c.skips) {
 		r.k.sink.Skipped(entry.ServiceEntryKey(c.key).String(), c.skips)
 	}
-	into.put(c.key, c.skips)
+	if len(c.skips) > 0 {
+		into[c.key] = c.skips
+	} else {
+		delete(into, c.key)
+	}
 }

@@ -272,7 +272,7 @@ func (k *Source) reader(namespace, version string) (*cache.Reflector, *readerSto
 	if err != nil {
 		return nil, nil, err
 	}
-	rs := newReaderStore(k)
+	rs := newReaderStore(k, namespace)
 	r := cache.NewReflectorWithOptions(&cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			o.LabelSelector = k.labels

@@ -917,8 +917,9 @@ func BenchmarkSourceMemory(b *testing.B) {
 }
 
 // TestReaderStore: what a reflector hands the source reaches the store. A
-// relist removes what it no longer holds, a delete removes its object, and a
-// problem in an object is counted once, not again at each relist.
+// relist removes what it no longer holds or holds with nothing to serve, a
+// delete removes its object, and a problem in an object is counted once,
+// not again at each relist.
 func TestReaderStore(t *testing.T) {
 	obj := func(name, host string) any {
 		o, _, err := slimSerializer.Decode([]byte(strings.Replace(sourcetest.APIObject("ns", name, host, "192.0.2.1"),
@@ -929,7 +930,7 @@ func TestReaderStore(t *testing.T) {
 		return o
 	}
 	st := sourcetest.NewSink()
-	rs := newReaderStore(&Source{sink: st})
+	rs := newReaderStore(&Source{sink: st}, "")
 	served := func() string {
 		return st.FirstA("a.internal") + "," + st.FirstA("b.internal")
 	}
@@ -944,6 +945,10 @@ func TestReaderStore(t *testing.T) {
 		{"b added", func() error { return rs.Add(obj("b", "b.internal")) }, "192.0.2.1,192.0.2.1", 3},
 		{"b updated alike", func() error { return rs.Update(obj("b", "b.internal")) }, "192.0.2.1,192.0.2.1", 3},
 		{"a deleted", func() error { return rs.Delete(obj("a", "a.internal")) }, ",192.0.2.1", 3},
+		{"a added again", func() error { return rs.Add(obj("a", "a.internal")) }, "192.0.2.1,192.0.2.1", 4},
+		{"relist with none of a's hosts valid", func() error {
+			return rs.Replace([]any{obj("a", "also_bad!"), obj("b", "b.internal")}, "3")
+		}, ",192.0.2.1", 6},
 	}
 	for i, s := range steps {
 		if err := s.do(); err != nil {
