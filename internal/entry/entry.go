@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"unique"
 
 	networking "istio.io/api/networking/v1alpha3"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -537,17 +538,25 @@ func parseAddresses(raw []string) ([]netip.Addr, []Skip) {
 // _udp, every other protocol (TCP, HTTP, TLS, GRPC, none...) as _tcp.
 // Duplicates are dropped; order is kept.
 func parsePorts(raw []slimPort) ([]Port, []Skip) {
-	var out []Port
+	if len(raw) == 0 {
+		return nil, nil
+	}
+	out := make([]Port, 0, len(raw))
 	var skips []Skip
 	for _, p := range raw {
 		if uint32(p.Number) < 1 || uint32(p.Number) > 65535 || len(validation.IsDNS1123Label(p.Name)) > 0 {
 			skips = append(skips, Skip{Reason: ReasonInvalidPort, Item: p.Name + "/" + strconv.FormatUint(uint64(uint32(p.Number)), 10)})
 			continue
 		}
-		port := Port{Name: p.Name, Number: uint16(uint32(p.Number)), UDP: strings.EqualFold(p.Protocol, "UDP")}
+		// Port names repeat across entries (http, https, grpc...): each
+		// entry keeps the one copy of its name.
+		port := Port{Name: unique.Make(p.Name).Value(), Number: uint16(uint32(p.Number)), UDP: strings.EqualFold(p.Protocol, "UDP")}
 		if !slices.Contains(out, port) {
 			out = append(out, port)
 		}
+	}
+	if len(out) == 0 {
+		out = nil
 	}
 	return out, skips
 }
