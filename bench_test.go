@@ -146,12 +146,13 @@ func BenchmarkInitialSync(b *testing.B) {
 // at 100,000 entries shaped as scripts/bench-scale's (one host, an IPv4
 // address and an IPv6 one on every other entry, a port 443 named "https" of
 // its own, as each decoded entry has it): the live heap after a collection,
-// and the heap in use, which adds the free room of the spans that hold it.
+// the heap in use, which adds the free room of the spans that hold it, and
+// the live objects, which the collector marks.
 // The entries are counted: the store keeps them.
 func BenchmarkStoreMemory(b *testing.B) {
 	const n = 100_000
 	for b.Loop() {
-		base, baseInUse := sourcetest.LiveHeap(), sourcetest.HeapInUse()
+		base, baseInUse, baseObjects := sourcetest.LiveHeap(), sourcetest.HeapInUse(), sourcetest.LiveObjects()
 		entries := benchEntries(n)
 		for _, e := range entries {
 			e.Ports = []entry.Port{{Name: strings.Clone("https"), Number: 443}}
@@ -162,6 +163,7 @@ func BenchmarkStoreMemory(b *testing.B) {
 		entries = nil
 		b.ReportMetric(float64(sourcetest.LiveHeap()-base)/n, "B/entry")
 		b.ReportMetric(float64(sourcetest.HeapInUse()-baseInUse)/n, "inuse-B/entry")
+		b.ReportMetric(float64(sourcetest.LiveObjects()-baseObjects)/n, "objects/entry")
 		runtime.KeepAlive(st)
 	}
 }

@@ -23,3 +23,12 @@ func HeapInUse() uint64 {
 	runtime.ReadMemStats(&m)
 	return m.HeapInuse
 }
+
+// LiveObjects is the count of the heap's live objects after a collection:
+// what the collector marks, whose work grows with it.
+func LiveObjects() uint64 {
+	var m runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&m)
+	return m.HeapObjects
+}

@@ -880,9 +880,10 @@ func BenchmarkWatchEvents(b *testing.B) {
 
 // BenchmarkSourceMemory reports the live heap per entry of a kube source
 // that has read 20,000 ServiceEntries from an API server (WatchList, as by
-// default): the reader's keys and the entries delivered, which a recording
+// default): the reader's record and the entries delivered, which a recording
 // sink holds by key (the plugin's store and table are measured with the
-// plugin); "inuse-B/entry" adds the room left free in the spans they hold.
+// plugin); "inuse-B/entry" adds the room left free in the spans they hold,
+// and "objects/entry" counts the live objects the collector marks.
 // The timed part is the whole read.
 func BenchmarkSourceMemory(b *testing.B) {
 	const n = 20_000
@@ -895,7 +896,7 @@ func BenchmarkSourceMemory(b *testing.B) {
 	defer server.CloseClientConnections()
 	kubeconfig := sourcetest.Kubeconfig(b, server.URL)
 	for b.Loop() {
-		base, baseInUse := sourcetest.LiveHeap(), sourcetest.HeapInUse()
+		base, baseInUse, baseObjects := sourcetest.LiveHeap(), sourcetest.HeapInUse(), sourcetest.LiveObjects()
 		st := sourcetest.NewSink()
 		src, err := New(Config{Kubeconfig: kubeconfig}, st, nil)
 		if err != nil {
@@ -912,6 +913,7 @@ func BenchmarkSourceMemory(b *testing.B) {
 		}
 		b.ReportMetric(float64(sourcetest.LiveHeap()-base)/n, "B/entry")
 		b.ReportMetric(float64(sourcetest.HeapInUse()-baseInUse)/n, "inuse-B/entry")
+		b.ReportMetric(float64(sourcetest.LiveObjects()-baseObjects)/n, "objects/entry")
 		src.Stop()
 	}
 }
