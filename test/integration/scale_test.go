@@ -211,7 +211,9 @@ func createScaleEntries(b testing.TB, client versioned.Interface, n int) {
 	createEntries(b, client, n, func(i int) *clientv1.ServiceEntry {
 		se := serviceEntry("scale", fmt.Sprintf("svc-%d", i), []string{scaleHost(i)}, scaleAddr(i, 0))
 		if i%2 == 0 {
-			se.Spec.Addresses = append(se.Spec.Addresses, fmt.Sprintf("2001:db8::%x", i))
+			// Two groups: one group holds 16 bits, and entries past 65,535
+			// would otherwise declare an invalid address and be skipped.
+			se.Spec.Addresses = append(se.Spec.Addresses, fmt.Sprintf("2001:db8::%x:%x", i>>16, i&0xffff))
 		}
 		se.Spec.Ports = append(se.Spec.Ports, &networking.ServicePort{Number: 443, Name: "https", Protocol: "TLS"})
 		return se
