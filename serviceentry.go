@@ -11,7 +11,6 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/coredns-serviceentry/serviceentry/internal/entry"
 	"github.com/coredns-serviceentry/serviceentry/internal/reach"
 	"github.com/coredns-serviceentry/serviceentry/internal/table"
 	"github.com/coredns/coredns/plugin"
@@ -296,7 +295,7 @@ func (se *ServiceEntry) resolve(w dns.ResponseWriter, r *dns.Msg, qname, zone st
 // were not there.
 func (x *reply) reaches(who *asker) (reach.Class, bool) {
 	class, sidecar := who.class()
-	x.ports = x.Answer.Ports()
+	x.found = x.Answer
 	x.Answer = x.Answer.For(class, sidecar)
 	return class, x.Answer != nil
 }
@@ -309,9 +308,9 @@ type reply struct {
 	name  string // owner in lower case
 	zone  string // the zone of owner
 	alias string // the name asked when it is an expansion of owner, else ""
-	// ports are the host's SRV ports, which its answer for every class of
-	// client shares: held by the answer found, not by those For picks.
-	ports []entry.Port
+	// found is the answer the name was found with, before For picked the
+	// client's: it holds the host's SRV ports, the same for every client.
+	found *table.Answer
 }
 
 // answer is the reply with the records of x for the question, or NODATA, and

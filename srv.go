@@ -19,7 +19,7 @@ func (se *ServiceEntry) srvRecords(x *reply) ([]dns.RR, []dns.RR) {
 		target = h.Key + "."
 	}
 	var rrs []dns.RR
-	for _, p := range x.ports {
+	for _, p := range x.found.Ports() {
 		if h.Service && (p.Name != h.Port || p.Proto() != h.Proto) {
 			continue
 		}

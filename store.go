@@ -158,7 +158,10 @@ func (s *store) Upsert(key entry.Key, e *entry.Entry) {
 
 // ReplaceEntries makes the store hold exactly the entries of all among
 // those of namespaces ("" among them: every namespace), publishes once, and
-// returns the keys it removed: a source's relist.
+// returns the keys it removed: a source's relist. A relist of a namespace
+// that holds entries looks at every entry held, of every namespace: relists
+// are rare (a watch that fell too far behind), and an index of keys by
+// namespace would cost every entry what the reader's set of keys did.
 func (s *store) ReplaceEntries(namespaces []string, all map[entry.Key]*entry.Entry) []entry.Key {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -507,8 +510,11 @@ func (s *store) answerOf(host, ns string, shared map[any]*table.Answer) *table.A
 			}
 		}
 	}
-	ports := mergedPorts(contributors)
-	ans := table.NewAnswer(merged, &ports)
+	var ports *[]entry.Port
+	if p := mergedPorts(contributors); len(p) > 0 {
+		ports = &p
+	}
+	ans := table.NewAnswer(merged, ports)
 	ans.Reach = most
 	if most > minReach {
 		ans.Else, ans.Resolved = s.directOf(contributors, shared)

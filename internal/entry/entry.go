@@ -548,8 +548,9 @@ func parsePorts(raw []slimPort) ([]Port, []Skip) {
 			skips = append(skips, Skip{Reason: ReasonInvalidPort, Item: p.Name + "/" + strconv.FormatUint(uint64(uint32(p.Number)), 10)})
 			continue
 		}
-		// Port names repeat across entries (http, https, grpc...): each
-		// entry keeps the one copy of its name.
+		// Port names repeat across entries (http, https, grpc...): the
+		// entries decoded while a name's canonical copy lives share it.
+		// (The handle is not kept: it would keep every name ever seen.)
 		port := Port{Name: unique.Make(p.Name).Value(), Number: uint16(uint32(p.Number)), UDP: strings.EqualFold(p.Protocol, "UDP")}
 		if !slices.Contains(out, port) {
 			out = append(out, port)

@@ -153,7 +153,7 @@ type Answer struct {
 
 // Ports returns the answer's SRV ports; shared, not to be written.
 func (a *Answer) Ports() []entry.Port {
-	if a.ports == nil {
+	if a == nil || a.ports == nil {
 		return nil
 	}
 	return *a.ports

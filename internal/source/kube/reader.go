@@ -167,7 +167,8 @@ func (r *readerStore) cached(obj any) (*cachedEntry, error) {
 
 // note records c's skips in into, logging and counting them when they are
 // new for its key: problems are reported when they first appear, not again
-// on every update or relist.
+// on every update or relist. An object without skips, and none before, has
+// nothing to report.
 func (r *readerStore) note(into map[string][]entry.Skip, c *cachedEntry) {
 	if !slices.Equal(r.skips[c.key], c.skips) {
 		r.k.sink.Skipped(entry.ServiceEntryKey(c.key).String(), c.skips)
