@@ -77,8 +77,8 @@ func passThrough(o options) {
 			log.Fatal(err)
 		}
 		f.queries = filepath.Join(o.work, fmt.Sprintf("passthrough-%d", n))
-		// Nothing after whoami answers, so the numbers of Services and of
-		// vendors only shape the names.
+		// whoami answers every name alike, so the numbers of Services and
+		// of vendors only shape the names.
 		if err := os.WriteFile(f.queries, passthrough.Queries(uint64(n), 500, 50), 0o644); err != nil {
 			log.Fatal(err)
 		}
