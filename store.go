@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"runtime/debug"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -158,18 +157,38 @@ func (s *store) Upsert(key entry.Key, e *entry.Entry) {
 
 // ReplaceEntries makes the store hold exactly the entries of all among
 // those of namespaces ("" among them: every namespace), publishes once, and
-// returns the keys it removed: a source's relist. A relist of a namespace
-// that holds entries looks at every entry held, of every namespace: relists
-// are rare (a watch that fell too far behind), and an index of keys by
-// namespace would cost every entry what the reader's set of keys did.
+// returns the keys it removed: a source's relist.
 func (s *store) ReplaceEntries(namespaces []string, all map[entry.Key]*entry.Entry) []entry.Key {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	gone := s.replaceEntriesLocked(namespaces, all)
+	s.publishLocked()
+	return gone
+}
+
+// ReplaceAll makes the store hold exactly the given entries and workloads
+// and publishes once. The manifests source uses it after each read of its
+// files.
+func (s *store) ReplaceAll(entries map[entry.Key]*entry.Entry, workloads map[entry.Key]*entry.Workload) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.replaceWorkloadsLocked(func(entry.Key) bool { return true }, []string{""}, workloads)
+	s.replaceEntriesLocked([]string{""}, entries)
+	s.publishLocked()
+}
+
+// replaceEntriesLocked is ReplaceEntries without the publish. A relist of a
+// namespace that holds entries looks at every entry held, of every
+// namespace: relists are rare (a watch that fell too far behind), and an
+// index of keys by namespace would cost every entry what the reader's set
+// of keys did.
+func (s *store) replaceEntriesLocked(namespaces []string, all map[entry.Key]*entry.Entry) []entry.Key {
 	s.reserveLocked(len(all))
+	everywhere := slices.Contains(namespaces, "")
 	var gone []entry.Key
-	if slices.Contains(namespaces, "") || slices.ContainsFunc(namespaces, func(ns string) bool { return s.held[ns] > 0 }) {
-		for key := range s.entries {
-			if _, kept := all[key]; !kept && inNamespaces(key, namespaces) {
+	if everywhere || slices.ContainsFunc(namespaces, func(ns string) bool { return s.held[ns] > 0 }) {
+		for key, e := range s.entries {
+			if _, kept := all[key]; !kept && (everywhere || slices.Contains(namespaces, e.Namespace())) {
 				gone = append(gone, key)
 			}
 		}
@@ -182,36 +201,7 @@ func (s *store) ReplaceEntries(namespaces []string, all map[entry.Key]*entry.Ent
 			s.setLocked(key, e)
 		}
 	}
-	s.publishLocked()
 	return gone
-}
-
-// inNamespaces reports whether key names an object of one of namespaces
-// ("" among them: every namespace).
-func inNamespaces(key entry.Key, namespaces []string) bool {
-	ns, _, _ := strings.Cut(key.Name, "/")
-	return slices.Contains(namespaces, ns) || slices.Contains(namespaces, "")
-}
-
-// ReplaceAll makes the store hold exactly the given entries and workloads
-// and publishes once. The manifests source uses it after each read of its
-// files.
-func (s *store) ReplaceAll(entries map[entry.Key]*entry.Entry, workloads map[entry.Key]*entry.Workload) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.replaceWorkloadsLocked(func(entry.Key) bool { return true }, []string{""}, workloads)
-	s.reserveLocked(len(entries))
-	for key := range s.entries {
-		if _, ok := entries[key]; !ok {
-			s.setLocked(key, nil)
-		}
-	}
-	for key, e := range entries {
-		if s.entries[key] != e {
-			s.setLocked(key, e)
-		}
-	}
-	s.publishLocked()
 }
 
 // MarkSynced records that the source has delivered its first full read: from
@@ -273,11 +263,13 @@ func (s *store) setLocked(key entry.Key, e *entry.Entry) {
 		s.countResolved(old, -1)
 		s.unselect(old)
 	}
-	if (old == nil) != (e == nil) {
-		ns, _, _ := strings.Cut(key.Name, "/")
-		if e != nil {
-			s.held[ns]++
-		} else if s.held[ns]--; s.held[ns] == 0 {
+	switch {
+	case old == nil && e != nil:
+		s.held[e.Namespace()]++
+	case old != nil && e == nil:
+		if ns := old.Namespace(); s.held[ns] > 1 {
+			s.held[ns]--
+		} else {
 			delete(s.held, ns)
 		}
 	}

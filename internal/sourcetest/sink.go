@@ -78,6 +78,10 @@ func (s *Sink) ReplaceEntries(namespaces []string, all map[entry.Key]*entry.Entr
 	time.Sleep(time.Duration(len(all)) * s.Delay)
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.replaceEntriesLocked(namespaces, all)
+}
+
+func (s *Sink) replaceEntriesLocked(namespaces []string, all map[entry.Key]*entry.Entry) []entry.Key {
 	var gone []entry.Key
 	for key := range s.entries {
 		ns, _, _ := strings.Cut(key.Name, "/")
@@ -102,14 +106,7 @@ func (s *Sink) ReplaceAll(all map[entry.Key]*entry.Entry, workloads map[entry.Ke
 	if s.workloads == nil {
 		s.workloads = make(map[entry.Key]*entry.Workload)
 	}
-	for key := range s.entries {
-		if _, ok := all[key]; !ok {
-			s.setLocked(key, nil)
-		}
-	}
-	for key, e := range all {
-		s.setLocked(key, e)
-	}
+	s.replaceEntriesLocked([]string{""}, all)
 }
 
 // SetWorkloads sets the workloads of changes (nil removes one).
