@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -126,18 +127,26 @@ func BenchmarkScale(b *testing.B) {
 	p50, p99 := times.percentile(50), times.percentile(99)
 	// The same updates' cost again, 3,000 updates after the first read: the
 	// first ones after it also touch the memory the plugin returned to the
-	// OS then, once.
-	later := cpuPerEvent(b, dnsServer.process, rate*int(cpuPhase/time.Second), cpuPhase, func() {
+	// OS then, once. Two other clients of the same watch go through them
+	// too, for the floor of the cost: the stream read undecoded, and
+	// client-go's typed informer (bench/watchfloor).
+	floors := startWatchFloors(b, kubeconfig, "scale")
+	updates := rate * int(cpuPhase/time.Second)
+	costs := cpuPerEventOf(b, []*process{dnsServer.process, floors[0].process, floors[1].process}, updates, cpuPhase, func() {
 		scaleUpdates(b, client, dnsServer, n, 2, rate, cpuPhase, false)
+		for _, f := range floors {
+			f.waitChanges(b, updates)
+		}
 	})
+	later, raw, informer := costs[0], costs[1], costs[2]
 
 	perEntry := float64(rss-baseRSS) / 1024 / float64(n)
 	b.Logf("%d entries: start -> ready %v; RSS %.1f MiB (empty namespace %.1f MiB, %.2f KiB per entry), heap in use %.1f MiB; "+
 		"%d updates at 100/s: apply -> answer %v; CoreDNS CPU %v per update above %v per second idle, %.1f page faults; "+
-		"3,000 updates later %v, %.1f page faults",
+		"3,000 updates later %v, %.1f page faults; the same updates' floor: %v for the watch read undecoded, %v for client-go's typed informer",
 		n, ready.Round(time.Millisecond), float64(rss)/(1<<20), float64(baseRSS)/(1<<20), perEntry, float64(heapInuse)/(1<<20),
 		len(times.latencies), times, cost.cpu.Round(time.Microsecond), cost.idlePerSecond.Round(time.Millisecond), cost.faults,
-		later.cpu.Round(time.Microsecond), later.faults)
+		later.cpu.Round(time.Microsecond), later.faults, raw.cpu.Round(time.Microsecond), informer.cpu.Round(time.Microsecond))
 	b.ReportMetric(ready.Seconds(), "ready-s")
 	b.ReportMetric(ready.Seconds()/floor.Seconds(), "ready/bare-list")
 	b.ReportMetric(float64(peak)/float64(rss), "peak/settled-rss")
@@ -151,6 +160,37 @@ func BenchmarkScale(b *testing.B) {
 	b.ReportMetric(float64(cost.cpu.Microseconds()), "cpu-us/update")
 	b.ReportMetric(cost.faults, "faults/update")
 	b.ReportMetric(float64(later.cpu.Microseconds()), "later-cpu-us/update")
+	b.ReportMetric(float64(raw.cpu.Microseconds()), "raw-watch-cpu-us/update")
+	b.ReportMetric(float64(informer.cpu.Microseconds()), "informer-cpu-us/update")
+}
+
+// watchFloor is a running bench/watchfloor.
+type watchFloor struct{ *process }
+
+// startWatchFloors starts bench/watchfloor on the ServiceEntries of
+// namespace in its two modes, raw and informer, and waits until both have
+// synced and settled.
+func startWatchFloors(b *testing.B, kubeconfig, namespace string) [2]watchFloor {
+	binary := filepath.Join(b.TempDir(), "watchfloor")
+	if out, err := exec.Command("go", "build", "-o", binary, "../../bench/watchfloor").CombinedOutput(); err != nil {
+		b.Fatalf("go build ./bench/watchfloor: %v\n%s", err, out)
+	}
+	var floors [2]watchFloor
+	for i, mode := range []string{"raw", "informer"} {
+		floors[i] = watchFloor{startProcess(b, binary, "-kubeconfig", kubeconfig, "-namespace", namespace, "-mode", mode)}
+	}
+	for i, f := range floors {
+		waitFor(b, 5*time.Minute, fmt.Sprintf("watchfloor %d synced", i), func() bool { return strings.Contains(f.output(), "synced\n") })
+	}
+	time.Sleep(5 * time.Second) // the informer's first list collected
+	return floors
+}
+
+// waitChanges waits until the floor has seen n changes since it started:
+// a floor that missed some would be measured on fewer events than counted.
+func (f watchFloor) waitChanges(b *testing.B, n int) {
+	want := fmt.Sprintf("changes %d\n", n)
+	waitFor(b, 10*time.Second, "watchfloor: "+strings.TrimSpace(want), func() bool { return strings.Contains(f.output(), want) })
 }
 
 // compareReady starts the CoreDNS binary baseline (built from another
@@ -439,20 +479,37 @@ type eventCost struct {
 // returns their cost per event above the process's idle use, measured over
 // a quiet window as long as quiet just before.
 func cpuPerEvent(b *testing.B, p *process, events int, quiet time.Duration, changes func()) eventCost {
-	c0, f0 := processStat(b, p)
+	return cpuPerEventOf(b, []*process{p}, events, quiet, changes)[0]
+}
+
+// cpuPerEventOf is cpuPerEvent for processes that all see the same events,
+// measured over the same windows.
+func cpuPerEventOf(b *testing.B, ps []*process, events int, quiet time.Duration, changes func()) []eventCost {
+	stats := func() (cpu []time.Duration, faults []int64) {
+		for _, p := range ps {
+			c, f := processStat(b, p)
+			cpu, faults = append(cpu, c), append(faults, f)
+		}
+		return cpu, faults
+	}
+	c0, f0 := stats()
 	time.Sleep(quiet)
-	c1, f1 := processStat(b, p)
-	idlePerSecond := time.Duration(float64(c1-c0) / quiet.Seconds())
-	idleFaults := float64(f1-f0) / quiet.Seconds()
+	c1, f1 := stats()
 	began := time.Now()
 	changes()
-	c2, f2 := processStat(b, p)
+	c2, f2 := stats()
 	took := time.Since(began).Seconds()
-	return eventCost{
-		cpu:           (c2 - c1 - time.Duration(float64(idlePerSecond)*took)) / time.Duration(events),
-		idlePerSecond: idlePerSecond,
-		faults:        (float64(f2-f1) - idleFaults*took) / float64(events),
+	costs := make([]eventCost, len(ps))
+	for i := range ps {
+		idlePerSecond := time.Duration(float64(c1[i]-c0[i]) / quiet.Seconds())
+		idleFaults := float64(f1[i]-f0[i]) / quiet.Seconds()
+		costs[i] = eventCost{
+			cpu:           (c2[i] - c1[i] - time.Duration(float64(idlePerSecond)*took)) / time.Duration(events),
+			idlePerSecond: idlePerSecond,
+			faults:        (float64(f2[i]-f1[i]) - idleFaults*took) / float64(events),
+		}
 	}
+	return costs
 }
 
 // processStat is the user+system CPU time the process has used so far, and
