@@ -145,9 +145,20 @@ func BenchmarkHeadlessScale(b *testing.B) {
 	p50, p99 := times.percentile(50), times.percentile(99)
 	// The flips' cost again, 800 flips after the first read: the first ones
 	// after it also touch the memory the plugin returned to the OS then.
-	later := cpuPerEvent(b, s.process, rate*int(cpuPhase/time.Second), cpuPhase, func() {
-		flipReadiness(b, kube, s, entries, rate, cpuPhase, 2*rate*int(cpuPhase/time.Second), false)
+	// Two other clients of the pod watch go through them too, for the floor
+	// of the cost (bench/watchfloor).
+	floors := startWatchFloors(b, c.kubeconfig(b, adminToken), "pods", "")
+	flips := rate * int(cpuPhase/time.Second)
+	costs := cpuPerEventOf(b, []*process{s.process, floors[0].process, floors[1].process}, flips, cpuPhase, func() {
+		flipReadiness(b, kube, s, entries, rate, cpuPhase, 2*flips, false)
+		for _, f := range floors {
+			f.waitChanges(b, flips)
+		}
 	})
+	later, raw, informer := costs[0], costs[1], costs[2]
+	for _, f := range floors {
+		f.stop()
+	}
 
 	// Fills: a server that reads the hollow set has no entry selecting in
 	// the pods' namespaces; each entry created for it there is the first
@@ -186,14 +197,15 @@ func BenchmarkHeadlessScale(b *testing.B) {
 		"settled RSS %s: %.0f B per entry, %.0f B per selected pod (%.0f B per pod with the entries' share); "+
 		"heap in use %s: %.0f B per entry, %.0f B per selected pod (%.0f B with the entries' share); "+
 		"peak RSS %s: %.0f B per entry, %.0f B per selected pod; "+
-		"%d readiness flips at %d/s: status patch -> answer %v; CoreDNS CPU %v per flip above %v per second idle, %.1f page faults (%d flips, not polled); 800 flips later %v, %.1f page faults",
+		"%d readiness flips at %d/s: status patch -> answer %v; CoreDNS CPU %v per flip above %v per second idle, %.1f page faults (%d flips, not polled); 800 flips later %v, %.1f page faults; "+
+			"the same flips' floor: %v for the pod watch read undecoded, %v for client-go's typed informer",
 		n, entries, reps, headless.ready.Round(time.Millisecond), headless.ready.Seconds()/floor.Seconds(), floor.Round(time.Millisecond),
 		bare.ready.Round(time.Millisecond), hollow.ready.Round(time.Millisecond),
 		mib(rss), perEntry(rss), perPod(rss), together(rss),
 		mib(heap), perEntry(heap), perPod(heap), together(heap),
 		mib(peak), perEntry(peak), perPod(peak),
 		len(times.latencies), rate, times, cost.cpu.Round(time.Microsecond), cost.idlePerSecond.Round(time.Millisecond), cost.faults, rate*int(cpuPhase/time.Second),
-		later.cpu.Round(time.Microsecond), later.faults)
+		later.cpu.Round(time.Microsecond), later.faults, raw.cpu.Round(time.Microsecond), informer.cpu.Round(time.Microsecond))
 	b.ReportMetric(headless.ready.Seconds(), "ready-s")
 	b.ReportMetric(headless.ready.Seconds()/floor.Seconds(), "ready/bare-list")
 	b.ReportMetric(perEntry(rss), "rss-B/entry")
@@ -205,6 +217,8 @@ func BenchmarkHeadlessScale(b *testing.B) {
 	b.ReportMetric(float64(cost.cpu.Microseconds()), "cpu-us/event")
 	b.ReportMetric(cost.faults, "faults/event")
 	b.ReportMetric(float64(later.cpu.Microseconds()), "later-cpu-us/event")
+	b.ReportMetric(float64(raw.cpu.Microseconds()), "raw-watch-cpu-us/event")
+	b.ReportMetric(float64(informer.cpu.Microseconds()), "informer-cpu-us/event")
 }
 
 // createHeadlessEntries creates n headless entries labelled benchLabel=set,

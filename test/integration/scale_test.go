@@ -130,7 +130,7 @@ func BenchmarkScale(b *testing.B) {
 	// OS then, once. Two other clients of the same watch go through them
 	// too, for the floor of the cost: the stream read undecoded, and
 	// client-go's typed informer (bench/watchfloor).
-	floors := startWatchFloors(b, kubeconfig, "scale")
+	floors := startWatchFloors(b, kubeconfig, "serviceentries", "scale")
 	updates := rate * int(cpuPhase/time.Second)
 	costs := cpuPerEventOf(b, []*process{dnsServer.process, floors[0].process, floors[1].process}, updates, cpuPhase, func() {
 		scaleUpdates(b, client, dnsServer, n, 2, rate, cpuPhase, false)
@@ -167,17 +167,17 @@ func BenchmarkScale(b *testing.B) {
 // watchFloor is a running bench/watchfloor.
 type watchFloor struct{ *process }
 
-// startWatchFloors starts bench/watchfloor on the ServiceEntries of
-// namespace in its two modes, raw and informer, and waits until both have
-// synced and settled.
-func startWatchFloors(b *testing.B, kubeconfig, namespace string) [2]watchFloor {
+// startWatchFloors starts bench/watchfloor on resource (serviceentries or
+// pods) in namespace ("" for all) in its two modes, raw and informer, and
+// waits until both have synced and settled.
+func startWatchFloors(b *testing.B, kubeconfig, resource, namespace string) [2]watchFloor {
 	binary := filepath.Join(b.TempDir(), "watchfloor")
 	if out, err := exec.Command("go", "build", "-o", binary, "../../bench/watchfloor").CombinedOutput(); err != nil {
 		b.Fatalf("go build ./bench/watchfloor: %v\n%s", err, out)
 	}
 	var floors [2]watchFloor
 	for i, mode := range []string{"raw", "informer"} {
-		floors[i] = watchFloor{startProcess(b, binary, "-kubeconfig", kubeconfig, "-namespace", namespace, "-mode", mode)}
+		floors[i] = watchFloor{startProcess(b, binary, "-kubeconfig", kubeconfig, "-resource", resource, "-namespace", namespace, "-mode", mode)}
 	}
 	for i, f := range floors {
 		waitFor(b, 5*time.Minute, fmt.Sprintf("watchfloor %d synced", i), func() bool { return strings.Contains(f.output(), "synced\n") })
