@@ -17,15 +17,16 @@ import (
 // table header (copied on every change) holds one pointer per structure, to
 // its groupCount group pointers, and a change copies, in each structure it
 // writes, those pointers, one group of groupSize pointers and one shard map,
-// which holds a groupCount*groupSize-th of the names. More groups make the
-// copy of the group pointers the cost. More shards in all make lookups in a large
-// table slower (more map headers, colder in cache) and a table of a few
-// thousand names bigger (each small map has a fixed size): the count is the
-// most that keeps lookups as fast as with one level. BENCHMARKS.md has the
-// counts measured.
+// which holds a groupCount*groupSize-th of the names. A lookup makes the same
+// loads however the shards are split between the two levels, so they are
+// split evenly: that copies the fewest pointers per change. More shards in all
+// make lookups in a large table slower (more map headers, colder in cache) and
+// a table of a few thousand names bigger (each small map has a fixed size):
+// the count is the most that keeps lookups as fast as with one level.
+// BENCHMARKS.md has the counts measured.
 const (
-	groupBits  = 8
-	shardBits  = 2
+	groupBits  = 5
+	shardBits  = 5
 	groupCount = 1 << groupBits
 	groupSize  = 1 << shardBits
 )
