@@ -90,45 +90,56 @@ func pruned(raw []byte) ([]byte, bool) {
 	if json.Unmarshal(raw, &doc) != nil {
 		return nil, false
 	}
-	keep := func(v any, keys ...string) any {
+	// keep keeps of v, an object, the keys named; with fold, in any case:
+	// on the manifests path the object and its metadata are decoded as
+	// sigs.k8s.io/yaml decodes them, matching keys without regard to case
+	// ("metAdAtA" is the metadata there, and nothing on the API path,
+	// pruned or not), where spec and status are read by exact key.
+	keep := func(v any, fold bool, keys ...string) any {
 		m, ok := v.(map[string]any)
 		if !ok {
 			return v
 		}
 		out := map[string]any{}
-		for _, k := range keys {
-			if x, ok := m[k]; ok {
+		for k, x := range m {
+			if slices.ContainsFunc(keys, func(want string) bool { return k == want || fold && strings.EqualFold(k, want) }) {
 				out[k] = x
 			}
 		}
 		return out
 	}
-	out := keep(doc, "apiVersion", "kind", "metadata", "spec", "status").(map[string]any)
-	if m, ok := out["metadata"]; ok {
-		out["metadata"] = keep(m, "name", "namespace", "creationTimestamp", "labels")
+	// under prunes the value of every key of m that is name in any case.
+	under := func(m map[string]any, name string, prune func(any) any) {
+		for k, x := range m {
+			if strings.EqualFold(k, name) {
+				m[k] = prune(x)
+			}
+		}
 	}
-	if s, ok := out["spec"]; ok {
-		spec := keep(s, "hosts", "addresses", "ports", "resolution", "exportTo", "export_to", "workloadSelector", "workload_selector")
+	out := keep(doc, true, "apiVersion", "kind", "metadata", "spec", "status").(map[string]any)
+	under(out, "metadata", func(m any) any { return keep(m, true, "name", "namespace", "creationTimestamp", "labels") })
+	under(out, "spec", func(s any) any {
+		spec := keep(s, false, "hosts", "addresses", "ports", "resolution", "exportTo", "export_to", "workloadSelector", "workload_selector")
 		if m, ok := spec.(map[string]any); ok {
 			if ports, ok := m["ports"].([]any); ok {
 				for i, p := range ports {
-					ports[i] = keep(p, "number", "name", "protocol")
+					ports[i] = keep(p, false, "number", "name", "protocol")
 				}
 			}
 		}
-		out["spec"] = spec
-	}
-	if s, ok := out["status"]; ok {
-		status := keep(s, "addresses")
+		return spec
+	})
+	under(out, "status", func(s any) any {
+		status := keep(s, false, "addresses")
 		if m, ok := status.(map[string]any); ok {
 			if addrs, ok := m["addresses"].([]any); ok {
 				for i, a := range addrs {
-					addrs[i] = keep(a, "value", "host")
+					addrs[i] = keep(a, false, "value", "host")
 				}
 			}
 		}
-		out["status"] = status
-	}
+		return status
+	})
 	b, err := json.Marshal(out)
 	return b, err == nil
 }
