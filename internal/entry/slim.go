@@ -180,7 +180,11 @@ type portNumber uint32
 func (n *portNumber) UnmarshalJSON(b []byte) error {
 	var v uint32
 	if err := json.Unmarshal(trimQuotes(b), &v); err != nil {
-		return err
+		// Not passed on as it is: a syntax error of what is inside the
+		// quotes would read as one of the whole document, which the
+		// decoder has checked already (a watch event would be taken for
+		// one cut short).
+		return fmt.Errorf("port number %s: %v", b, err)
 	}
 	*n = portNumber(v)
 	return nil
