@@ -198,7 +198,7 @@ func BenchmarkHeadlessScale(b *testing.B) {
 		"heap in use %s: %.0f B per entry, %.0f B per selected pod (%.0f B with the entries' share); "+
 		"peak RSS %s: %.0f B per entry, %.0f B per selected pod; "+
 		"%d readiness flips at %d/s: status patch -> answer %v; CoreDNS CPU %v per flip above %v per second idle, %.1f page faults (%d flips, not polled); 800 flips later %v, %.1f page faults; "+
-			"the same flips' floor: %v for the pod watch read undecoded, %v for client-go's typed informer",
+		"the same flips' floor: %v for the pod watch read undecoded, %v for client-go's typed informer",
 		n, entries, reps, headless.ready.Round(time.Millisecond), headless.ready.Seconds()/floor.Seconds(), floor.Round(time.Millisecond),
 		bare.ready.Round(time.Millisecond), hollow.ready.Round(time.Millisecond),
 		mib(rss), perEntry(rss), perPod(rss), together(rss),
