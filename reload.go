@@ -43,15 +43,16 @@ type sourceRegistry struct {
 	mu    sync.Mutex
 	byKey map[string]*sharedSource
 	// registered are the plugin blocks answering from a shared source, in
-	// the order they started; the metrics read them.
+	// the order they started; the metrics and successor read them.
 	registered []*user
 	// retired are the handlers of instances that shut down normally since
-	// the last acquire or release. Should CoreDNS keep an old instance's
-	// handlers reachable, as it did those of failed reloads (see
-	// releaseAllBut), they would keep their store, and a replaced source's
-	// table, with them; those still reachable let go at the next acquire or
-	// release, when no packet can reach them any more. Weak pointers: the
-	// list itself keeps nothing alive.
+	// the last acquire or release, of blocks no live instance has (the
+	// others hand their queries on: see successor). Should CoreDNS keep an
+	// old instance's handlers reachable, as it did those of failed reloads
+	// (see releaseAllBut), they would keep their store, and a replaced
+	// source's table, with them; those still reachable let go at the next
+	// acquire or release, when no packet can reach them any more. Weak
+	// pointers: the list itself keeps nothing alive.
 	retired []weak.Pointer[ServiceEntry]
 }
 
@@ -116,22 +117,28 @@ func (r *sourceRegistry) releaseAllBut(inst *instance) {
 	r.releaseLocked(func(i *instance) bool { return i != inst }, true)
 }
 
-// releaseLocked drops the holdings of the instances gone reports. Handlers of
-// an instance that stopped normally keep their store until the next acquire
-// or release (see retired): CoreDNS's old servers may still answer a packet
-// or two after the reload has returned.
+// releaseLocked drops the holdings of the instances gone reports. CoreDNS's
+// old servers may still answer a packet or two after the reload has returned
+// (and one replaced before it began serving, for good: see successor). So a
+// handler of an instance that stopped normally lets go of its store at once
+// only when a live block takes its place and answers for it; one without
+// keeps its store until the next acquire or release (see retired).
 func (r *sourceRegistry) releaseLocked(gone func(*instance) bool, detach bool) {
+	var released []*user
 	r.registered = slices.DeleteFunc(r.registered, func(u *user) bool {
-		if !gone(u.inst) {
-			return false
+		if gone(u.inst) {
+			released = append(released, u)
+			return true
 		}
-		if detach {
+		return false
+	})
+	for _, u := range released {
+		if detach || r.successorLocked(u) != nil {
 			u.handler.store.Store(nil)
 		} else {
 			r.retired = append(r.retired, weak.Make(u.handler))
 		}
-		return true
-	})
+	}
 	for key, shared := range r.byKey {
 		for inst := range shared.holders {
 			if gone(inst) {
@@ -144,6 +151,32 @@ func (r *sourceRegistry) releaseLocked(gone func(*instance) bool, detach bool) {
 			delete(r.byKey, key)
 		}
 	}
+}
+
+// successor returns the live handler of the block u stood for: the newest
+// registered one with u's servers and zones, nil if none. CoreDNS stops only
+// the servers whose serving goroutines have begun (dnsserver.Server.Stop
+// skips a listener whose Serve has not set its server yet, and Serve does not
+// check for a stop), so a server of an instance replaced sooner reads its
+// socket beside its successor's as long as the process lives. Its handlers,
+// let go of their store, hand what they are asked to the live block, whose
+// chain from the plugin on is the live configuration's.
+func (r *sourceRegistry) successor(u *user) *ServiceEntry {
+	if u == nil {
+		return nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.successorLocked(u)
+}
+
+func (r *sourceRegistry) successorLocked(u *user) *ServiceEntry {
+	for _, v := range slices.Backward(r.registered) {
+		if v.zones == u.zones && slices.Equal(v.servers, u.servers) {
+			return v.handler
+		}
+	}
+	return nil
 }
 
 func (r *sourceRegistry) detachRetiredLocked() {

@@ -1,22 +1,27 @@
 package serviceentry
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 	"weak"
 
 	"github.com/coredns/caddy"
 	"github.com/coredns/coredns/core/dnsserver"
+	"github.com/coredns/coredns/plugin"
 	_ "github.com/coredns/coredns/plugin/bind"
 	_ "github.com/coredns/coredns/plugin/cache"
 	_ "github.com/coredns/coredns/plugin/file"
 	_ "github.com/coredns/coredns/plugin/root"
+	"github.com/coredns/coredns/plugin/test"
 	_ "github.com/coredns/coredns/plugin/whoami"
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
@@ -30,6 +35,48 @@ func init() {
 		i := slices.Index(dnsserver.Directives, "cache")
 		dnsserver.Directives = slices.Insert(dnsserver.Directives, i, pluginName)
 	}
+	caddy.RegisterPlugin(lateUDPName, caddy.Plugin{ServerType: "dns", Action: setupLateUDP})
+	dnsserver.Directives = slices.Insert(dnsserver.Directives, slices.Index(dnsserver.Directives, pluginName), lateUDPName)
+}
+
+// lateUDP is a test directive that holds its server block's UDP server back
+// until the test lets it go, and counts the queries its chain is given:
+// CoreDNS calls a block's UDP decorator when the server's serving goroutine
+// begins, before the server can be stopped.
+const lateUDPName = "late_udp"
+
+type lateUDP struct {
+	Next    plugin.Handler
+	release chan struct{}
+	served  atomic.Int64
+}
+
+var lateUDPs sync.Map // the directive's argument → *lateUDP
+
+func setupLateUDP(c *caddy.Controller) error {
+	c.Next()
+	if !c.NextArg() {
+		return c.ArgErr()
+	}
+	l, _ := lateUDPs.LoadOrStore(c.Val(), &lateUDP{release: make(chan struct{})})
+	late := l.(*lateUDP)
+	cfg := dnsserver.GetConfig(c)
+	cfg.UDPDecorateWriterFunc = func(*dnsserver.Server) dns.DecorateWriter {
+		<-late.release
+		return nil
+	}
+	cfg.AddPlugin(func(next plugin.Handler) plugin.Handler {
+		late.Next = next
+		return late
+	})
+	return nil
+}
+
+func (l *lateUDP) Name() string { return lateUDPName }
+
+func (l *lateUDP) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
+	l.served.Add(1)
+	return plugin.NextOrFailure(l.Name(), l.Next, ctx, w, r)
 }
 
 // verifyNoLeaks fails t if any goroutine is left but the DNS servers' own,
@@ -243,39 +290,99 @@ func waitServing(t *testing.T, port int) {
 	})
 }
 
-// TestRetiredHandlersLetGo: the handlers of an instance replaced by a reload
-// keep their store while its servers may still answer a late packet, and let
-// go of it at the next reload, so that nothing CoreDNS keeps of an old
-// instance holds a table.
+// TestReplacedBeforeServing: CoreDNS stops only the servers whose serving
+// goroutines have begun, so a server whose instance a reload replaced before
+// it began reads its socket beside its successor's from then on. What that
+// stale server hands the plugin is answered by the live instance's block: every
+// answer is the live configuration's.
+func TestReplacedBeforeServing(t *testing.T) {
+	defer verifyNoLeaks(t, goleak.IgnoreCurrent())
+	oldDir := manifestDir(t, "a.internal", "192.0.2.1")
+	newDir := manifestDir(t, "a.internal", "192.0.2.9")
+	port := freeUDPPort(t)
+	first := startCaddy(t, corefileInput(port, "manifests "+oldDir))
+	waitServing(t, port)
+
+	key := t.Name()
+	second, err := first.Restart(caddy.CaddyfileInput{ServerTypeName: "dns", Filepath: "Corefile", Contents: []byte(fmt.Sprintf(
+		"internal.:%d {\n bind 127.0.0.1\n %s %s\n serviceentry {\n manifests %s\n }\n}\n", port, lateUDPName, key, oldDir))})
+	if err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	l, _ := lateUDPs.Load(key)
+	late := l.(*lateUDP)
+	third, err := second.Restart(corefileInput(port, "manifests "+newDir))
+	if err != nil {
+		t.Fatalf("second reload: %v", err)
+	}
+	defer stopCaddy(t, third)
+	close(late.release) // the replaced instance's UDP server begins now
+
+	// The stale server and the live one read the same socket: ask until the
+	// stale one has had a share, and check every answer.
+	asked := 0
+	eventuallyWithin(t, 30*time.Second, "the replaced instance's UDP server taking queries", func() bool {
+		for range 10 {
+			asked++
+			if got := askA(t, port, "a.internal."); got != "192.0.2.9" {
+				t.Fatalf("answer %d: %s, want the live configuration's 192.0.2.9 (the stale server had %d)", asked, got, late.served.Load())
+			}
+		}
+		return late.served.Load() >= 5
+	})
+}
+
+// TestRetiredHandlersLetGo: a handler of an instance replaced by a reload
+// holds no table once the reload is done. Where the new instance keeps its
+// block, it lets go at once and answers a late packet as the live block does
+// (here with the new ttl); where the block is gone, it keeps its store while
+// the old servers may still answer a late packet, and lets go at the next
+// reload, so that nothing CoreDNS keeps of an old instance holds a table.
 func TestRetiredHandlersLetGo(t *testing.T) {
 	defer verifyNoLeaks(t, goleak.IgnoreCurrent())
 	dir := manifestDir(t, "a.internal", "192.0.2.1")
 	port := freeUDPPort(t)
+	handler := func() *ServiceEntry {
+		running.mu.Lock()
+		defer running.mu.Unlock()
+		return running.registered[len(running.registered)-1].handler
+	}
 	first := startCaddy(t, corefileInput(port, "manifests "+dir))
 	waitServing(t, port)
-	running.mu.Lock()
-	old := running.registered[0].handler
-	running.mu.Unlock()
+	kept := handler()
 
 	second, err := first.Restart(corefileInput(port, "manifests "+dir+"\n ttl 10"))
 	if err != nil {
 		t.Fatalf("reload: %v", err)
 	}
-	if old.store.Load() == nil {
-		t.Error("the replaced instance's handler let go of its store during the reload that replaced it")
+	if kept.store.Load() != nil {
+		t.Error("the replaced handler of a block the reload kept still holds its store")
 	}
+	checkCase(t, kept, test.Case{Qname: "a.internal.", Qtype: dns.TypeA, Answer: []dns.RR{test.A("a.internal. 10 IN A 192.0.2.1")}})
 	waitServing(t, port)
-	third, err := second.Restart(corefileInput(port, "manifests "+dir+"\n ttl 20"))
+	gone := handler()
+
+	renamed := caddy.CaddyfileInput{ServerTypeName: "dns", Filepath: "Corefile", Contents: []byte(fmt.Sprintf(
+		"internal.:%d {\n bind 127.0.0.1\n serviceentry a.internal. {\n manifests %s\n }\n}\n", port, dir))}
+	third, err := second.Restart(renamed)
 	if err != nil {
 		t.Fatalf("second reload: %v", err)
 	}
-	if old.store.Load() != nil {
-		t.Error("the replaced instance's handler still holds its store after the next reload")
+	if gone.store.Load() == nil {
+		t.Error("the replaced handler of a block the reload dropped let go of its store during that reload")
+	}
+	waitServing(t, port)
+	fourth, err := third.Restart(renamed)
+	if err != nil {
+		t.Fatalf("third reload: %v", err)
+	}
+	if gone.store.Load() != nil {
+		t.Error("the replaced handler of a dropped block still holds its store after the next reload")
 	}
 	if got := askA(t, port, "a.internal."); got != "192.0.2.1" {
 		t.Errorf("after the reloads: %s", got)
 	}
-	stopCaddy(t, third)
+	stopCaddy(t, fourth)
 }
 
 // TestManifestsFollowRoot: relative manifest paths are read from CoreDNS's

@@ -52,8 +52,12 @@ type ServiceEntry struct {
 
 	// store is the one of the source this instance answers from. OnStartup
 	// attaches it (a reload may hand over a running one), so it is read
-	// atomically: ready may ask before it is set.
+	// atomically: ready may ask before it is set, and a reload that keeps
+	// the block lets go of it (see successor).
 	store atomic.Pointer[store]
+	// block is the plugin block se answers for, as the source registry
+	// knows it; OnStartup sets it before the servers start.
+	block *user
 }
 
 // attach makes se answer from st.
@@ -101,20 +105,28 @@ var (
 // from a small frame and hands them on from it, with no larger frame of ours
 // below the rest of the chain.
 func (se *ServiceEntry) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
-	qname, zone, on := se.passes(r)
+	st := se.store.Load()
+	if st == nil {
+		// Let go at a reload, yet still asked: CoreDNS left a server of the
+		// replaced instance reading its socket (see successor).
+		if live := running.successor(se.block); live != nil {
+			return live.ServeDNS(ctx, w, r)
+		}
+	}
+	qname, zone, on := se.passes(r, st)
 	if on {
 		return plugin.NextOrFailure(se.Name(), se.Next, ctx, w, r)
 	}
-	return se.serve(ctx, w, r, qname, zone)
+	return se.serve(ctx, w, r, st, qname, zone)
 }
 
 // passes reports whether r goes to the next plugin without a look at the
 // client: its class or zone is not ours, or fallthrough covers it and no view
 // may serve it or one of its search forms, or, before the first full read,
-// fallthrough covers it. Otherwise it returns, for serve, the question's
-// name, lower case, and its zone (matching a zone other than "." allocates:
-// it is done once).
-func (se *ServiceEntry) passes(r *dns.Msg) (qname, zone string, on bool) {
+// fallthrough covers it. st is se's store, nil before OnStartup. Otherwise it
+// returns, for serve, the question's name, lower case, and its zone (matching
+// a zone other than "." allocates: it is done once).
+func (se *ServiceEntry) passes(r *dns.Msg, st *store) (qname, zone string, on bool) {
 	// ServiceEntries are class IN data: CHAOS (version.bind) and the other
 	// classes belong to other plugins, whatever the name.
 	if len(r.Question) == 0 || r.Question[0].Qclass != dns.ClassINET {
@@ -132,7 +144,10 @@ func (se *ServiceEntry) passes(r *dns.Msg) (qname, zone string, on bool) {
 	if !se.Fall.Through(qname) {
 		return qname, zone, false
 	}
-	t := se.table()
+	var t *table.Table
+	if st != nil {
+		t = st.table()
+	}
 	// Not synced. Cluster DNS must not go down with us: a name that
 	// fallthrough covers goes on exactly as an unknown name would (a
 	// ServiceEntry host may get the next plugin's answer until then).
@@ -146,9 +161,9 @@ func (se *ServiceEntry) passes(r *dns.Msg) (qname, zone string, on bool) {
 // builds and writes the reply, or hands the query on, from its own frame:
 // resolve, whose frame is large, has returned by then, so that the records'
 // allocations and the write do not grow the goroutine's stack.
-func (se *ServiceEntry) serve(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, qname, zone string) (int, error) {
+func (se *ServiceEntry) serve(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, st *store, qname, zone string) (int, error) {
 	var out outcome
-	se.resolve(w, r, qname, zone, &out)
+	se.resolve(w, r, st, qname, zone, &out)
 	switch {
 	case out.next:
 		se.counted(ctx).byResult[resultPassedOn].Inc()
@@ -216,9 +231,8 @@ func (se *ServiceEntry) build(r *dns.Msg, out *outcome) (*dns.Msg, string) {
 // once passes has not handed it on, and writes it to out. out is serve's and
 // filled in place: resolve's frame is on the stack of every query, and an
 // outcome returned would be copied in it (see ServeDNS).
-func (se *ServiceEntry) resolve(w dns.ResponseWriter, r *dns.Msg, qname, zone string, out *outcome) {
+func (se *ServiceEntry) resolve(w dns.ResponseWriter, r *dns.Msg, st *store, qname, zone string, out *outcome) {
 	var t *table.Table
-	st := se.store.Load()
 	if st != nil {
 		t = st.table()
 	}

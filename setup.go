@@ -83,6 +83,7 @@ func setup(c *caddy.Controller) error {
 			return plugin.Error(pluginName, errors.New("this CoreDNS runs cache before serviceentry, and cache would give one client's answers to another: build it with serviceentry before cache (plugin.cfg.patch), serve the plugin's zones from a block without cache, or give every client the same answers (clients mesh and exportto public)"))
 		}
 		u := &user{inst: inst, handler: se, servers: serverLabels(server), zones: se.zonesLabel}
+		se.block = u
 		st, err := running.acquire(u, cfg.sourceKey(), func() (entrySource, *store, error) { return newSource(cfg) })
 		if err != nil {
 			return plugin.Error(pluginName, err)
