@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"weak"
 )
 
@@ -43,8 +44,9 @@ type sourceRegistry struct {
 	mu    sync.Mutex
 	byKey map[string]*sharedSource
 	// registered are the plugin blocks answering from a shared source, in
-	// the order they started; the metrics and successor read them.
-	registered []*user
+	// the order they started; the metrics and successor read them without
+	// the lock, so the slice is replaced, never changed, under mu.
+	registered atomic.Pointer[[]*user]
 	// retired are the handlers of instances that shut down normally since
 	// the last acquire or release, of blocks no live instance has (the
 	// others hand their queries on: see successor). Should CoreDNS keep an
@@ -69,10 +71,18 @@ type user struct {
 	handler *ServiceEntry
 	servers []string // CoreDNS's server label values of the block
 	zones   string
+	view    string // the block's view, where view plugins share servers and zones
 }
 
-// acquire returns the store of the source configured by key for u, building
-// and starting the source if no live instance runs it yet.
+// sameBlock reports whether u and v are the same block of two loads of the
+// Corefile.
+func (u *user) sameBlock(v *user) bool {
+	return u.zones == v.zones && u.view == v.view && slices.Equal(u.servers, v.servers)
+}
+
+// acquire makes u's handler answer from the source configured by key,
+// building and starting the source if no live instance runs it yet, and
+// returns its store. A registered handler always has its store.
 func (r *sourceRegistry) acquire(u *user, key string, build func() (entrySource, *store, error)) (*store, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -92,7 +102,8 @@ func (r *sourceRegistry) acquire(u *user, key string, build func() (entrySource,
 		r.byKey[key] = shared
 	}
 	shared.holders[u.inst] = true
-	r.registered = append(r.registered, u)
+	u.handler.attach(shared.store)
+	r.setBlocksLocked(append(slices.Clone(r.blocks()), u))
 	return shared.store, nil
 }
 
@@ -117,23 +128,24 @@ func (r *sourceRegistry) releaseAllBut(inst *instance) {
 	r.releaseLocked(func(i *instance) bool { return i != inst }, true)
 }
 
-// releaseLocked drops the holdings of the instances gone reports. CoreDNS's
-// old servers may still answer a packet or two after the reload has returned
-// (and one replaced before it began serving, for good: see successor). So a
-// handler of an instance that stopped normally lets go of its store at once
-// only when a live block takes its place and answers for it; one without
-// keeps its store until the next acquire or release (see retired).
+// releaseLocked drops the holdings of the instances gone reports. A server
+// of an old instance may still be handed a query after the reload has
+// returned: beyond CoreDNS's grace time for stopping it, and, if it was
+// replaced before it began serving, for good (see successor). So a handler of
+// an instance that stopped normally lets go of its store at once only when a
+// live block takes its place and answers for it; one without keeps its store
+// until the next acquire or release (see retired).
 func (r *sourceRegistry) releaseLocked(gone func(*instance) bool, detach bool) {
 	var released []*user
-	r.registered = slices.DeleteFunc(r.registered, func(u *user) bool {
+	r.setBlocksLocked(slices.DeleteFunc(slices.Clone(r.blocks()), func(u *user) bool {
 		if gone(u.inst) {
 			released = append(released, u)
 			return true
 		}
 		return false
-	})
+	}))
 	for _, u := range released {
-		if detach || r.successorLocked(u) != nil {
+		if detach || r.successor(u) != nil {
 			u.handler.store.Store(nil)
 		} else {
 			r.retired = append(r.retired, weak.Make(u.handler))
@@ -153,31 +165,41 @@ func (r *sourceRegistry) releaseLocked(gone func(*instance) bool, detach bool) {
 	}
 }
 
-// successor returns the live handler of the block u stood for: the newest
-// registered one with u's servers and zones, nil if none. CoreDNS stops only
-// the servers whose serving goroutines have begun (dnsserver.Server.Stop
-// skips a listener whose Serve has not set its server yet, and Serve does not
-// check for a stop), so a server of an instance replaced sooner reads its
-// socket beside its successor's as long as the process lives. Its handlers,
-// let go of their store, hand what they are asked to the live block, whose
-// chain from the plugin on is the live configuration's.
+// successor returns the live handler of the block u stood for, nil if none:
+// the oldest registered one with the same servers, zones and view. The
+// releasing instance is out of the list by then, so the oldest is the
+// serving instance's, never one still starting (whose source may not be read
+// yet, and whose reload may still fail).
+//
+// CoreDNS stops only the servers whose serving goroutines have begun
+// (dnsserver.Server.Stop skips a listener whose Serve has not set its server
+// yet, and miekg/dns's shutdown one not marked started), so a server of an
+// instance replaced sooner reads its socket beside its successor's as long as
+// the process lives. Its handlers, let go of their store, hand what they are
+// asked to the live block, whose chain from the plugin on is the live
+// configuration's. They ask from the query path: the list is read without
+// the lock, which acquire holds while a source reads all its manifests.
 func (r *sourceRegistry) successor(u *user) *ServiceEntry {
 	if u == nil {
 		return nil
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.successorLocked(u)
-}
-
-func (r *sourceRegistry) successorLocked(u *user) *ServiceEntry {
-	for _, v := range slices.Backward(r.registered) {
-		if v.zones == u.zones && slices.Equal(v.servers, u.servers) {
+	for _, v := range r.blocks() {
+		if v.sameBlock(u) {
 			return v.handler
 		}
 	}
 	return nil
 }
+
+// blocks returns the registered blocks; the slice is never changed.
+func (r *sourceRegistry) blocks() []*user {
+	if b := r.registered.Load(); b != nil {
+		return *b
+	}
+	return nil
+}
+
+func (r *sourceRegistry) setBlocksLocked(b []*user) { r.registered.Store(&b) }
 
 func (r *sourceRegistry) detachRetiredLocked() {
 	for _, w := range r.retired {
@@ -191,11 +213,9 @@ func (r *sourceRegistry) detachRetiredLocked() {
 // users returns the running plugin blocks, one per server and zones: while a
 // reload overlaps two instances, the newer block stands for both.
 func (r *sourceRegistry) users() []*user {
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	seen := make(map[string]bool)
 	var out []*user
-	for _, u := range slices.Backward(r.registered) {
+	for _, u := range slices.Backward(r.blocks()) {
 		id := fmt.Sprint(u.servers, u.zones)
 		if !seen[id] {
 			seen[id] = true

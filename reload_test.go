@@ -51,14 +51,17 @@ type lateUDP struct {
 	served  atomic.Int64
 }
 
-var lateUDPs sync.Map // the directive's argument → *lateUDP
+var lateUDPs sync.Map // the directive's argument → *lateUDP, stored by its test
 
 func setupLateUDP(c *caddy.Controller) error {
 	c.Next()
 	if !c.NextArg() {
 		return c.ArgErr()
 	}
-	l, _ := lateUDPs.LoadOrStore(c.Val(), &lateUDP{release: make(chan struct{})})
+	l, ok := lateUDPs.Load(c.Val())
+	if !ok {
+		return c.Errf("no test holds %s", c.Val())
+	}
 	late := l.(*lateUDP)
 	cfg := dnsserver.GetConfig(c)
 	cfg.UDPDecorateWriterFunc = func(*dnsserver.Server) dns.DecorateWriter {
@@ -300,23 +303,28 @@ func TestReplacedBeforeServing(t *testing.T) {
 	oldDir := manifestDir(t, "a.internal", "192.0.2.1")
 	newDir := manifestDir(t, "a.internal", "192.0.2.9")
 	port := freeUDPPort(t)
-	first := startCaddy(t, corefileInput(port, "manifests "+oldDir))
-	waitServing(t, port)
-
+	late := &lateUDP{release: make(chan struct{})}
 	key := t.Name()
-	second, err := first.Restart(caddy.CaddyfileInput{ServerTypeName: "dns", Filepath: "Corefile", Contents: []byte(fmt.Sprintf(
+	lateUDPs.Store(key, late)
+	t.Cleanup(func() { lateUDPs.Delete(key) })
+	release := sync.OnceFunc(func() { close(late.release) })
+	defer release()
+
+	live := startCaddy(t, corefileInput(port, "manifests "+oldDir))
+	defer func() { stopCaddy(t, live) }()
+	waitServing(t, port)
+	second, err := live.Restart(caddy.CaddyfileInput{ServerTypeName: "dns", Filepath: "Corefile", Contents: []byte(fmt.Sprintf(
 		"internal.:%d {\n bind 127.0.0.1\n %s %s\n serviceentry {\n manifests %s\n }\n}\n", port, lateUDPName, key, oldDir))})
 	if err != nil {
 		t.Fatalf("reload: %v", err)
 	}
-	l, _ := lateUDPs.Load(key)
-	late := l.(*lateUDP)
-	third, err := second.Restart(corefileInput(port, "manifests "+newDir))
+	live = second
+	third, err := live.Restart(corefileInput(port, "manifests "+newDir))
 	if err != nil {
 		t.Fatalf("second reload: %v", err)
 	}
-	defer stopCaddy(t, third)
-	close(late.release) // the replaced instance's UDP server begins now
+	live = third
+	release() // the replaced instance's UDP server begins now
 
 	// The stale server and the live one read the same socket: ask until the
 	// stale one has had a share, and check every answer.
@@ -332,6 +340,41 @@ func TestReplacedBeforeServing(t *testing.T) {
 	})
 }
 
+// TestSuccessor: a replaced block's queries go to the serving instance's
+// block with the same servers, zones and view: the oldest registered, not one
+// still starting, and never another view's.
+func TestSuccessor(t *testing.T) {
+	servers := []string{"dns://127.0.0.1:53"}
+	block := func(inst *instance, view string) *user {
+		return &user{inst: inst, handler: new(ServiceEntry), servers: servers, zones: ".", view: view}
+	}
+	replaced, serving, starting := new(instance), new(instance), new(instance)
+	servingA, servingB, startingA := block(serving, "a"), block(serving, "b"), block(starting, "a")
+	var r sourceRegistry
+	r.setBlocksLocked([]*user{servingA, servingB, startingA})
+	for _, c := range []struct {
+		name string
+		of   *user
+		want *user
+	}{
+		{"view a goes to the serving instance's view a", block(replaced, "a"), servingA},
+		{"view b goes to view b", block(replaced, "b"), servingB},
+		{"another zone has none", &user{inst: replaced, servers: servers, zones: "internal.", view: "a"}, nil},
+		{"other servers have none", &user{inst: replaced, servers: []string{"dns://127.0.0.1:1053"}, zones: ".", view: "a"}, nil},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			got := r.successor(c.of)
+			var want *ServiceEntry
+			if c.want != nil {
+				want = c.want.handler
+			}
+			if got != want {
+				t.Errorf("successor is %p, want %p", got, want)
+			}
+		})
+	}
+}
+
 // TestRetiredHandlersLetGo: a handler of an instance replaced by a reload
 // holds no table once the reload is done. Where the new instance keeps its
 // block, it lets go at once and answers a late packet as the live block does
@@ -345,7 +388,8 @@ func TestRetiredHandlersLetGo(t *testing.T) {
 	handler := func() *ServiceEntry {
 		running.mu.Lock()
 		defer running.mu.Unlock()
-		return running.registered[len(running.registered)-1].handler
+		blocks := running.blocks()
+		return blocks[len(blocks)-1].handler
 	}
 	first := startCaddy(t, corefileInput(port, "manifests "+dir))
 	waitServing(t, port)

@@ -108,9 +108,10 @@ func (se *ServiceEntry) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *d
 	st := se.store.Load()
 	if st == nil {
 		// Let go at a reload, yet still asked: CoreDNS left a server of the
-		// replaced instance reading its socket (see successor).
+		// replaced instance reading its socket (see successor). The live
+		// block answers, with its store and the rest of its chain.
 		if live := running.successor(se.block); live != nil {
-			return live.ServeDNS(ctx, w, r)
+			se, st = live, live.store.Load()
 		}
 	}
 	qname, zone, on := se.passes(r, st)

@@ -82,13 +82,12 @@ func setup(c *caddy.Controller) error {
 		if cfg.perClient() && server.Handler("cache") != nil && cacheFirst(dnsserver.Directives) {
 			return plugin.Error(pluginName, errors.New("this CoreDNS runs cache before serviceentry, and cache would give one client's answers to another: build it with serviceentry before cache (plugin.cfg.patch), serve the plugin's zones from a block without cache, or give every client the same answers (clients mesh and exportto public)"))
 		}
-		u := &user{inst: inst, handler: se, servers: serverLabels(server), zones: se.zonesLabel}
+		u := &user{inst: inst, handler: se, servers: serverLabels(server), zones: se.zonesLabel, view: server.ViewName}
 		se.block = u
 		st, err := running.acquire(u, cfg.sourceKey(), func() (entrySource, *store, error) { return newSource(cfg) })
 		if err != nil {
 			return plugin.Error(pluginName, err)
 		}
-		se.attach(st)
 		switch st.waitSynced(cfg.startupTimeout) {
 		case missingEntries:
 			log.Warningf("ServiceEntries not read within startup_timeout %s; until they are, names that fallthrough covers are passed on, the rest get SERVFAIL, and the plugin is not ready", cfg.startupTimeout)
