@@ -124,9 +124,9 @@ func (se *ServiceEntry) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *d
 // passes reports whether r goes to the next plugin without a look at the
 // client: its class or zone is not ours, or fallthrough covers it and no view
 // may serve it or one of its search forms, or, before the first full read,
-// fallthrough covers it. st is se's store, nil before OnStartup. Otherwise it
-// returns, for serve, the question's name, lower case, and its zone (matching
-// a zone other than "." allocates: it is done once).
+// fallthrough covers it. st is se's store, nil before OnStartup and once let
+// go. Otherwise it returns, for serve, the question's name, lower case, and
+// its zone (matching a zone other than "." allocates: it is done once).
 func (se *ServiceEntry) passes(r *dns.Msg, st *store) (qname, zone string, on bool) {
 	// ServiceEntries are class IN data: CHAOS (version.bind) and the other
 	// classes belong to other plugins, whatever the name.
